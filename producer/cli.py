@@ -1,0 +1,298 @@
+"""``augment``: submit GAN training and generation jobs, follow them, fetch their outputs.
+
+Job ids go to stdout and everything else to stderr, so ``JOB=$(augment train ...)`` works.
+Exit codes: 0 success, 1 job failed or a service is unreachable, 2 bad input (nothing enqueued), 3 cancelled.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, NoReturn, TypeVar
+
+import click
+
+from producer.client import Client, SubmitError
+from shared.broker import GENERATE_QUEUE, TRAIN_QUEUE, BrokerUnreachable
+from shared.datasets import DatasetNotFound
+from shared.jobs import CANCELLED, FAILURE, SUCCESS, TERMINAL_STATES
+from shared.layout import job_prefix
+from shared.settings import Settings, SettingsError
+from shared.specs import SpecError, check_job_id
+from shared.storage import StorageError, open_storage
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    click.echo(f"augment: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(command: F) -> F:
+    """Turn the known failure types into one-line messages with the documented exit codes."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (SpecError, SettingsError, DatasetNotFound, SubmitError) as exc:
+            fail(str(exc), EXIT_BAD_INPUT)
+        except (BrokerUnreachable, StorageError) as exc:
+            fail(str(exc), EXIT_FAILED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def connect() -> Client:
+    return Client.connect(Settings.from_env())
+
+
+def job_id_argument(command: F) -> F:
+    def validate(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        try:
+            return check_job_id(value)
+        except SpecError:
+            raise click.BadParameter(f"{value!r} is not a job id (3-64 characters of a-z, 0-9, '-')") from None
+
+    return click.argument("job_id", metavar="JOB", callback=validate)(command)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """Turn a small labelled image set into more training data with conditional GANs.
+
+    Settings come from the environment: AUGMENT_BROKER_URL, AUGMENT_STORAGE_URL, AUGMENT_S3_ENDPOINT,
+    AUGMENT_S3_ACCESS_KEY, AUGMENT_S3_SECRET_KEY, AUGMENT_S3_SECURE, AUGMENT_DATA_DIR (see the README).
+    """
+
+
+@main.command()
+@click.option("--dataset", required=True, help="fashion-mnist, cifar10, fake, or imagefolder:<path or s3://bucket/prefix>")
+@click.option("--epochs", type=int, help="Passes over the dataset (exclusive with --steps; default 1).")
+@click.option("--steps", type=int, help="Optimizer steps (exclusive with --epochs).")
+@click.option("--image-size", type=int, help="28, 32 or 64 (default: the dataset's own).")
+@click.option("--channels", type=int, help="1 or 3 (default: the dataset's own).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--conditional/--unconditional", default=None, help="Condition on class labels (default: when the dataset has them).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--width", type=int, default=64, show_default=True, help="Base channel width of G and D (ngf = ndf).")
+@click.option("--limit", type=int, help="Train on the first LIMIT images only.")
+@click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Steps between checkpoints.")
+@handle_errors
+def train(**options: Any) -> None:
+    """Enqueue a GAN training job; prints the job id."""
+    fields = {name: value for name, value in options.items() if value is not None}
+    client = connect()
+    job_id = client.submit_train(**fields)
+    click.echo(f"submitted training job {job_id} on queue {TRAIN_QUEUE}", err=True)
+    click.echo(job_id)
+
+
+def parse_class_counts(value: str | None) -> dict[str, int] | None:
+    if not value:
+        return None
+    counts: dict[str, int] = {}
+    for part in value.split(","):
+        label, sep, number = part.partition("=")
+        if not sep or not label.strip().isdigit() or not number.strip().isdigit():
+            raise SpecError("generate", "class_counts", f"{part!r} is not CLASS=COUNT; use e.g. 0=500,3=200")
+        counts[label.strip()] = int(number)
+    return counts
+
+
+@main.command()
+@click.option("--model", required=True, metavar="TRAIN_JOB_ID", help="The job id printed by `augment train`.")
+@click.option("--count", type=int, required=True, help="Images to generate (balanced over classes).")
+@click.option("--shard-size", type=int, default=1000, show_default=True, help="Images per tar shard.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--class-counts", help="Per-class counts instead of a balance, e.g. 0=500,3=200 (must add up to --count).")
+@handle_errors
+def generate(model: str, count: int, shard_size: int, seed: int, class_counts: str | None) -> None:
+    """Enqueue a generation job from a trained model; prints the job id."""
+    client = connect()
+    job_id = client.submit_generate(
+        model=model, count=count, shard_size=shard_size, seed=seed, class_counts=parse_class_counts(class_counts)
+    )
+    click.echo(f"submitted generation job {job_id} on queue {GENERATE_QUEUE}", err=True)
+    click.echo(job_id)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def progress_line(status: dict[str, Any], bar_width: int = 24) -> str:
+    """One line for a person: state, a bar, and the job's vital signs."""
+    progress = status.get("progress") or {}
+    state = status["state"]
+    if "step" in progress:
+        done, total = progress["step"], progress["total_steps"]
+        detail = (
+            f"step {done}/{total} epoch {progress.get('epoch', 0)} loss_D {progress['loss_d']:.3f} "
+            f"loss_G {progress['loss_g']:.3f} D(x) {progress['d_x']:.3f} D(G(z)) {progress['d_g_z']:.3f}"
+        )
+    elif "shards_done" in progress:
+        done, total = progress["images_done"], progress["images_total"]
+        detail = f"shards {progress['shards_done']}/{progress['shards_total']} images {done}/{total}"
+    else:
+        return state
+    filled = int(bar_width * done / max(total, 1))
+    bar = "#" * filled + "." * (bar_width - filled)
+    line = f"{state} [{bar}] {detail} {progress['images_per_s']:.0f} img/s ETA {format_duration(progress['eta_s'])}"
+    for warning in progress.get("warnings", []):
+        line += f" WARNING: {warning}"
+    return line
+
+
+@main.command()
+@job_id_argument
+@click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
+@handle_errors
+def status(job_id: str, as_json: bool) -> None:
+    """Show a job's state and progress (or result)."""
+    job = connect().status(job_id)
+    if job is None:
+        fail(f"no job {job_id}; `augment list` shows the known jobs", EXIT_BAD_INPUT)
+    if as_json:
+        click.echo(json.dumps(job, indent=2, sort_keys=True, default=str))
+        return
+    click.echo(f"{job_id} ({job.get('kind', '?')}): {progress_line(job)}")
+    if job["state"] == SUCCESS:
+        for name, value in (job.get("result") or {}).items():
+            click.echo(f"  {name}: {value}")
+    elif job["state"] == FAILURE:
+        click.echo(f"  error: {job.get('error')}")
+    elif job["state"] == CANCELLED:
+        click.echo(f"  {(job.get('progress') or {}).get('reason', 'cancelled')}")
+
+
+def exit_code_for(state: str) -> int:
+    return {SUCCESS: 0, CANCELLED: EXIT_CANCELLED}.get(state, EXIT_FAILED)
+
+
+@main.command()
+@job_id_argument
+@click.option("--interval", type=float, default=0.5, show_default=True, help="Seconds between polls.")
+@handle_errors
+def watch(job_id: str, interval: float) -> None:
+    """Follow a job live until it ends; exit 0 on success, 1 on failure, 3 when cancelled."""
+    client = connect()
+    if client.status(job_id) is None:
+        fail(f"no job {job_id}; `augment list` shows the known jobs", EXIT_BAD_INPUT)
+    interactive = sys.stderr.isatty()
+    last_line, last_print = "", 0.0
+
+    def show(job: dict[str, Any]) -> None:
+        nonlocal last_line, last_print
+        line = progress_line(job)
+        if interactive:
+            click.echo("\r\033[K" + line, nl=False, err=True)
+        elif line != last_line and (time.monotonic() - last_print > 5 or job["state"] in TERMINAL_STATES):
+            click.echo(line, err=True)  # a log, not a terminal: a line every few seconds at most
+            last_print = time.monotonic()
+        last_line = line
+
+    final = client.wait(job_id, on_update=show, poll_s=interval)
+    if interactive:
+        click.echo("", err=True)
+    if final["state"] == FAILURE:
+        click.echo(f"job {job_id} failed: {final.get('error')}", err=True)
+    elif final["state"] == SUCCESS:
+        for name, value in (final.get("result") or {}).items():
+            click.echo(f"  {name}: {value}", err=True)
+    sys.exit(exit_code_for(final["state"]))
+
+
+@main.command(name="list")
+@click.option("--limit", type=int, default=50, show_default=True)
+@handle_errors
+def list_jobs(limit: int) -> None:
+    """List recent jobs, newest first."""
+    for job in connect().recent(limit):
+        submitted = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["submitted_at"]))
+        click.echo(f"{job['job_id']}  {job['kind']:<8}  {job['state']:<9}  {submitted}")
+
+
+@main.command()
+@job_id_argument
+@handle_errors
+def cancel(job_id: str) -> None:
+    """Cancel a queued or running job (a running job stops within seconds)."""
+    client = connect()
+    if client.status(job_id) is None:
+        fail(f"no job {job_id}; `augment list` shows the known jobs", EXIT_BAD_INPUT)
+    state = client.cancel(job_id)
+    click.echo(f"cancellation requested for {job_id} (state now {state})", err=True)
+
+
+@main.command()
+@job_id_argument
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to copy into.")
+@handle_errors
+def fetch(job_id: str, out_dir: str) -> None:
+    """Copy a job's outputs (model files or shards and manifest) from storage to a directory."""
+    client = connect()
+    record = client.store.get(job_id)
+    storage = open_storage(client.settings)
+    kinds = [record.kind] if record else ["train", "generate"]
+    for kind in kinds:
+        written = storage.download_prefix(job_prefix(kind, job_id), out_dir)
+        if written:
+            click.echo(f"fetched {len(written)} files into {out_dir}", err=True)
+            return
+    fail(f"job {job_id} has no outputs in storage yet; `augment status {job_id}` shows where it is")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--queues", "-Q", default=f"{TRAIN_QUEUE},{GENERATE_QUEUE}", show_default=True)
+@click.option("--pool", type=click.Choice(["solo", "threads"]), default="solo", show_default=True,
+              help="No prefork: forking after torch (and CUDA) initialise breaks CUDA in the children.")
+@click.option("--concurrency", "-c", type=int, default=1, show_default=True)
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(queues: str, pool: str, concurrency: int, loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """Start a worker (needs the `worker` extra: torch). Scale out by starting more of them."""
+    try:
+        Settings.from_env()
+    except SettingsError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    argv = [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+        "--queues", queues, "--pool", pool, "--concurrency", str(concurrency), "--loglevel", loglevel,
+        # the pid survives exec, so several workers on one host get distinct names
+        "--hostname", f"augment-{os.getpid()}@%h",
+        "--without-gossip", "--without-mingle",
+        *celery_args,
+    ]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+
+
+@main.command()
+@click.option("--out", "out_dir", default="demo-output", show_default=True, type=click.Path(file_okay=False))
+@click.option("--steps", type=int, default=1500, show_default=True, help="Training steps (a few minutes on a CPU).")
+@click.option("--count", type=int, default=10_000, show_default=True, help="Synthetic images to generate.")
+@click.option("--dataset", default="fashion-mnist", show_default=True)
+def demo(out_dir: str, steps: int, count: int, dataset: str) -> None:
+    """Run the whole pipeline on this machine with no servers: train, generate, write shards and grid."""
+    try:
+        from producer.demo import run_demo
+    except ImportError as exc:
+        fail(f"the demo runs a worker in-process and needs torch ({exc.name} is missing); pip install '.[worker]'")
+    try:
+        run_demo(Path(out_dir), steps=steps, count=count, dataset=dataset)
+    except (SpecError, DatasetNotFound) as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Submitting and following jobs: the producer's plain functions (the CLI is a thin layer over these).
+
+Nothing here imports torch or the worker's task code: tasks are sent by name.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from celery import Celery
+from celery.result import AsyncResult
+
+from shared.broker import GENERATE_TASK, QUEUE_OF_TASK, TRAIN_TASK, check_broker, make_celery
+from shared.datasets import locate_dataset
+from shared.jobs import (
+    CANCELLED,
+    PENDING,
+    TERMINAL_STATES,
+    JobStore,
+    describe_status,
+    make_record,
+    new_job_id,
+    open_job_store,
+)
+from shared.layout import model_card_key
+from shared.settings import Settings
+from shared.specs import GenerateSpec, TrainSpec
+from shared.storage import open_storage
+
+TASK_OF_KIND = {"train": TRAIN_TASK, "generate": GENERATE_TASK}
+
+
+class SubmitError(RuntimeError):
+    """The job cannot run as asked (missing dataset or model); nothing was enqueued."""
+
+
+@dataclass
+class Client:
+    """A connection to the job system: Celery app, job records and storage, all from one Settings."""
+
+    settings: Settings
+    app: Celery
+    store: JobStore
+
+    @classmethod
+    def connect(cls, settings: Settings, app: Celery | None = None) -> "Client":
+        if not settings.broker_url.startswith("memory"):
+            check_broker(settings)  # fail in seconds with a clear message rather than hang in kombu's retries
+        return cls(settings, app or make_celery(settings), open_job_store(settings))
+
+    def _enqueue(self, kind: str, spec: TrainSpec | GenerateSpec) -> str:
+        spec_dict = spec.to_dict()
+        self.store.add(make_record(spec.job_id, kind, spec_dict))
+        task = TASK_OF_KIND[kind]
+        self.app.send_task(task, kwargs={"spec": spec_dict}, task_id=spec.job_id, queue=QUEUE_OF_TASK[task])
+        return spec.job_id
+
+    def submit_train(self, **fields: Any) -> str:
+        """Validate a train spec, check the dataset exists, enqueue; returns the job id."""
+        spec = TrainSpec.from_dict({"job_id": new_job_id("train"), **fields})
+        locate_dataset(spec.dataset, self.settings)  # raises DatasetNotFound saying where it looked
+        return self._enqueue("train", spec)
+
+    def submit_generate(self, **fields: Any) -> str:
+        """Validate a generate spec, check the model exists in storage, enqueue; returns the job id."""
+        spec = GenerateSpec.from_dict({"job_id": new_job_id("generate"), **fields})
+        storage = open_storage(self.settings)
+        if not storage.exists(model_card_key(spec.model)):
+            record = self.store.get(spec.model)
+            hint = (
+                f"training job {spec.model} has not finished yet (state {self.state(spec.model)})"
+                if record is not None and record.kind == "train"
+                else "pass the job id that `augment train` printed"
+            )
+            raise SubmitError(f"unknown model {spec.model}: no {storage.url_for(model_card_key(spec.model))}; {hint}")
+        return self._enqueue("generate", spec)
+
+    def result(self, job_id: str) -> AsyncResult:
+        return AsyncResult(job_id, app=self.app)
+
+    def state(self, job_id: str) -> str:
+        return str(self.result(job_id).state)
+
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        """The job's record merged with its live state; None for an unknown job id."""
+        record = self.store.get(job_id)
+        result = self.result(job_id)
+        state = str(result.state)
+        if record is None and state == PENDING:
+            return None
+        return describe_status(record, state, result.info)
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        return [
+            {"job_id": record.job_id, "kind": record.kind, "submitted_at": record.submitted_at, "state": self.state(record.job_id)}
+            for record in self.store.recent(limit)
+        ]
+
+    def cancel(self, job_id: str) -> str:
+        """Ask a job to stop; a queued job is marked CANCELLED at once. Returns the state after the request."""
+        self.store.request_cancel(job_id)
+        state = self.state(job_id)
+        if state == PENDING:
+            # No worker has it yet: mark it now. A worker that later receives it sees the flag and skips it.
+            self.app.backend.store_result(job_id, {"reason": "cancelled before it started"}, CANCELLED)
+            return CANCELLED
+        return state
+
+    def wait(
+        self,
+        job_id: str,
+        on_update: Callable[[dict[str, Any]], None] = lambda status: None,
+        poll_s: float = 0.5,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job reaches a terminal state; returns its final status."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            status = self.status(job_id) or {"state": PENDING, "job_id": job_id}
+            on_update(status)
+            if status["state"] in TERMINAL_STATES:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {status['state']} after {timeout_s:.0f} s")
+            time.sleep(poll_s)

@@ -1,0 +1,69 @@
+"""``augment demo``: the whole pipeline in one process, with no servers.
+
+The broker is Celery's in-process ``memory://`` transport and storage is ``file://``; a real Celery worker runs
+in a thread of this process, so the demo exercises the same tasks, specs and storage code as a fleet does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from producer.client import Client
+from shared.jobs import SUCCESS
+from shared.settings import Settings
+
+
+def _follow(client: Client, job_id: str) -> dict[str, Any]:
+    from producer.cli import progress_line
+
+    interactive = sys.stderr.isatty()
+    last = [""]
+
+    def show(status: dict[str, Any]) -> None:
+        line = progress_line(status)
+        if interactive:
+            click.echo("\r\033[K" + line, nl=False, err=True)
+        elif line.split(" [")[0] != last[0].split(" [")[0] or status.get("progress", {}).get("step", 0) % 500 == 0:
+            if line != last[0]:
+                click.echo(line, err=True)
+        last[0] = line
+
+    final = client.wait(job_id, on_update=show, poll_s=1.0)
+    if interactive:
+        click.echo("", err=True)
+    if final["state"] != SUCCESS:
+        raise click.ClickException(f"job {job_id} ended {final['state']}: {final.get('error', '')}")
+    return final
+
+
+def run_demo(out_dir: Path, steps: int, count: int, dataset: str) -> None:
+    out = out_dir.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    # The worker's app reads its settings at import, so the environment is set before that import.
+    os.environ["AUGMENT_BROKER_URL"] = "memory://"
+    os.environ["AUGMENT_STORAGE_URL"] = out.as_uri()
+    settings = Settings.from_env()
+
+    from celery.contrib.testing.worker import start_worker
+
+    from worker.app import app
+
+    client = Client.connect(settings, app=app)
+    with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=60):
+        click.echo(f"demo: training a conditional DCGAN on {dataset} for {steps} steps (CPU: a few minutes)", err=True)
+        train_id = client.submit_train(dataset=dataset, steps=steps, width=32, batch_size=64, log_every=25)
+        trained = _follow(client, train_id)
+        click.echo(f"demo: generating {count} labelled images from model {train_id}", err=True)
+        generate_id = client.submit_generate(model=train_id, count=count, shard_size=1000)
+        generated = _follow(client, generate_id)
+
+    click.echo("demo: done. Everything is under " + str(out), err=True)
+    click.echo(f"  model checkpoint : {trained['result']['checkpoint']}", err=True)
+    click.echo(f"  model card       : {trained['result']['model_card']}", err=True)
+    click.echo(f"  real | generated : {trained['result']['grid']}", err=True)
+    click.echo(f"  shards manifest  : {generated['result']['manifest']} ({generated['result']['images']} images)", err=True)

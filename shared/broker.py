@@ -1,0 +1,96 @@
+"""The Celery configuration shared by the producer and the workers.
+
+Both sides build their app with :func:`make_celery`, so serializer, queues and the Redis visibility timeout
+cannot drift apart. The producer sends tasks by name and never imports the worker's task code (or torch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu import Queue
+
+from shared.settings import Settings, redact_url
+
+TRAIN_TASK = "augment.train"
+GENERATE_TASK = "augment.generate"
+TRAIN_QUEUE = "train"
+GENERATE_QUEUE = "generate"
+QUEUE_OF_TASK = {TRAIN_TASK: TRAIN_QUEUE, GENERATE_TASK: GENERATE_QUEUE}
+CONNECT_TIMEOUT_S = 3.0
+
+
+class BrokerUnreachable(RuntimeError):
+    """Redis could not be reached; the message names the URL (password masked) and the fix."""
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport = {
+        # Redis redelivers unacknowledged tasks after this; it must exceed the longest task or be paired with
+        # a lease (see docs), and it must be identical in producer and worker.
+        "visibility_timeout": settings.visibility_timeout_s,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": 30,
+    }
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": "cache+memory://" if settings.broker_url.startswith("memory") else settings.broker_url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "redis_socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "redis_socket_timeout": 30,
+        "broker_connection_timeout": CONNECT_TIMEOUT_S,
+        "broker_connection_retry_on_startup": True,
+        # JSON only: a message from the queue is untrusted input and must never be unpickled.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_routes": {name: {"queue": queue} for name, queue in QUEUE_OF_TASK.items()},
+        "task_queues": (Queue(TRAIN_QUEUE), Queue(GENERATE_QUEUE)),
+        "task_default_queue": TRAIN_QUEUE,
+        # A task is acknowledged after it finishes, so a worker that dies mid-task leaves it for another worker.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_track_started": True,
+        "result_extended": True,
+        "result_expires": 30 * 24 * 3600,
+        "broker_connection_max_retries": 3,
+    }
+
+
+def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
+    app = Celery("augment", include=include or [])
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A client for job records, with short timeouts so a dead Redis fails fast instead of hanging."""
+    return redis.Redis.from_url(
+        settings.broker_url,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=10,
+        decode_responses=True,
+    )
+
+
+def check_broker(settings: Settings) -> redis.Redis:
+    """Ping Redis once; raise :class:`BrokerUnreachable` with a one-line reason on failure."""
+    client = redis_client(settings)
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise BrokerUnreachable(
+            f"Redis at {redact_url(settings.broker_url)} refused the password; fix AUGMENT_BROKER_URL"
+        ) from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        reason = str(exc).split("\n")[0] or type(exc).__name__
+        raise BrokerUnreachable(
+            f"Redis at {redact_url(settings.broker_url)} is unreachable ({reason}); "
+            "start it or point AUGMENT_BROKER_URL at a running Redis"
+        ) from None
+    return client

@@ -1,0 +1,43 @@
+"""Where a job's objects live in storage. One place, so producer, worker and readers agree.
+
+    models/<train_job_id>/checkpoint.pt   model.json   grid.png
+    synthetic/<generate_job_id>/shard-000000.tar ...   manifest.json (written last)
+"""
+
+from __future__ import annotations
+
+from shared.shards import shard_name
+from shared.storage import join_key
+
+
+def model_prefix(job_id: str) -> str:
+    return join_key("models", job_id)
+
+
+def checkpoint_key(job_id: str) -> str:
+    return join_key("models", job_id, "checkpoint.pt")
+
+
+def model_card_key(job_id: str) -> str:
+    return join_key("models", job_id, "model.json")
+
+
+def grid_key(job_id: str) -> str:
+    return join_key("models", job_id, "grid.png")
+
+
+def synthetic_prefix(job_id: str) -> str:
+    return join_key("synthetic", job_id)
+
+
+def shard_key(job_id: str, index: int) -> str:
+    return join_key("synthetic", job_id, shard_name(index))
+
+
+def manifest_key(job_id: str) -> str:
+    return join_key("synthetic", job_id, "manifest.json")
+
+
+def job_prefix(kind: str, job_id: str) -> str:
+    """The prefix holding a job's outputs: models/ for training, synthetic/ for generation."""
+    return model_prefix(job_id) if kind == "train" else synthetic_prefix(job_id)

@@ -1,0 +1,124 @@
+"""Settings read from the environment: the one place where configuration enters.
+
+Every process (producer, worker, tests) builds a :class:`Settings` with :meth:`Settings.from_env`.
+Secrets are kept out of ``repr`` so that a logged settings object never leaks them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+DEFAULT_STORAGE_URL = "file://./augment-data"
+DEFAULT_VISIBILITY_TIMEOUT_S = 3600
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable and the fix."""
+
+
+def _secret(env: Mapping[str, str], name: str) -> str:
+    """Read a secret from NAME, or from the file named by NAME_FILE (Docker/Kubernetes secrets)."""
+    value = env.get(name)
+    if value:
+        return value
+    path = env.get(f"{name}_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise SettingsError(f"{name}_FILE={path} cannot be read ({exc.strerror}); point it at a readable file") from None
+    return ""
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean; use true or false")
+
+
+def redact_url(url: str) -> str:
+    """Return URL with any password replaced by ``***`` (safe to print)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = DEFAULT_BROKER_URL
+    storage_url: str = DEFAULT_STORAGE_URL
+    s3_endpoint: str = ""
+    s3_access_key: str = field(default="", repr=False)
+    s3_secret_key: str = field(default="", repr=False)
+    s3_secure: bool = False
+    data_dir: str = ""
+    # Redis redelivers a task unacknowledged for this long; producer and worker must agree on it.
+    visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        raw_timeout = env.get("AUGMENT_VISIBILITY_TIMEOUT", str(DEFAULT_VISIBILITY_TIMEOUT_S))
+        try:
+            visibility_timeout_s = int(raw_timeout)
+            if visibility_timeout_s <= 0:
+                raise ValueError
+        except ValueError:
+            raise SettingsError(
+                f"AUGMENT_VISIBILITY_TIMEOUT={raw_timeout!r} is not a positive number of seconds"
+            ) from None
+        settings = cls(
+            broker_url=env.get("AUGMENT_BROKER_URL") or DEFAULT_BROKER_URL,
+            storage_url=env.get("AUGMENT_STORAGE_URL") or DEFAULT_STORAGE_URL,
+            s3_endpoint=env.get("AUGMENT_S3_ENDPOINT", ""),
+            s3_access_key=_secret(env, "AUGMENT_S3_ACCESS_KEY"),
+            s3_secret_key=_secret(env, "AUGMENT_S3_SECRET_KEY"),
+            s3_secure=_flag(env, "AUGMENT_S3_SECURE", False),
+            data_dir=env.get("AUGMENT_DATA_DIR", ""),
+            visibility_timeout_s=visibility_timeout_s,
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        scheme = urlsplit(self.broker_url).scheme
+        if scheme not in {"redis", "rediss", "memory"}:
+            raise SettingsError(
+                f"AUGMENT_BROKER_URL has scheme {scheme!r}; use redis://host:port/db (or rediss:// for TLS)"
+            )
+        storage_scheme = urlsplit(self.storage_url).scheme
+        if storage_scheme not in {"s3", "file"}:
+            raise SettingsError(
+                f"AUGMENT_STORAGE_URL has scheme {storage_scheme!r}; use s3://BUCKET[/prefix] or file:///path"
+            )
+        if storage_scheme == "s3" and not self.s3_endpoint:
+            raise SettingsError("AUGMENT_STORAGE_URL is s3:// but AUGMENT_S3_ENDPOINT is unset; set it to host:port")
+
+    def describe(self) -> dict[str, str]:
+        """Settings as printable strings, with secrets masked."""
+        return {
+            "AUGMENT_BROKER_URL": redact_url(self.broker_url),
+            "AUGMENT_STORAGE_URL": self.storage_url,
+            "AUGMENT_S3_ENDPOINT": self.s3_endpoint,
+            "AUGMENT_S3_ACCESS_KEY": "set" if self.s3_access_key else "unset",
+            "AUGMENT_S3_SECRET_KEY": "set" if self.s3_secret_key else "unset",
+            "AUGMENT_S3_SECURE": str(self.s3_secure).lower(),
+            "AUGMENT_DATA_DIR": self.data_dir,
+            "AUGMENT_VISIBILITY_TIMEOUT": str(self.visibility_timeout_s),
+        }

@@ -1,0 +1,234 @@
+"""Job specs: the versioned contract between the producer and the workers.
+
+A spec is a frozen dataclass that validates itself on construction, so an invalid spec cannot exist.
+Both sides validate: the producer before enqueueing and the worker on receipt (a message can come from anywhere).
+Errors are :class:`SpecError`, whose message names the field and the allowed values in one line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Mapping
+
+SPEC_VERSION = 1
+IMAGE_SIZES = (28, 32, 64)
+BUILTIN_DATASETS = ("fashion-mnist", "cifar10", "fake")
+LOSSES = ("bce", "hinge")
+JOB_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
+
+
+class SpecError(ValueError):
+    """A job spec is invalid. ``field`` names the offending field."""
+
+    def __init__(self, kind: str, field_name: str, problem: str):
+        self.field = field_name
+        super().__init__(f"invalid {kind} spec: {field_name}: {problem}")
+
+
+def check_job_id(job_id: object, field_name: str = "job_id", kind: str = "job") -> str:
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.match(job_id):
+        raise SpecError(
+            kind, field_name, f"{job_id!r} is not a job id; use 3-64 characters of a-z, 0-9 and '-' (as printed by augment)"
+        )
+    return job_id
+
+
+def check_dataset_name(name: object) -> str:
+    """Accept a built-in dataset name or ``imagefolder:<local path or s3://bucket/prefix>``."""
+    if isinstance(name, str):
+        if name in BUILTIN_DATASETS:
+            return name
+        if name.startswith("imagefolder:") and len(name) > len("imagefolder:"):
+            return name
+    allowed = ", ".join(BUILTIN_DATASETS)
+    raise SpecError("train", "dataset", f"{name!r} is not a dataset; use one of {allowed} or imagefolder:<path or s3://...>")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# annotation -> check returning what the value should have been, or None when it fits
+_TYPE_PROBLEMS = {
+    "bool": lambda v: None if isinstance(v, bool) else "true or false",
+    "int": lambda v: None if isinstance(v, int) and not isinstance(v, bool) else "an integer",
+    "float": lambda v: None if _is_number(v) else "a number",
+    "str": lambda v: None if isinstance(v, str) else "a string",
+}
+
+
+class _Spec:
+    """Shared parsing: type checks, range checks and unknown-field rejection for the spec dataclasses."""
+
+    kind: ClassVar[str]
+    # field name -> (min, max) for ints and floats
+    ranges: ClassVar[dict[str, tuple[float, float]]] = {}
+
+    def _fail(self, field_name: str, problem: str) -> SpecError:
+        return SpecError(self.kind, field_name, problem)
+
+    def _check_types_and_ranges(self) -> None:
+        for spec_field in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, spec_field.name)
+            # annotations are strings here (from __future__ import annotations): "int | None", "bool", ...
+            base, _, optional = str(spec_field.type).partition(" | ")
+            if value is None and optional == "None":
+                continue
+            problem = _TYPE_PROBLEMS.get(base, lambda v: None)(value)
+            if problem:
+                raise self._fail(spec_field.name, f"{value!r} is not {problem}")
+            if spec_field.name in self.ranges:
+                low, high = self.ranges[spec_field.name]
+                if not low <= value <= high:
+                    raise self._fail(spec_field.name, f"{value!r} is out of range; use {low:g} to {high:g}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload,no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):  # type: ignore[no-untyped-def]
+        kind = cls.kind
+        if not isinstance(data, Mapping):
+            raise SpecError(kind, "spec", f"expected a JSON object, got {type(data).__name__}")
+        known = {spec_field.name for spec_field in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(kind, unknown[0], f"unknown field; allowed fields are {', '.join(sorted(known))}")
+        version = data.get("version", SPEC_VERSION)
+        if version != SPEC_VERSION:
+            raise SpecError(kind, "version", f"{version!r} is not supported; this worker reads version {SPEC_VERSION}")
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a required field is missing
+            missing = re.findall(r"'(\w+)'", str(exc))
+            raise SpecError(kind, missing[0] if missing else "spec", "is required") from None
+
+
+@dataclass(frozen=True)
+class TrainSpec(_Spec):
+    """What to train. ``epochs`` and ``steps`` are exclusive; with neither, one epoch is trained."""
+
+    kind: ClassVar[str] = "train"
+    ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "epochs": (1, 10_000),
+        "steps": (1, 10_000_000),
+        "batch_size": (1, 4096),
+        "seed": (0, 2**31 - 1),
+        "nz": (1, 1024),
+        "width": (4, 512),
+        "lr": (1e-6, 1.0),
+        "beta1": (0.0, 0.999),
+        "beta2": (0.0, 0.9999),
+        "limit": (1, 100_000_000),
+        "log_every": (1, 1_000_000),
+        "checkpoint_every": (1, 10_000_000),
+    }
+
+    job_id: str
+    dataset: str
+    epochs: int | None = None
+    steps: int | None = None
+    image_size: int | None = None  # None: the dataset's native size
+    channels: int | None = None  # None: the dataset's own; 1 or 3 converts grey <-> RGB at load time
+    batch_size: int = 64
+    conditional: bool | None = None  # None: conditional when the dataset has labels
+    seed: int = 0
+    nz: int = 100
+    width: int = 64  # ngf = ndf, as in the seed's DCGAN
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    loss: str = "bce"
+    limit: int | None = None  # train on the first LIMIT images only (small-data runs, tests)
+    log_every: int = 50
+    checkpoint_every: int = 500
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        check_job_id(self.job_id, kind=self.kind)
+        check_dataset_name(self.dataset)
+        self._check_types_and_ranges()
+        if self.epochs is not None and self.steps is not None:
+            raise self._fail("steps", "give either epochs or steps, not both")
+        if self.image_size is not None and self.image_size not in IMAGE_SIZES:
+            raise self._fail("image_size", f"{self.image_size!r} is not allowed; use one of {', '.join(map(str, IMAGE_SIZES))}")
+        if self.channels is not None and self.channels not in (1, 3):
+            raise self._fail("channels", f"{self.channels!r} is not allowed; use 1 or 3")
+        if self.loss not in LOSSES:
+            raise self._fail("loss", f"{self.loss!r} is not allowed; use one of {', '.join(LOSSES)}")
+
+
+@dataclass(frozen=True)
+class GenerateSpec(_Spec):
+    """What to generate: COUNT images from a trained model, balanced over classes unless CLASS_COUNTS is given."""
+
+    kind: ClassVar[str] = "generate"
+    ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "count": (1, 100_000_000),
+        "shard_size": (1, 100_000),
+        "seed": (0, 2**31 - 1),
+        "batch_size": (1, 8192),
+    }
+
+    job_id: str
+    model: str
+    count: int
+    shard_size: int = 1000
+    seed: int = 0
+    batch_size: int = 256
+    # class index (as a string: JSON object keys are strings) -> number of images; overrides COUNT's balance
+    class_counts: dict[str, int] | None = None
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        check_job_id(self.job_id, kind=self.kind)
+        check_job_id(self.model, field_name="model", kind=self.kind)
+        self._check_types_and_ranges()
+        if self.class_counts is not None:
+            self._check_class_counts(self.class_counts)
+
+    def _check_class_counts(self, counts: object) -> None:
+        if not isinstance(counts, dict) or not counts:
+            raise self._fail("class_counts", "use a non-empty object of class index -> count")
+        for label, number in counts.items():
+            if not isinstance(label, str) or not label.isdigit() or int(label) > 9999:
+                raise self._fail("class_counts", f"class {label!r} is not a class index (0, 1, ...)")
+            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+                raise self._fail("class_counts", f"count {number!r} for class {label} is not a non-negative integer")
+        if sum(counts.values()) != self.count:
+            raise self._fail("class_counts", f"counts add up to {sum(counts.values())}, not count={self.count}")
+
+    def labels_plan(self, num_classes: int) -> list[int]:
+        """How many images of each class to make: balanced (remainder to the first classes) or as asked."""
+        if num_classes <= 0:
+            return [self.count]
+        if self.class_counts is None:
+            base, extra = divmod(self.count, num_classes)
+            return [base + (1 if label < extra else 0) for label in range(num_classes)]
+        plan = [0] * num_classes
+        for label, number in self.class_counts.items():
+            if int(label) >= num_classes:
+                raise self._fail("class_counts", f"class {label} does not exist; the model has classes 0-{num_classes - 1}")
+            plan[int(label)] = number
+        return plan
+
+
+SPEC_TYPES: dict[str, type[_Spec]] = {"train": TrainSpec, "generate": GenerateSpec}
+
+
+def parse_spec(kind: str, data: Mapping[str, Any]) -> Any:
+    if kind not in SPEC_TYPES:
+        raise SpecError("job", "kind", f"{kind!r} is not a job kind; use one of {', '.join(SPEC_TYPES)}")
+    return SPEC_TYPES[kind].from_dict(data)
+
+
+__all__ = [
+    "SPEC_VERSION",
+    "IMAGE_SIZES",
+    "SpecError",
+    "TrainSpec",
+    "GenerateSpec",
+    "parse_spec",
+    "check_job_id",
+]

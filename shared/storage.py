@@ -1,0 +1,293 @@
+"""Object storage behind one small interface, chosen by URL scheme (``file://`` or ``s3://``).
+
+Keys are relative, ``/``-separated paths such as ``models/<job_id>/checkpoint.pt``. Every key is checked so
+that nothing can escape the configured root or prefix. Writes are atomic in both backends: a reader sees the
+old object, the whole new object, or nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import unquote, urlsplit
+
+from shared.settings import Settings
+
+# Control characters and backslashes have no business in a key; "." and ".." segments would escape the root.
+_BAD_KEY_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+class StorageError(RuntimeError):
+    """Storage is unreachable or misconfigured; the message says which and what to do."""
+
+
+class ObjectNotFound(StorageError):
+    """The key does not exist."""
+
+
+def check_key(key: str) -> str:
+    """Return KEY if it is a safe relative object key, else raise ValueError naming the problem."""
+    if not key or key.startswith("/"):
+        raise ValueError(f"object key {key!r} must be a non-empty relative path")
+    if _BAD_KEY_CHARS.search(key):
+        raise ValueError(f"object key {key!r} contains a control character or backslash")
+    for segment in key.split("/"):
+        if segment in {"", ".", ".."}:
+            raise ValueError(f"object key {key!r} has an empty, '.' or '..' segment")
+    return key
+
+
+def join_key(*parts: str) -> str:
+    return check_key("/".join(part.strip("/") for part in parts if part))
+
+
+class Storage(ABC):
+    """Minimal object store: whole-object put/get, existence, listing by prefix."""
+
+    scheme: str
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+
+    @abstractmethod
+    def put_file(self, key: str, path: str | Path, content_type: str = "application/octet-stream") -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def size(self, key: str) -> int | None:
+        """Size in bytes, or None when the object does not exist."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """All keys under PREFIX (recursive), sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def url_for(self, key: str) -> str:
+        """A URL a person can use to find the object (no credentials in it)."""
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    def get_text(self, key: str) -> str:
+        return self.get_bytes(key).decode("utf-8")
+
+    def put_text(self, key: str, text: str, content_type: str = "application/json") -> None:
+        self.put_bytes(key, text.encode("utf-8"), content_type)
+
+    def download_prefix(self, prefix: str, out_dir: str | Path) -> list[Path]:
+        """Copy every object under PREFIX into OUT_DIR, keeping the relative layout."""
+        out = Path(out_dir)
+        written = []
+        root = prefix.rstrip("/") + "/"
+        for key in self.list(prefix):
+            target = out / key[len(root):] if key.startswith(root) else out / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.get_bytes(key))
+            written.append(target)
+        return written
+
+
+class FileStorage(Storage):
+    scheme = "file"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / check_key(key)).resolve()
+        # resolve() follows symlinks, so this also catches a link planted inside the root.
+        if path != self.root and self.root not in path.parents:
+            raise ValueError(f"object key {key!r} resolves outside the storage root")
+        return path
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self._atomic_write(key, lambda handle: handle.write(data))
+
+    def put_file(self, key: str, path: str | Path, content_type: str = "application/octet-stream") -> None:
+        def copy(handle: io.BufferedWriter) -> None:
+            with open(path, "rb") as source:
+                while chunk := source.read(1 << 20):
+                    handle.write(chunk)
+
+        self._atomic_write(key, copy)
+
+    def _atomic_write(self, key: str, write: Callable[[io.BufferedWriter], object]) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self.url_for(key)} does not exist") from None
+
+    def size(self, key: str) -> int | None:
+        path = self._path(key)
+        return path.stat().st_size if path.is_file() else None
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self.root / prefix.rstrip("/") if prefix else self.root
+        if not base.exists():
+            return []
+        keys = []
+        for path in base.rglob("*") if base.is_dir() else [base]:
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                keys.append(path.relative_to(self.root).as_posix())
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def url_for(self, key: str) -> str:
+        return (self.root / check_key(key)).as_uri()
+
+
+class S3Storage(Storage):
+    """Any S3 store (MinIO in production). Uses only calls that MinIO serves."""
+
+    scheme = "s3"
+
+    def __init__(self, bucket: str, prefix: str, settings: Settings, connect_timeout_s: float = 3.0):
+        import urllib3
+        from minio import Minio
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        if self.prefix:
+            check_key(self.prefix)
+        self.endpoint = settings.s3_endpoint
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=connect_timeout_s, read=60.0),
+            maxsize=8,
+            retries=urllib3.Retry(total=2, backoff_factor=0.3, status_forcelist=(500, 502, 503, 504)),
+        )
+        self.client = Minio(
+            settings.s3_endpoint,
+            access_key=settings.s3_access_key or None,
+            secret_key=settings.s3_secret_key or None,
+            secure=settings.s3_secure,
+            http_client=http,
+        )
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if missing; fail fast with a clear message when S3 cannot be reached."""
+        from minio.error import S3Error
+
+        try:
+            if not self.client.bucket_exists(self.bucket):
+                self.client.make_bucket(self.bucket)
+        except S3Error as exc:
+            if exc.code == "BucketAlreadyOwnedByYou":
+                return
+            raise StorageError(
+                f"S3 at {self.endpoint} refused bucket {self.bucket!r}: {exc.code}; "
+                "check AUGMENT_S3_ACCESS_KEY / AUGMENT_S3_SECRET_KEY and the bucket name"
+            ) from None
+        except Exception as exc:  # urllib3 raises several unrelated types for a dead endpoint
+            raise StorageError(
+                f"S3 at {self.endpoint} is unreachable ({type(exc).__name__}); "
+                "check AUGMENT_S3_ENDPOINT and that the server is running"
+            ) from None
+
+    def _object(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.client.put_object(self.bucket, self._object(key), io.BytesIO(data), len(data), content_type=content_type)
+
+    def put_file(self, key: str, path: str | Path, content_type: str = "application/octet-stream") -> None:
+        self.client.fput_object(self.bucket, self._object(key), str(path), content_type=content_type)
+
+    def get_bytes(self, key: str) -> bytes:
+        from minio.error import S3Error
+
+        try:
+            response = self.client.get_object(self.bucket, self._object(key))
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchObject"}:
+                raise ObjectNotFound(f"{self.url_for(key)} does not exist") from None
+            raise
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def size(self, key: str) -> int | None:
+        from minio.error import S3Error
+
+        try:
+            return self.client.stat_object(self.bucket, self._object(key)).size
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}:
+                return None
+            raise
+
+    def list(self, prefix: str = "") -> list[str]:
+        full = self._object(prefix) if prefix else self.prefix
+        if full:
+            full = full.rstrip("/") + "/"
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(
+            obj.object_name[strip:]
+            for obj in self.client.list_objects(self.bucket, prefix=full or None, recursive=True)
+            if obj.object_name is not None
+        )
+
+    def delete(self, key: str) -> None:
+        self.client.remove_object(self.bucket, self._object(key))
+
+    def url_for(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._object(key)}"
+
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str:
+        """An HTTP(S) URL that reads the object without credentials until it expires."""
+        from datetime import timedelta
+
+        return self.client.presigned_get_object(self.bucket, self._object(key), expires=timedelta(seconds=expires_s))
+
+
+def open_storage(settings: Settings, url: str | None = None) -> Storage:
+    """Open the store named by URL (default: ``settings.storage_url``); creates an S3 bucket if missing."""
+    url = url or settings.storage_url
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        # file://relative/dir is accepted for convenience; file:///abs/dir is the canonical form.
+        return FileStorage(unquote(parts.netloc + parts.path) or ".")
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise StorageError(f"storage URL {url!r} has no bucket; use s3://BUCKET[/prefix]")
+        if not settings.s3_endpoint:
+            raise StorageError("s3:// storage needs AUGMENT_S3_ENDPOINT=host:port")
+        storage = S3Storage(parts.netloc, parts.path, settings)
+        storage.ensure_bucket()
+        return storage
+    raise StorageError(f"storage URL {url!r} has scheme {parts.scheme!r}; use s3://BUCKET[/prefix] or file:///path")
+
+
+def iter_prefix_bytes(storage: Storage, prefix: str) -> Iterator[tuple[str, bytes]]:
+    """Yield (key, bytes) for every object under PREFIX, in key order."""
+    for key in storage.list(prefix):
+        yield key, storage.get_bytes(key)

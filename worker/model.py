@@ -1,0 +1,145 @@
+"""DCGAN generator and discriminator, unconditional or class-conditional, for 28, 32 and 64 pixel images.
+
+Pure model code: torch only, everything from :class:`GANConfig`, no I/O. The layer recipe is the one of
+pytorch/examples' DCGAN (ConvTranspose2d/Conv2d, BatchNorm, ReLU/LeakyReLU, N(0, 0.02) init), generalised from a
+hard-wired 64x64 to a start size of 4x4 (32, 64) or 7x7 (28) followed by stride-2 doublings.
+
+The discriminator returns logits, not probabilities: the loss applies the sigmoid itself, which is numerically
+stable and safe under bf16 autocast (the seed's Sigmoid + BCELoss is neither).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
+
+CONDITIONINGS = ("concat", "projection")
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    image_size: int = 64  # 28, 32 or 64
+    channels: int = 3
+    nz: int = 100  # latent size
+    width: int = 64  # ngf = ndf of the seed
+    num_classes: int = 0  # 0: unconditional
+    embed_dim: int = 50  # label embedding fed to G next to z
+    conditioning: str = "concat"  # how D sees the label: one-hot planes ("concat") or a projection head
+    spectral_norm: bool = False  # spectral norm on D's layers (replaces D's BatchNorm)
+
+    def __post_init__(self) -> None:
+        if self.image_size not in (28, 32, 64):
+            raise ValueError(f"image_size {self.image_size} is not supported; use 28, 32 or 64")
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning {self.conditioning!r} is not one of {CONDITIONINGS}")
+
+    @property
+    def base_size(self) -> int:
+        """Spatial size of the first generator feature map."""
+        return 7 if self.image_size == 28 else 4
+
+    @property
+    def upsamplings(self) -> int:
+        return int(math.log2(self.image_size // self.base_size))  # 28 -> 2, 32 -> 3, 64 -> 4
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+
+def init_weights(module: nn.Module) -> None:
+    """The DCGAN paper's initialisation: conv weights N(0, 0.02), BatchNorm scale N(1, 0.02)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class Generator(nn.Module):
+    def __init__(self, config: GANConfig):
+        super().__init__()
+        self.config = config
+        n = config.upsamplings
+        channels = config.width * 2 ** (n - 1)
+        in_features = config.nz + (config.embed_dim if config.conditional else 0)
+        self.label_embedding = nn.Embedding(config.num_classes, config.embed_dim) if config.conditional else None
+        layers: list[nn.Module] = [
+            # input is (nz + embed) x 1 x 1
+            nn.ConvTranspose2d(in_features, channels, config.base_size, 1, 0, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(True),
+            # state size. (width * 2^(n-1)) x base x base
+        ]
+        for _ in range(n - 1):
+            layers += [
+                nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(channels // 2),
+                nn.ReLU(True),
+            ]
+            channels //= 2
+        # state size. width x (size/2) x (size/2)
+        layers += [nn.ConvTranspose2d(channels, config.channels, 4, 2, 1, bias=False), nn.Tanh()]
+        # state size. channels x size x size
+        self.main = nn.Sequential(*layers)
+        self.apply(init_weights)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        # z: (B, nz), labels: (B,) -> images (B, C, H, W) in [-1, 1]
+        if self.label_embedding is not None:
+            if labels is None:
+                raise ValueError("a conditional generator needs labels")
+            z = torch.cat([z, self.label_embedding(labels)], dim=1)  # (B, nz + embed)
+        return self.main(z[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    def __init__(self, config: GANConfig):
+        super().__init__()
+        self.config = config
+        norm = apply_spectral_norm if config.spectral_norm else (lambda module: module)
+        concat_labels = config.conditional and config.conditioning == "concat"
+        in_channels = config.channels + (config.num_classes if concat_labels else 0)
+        channels = config.width
+        layers: list[nn.Module] = [
+            # input is (channels [+ classes]) x size x size
+            norm(nn.Conv2d(in_channels, channels, 4, 2, 1, bias=False)),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        for _ in range(config.upsamplings - 1):
+            layers.append(norm(nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False)))
+            if not config.spectral_norm:
+                layers.append(nn.BatchNorm2d(channels * 2))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            channels *= 2
+        # state size. (width * 2^(n-1)) x base x base
+        self.features = nn.Sequential(*layers)
+        self.head = norm(nn.Conv2d(channels, 1, config.base_size, 1, 0, bias=False))
+        self.concat_labels = concat_labels
+        self.projection = (
+            norm(nn.Embedding(config.num_classes, channels))
+            if config.conditional and config.conditioning == "projection"
+            else None
+        )
+        self.apply(init_weights)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        # images: (B, C, H, W), labels: (B,) -> logits (B,)
+        if self.config.conditional and labels is None:
+            raise ValueError("a conditional discriminator needs labels")
+        if self.concat_labels:
+            assert labels is not None
+            planes = nn.functional.one_hot(labels, self.config.num_classes).to(images.dtype)  # (B, K)
+            planes = planes[:, :, None, None].expand(-1, -1, images.shape[2], images.shape[3])  # (B, K, H, W)
+            images = torch.cat([images, planes], dim=1)
+        features = self.features(images)  # (B, C', base, base)
+        logits = self.head(features).flatten()  # (B,)
+        if self.projection is not None:
+            assert labels is not None
+            pooled = features.sum(dim=(2, 3))  # (B, C')
+            logits = logits + (self.projection(labels) * pooled).sum(dim=1)
+        return logits
