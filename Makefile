@@ -1,0 +1,29 @@
+VENV ?= .venv
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup:
+	scripts/setup.sh $(VENV)
+
+## Set everything up and run the embedded demo (no servers needed).
+demo: setup
+	$(VENV)/bin/augment demo --out demo-output
+
+## Set everything up and run the whole test suite (starts its own Redis, S3 server and workers).
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+## Unit tests only: no servers, no worker processes.
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check producer worker shared tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(VENV)/bin/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf demo-output build *.egg-info

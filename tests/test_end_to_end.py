@@ -1,0 +1,137 @@
+"""The whole path on real parts: CLI processes -> real Redis -> real worker processes -> real S3 server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+import webdataset as wds
+from PIL import Image
+
+from shared.manifest import Manifest
+from shared.settings import Settings
+from shared.storage import S3Storage, open_storage
+from tests.processes import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def storage_for(env: dict[str, str]) -> S3Storage:
+    storage = open_storage(Settings.from_env(env))
+    assert isinstance(storage, S3Storage)
+    return storage
+
+
+def test_train_generate_and_read_back_with_webdataset(augment_env, start_worker, tmp_path: Path):
+    start_worker()
+    submitted = run_cli(augment_env, "train", "--dataset", "fake", "--steps", "30", "--width", "8",
+                        "--batch-size", "32", "--image-size", "32")
+    assert submitted.returncode == 0, submitted.stderr
+    train_id = submitted.stdout.strip()
+    assert train_id.startswith("t-") and "\n" not in train_id  # the id alone on stdout
+
+    watched = run_cli(augment_env, "watch", train_id, "--interval", "0.2", timeout=180)
+    assert watched.returncode == 0, watched.stderr
+    storage = storage_for(augment_env)
+    assert {"models/" + train_id + "/" + name for name in ("checkpoint.pt", "model.json", "grid.png")} <= set(
+        storage.list(f"models/{train_id}")
+    )
+    grid = Image.open(io.BytesIO(storage.get_bytes(f"models/{train_id}/grid.png")))
+    assert grid.width > grid.height  # real images on the left, generated on the right
+
+    submitted = run_cli(augment_env, "generate", "--model", train_id, "--count", "250", "--shard-size", "100",
+                        "--seed", "5")
+    assert submitted.returncode == 0, submitted.stderr
+    generate_id = submitted.stdout.strip()
+    watched = run_cli(augment_env, "watch", generate_id, "--interval", "0.2", timeout=180)
+    assert watched.returncode == 0, watched.stderr
+
+    manifest = Manifest.load(storage, generate_id)
+    assert manifest.total == 250 and [shard.count for shard in manifest.shards] == [100, 100, 50]
+    assert manifest.model_id == train_id and manifest.spec["seed"] == 5
+    assert sum(manifest.class_counts.values()) == 250 and len(manifest.class_counts) == 10
+
+    # A downstream pipeline reads the shards with the webdataset package itself, over presigned HTTP URLs.
+    urls = []
+    for shard in manifest.shards:
+        data = storage.get_bytes(manifest.shard_key(shard))
+        assert len(data) == shard.size and hashlib.sha256(data).hexdigest() == shard.sha256
+        urls.append(storage.presigned_url(manifest.shard_key(shard)))
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8").to_tuple("png", "cls", "json", "__key__"))
+    assert len(samples) == 250
+    labels = Counter(int(label) for _, label, _, _ in samples)
+    assert {str(label): count for label, count in labels.items()} == manifest.class_counts
+    image, label, meta, key = samples[0]
+    assert np.asarray(image).shape == (32, 32, 3) and "." not in key
+    assert meta["class"] == int(label) and meta["model"] == train_id and meta["seed"] == 5
+
+    status = run_cli(augment_env, "status", generate_id, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "SUCCESS"
+    listing = run_cli(augment_env, "list")
+    assert train_id in listing.stdout and generate_id in listing.stdout
+
+    fetched = run_cli(augment_env, "fetch", generate_id, "--out", str(tmp_path / "out"))
+    assert fetched.returncode == 0, fetched.stderr
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        "manifest.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar",
+    ]
+    for output in (submitted, watched, status, listing, fetched):  # secrets never reach output
+        assert augment_env["AUGMENT_S3_SECRET_KEY"] not in output.stdout + output.stderr
+
+
+def queued_messages(env: dict[str, str]) -> int:
+    client = redis.Redis.from_url(env["AUGMENT_BROKER_URL"])
+    return sum(int(client.llen(queue)) for queue in ("train", "generate"))  # type: ignore[arg-type]
+
+
+def test_bad_spec_exits_2_with_one_line_and_enqueues_nothing(augment_env):
+    result = run_cli(augment_env, "train", "--dataset", "fake", "--image-size", "48")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip().count("\n") == 0
+    assert "image_size" in result.stderr and "28, 32, 64" in result.stderr
+    result = run_cli(augment_env, "train", "--dataset", "mnist-typo")
+    assert result.returncode == 2 and "fashion-mnist" in result.stderr
+    assert queued_messages(augment_env) == 0
+
+
+def test_missing_dataset_and_unknown_model_fail_at_submit(augment_env):
+    env = dict(augment_env, AUGMENT_DATA_DIR="/nonexistent/data")
+    result = run_cli(env, "train", "--dataset", "cifar10")
+    assert result.returncode == 2 and "/nonexistent/data" in result.stderr
+    result = run_cli(augment_env, "generate", "--model", "t-000000000000", "--count", "10")
+    assert result.returncode == 2 and "unknown model t-000000000000" in result.stderr
+    assert queued_messages(augment_env) == 0
+
+
+def test_unreachable_redis_and_s3_fail_fast(augment_env):
+    dead_redis = dict(augment_env, AUGMENT_BROKER_URL="redis://:hunter2@127.0.0.1:1/0")
+    started = time.monotonic()
+    result = run_cli(dead_redis, "train", "--dataset", "fake", timeout=30)
+    assert result.returncode == 1 and "unreachable" in result.stderr
+    assert "hunter2" not in result.stderr
+    assert time.monotonic() - started < 15
+
+    dead_s3 = dict(augment_env, AUGMENT_S3_ENDPOINT="127.0.0.1:1")
+    started = time.monotonic()
+    result = run_cli(dead_s3, "generate", "--model", "t-000000000000", "--count", "10", timeout=60)
+    assert result.returncode == 1 and "S3 at 127.0.0.1:1 is unreachable" in result.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_cancel_queued_job_is_skipped_by_worker(augment_env, start_worker):
+    submitted = run_cli(augment_env, "train", "--dataset", "fake", "--steps", "5", "--width", "8")
+    job_id = submitted.stdout.strip()
+    cancelled = run_cli(augment_env, "cancel", job_id)
+    assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stderr
+    start_worker()
+    watched = run_cli(augment_env, "watch", job_id, "--interval", "0.2", timeout=120)
+    assert watched.returncode == 3
+    assert storage_for(augment_env).list(f"models/{job_id}") == []
