@@ -7,6 +7,7 @@ old object, the whole new object, or nothing.
 
 from __future__ import annotations
 
+import builtins
 import io
 import os
 import re
@@ -65,7 +66,7 @@ class Storage(ABC):
         """Size in bytes, or None when the object does not exist."""
 
     @abstractmethod
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "") -> builtins.list[str]:
         """All keys under PREFIX (recursive), sorted."""
 
     @abstractmethod
@@ -146,7 +147,7 @@ class FileStorage(Storage):
         path = self._path(key)
         return path.stat().st_size if path.is_file() else None
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "") -> builtins.list[str]:
         base = self.root / prefix.rstrip("/") if prefix else self.root
         if not base.exists():
             return []
@@ -190,13 +191,17 @@ class S3Storage(Storage):
             http_client=http,
         )
 
-    def ensure_bucket(self) -> None:
-        """Create the bucket if missing; fail fast with a clear message when S3 cannot be reached."""
+    def ensure_bucket(self, create: bool = True) -> None:
+        """Create the bucket if missing (or refuse, for read-only use); fail fast when S3 cannot be reached."""
         from minio.error import S3Error
 
         try:
             if not self.client.bucket_exists(self.bucket):
+                if not create:
+                    raise StorageError(f"bucket {self.bucket!r} does not exist at {self.endpoint}")
                 self.client.make_bucket(self.bucket)
+        except StorageError:
+            raise
         except S3Error as exc:
             if exc.code == "BucketAlreadyOwnedByYou":
                 return
@@ -245,7 +250,7 @@ class S3Storage(Storage):
                 return None
             raise
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "") -> builtins.list[str]:
         full = self._object(prefix) if prefix else self.prefix
         if full:
             full = full.rstrip("/") + "/"
@@ -269,8 +274,8 @@ class S3Storage(Storage):
         return self.client.presigned_get_object(self.bucket, self._object(key), expires=timedelta(seconds=expires_s))
 
 
-def open_storage(settings: Settings, url: str | None = None) -> Storage:
-    """Open the store named by URL (default: ``settings.storage_url``); creates an S3 bucket if missing."""
+def open_storage(settings: Settings, url: str | None = None, create_bucket: bool = True) -> Storage:
+    """Open the store named by URL (default: ``settings.storage_url``); creates a missing S3 bucket if asked."""
     url = url or settings.storage_url
     parts = urlsplit(url)
     if parts.scheme == "file":
@@ -282,7 +287,7 @@ def open_storage(settings: Settings, url: str | None = None) -> Storage:
         if not settings.s3_endpoint:
             raise StorageError("s3:// storage needs AUGMENT_S3_ENDPOINT=host:port")
         storage = S3Storage(parts.netloc, parts.path, settings)
-        storage.ensure_bucket()
+        storage.ensure_bucket(create=create_bucket)
         return storage
     raise StorageError(f"storage URL {url!r} has scheme {parts.scheme!r}; use s3://BUCKET[/prefix] or file:///path")
 

@@ -1,0 +1,82 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.processes import WorkerProcess
+from tests.servers import RedisServer, S3Server
+
+# ---- real servers ----
+# Session-scoped, real processes on free 127.0.0.1 ports (see tests/servers.py).
+# Tests may stop()/kill()/start() them (outage tests): a restart keeps the port,
+# URL/endpoint, credentials and data.  Such tests must leave them running again
+# (try/finally: server.start() -- start() is a no-op if already running).
+# Data is shared across the session: use unique keys / bucket names.
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """redis-server with AOF (appendfsync always); `.url`, `.port`, `.restart()`."""
+    srv = RedisServer()
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """SeaweedFS S3: `.endpoint`, `.access_key`, `.secret_key`, `.client()`."""
+    srv = S3Server()
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+# ---- the system under test ----
+_redis_dbs = itertools.count()
+
+
+@pytest.fixture
+def augment_env(redis_server: RedisServer, s3_server: S3Server, tmp_path: Path) -> dict[str, str]:
+    """Environment for `augment` processes: an empty Redis database and a fresh S3 bucket of their own."""
+    db = next(_redis_dbs) % 16
+    redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + f"/{db}").flushdb()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AUGMENT_")}
+    env.update({
+        "AUGMENT_BROKER_URL": redis_server.url.rsplit("/", 1)[0] + f"/{db}",
+        "AUGMENT_STORAGE_URL": f"s3://test-{uuid.uuid4().hex[:12]}/augment",
+        "AUGMENT_S3_ENDPOINT": s3_server.endpoint,
+        "AUGMENT_S3_ACCESS_KEY": s3_server.access_key,
+        "AUGMENT_S3_SECRET_KEY": s3_server.secret_key,
+        "AUGMENT_S3_SECURE": "false",
+        "AUGMENT_DATA_DIR": str(tmp_path / "data"),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+@pytest.fixture
+def start_worker(augment_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start `augment worker` processes on demand; all are killed at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def start(queues: str = "train,generate", env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(env or augment_env, tmp_path / f"worker-{len(started)}.log", queues)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.kill()
