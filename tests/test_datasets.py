@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import warnings
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from shared.datasets import (
     restricted_load,
 )
 from shared.settings import Settings
+from shared.storage import open_storage
 from shared.storage import FileStorage
 from worker.data import load_dataset, read_idx
 
@@ -366,16 +368,19 @@ def test_imagefolder_missing_or_empty(tmp_path: Path) -> None:
         locate_dataset(f"imagefolder:{tmp_path / 'classless'}", Settings())
 
 
-def test_imagefolder_s3_uses_storage_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _make_folder(tmp_path / "bucket" / "pets")
-    opened: list[str] = []
-
-    def fake_open_storage(settings: Settings, url: str) -> FileStorage:
-        opened.append(url)
-        return FileStorage(tmp_path / "bucket" / "pets")  # what S3Storage rooted at the prefix would list
-
-    monkeypatch.setattr(datasets, "open_storage", fake_open_storage)
-    data = load_dataset("imagefolder:s3://bucket/pets", Settings(), image_size=32)
-    assert opened == ["s3://bucket/pets"]
-    assert data.info.class_names == ("cat", "dog") and data.info.location == "s3://bucket/pets"
+@pytest.mark.integration
+def test_imagefolder_s3_on_a_real_s3_server(tmp_path: Path, s3_server) -> None:
+    _make_folder(tmp_path / "pets")
+    bucket = f"images-{uuid.uuid4().hex[:10]}"
+    settings = Settings(s3_endpoint=s3_server.endpoint, s3_access_key=s3_server.access_key,
+                        s3_secret_key=s3_server.secret_key)
+    storage = open_storage(settings, f"s3://{bucket}/pets")
+    for path in (tmp_path / "pets").rglob("*"):
+        if path.is_file():
+            storage.put_file(path.relative_to(tmp_path / "pets").as_posix(), path)
+    data = load_dataset(f"imagefolder:s3://{bucket}/pets", settings, image_size=32)
+    assert data.info.class_names == ("cat", "dog") and data.info.location == f"s3://{bucket}/pets"
     assert data.images.shape == (5, 3, 32, 32) and data.labels.tolist() == [0, 0, 0, 1, 1]
+    with pytest.raises(DatasetNotFound, match="does not exist"):
+        locate_dataset(f"imagefolder:s3://missing-{bucket}/pets", settings)
+    assert not s3_server.client().bucket_exists(f"missing-{bucket}")  # looking never creates a bucket
