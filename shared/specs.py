@@ -15,6 +15,9 @@ SPEC_VERSION = 1
 IMAGE_SIZES = (28, 32, 64)
 BUILTIN_DATASETS = ("fashion-mnist", "cifar10", "fake")
 LOSSES = ("bce", "hinge")
+CONDITIONINGS = ("concat", "projection")
+AUGMENTATIONS = ("translation", "cutout", "color")
+PRECISIONS = ("auto", "fp32", "bf16")
 JOB_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
 
 
@@ -67,6 +70,11 @@ class _Spec:
 
     def _fail(self, field_name: str, problem: str) -> SpecError:
         return SpecError(self.kind, field_name, problem)
+
+    def _check_choice(self, field_name: str, allowed: tuple[str, ...]) -> None:
+        value = getattr(self, field_name)
+        if value not in allowed:
+            raise self._fail(field_name, f"{value!r} is not allowed; use one of {', '.join(allowed)}")
 
     def _check_types_and_ranges(self) -> None:
         for spec_field in fields(self):  # type: ignore[arg-type]
@@ -123,6 +131,10 @@ class TrainSpec(_Spec):
         "limit": (1, 100_000_000),
         "log_every": (1, 1_000_000),
         "checkpoint_every": (1, 10_000_000),
+        "per_class": (1, 10_000_000),
+        "sample_every": (1, 10_000_000),
+        "grad_clip": (0.0, 1e6),
+        "ema": (0.0, 0.99999),
     }
 
     job_id: str
@@ -139,10 +151,20 @@ class TrainSpec(_Spec):
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    loss: str = "bce"
+    # Stabilisers; defaults chosen by measurement (docs/training.md).
+    loss: str = "hinge"
+    spectral_norm: bool = True  # in D
+    conditioning: str = "projection"  # how D sees the label: projection head or one-hot planes ("concat")
+    diffaugment: str = "translation,cutout"  # comma list of translation, cutout, color; "none" to disable
+    grad_clip: float = 0.0  # max gradient norm for G and D; 0 disables
+    ema: float = 0.999  # decay of the moving average of G's weights used for sampling; 0 disables
     limit: int | None = None  # train on the first LIMIT images only (small-data runs, tests)
+    per_class: int | None = None  # train on PER_CLASS images of each class (small-data experiments)
     log_every: int = 50
     checkpoint_every: int = 500
+    sample_every: int | None = None  # steps between sample grids; None: once per epoch
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    compile: bool = False  # torch.compile the networks (faster after a warm-up, on GPUs mostly)
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
@@ -153,10 +175,23 @@ class TrainSpec(_Spec):
             raise self._fail("steps", "give either epochs or steps, not both")
         if self.image_size is not None and self.image_size not in IMAGE_SIZES:
             raise self._fail("image_size", f"{self.image_size!r} is not allowed; use one of {', '.join(map(str, IMAGE_SIZES))}")
+        if self.limit is not None and self.per_class is not None:
+            raise self._fail("per_class", "give either limit or per_class, not both")
         if self.channels is not None and self.channels not in (1, 3):
             raise self._fail("channels", f"{self.channels!r} is not allowed; use 1 or 3")
-        if self.loss not in LOSSES:
-            raise self._fail("loss", f"{self.loss!r} is not allowed; use one of {', '.join(LOSSES)}")
+        self._check_choice("loss", LOSSES)
+        self._check_choice("conditioning", CONDITIONINGS)
+        self._check_choice("precision", PRECISIONS)
+        if self.diffaugment != "none":
+            for policy in self.diffaugment.split(","):
+                if policy not in AUGMENTATIONS:
+                    raise self._fail(
+                        "diffaugment", f"{policy!r} is not allowed; use none or a comma list of {', '.join(AUGMENTATIONS)}"
+                    )
+
+    @property
+    def augmentations(self) -> tuple[str, ...]:
+        return () if self.diffaugment == "none" else tuple(self.diffaugment.split(","))
 
 
 @dataclass(frozen=True)

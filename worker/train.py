@@ -2,35 +2,46 @@
 
 The dataset is decoded once into a uint8 tensor on the training device and batches are drawn by index from a
 per-epoch permutation seeded by (seed, epoch): no DataLoader, and the batch order at any step is a pure
-function of the step, which makes resume exact. Statistics accumulate on the device and are read back every
-``log_every`` steps only, so there is no host-device sync per step.
+function of the step. With the noise RNG, both optimizers and the EMA weights in the checkpoint, a resumed job
+continues exactly where it stopped. Statistics accumulate on the device and are read back every ``log_every``
+steps only, so there is no host-device sync per step.
 """
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.utils import make_grid
 
 from shared.jobs import JobCancelled
+from shared.layout import checkpoint_key, grid_key, model_card_key, model_prefix
 from shared.settings import Settings
 from shared.shards import encode_png
 from shared.specs import TrainSpec
-from shared.layout import checkpoint_key, grid_key, model_card_key
-from shared.storage import Storage
+from shared.storage import Storage, join_key
 from worker import checkpoint
 from worker.data import ImageData, load_dataset
+from worker.diffaugment import diff_augment
 from worker.model import Discriminator, GANConfig, Generator
 
 log = logging.getLogger("augment.train")
 STAT_NAMES = ("loss_d", "loss_g", "d_x", "d_g_z")
+# Collapse guard thresholds: D(G(z)) below this means D rejects every sample and G gets no useful gradient;
+# a class whose samples are less diverse than this fraction of its real images' diversity is mode-collapsing.
+COLLAPSED_D_G_Z = 0.02
+MIN_DIVERSITY_RATIO = 0.35
+DIVERSITY_WARMUP = 0.2  # fraction of the run before diversity is judged
 
 
 @dataclass
@@ -61,11 +72,18 @@ class TrainState:
     config: GANConfig
     generator: Generator
     discriminator: Discriminator
+    generator_ema: Generator | None
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     noise_rng: torch.Generator
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def sampler(self) -> Generator:
+        """The generator to sample from: the moving average when there is one."""
+        return self.generator_ema if self.generator_ema is not None else self.generator
 
     def to_checkpoint(self, spec: TrainSpec, class_names: list[str]) -> dict[str, Any]:
         return {
@@ -74,21 +92,26 @@ class TrainState:
             "class_names": class_names,
             "step": self.step,
             "generator": self.generator.state_dict(),
+            "generator_ema": self.generator_ema.state_dict() if self.generator_ema is not None else None,
             "discriminator": self.discriminator.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "rng": {"noise": self.noise_rng.get_state()},
             "history": self.history,
+            "warnings": self.warnings,
         }
 
     def load_checkpoint(self, state: dict[str, Any]) -> None:
         self.generator.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])
+        if self.generator_ema is not None:
+            self.generator_ema.load_state_dict(state["generator_ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.noise_rng.set_state(state["rng"]["noise"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
+        self.warnings = list(state.get("warnings", []))
 
 
 def gan_config(spec: TrainSpec, data: ImageData) -> GANConfig:
@@ -101,6 +124,8 @@ def gan_config(spec: TrainSpec, data: ImageData) -> GANConfig:
         nz=spec.nz,
         width=spec.width,
         num_classes=data.info.num_classes if conditional else 0,
+        conditioning=spec.conditioning,
+        spectral_norm=spec.spectral_norm,
     )
 
 
@@ -108,6 +133,10 @@ def new_state(spec: TrainSpec, config: GANConfig, device: torch.device) -> Train
     torch.manual_seed(spec.seed)  # weight init
     generator = Generator(config).to(device)
     discriminator = Discriminator(config).to(device)
+    if device.type == "cuda":  # NHWC convolutions are faster on tensor cores
+        generator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        discriminator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    generator_ema = copy.deepcopy(generator).eval().requires_grad_(False) if spec.ema > 0 else None
     betas = (spec.beta1, spec.beta2)
     noise_rng = torch.Generator(device=device)
     noise_rng.manual_seed(spec.seed + 1)
@@ -115,6 +144,7 @@ def new_state(spec: TrainSpec, config: GANConfig, device: torch.device) -> Train
         config=config,
         generator=generator,
         discriminator=discriminator,
+        generator_ema=generator_ema,
         opt_g=torch.optim.Adam(generator.parameters(), lr=spec.lr, betas=betas),
         opt_d=torch.optim.Adam(discriminator.parameters(), lr=spec.lr, betas=betas),
         noise_rng=noise_rng,
@@ -122,7 +152,7 @@ def new_state(spec: TrainSpec, config: GANConfig, device: torch.device) -> Train
 
 
 class BatchSchedule:
-    """Batch indices as a pure function of the step: epoch e uses permutation seeded by (seed, e)."""
+    """Batch indices as a pure function of the step: epoch e uses a permutation seeded by (seed, e)."""
 
     def __init__(self, num_images: int, batch_size: int, seed: int, device: torch.device):
         self.num_images = num_images
@@ -150,35 +180,94 @@ def total_steps(spec: TrainSpec, schedule: BatchSchedule) -> int:
     return (spec.epochs or 1) * schedule.steps_per_epoch
 
 
+def discriminator_loss(kind: str, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    if kind == "hinge":
+        return F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean()
+    return F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real)) + \
+        F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
+
+
+def generator_loss(kind: str, logits_gen: torch.Tensor) -> torch.Tensor:
+    if kind == "hinge":
+        return -logits_gen.mean()
+    return F.binary_cross_entropy_with_logits(logits_gen, torch.ones_like(logits_gen))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    ema_params = list(ema.parameters())
+    torch._foreach_lerp_(ema_params, list(model.parameters()), 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)  # BatchNorm running statistics follow the live generator
+
+
+@dataclass
+class StepFunctions:
+    """The per-step settings derived once from the spec (and the possibly compiled networks)."""
+
+    generator: Callable[..., torch.Tensor]
+    discriminator: Callable[..., torch.Tensor]
+    loss: str
+    augmentations: tuple[str, ...]
+    grad_clip: float
+    ema: float
+    autocast: Callable[[], ContextManager[Any]]
+
+
+def step_functions(spec: TrainSpec, state: TrainState, device: torch.device) -> StepFunctions:
+    use_bf16 = spec.precision == "bf16" or (spec.precision == "auto" and device.type == "cuda")
+    compile_fn: Callable[[nn.Module], Any] = torch.compile if spec.compile else (lambda module: module)
+    return StepFunctions(
+        generator=compile_fn(state.generator),
+        discriminator=compile_fn(state.discriminator),
+        loss=spec.loss,
+        augmentations=spec.augmentations,
+        grad_clip=spec.grad_clip,
+        ema=spec.ema,
+        autocast=(lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext,
+    )
+
+
 def train_step(
-    state: TrainState, real: torch.Tensor, labels: torch.Tensor | None, stats: torch.Tensor
+    state: TrainState, fns: StepFunctions, real: torch.Tensor, labels: torch.Tensor | None, stats: torch.Tensor
 ) -> None:
-    """One "(1) update D, (2) update G" step of the seed's DCGAN; adds loss_D, loss_G, D(x), D(G(z)) to STATS."""
-    generator, discriminator = state.generator, state.discriminator
+    """One "(1) update D, (2) update G" step; adds loss_D, loss_G, D(x), D(G(z)) to STATS (on the device)."""
     batch = real.shape[0]
     noise = torch.randn(batch, state.config.nz, device=real.device, generator=state.noise_rng)  # (B, nz)
-    fake = generator(noise, labels)  # (B, C, H, W)
 
-    # (1) Update D: maximize log(D(x)) + log(1 - D(G(z)))
+    def augment(images: torch.Tensor) -> torch.Tensor:
+        return diff_augment(images, fns.augmentations, state.noise_rng) if fns.augmentations else images
+
+    with fns.autocast():
+        fake = fns.generator(noise, labels)  # (B, C, H, W)
+        # (1) Update D: real -> high, fake -> low
+        logits_real = fns.discriminator(augment(real), labels)
+        logits_fake = fns.discriminator(augment(fake.detach()), labels)
+        loss_d = discriminator_loss(fns.loss, logits_real.float(), logits_fake.float())
     state.opt_d.zero_grad(set_to_none=True)
-    logits_real = discriminator(real, labels)
-    logits_fake = discriminator(fake.detach(), labels)
-    loss_d = F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real)) + \
-        F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
     loss_d.backward()
+    if fns.grad_clip > 0:
+        nn.utils.clip_grad_norm_(state.discriminator.parameters(), fns.grad_clip)
     state.opt_d.step()
 
-    # (2) Update G: maximize log(D(G(z)))
+    # (2) Update G: make D call the fakes real
+    with fns.autocast():
+        logits_gen = fns.discriminator(augment(fake), labels)
+        loss_g = generator_loss(fns.loss, logits_gen.float())
     state.opt_g.zero_grad(set_to_none=True)
-    logits_gen = discriminator(fake, labels)
-    loss_g = F.binary_cross_entropy_with_logits(logits_gen, torch.ones_like(logits_gen))
     loss_g.backward()
+    if fns.grad_clip > 0:
+        nn.utils.clip_grad_norm_(state.generator.parameters(), fns.grad_clip)
     state.opt_g.step()
+    if state.generator_ema is not None:
+        # ramp the decay up so that the average does not drag the random initialisation along for long
+        update_ema(state.generator_ema, state.generator, min(fns.ema, (1 + state.step) / (10 + state.step)))
 
     with torch.no_grad():
         stats += torch.stack([
-            loss_d.detach(), loss_g.detach(), torch.sigmoid(logits_real).mean(), torch.sigmoid(logits_fake).mean(),
-        ]).float()
+            loss_d.detach(), loss_g.detach(),
+            torch.sigmoid(logits_real.float()).mean(), torch.sigmoid(logits_fake.float()).mean(),
+        ])
 
 
 def fixed_grid_inputs(config: GANConfig, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -192,23 +281,25 @@ def fixed_grid_inputs(config: GANConfig, seed: int, device: torch.device) -> tup
     return torch.randn(64, config.nz, generator=rng).to(device), None
 
 
-def real_grid_images(data: ImageData, config: GANConfig) -> torch.Tensor:
-    """Real images laid out like the generated grid: 8 of each class, or the first 64."""
+def real_grid_images(data: ImageData, config: GANConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Real images (and labels) laid out like the generated grid: 8 of each class, or the first 64."""
     if not config.conditional:
-        return data.images[:64]
-    rows = []
-    for label in range(min(config.num_classes, 16)):
-        rows.append(data.images[data.labels == label][:8])
-    return torch.cat(rows)
+        return data.images[:64], None
+    chosen = torch.cat([torch.nonzero(data.labels == label).flatten()[:8] for label in range(min(config.num_classes, 16))])
+    return data.images[chosen], data.labels[chosen]
 
 
 @torch.no_grad()
-def render_grid(generator: Generator, noise: torch.Tensor, labels: torch.Tensor | None, real: torch.Tensor | None) -> bytes:
-    """PNG of generated images (and real ones on the left when given): the seed's real-vs-fake display."""
+def sample_fixed(generator: Generator, noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     was_training = generator.training
     generator.eval()
-    fake = to_uint8(generator(noise, labels)).cpu()
+    images = to_uint8(generator(noise, labels)).cpu()  # (n, C, H, W)
     generator.train(was_training)
+    return images
+
+
+def grid_png(fake: torch.Tensor, real: torch.Tensor | None = None) -> bytes:
+    """PNG of generated images (and real ones on the left when given): the seed's real-vs-fake display."""
     grid = make_grid(fake, nrow=8, padding=2, pad_value=255)
     if real is not None:
         real_grid = make_grid(real.cpu(), nrow=8, padding=2, pad_value=255)
@@ -217,11 +308,63 @@ def render_grid(generator: Generator, noise: torch.Tensor, labels: torch.Tensor 
     return encode_png(grid.permute(1, 2, 0).numpy())  # (H, W, C)
 
 
+def mean_pairwise_distance(images: torch.Tensor) -> float:
+    flat = images.float().flatten(1) / 255.0  # (n, C*H*W)
+    return float(torch.cdist(flat, flat).sum() / max(len(flat) * (len(flat) - 1), 1))
+
+
+def diversity_warnings(
+    fake: torch.Tensor, fake_labels: torch.Tensor | None, real: torch.Tensor, real_labels: torch.Tensor | None,
+    names: list[str],
+) -> list[str]:
+    """Classes (or the whole set) whose fixed-noise samples are far less diverse than the real images."""
+    if fake_labels is None or real_labels is None:
+        groups = [("all", fake, real)]
+    else:
+        fake_labels, real_labels = fake_labels.cpu(), real_labels.cpu()
+        groups = [(name, fake[fake_labels == label], real[real_labels == label]) for label, name in enumerate(names)]
+    warnings = []
+    for name, fake_group, real_group in groups:
+        if len(fake_group) < 2 or len(real_group) < 2:
+            continue
+        ratio = mean_pairwise_distance(fake_group) / max(mean_pairwise_distance(real_group), 1e-9)
+        if ratio < MIN_DIVERSITY_RATIO:
+            warnings.append(f"low diversity in class {name}: {ratio:.2f} of the real images' (possible mode collapse)")
+    return warnings
+
+
+def loss_curve_png(history: list[dict[str, float]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [record["step"] for record in history]
+    figure, (losses, outputs) = plt.subplots(1, 2, figsize=(10, 3.5))
+    losses.plot(steps, [r["loss_d"] for r in history], label="loss_D")
+    losses.plot(steps, [r["loss_g"] for r in history], label="loss_G")
+    losses.set_xlabel("step")
+    losses.legend()
+    outputs.plot(steps, [r["d_x"] for r in history], label="D(x)")
+    outputs.plot(steps, [r["d_g_z"] for r in history], label="D(G(z))")
+    outputs.set_xlabel("step")
+    outputs.set_ylim(0, 1)
+    outputs.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
 def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: TrainHooks | None = None) -> dict[str, Any]:
-    """Train (or resume) the GAN of SPEC and write checkpoint, model card and grid under ``models/<job_id>/``."""
+    """Train (or resume) the GAN of SPEC and write checkpoint, model card and images under ``models/<job_id>/``."""
     hooks = hooks or TrainHooks()
     device = pick_device()
-    data = load_dataset(spec.dataset, settings, "train", image_size=spec.image_size, channels=spec.channels, limit=spec.limit)
+    # GAN weights and Adam moments drift into denormal floats, which x86 CPUs compute many times slower.
+    torch.set_flush_denormal(True)
+    data = load_dataset(spec.dataset, settings, "train", image_size=spec.image_size, channels=spec.channels,
+                        limit=spec.limit, per_class=spec.per_class, seed=spec.seed)
     config = gan_config(spec, data)
     images = data.images.to(device)  # (N, C, H, W) uint8, decoded once
     labels_all = data.labels.to(device)
@@ -235,52 +378,78 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
         state.load_checkpoint(saved)
         log.info("job %s: resuming from step %d", spec.job_id, state.step)
 
+    fns = step_functions(spec, state, device)
     schedule = BatchSchedule(len(images), spec.batch_size, spec.seed, device)
     steps = total_steps(spec, schedule)
+    sample_every = spec.sample_every or schedule.steps_per_epoch
     grid_noise, grid_labels = fixed_grid_inputs(config, spec.seed, device)
+    real_grid, real_grid_labels = real_grid_images(data, config)
+    prefix = model_prefix(spec.job_id)
     stats = torch.zeros(len(STAT_NAMES), device=device)
-    window_start, window_steps, last_stop_check = time.perf_counter(), 0, 0.0
+    window_start, window_steps, last_stop_check = time.perf_counter(), 0, time.perf_counter()
     state.generator.train()
     state.discriminator.train()
+
+    def save_checkpoint() -> None:
+        checkpoint.save(storage, spec.job_id, state.to_checkpoint(spec, class_names))
+
+    # Current warnings by source; the status shows the latest verdict, not every past one.
+    alerts: dict[str, list[str]] = {"collapse": [], "diversity": []}
+
+    def set_alerts(source: str, messages: list[str]) -> None:
+        for message in set(messages) - set(alerts[source]):
+            log.warning("job %s step %d: %s", spec.job_id, state.step, message)
+        alerts[source] = messages
+        state.warnings = alerts["collapse"] + alerts["diversity"]
 
     while state.step < steps:
         index = schedule.indices(state.step)
         real = to_unit_range(images[index])
-        labels = labels_all[index] if config.conditional else None
-        train_step(state, real, labels, stats)
+        if device.type == "cuda":
+            real = real.contiguous(memory_format=torch.channels_last)
+        train_step(state, fns, real, labels_all[index] if config.conditional else None, stats)
         state.step += 1
         window_steps += 1
 
-        now = time.perf_counter()
-        if now - last_stop_check >= hooks.stop_check_interval_s:
-            last_stop_check = now
+        if time.perf_counter() - last_stop_check >= hooks.stop_check_interval_s:
+            last_stop_check = time.perf_counter()
             if hooks.should_stop():
-                checkpoint.save(storage, spec.job_id, state.to_checkpoint(spec, class_names))
+                save_checkpoint()
                 raise JobCancelled(f"job {spec.job_id} cancelled at step {state.step}")
+        if state.step % sample_every == 0 or state.step == steps:
+            fake = sample_fixed(state.sampler, grid_noise, grid_labels)
+            storage.put_bytes(join_key(prefix, "samples", f"step-{state.step:07d}.png"), grid_png(fake), "image/png")
+            if state.step >= steps * DIVERSITY_WARMUP:  # early samples are alike by construction
+                set_alerts("diversity", diversity_warnings(fake, grid_labels, real_grid, real_grid_labels, class_names))
         if state.step % spec.log_every == 0 or state.step == steps:
             means = (stats / window_steps).tolist()  # the only host-device sync: once per log window
-            elapsed = time.perf_counter() - window_start
-            images_per_s = window_steps * schedule.batch_size / max(elapsed, 1e-9)
+            images_per_s = window_steps * schedule.batch_size / max(time.perf_counter() - window_start, 1e-9)
             record = {"step": state.step, **dict(zip(STAT_NAMES, means))}
             state.history.append(record)
-            info = {
+            set_alerts("collapse", [
+                f"D(G(z)) collapsed to {record['d_g_z']:.3f}: D rejects every sample "
+                "(try hinge loss, spectral norm or DiffAugment)"
+            ] if record["d_g_z"] < COLLAPSED_D_G_Z else [])
+            log.info("job %s step %d/%d loss_D %.3f loss_G %.3f D(x) %.3f D(G(z)) %.3f %.0f img/s",
+                     spec.job_id, state.step, steps, *means, images_per_s)
+            hooks.progress({
                 **record,
                 "total_steps": steps,
                 "epoch": state.step // schedule.steps_per_epoch,
                 "images_per_s": images_per_s,
                 "eta_s": (steps - state.step) * schedule.batch_size / max(images_per_s, 1e-9),
-            }
-            log.info("job %s step %d/%d loss_D %.3f loss_G %.3f D(x) %.3f D(G(z)) %.3f %.0f img/s",
-                     spec.job_id, state.step, steps, *means, images_per_s)
-            hooks.progress(info)
+                "warnings": state.warnings,
+            })
             stats.zero_()
             window_start, window_steps = time.perf_counter(), 0
         if state.step % spec.checkpoint_every == 0 and state.step < steps:
-            checkpoint.save(storage, spec.job_id, state.to_checkpoint(spec, class_names))
+            save_checkpoint()
 
-    checkpoint.save(storage, spec.job_id, state.to_checkpoint(spec, class_names))
+    save_checkpoint()
     grid = grid_key(spec.job_id)
-    storage.put_bytes(grid, render_grid(state.generator, grid_noise, grid_labels, real_grid_images(data, config)), "image/png")
+    storage.put_bytes(grid, grid_png(sample_fixed(state.sampler, grid_noise, grid_labels), real_grid), "image/png")
+    curve = join_key(prefix, "losses.png")
+    storage.put_bytes(curve, loss_curve_png(state.history), "image/png")
     card = {
         "format": 1,
         "job_id": spec.job_id,
@@ -292,11 +461,21 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
         "spec": spec.to_dict(),
         "steps": state.step,
         "final": state.history[-1] if state.history else {},
+        "warnings": state.warnings,
         "device": str(device),
         "checkpoint": checkpoint_key(spec.job_id),
         "grid": grid,
+        "loss_curve": curve,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     storage.put_text(model_card_key(spec.job_id), json.dumps(card, indent=2, sort_keys=True))
-    return {"model": spec.job_id, "steps": state.step, "model_card": storage.url_for(model_card_key(spec.job_id)),
-            "checkpoint": storage.url_for(card["checkpoint"]), "grid": storage.url_for(grid), "final": card["final"]}
+    return {
+        "model": spec.job_id,
+        "steps": state.step,
+        "model_card": storage.url_for(model_card_key(spec.job_id)),
+        "checkpoint": storage.url_for(checkpoint_key(spec.job_id)),
+        "grid": storage.url_for(grid),
+        "loss_curve": storage.url_for(curve),
+        "final": card["final"],
+        "warnings": state.warnings,
+    }
