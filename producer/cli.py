@@ -22,7 +22,7 @@ from shared.datasets import DatasetNotFound
 from shared.jobs import CANCELLED, FAILURE, SUCCESS, TERMINAL_STATES
 from shared.layout import job_prefix
 from shared.settings import Settings, SettingsError
-from shared.specs import SpecError, check_job_id
+from shared.specs import CONDITIONINGS, LOSSES, PRECISIONS, SpecError, check_job_id
 from shared.storage import StorageError, open_storage
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3
@@ -83,7 +83,18 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--width", type=int, default=64, show_default=True, help="Base channel width of G and D (ngf = ndf).")
 @click.option("--limit", type=int, help="Train on the first LIMIT images only.")
-@click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Steps between checkpoints.")
+@click.option("--per-class", type=int, help="Train on PER_CLASS images of each class (small-data runs).")
+@click.option("--loss", type=click.Choice(LOSSES), help="GAN loss (default: hinge).")
+@click.option("--spectral-norm/--no-spectral-norm", default=None, help="Spectral norm in D (default: on).")
+@click.option("--conditioning", type=click.Choice(CONDITIONINGS), help="How D sees labels (default: projection).")
+@click.option("--diffaugment", help="none, or a comma list of translation, cutout, color (default: translation,cutout).")
+@click.option("--grad-clip", type=float, help="Max gradient norm for G and D; 0 disables (default: 0).")
+@click.option("--ema", type=float, help="Decay of the moving average of G used for sampling; 0 disables (default: 0.999).")
+@click.option("--checkpoint-every", type=int, help="Steps between checkpoints (default: 500).")
+@click.option("--log-every", type=int, help="Steps between progress reports (default: 50).")
+@click.option("--sample-every", type=int, help="Steps between sample grids (default: once per epoch).")
+@click.option("--precision", type=click.Choice(PRECISIONS), help="auto: bf16 autocast on CUDA, fp32 elsewhere.")
+@click.option("--compile/--no-compile", default=None, help="torch.compile the networks.")
 @handle_errors
 def train(**options: Any) -> None:
     """Enqueue a GAN training job; prints the job id."""
@@ -279,7 +290,7 @@ def worker(queues: str, pool: str, concurrency: int, loglevel: str, celery_args:
 
 @main.command()
 @click.option("--out", "out_dir", default="demo-output", show_default=True, type=click.Path(file_okay=False))
-@click.option("--steps", type=int, default=1500, show_default=True, help="Training steps (a few minutes on a CPU).")
+@click.option("--steps", type=int, default=2500, show_default=True, help="Training steps (a few minutes on a CPU).")
 @click.option("--count", type=int, default=10_000, show_default=True, help="Synthetic images to generate.")
 @click.option("--dataset", default="fashion-mnist", show_default=True)
 def demo(out_dir: str, steps: int, count: int, dataset: str) -> None:

@@ -50,13 +50,11 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 def redact_url(url: str) -> str:
     """Return URL with any password replaced by ``***`` (safe to print)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,15 @@ class Settings:
         settings.check()
         return settings
 
+    def __repr__(self) -> str:
+        # the broker URL may carry a password, and the S3 keys are secrets: show the masked form only
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in self.describe().items())})"
+
     def check(self) -> None:
+        try:
+            urlsplit(self.broker_url).port
+        except ValueError:
+            raise SettingsError("AUGMENT_BROKER_URL has a port that is not a number; use redis://host:port/db") from None
         scheme = urlsplit(self.broker_url).scheme
         if scheme not in {"redis", "rediss", "memory"}:
             raise SettingsError(

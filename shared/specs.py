@@ -18,7 +18,7 @@ LOSSES = ("bce", "hinge")
 CONDITIONINGS = ("concat", "projection")
 AUGMENTATIONS = ("translation", "cutout", "color")
 PRECISIONS = ("auto", "fp32", "bf16")
-JOB_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
+JOB_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{2,63}")
 
 
 class SpecError(ValueError):
@@ -30,7 +30,7 @@ class SpecError(ValueError):
 
 
 def check_job_id(job_id: object, field_name: str = "job_id", kind: str = "job") -> str:
-    if not isinstance(job_id, str) or not JOB_ID_PATTERN.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
         raise SpecError(
             kind, field_name, f"{job_id!r} is not a job id; use 3-64 characters of a-z, 0-9 and '-' (as printed by augment)"
         )
@@ -100,7 +100,8 @@ class _Spec:
         if not isinstance(data, Mapping):
             raise SpecError(kind, "spec", f"expected a JSON object, got {type(data).__name__}")
         known = {spec_field.name for spec_field in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - known)
+        # a name that is not an identifier is quoted, so a hostile one cannot add a line to the message
+        unknown = sorted(name if isinstance(name, str) and name.isidentifier() else repr(name) for name in set(data) - known)
         if unknown:
             raise SpecError(kind, unknown[0], f"unknown field; allowed fields are {', '.join(sorted(known))}")
         version = data.get("version", SPEC_VERSION)
@@ -227,7 +228,8 @@ class GenerateSpec(_Spec):
         if not isinstance(counts, dict) or not counts:
             raise self._fail("class_counts", "use a non-empty object of class index -> count")
         for label, number in counts.items():
-            if not isinstance(label, str) or not label.isdigit() or int(label) > 9999:
+            # canonical ASCII decimals only, so "1" and "01" cannot both name class 1
+            if not isinstance(label, str) or not re.fullmatch(r"0|[1-9][0-9]{0,3}", label):
                 raise self._fail("class_counts", f"class {label!r} is not a class index (0, 1, ...)")
             if isinstance(number, bool) or not isinstance(number, int) or number < 0:
                 raise self._fail("class_counts", f"count {number!r} for class {label} is not a non-negative integer")

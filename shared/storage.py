@@ -43,6 +43,11 @@ def check_key(key: str) -> str:
     return key
 
 
+def _prefix_key(prefix: str) -> str:
+    """A listing prefix may end in one "/" (directory style); otherwise it obeys the key rules."""
+    return check_key(prefix[:-1] if prefix.endswith("/") else prefix)
+
+
 def join_key(*parts: str) -> str:
     return check_key("/".join(part.strip("/") for part in parts if part))
 
@@ -140,7 +145,7 @@ class FileStorage(Storage):
     def get_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):  # a "directory" is only a prefix, as in S3
             raise ObjectNotFound(f"{self.url_for(key)} does not exist") from None
 
     def size(self, key: str) -> int | None:
@@ -148,17 +153,20 @@ class FileStorage(Storage):
         return path.stat().st_size if path.is_file() else None
 
     def list(self, prefix: str = "") -> builtins.list[str]:
-        base = self.root / prefix.rstrip("/") if prefix else self.root
+        base = self._path(_prefix_key(prefix)) if prefix else self.root
         if not base.exists():
             return []
         keys = []
         for path in base.rglob("*") if base.is_dir() else [base]:
-            if path.is_file() and not path.name.startswith(".tmp-"):
+            # skip temp files of writes in flight and links that lead out of the root
+            if path.is_file() and not path.name.startswith(".tmp-") and self.root in path.resolve().parents:
                 keys.append(path.relative_to(self.root).as_posix())
         return sorted(keys)
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        if path.is_file():
+            path.unlink(missing_ok=True)
 
     def url_for(self, key: str) -> str:
         return (self.root / check_key(key)).as_uri()
@@ -251,7 +259,7 @@ class S3Storage(Storage):
             raise
 
     def list(self, prefix: str = "") -> builtins.list[str]:
-        full = self._object(prefix) if prefix else self.prefix
+        full = self._object(_prefix_key(prefix)) if prefix else self.prefix
         if full:
             full = full.rstrip("/") + "/"
         strip = len(self.prefix) + 1 if self.prefix else 0

@@ -10,8 +10,8 @@ import struct
 import subprocess
 import sys
 import time
-import warnings
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,6 @@ from shared.datasets import (
 )
 from shared.settings import Settings
 from shared.storage import open_storage
-from shared.storage import FileStorage
 from worker.data import load_dataset, read_idx
 
 REPO = Path(__file__).resolve().parent.parent

@@ -101,31 +101,35 @@ class Discriminator(nn.Module):
     def __init__(self, config: GANConfig):
         super().__init__()
         self.config = config
-        norm = apply_spectral_norm if config.spectral_norm else (lambda module: module)
         concat_labels = config.conditional and config.conditioning == "concat"
         in_channels = config.channels + (config.num_classes if concat_labels else 0)
         channels = config.width
         layers: list[nn.Module] = [
             # input is (channels [+ classes]) x size x size
-            norm(nn.Conv2d(in_channels, channels, 4, 2, 1, bias=False)),
+            nn.Conv2d(in_channels, channels, 4, 2, 1, bias=False),
             nn.LeakyReLU(0.2, inplace=True),
         ]
         for _ in range(config.upsamplings - 1):
-            layers.append(norm(nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False)))
+            layers.append(nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False))
             if not config.spectral_norm:
                 layers.append(nn.BatchNorm2d(channels * 2))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             channels *= 2
         # state size. (width * 2^(n-1)) x base x base
         self.features = nn.Sequential(*layers)
-        self.head = norm(nn.Conv2d(channels, 1, config.base_size, 1, 0, bias=False))
+        self.head = nn.Conv2d(channels, 1, config.base_size, 1, 0, bias=False)
         self.concat_labels = concat_labels
         self.projection = (
-            norm(nn.Embedding(config.num_classes, channels))
+            nn.Embedding(config.num_classes, channels)
             if config.conditional and config.conditioning == "projection"
             else None
         )
         self.apply(init_weights)
+        if config.spectral_norm:
+            # after the init: spectral norm's power iteration starts from the weights it will normalise
+            for module in list(self.modules()):
+                if isinstance(module, (nn.Conv2d, nn.Embedding)):
+                    apply_spectral_norm(module)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         # images: (B, C, H, W), labels: (B,) -> logits (B,)

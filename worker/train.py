@@ -359,10 +359,17 @@ def loss_curve_png(history: list[dict[str, float]]) -> bytes:
 
 def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: TrainHooks | None = None) -> dict[str, Any]:
     """Train (or resume) the GAN of SPEC and write checkpoint, model card and images under ``models/<job_id>/``."""
-    hooks = hooks or TrainHooks()
-    device = pick_device()
     # GAN weights and Adam moments drift into denormal floats, which x86 CPUs compute many times slower.
+    # The setting is per process, so it is put back for whoever shares the process (the demo, tests).
     torch.set_flush_denormal(True)
+    try:
+        return _run_training(spec, settings, storage, hooks or TrainHooks())
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: TrainHooks) -> dict[str, Any]:
+    device = pick_device()
     data = load_dataset(spec.dataset, settings, "train", image_size=spec.image_size, channels=spec.channels,
                         limit=spec.limit, per_class=spec.per_class, seed=spec.seed)
     config = gan_config(spec, data)

@@ -1,0 +1,356 @@
+"""worker.model and worker.checkpoint: shapes for every configuration, DCGAN init, safe checkpoint loading."""
+
+from __future__ import annotations
+
+import collections
+import io
+import itertools
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from shared.storage import FileStorage
+from worker import checkpoint
+from worker.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KIND, CheckpointError
+from worker.model import Discriminator, GANConfig, Generator
+
+BATCH = 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    # These networks are tiny: with several intra-op threads on a busy machine every op waits ~25 ms for
+    # the thread pool (measured: 0.8 s vs 0.004 s per forward+backward), so run them on one thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+CONFIGS = [
+    GANConfig(
+        image_size=size,
+        channels=channels,
+        nz=16,
+        width=8,
+        num_classes=classes,
+        embed_dim=6,
+        conditioning=conditioning,
+        spectral_norm=spectral_norm,
+    )
+    for size, channels, classes, conditioning, spectral_norm in itertools.product(
+        (28, 32, 64), (1, 3), (0, 10), ("concat", "projection"), (False, True)
+    )
+]
+
+
+def config_id(config: GANConfig) -> str:
+    return (
+        f"{config.image_size}px-c{config.channels}-k{config.num_classes}-{config.conditioning}"
+        f"{'-sn' if config.spectral_norm else ''}"
+    )
+
+
+def labels_for(config: GANConfig) -> torch.Tensor | None:
+    return torch.arange(BATCH) % config.num_classes if config.conditional else None
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+def test_shapes_and_ranges(config: GANConfig) -> None:
+    torch.manual_seed(0)
+    generator, discriminator = Generator(config), Discriminator(config)
+    labels = labels_for(config)
+    z = torch.randn(BATCH, config.nz)
+    for mode in ("train", "eval"):
+        generator.train(mode == "train")
+        discriminator.train(mode == "train")
+        images = generator(z, labels)
+        assert images.shape == (BATCH, config.channels, config.image_size, config.image_size)
+        assert images.dtype == torch.float32
+        assert images.min() >= -1 and images.max() <= 1
+        assert torch.isfinite(images).all()
+        logits = discriminator(images, labels)
+        assert logits.shape == (BATCH,)
+        assert torch.isfinite(logits).all()
+    # gradients flow back to the generator through the discriminator
+    generator.train()
+    discriminator.train()
+    discriminator(generator(z, labels), labels).mean().backward()
+    assert all(p.grad is not None for p in generator.parameters())
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.conditional and not c.spectral_norm], ids=config_id)
+def test_conditional_networks_need_labels(config: GANConfig) -> None:
+    generator, discriminator = Generator(config), Discriminator(config)
+    with pytest.raises(ValueError, match="needs labels"):
+        generator(torch.randn(BATCH, config.nz))
+    images = torch.zeros(BATCH, config.channels, config.image_size, config.image_size)
+    with pytest.raises(ValueError, match="needs labels"):
+        discriminator(images)
+
+
+def test_labels_change_the_conditional_output() -> None:
+    config = GANConfig(image_size=32, channels=3, nz=16, width=8, num_classes=10)
+    generator = Generator(config).eval()
+    z = torch.randn(1, config.nz).expand(2, -1)
+    images = generator(z, torch.tensor([0, 1]))
+    assert not torch.equal(images[0], images[1])
+
+
+def test_unconditional_networks_ignore_labels() -> None:
+    config = GANConfig(image_size=28, channels=1, nz=16, width=8)
+    generator = Generator(config).eval()
+    z = torch.randn(2, config.nz)
+    assert torch.equal(generator(z), generator(z, torch.tensor([0, 1])))
+    assert generator.label_embedding is None
+
+
+@pytest.mark.parametrize(("size", "base", "ups"), [(28, 7, 2), (32, 4, 3), (64, 4, 4)])
+def test_config_geometry(size: int, base: int, ups: int) -> None:
+    config = GANConfig(image_size=size)
+    assert (config.base_size, config.upsamplings) == (base, ups)
+    assert not config.conditional and GANConfig(num_classes=2).conditional
+
+
+@pytest.mark.parametrize("changes", [{"image_size": 48}, {"image_size": 16}, {"conditioning": "x"}])
+def test_config_refuses_bad_values(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        GANConfig(**changes)
+
+
+def _conv_weights(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The trainable conv weights (for spectral-normed layers: the parametrization's original tensor)."""
+    found = []
+    for name, sub in module.named_modules():
+        if isinstance(sub, (nn.Conv2d, nn.ConvTranspose2d)):
+            parametrizations: Any = getattr(sub, "parametrizations", None)
+            weight = parametrizations.weight.original if parametrizations is not None else sub.weight
+            found.append((name, weight.detach()))
+    return found
+
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_dcgan_init_statistics(size: int) -> None:
+    torch.manual_seed(1)
+    config = GANConfig(image_size=size, channels=3, width=32, num_classes=10)
+    for network in (Generator(config), Discriminator(config)):
+        weights = _conv_weights(network)
+        assert weights
+        everything = torch.cat([w.flatten() for _, w in weights])
+        assert abs(everything.std().item() - 0.02) < 0.001
+        assert abs(everything.mean().item()) < 0.001
+        for name, weight in weights:
+            if weight.numel() >= 5000:
+                assert abs(weight.std().item() - 0.02) < 0.002, name
+        for name, sub in network.named_modules():
+            if isinstance(sub, nn.BatchNorm2d):
+                assert abs(sub.weight.mean().item() - 1.0) < 0.01, name
+                assert sub.weight.std().item() < 0.04, name
+                assert torch.equal(sub.bias.detach(), torch.zeros_like(sub.bias)), name
+
+
+def test_dcgan_init_statistics_with_spectral_norm() -> None:
+    torch.manual_seed(1)
+    discriminator = Discriminator(GANConfig(image_size=32, channels=3, width=32, spectral_norm=True))
+    for name, weight in _conv_weights(discriminator):
+        assert abs(weight.std().item() - 0.02) < 0.003, name
+
+
+def test_spectral_norm_bounds_the_discriminator_layers() -> None:
+    torch.manual_seed(2)
+    discriminator = Discriminator(
+        GANConfig(image_size=32, channels=3, width=16, num_classes=10, conditioning="projection", spectral_norm=True)
+    )
+    assert not any(isinstance(sub, nn.BatchNorm2d) for sub in discriminator.modules())
+    for sub in discriminator.modules():
+        if isinstance(sub, (nn.Conv2d, nn.Embedding)):
+            sigma = torch.linalg.matrix_norm(sub.weight.detach().flatten(1), ord=2).item()
+            assert sigma == pytest.approx(1.0, abs=0.05)
+
+
+# ---- checkpoints ----
+
+
+class Payload:
+    """An arbitrary object: pickled by torch.save, so it must be refused by the weights-only loader."""
+
+    executed: list[str] = []
+
+    def __init__(self, value: int = 1):
+        self.value = value
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        Payload.executed.append("setstate")
+        self.__dict__.update(state)
+
+
+class SneakyDict(collections.OrderedDict):
+    """An OrderedDict subclass: looks like a state dict, is not a plain type."""
+
+
+def _mark_executed(note: str) -> str:
+    Payload.executed.append(note)
+    return note
+
+
+class Reducer:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_mark_executed, ("reduce",))
+
+
+def make_state(config: GANConfig) -> dict[str, Any]:
+    torch.manual_seed(3)
+    generator, discriminator = Generator(config), Discriminator(config)
+    optimizer_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    labels = labels_for(config)
+    loss = discriminator(generator(torch.randn(BATCH, config.nz), labels), labels).mean()
+    loss.backward()
+    optimizer_g.step()
+    optimizer_d.step()
+    return {
+        "config": checkpoint.config_dict(config),
+        "generator": generator.state_dict(),
+        "discriminator": discriminator.state_dict(),
+        "optimizer_g": optimizer_g.state_dict(),
+        "optimizer_d": optimizer_d.state_dict(),
+        "step": 1,
+        "epoch": 0,
+        "spec": {"job_id": "t-abc", "dataset": "fake", "epochs": None, "lr": 2e-4},
+        "rng": torch.get_rng_state(),
+        "class_names": ["a", "b"],
+    }
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        GANConfig(image_size=28, channels=1, nz=16, width=8, num_classes=10),
+        GANConfig(
+            image_size=32, channels=3, nz=16, width=8, num_classes=10, conditioning="projection", spectral_norm=True
+        ),
+        GANConfig(image_size=64, channels=3, nz=16, width=8),
+    ],
+    ids=config_id,
+)
+def test_checkpoint_round_trip(config: GANConfig) -> None:
+    state = make_state(config)
+    data = checkpoint.to_bytes(state)
+    loaded = checkpoint.from_bytes(data, "memory")
+    assert loaded["format"] == CHECKPOINT_FORMAT and loaded["kind"] == CHECKPOINT_KIND
+    assert loaded["config"] == checkpoint.config_dict(config)
+    assert loaded["step"] == 1 and loaded["spec"] == state["spec"] and loaded["class_names"] == ["a", "b"]
+    assert torch.equal(loaded["rng"], state["rng"])
+    for network in ("generator", "discriminator"):
+        assert loaded[network].keys() == state[network].keys()
+        for key, tensor in state[network].items():
+            assert torch.equal(loaded[network][key], tensor), key
+    assert loaded["optimizer_g"]["param_groups"] == state["optimizer_g"]["param_groups"]
+    for index, moments in state["optimizer_d"]["state"].items():
+        assert torch.equal(loaded["optimizer_d"]["state"][index]["exp_avg"], moments["exp_avg"])
+
+    rebuilt = checkpoint.generator_from_state(loaded)
+    assert not rebuilt.training
+    original = Generator(config)
+    original.load_state_dict(state["generator"])
+    original.eval()
+    z = torch.randn(BATCH, config.nz)
+    labels = labels_for(config)
+    assert torch.equal(rebuilt(z, labels), original(z, labels))
+
+
+def test_generator_from_state_prefers_ema_weights() -> None:
+    config = GANConfig(image_size=28, channels=1, nz=16, width=8)
+    state = make_state(config)
+    torch.manual_seed(99)
+    ema = Generator(config).state_dict()
+    state["generator_ema"] = ema
+    rebuilt = checkpoint.generator_from_state(checkpoint.from_bytes(checkpoint.to_bytes(state), "memory"))
+    for key, tensor in ema.items():
+        assert torch.equal(rebuilt.state_dict()[key], tensor)
+
+
+def test_checkpoint_save_and_load_through_storage(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    assert checkpoint.load(storage, "t-missing") is None
+    state = make_state(GANConfig(image_size=28, channels=1, nz=16, width=8))
+    checkpoint.save(storage, "t-abc", state)
+    assert storage.list() == ["models/t-abc/checkpoint.pt"]
+    loaded = checkpoint.load(storage, "t-abc")
+    assert loaded is not None and loaded["step"] == 1
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [Payload(5), SneakyDict(a=torch.zeros(2)), Reducer(), {"nested": [1, {"deep": Payload()}]}],
+    ids=["object", "ordereddict-subclass", "reduce", "nested-object"],
+)
+def test_checkpoint_with_python_objects_is_refused(payload: Any) -> None:
+    Payload.executed.clear()
+    data = _torch_bytes({"format": CHECKPOINT_FORMAT, "kind": CHECKPOINT_KIND, "generator": payload})
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.from_bytes(data, "s3://bucket/models/t-abc/checkpoint.pt")
+    message = str(info.value)
+    assert "s3://bucket/models/t-abc/checkpoint.pt" in message
+    assert "refused" in message
+    assert "\n" not in message
+    assert Payload.executed == []  # nothing in the file ran
+
+
+def test_sneaky_dict_at_top_level_is_refused() -> None:
+    data = _torch_bytes(SneakyDict(format=CHECKPOINT_FORMAT, kind=CHECKPOINT_KIND))
+    with pytest.raises(CheckpointError, match="refused"):
+        checkpoint.from_bytes(data, "file")
+
+
+def _zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("data.pkl", b"not a pickle")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"garbage bytes, not a checkpoint", bytes(range(256)) * 8, b"PK\x03\x04truncated", None],
+    ids=["empty", "text", "binary", "truncated-zip", "zip-without-torch-layout"],
+)
+def test_garbage_is_refused(data: bytes | None) -> None:
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.from_bytes(_zip_bytes() if data is None else data, "the-source")
+    assert "the-source" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_checkpoint_is_refused() -> None:
+    data = checkpoint.to_bytes(make_state(GANConfig(image_size=28, channels=1, nz=16, width=8)))
+    with pytest.raises(CheckpointError):
+        checkpoint.from_bytes(data[: len(data) // 2], "half")
+
+
+@pytest.mark.parametrize(
+    ("obj", "match"),
+    [
+        ({"format": CHECKPOINT_FORMAT, "kind": "someone-else/gan"}, "not a gan-augment checkpoint"),
+        ({"format": CHECKPOINT_FORMAT}, "not a gan-augment checkpoint"),
+        ({"generator": {"w": torch.zeros(1)}}, "not a gan-augment checkpoint"),
+        (torch.zeros(3), "not a gan-augment checkpoint"),
+        ([1, 2, 3], "not a gan-augment checkpoint"),
+        ({"format": CHECKPOINT_FORMAT + 1, "kind": CHECKPOINT_KIND}, "format 2"),
+        ({"kind": CHECKPOINT_KIND}, "format None"),
+    ],
+)
+def test_wrong_kind_or_format_is_refused(obj: Any, match: str) -> None:
+    with pytest.raises(CheckpointError, match=match):
+        checkpoint.from_bytes(_torch_bytes(obj), "src")
