@@ -6,8 +6,9 @@ Nothing here imports torch or the worker's task code: tasks are sent by name.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
@@ -45,7 +46,7 @@ class Client:
     store: JobStore
 
     @classmethod
-    def connect(cls, settings: Settings, app: Celery | None = None) -> "Client":
+    def connect(cls, settings: Settings, app: Celery | None = None) -> Client:
         if not settings.broker_url.startswith("memory"):
             check_broker(settings)  # fail in seconds with a clear message rather than hang in kombu's retries
         return cls(settings, app or make_celery(settings), open_job_store(settings))

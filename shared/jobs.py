@@ -61,7 +61,9 @@ class RedisJobStore:
         return f"{KEY_PREFIX}:job:{job_id}"
 
     def add(self, record: JobRecord) -> None:
-        payload = {"kind": record.kind, "spec": json.dumps(record.spec), "submitted_at": repr(record.submitted_at)}
+        payload: dict[bytes | bytearray | memoryview | str | int | float, str] = {
+            "kind": record.kind, "spec": json.dumps(record.spec), "submitted_at": repr(record.submitted_at),
+        }
         with self.client.pipeline() as pipe:
             pipe.hset(self._key(record.job_id), mapping=payload)
             pipe.zadd(f"{KEY_PREFIX}:jobs", {record.job_id: record.submitted_at})

@@ -45,7 +45,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
         if data.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"manifest format {data.get('format')!r} is not supported; this reader reads {MANIFEST_FORMAT}")
@@ -54,7 +54,7 @@ class Manifest:
         return cls(**data)
 
     @classmethod
-    def load(cls, storage: Storage, job_id: str) -> "Manifest":
+    def load(cls, storage: Storage, job_id: str) -> Manifest:
         return cls.from_json(storage.get_text(manifest_key(job_id)))
 
     def shard_key(self, entry: ShardEntry) -> str:

@@ -7,9 +7,9 @@ Secrets are kept out of ``repr`` so that a logged settings object never leaks th
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
@@ -70,7 +70,7 @@ class Settings:
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         raw_timeout = env.get("AUGMENT_VISIBILITY_TIMEOUT", str(DEFAULT_VISIBILITY_TIMEOUT_S))
         try:
@@ -100,7 +100,7 @@ class Settings:
 
     def check(self) -> None:
         try:
-            urlsplit(self.broker_url).port
+            _ = urlsplit(self.broker_url).port  # parsing the port is what validates it
         except ValueError:
             raise SettingsError("AUGMENT_BROKER_URL has a port that is not a number; use redis://host:port/db") from None
         scheme = urlsplit(self.broker_url).scheme

@@ -8,8 +8,9 @@ Errors are :class:`SpecError`, whose message names the field and the allowed val
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 SPEC_VERSION = 1
 IMAGE_SIZES = (28, 32, 64)

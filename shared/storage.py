@@ -13,8 +13,8 @@ import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.parse import unquote, urlsplit
 
 from shared.settings import Settings
@@ -90,7 +90,7 @@ class Storage(ABC):
     def put_text(self, key: str, text: str, content_type: str = "application/json") -> None:
         self.put_bytes(key, text.encode("utf-8"), content_type)
 
-    def download_prefix(self, prefix: str, out_dir: str | Path) -> list[Path]:
+    def download_prefix(self, prefix: str, out_dir: str | Path) -> builtins.list[Path]:
         """Copy every object under PREFIX into OUT_DIR, keeping the relative layout."""
         out = Path(out_dir)
         written = []

@@ -6,7 +6,8 @@ state ``CANCELLED`` (Celery's ``Ignore`` keeps it from being overwritten).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore

@@ -14,10 +14,11 @@ import io
 import json
 import logging
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -195,9 +196,10 @@ def generator_loss(kind: str, logits_gen: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    ema_params = list(ema.parameters())
-    torch._foreach_lerp_(ema_params, list(model.parameters()), 1.0 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+    ema_params: list[torch.Tensor] = list(ema.parameters())
+    model_params: list[torch.Tensor] = list(model.parameters())
+    torch._foreach_lerp_(ema_params, model_params, 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)  # BatchNorm running statistics follow the live generator
 
 
@@ -211,7 +213,7 @@ class StepFunctions:
     augmentations: tuple[str, ...]
     grad_clip: float
     ema: float
-    autocast: Callable[[], ContextManager[Any]]
+    autocast: Callable[[], AbstractContextManager[Any]]
 
 
 def step_functions(spec: TrainSpec, state: TrainState, device: torch.device) -> StepFunctions:
@@ -431,7 +433,7 @@ def _run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: 
         if state.step % spec.log_every == 0 or state.step == steps:
             means = (stats / window_steps).tolist()  # the only host-device sync: once per log window
             images_per_s = window_steps * schedule.batch_size / max(time.perf_counter() - window_start, 1e-9)
-            record = {"step": state.step, **dict(zip(STAT_NAMES, means))}
+            record = {"step": state.step, **dict(zip(STAT_NAMES, means, strict=True))}
             state.history.append(record)
             set_alerts("collapse", [
                 f"D(G(z)) collapsed to {record['d_g_z']:.3f}: D rejects every sample "
