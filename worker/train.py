@@ -335,6 +335,12 @@ def diversity_warnings(
     return warnings
 
 
+def collapse_warnings(d_g_z: float) -> list[str]:
+    if d_g_z >= COLLAPSED_D_G_Z:
+        return []
+    return [f"D(G(z)) collapsed to {d_g_z:.3f}: D rejects every sample (try hinge loss, spectral norm or DiffAugment)"]
+
+
 def loss_curve_png(history: list[dict[str, float]]) -> bytes:
     import matplotlib
 
@@ -435,10 +441,7 @@ def _run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: 
             images_per_s = window_steps * schedule.batch_size / max(time.perf_counter() - window_start, 1e-9)
             record = {"step": state.step, **dict(zip(STAT_NAMES, means, strict=True))}
             state.history.append(record)
-            set_alerts("collapse", [
-                f"D(G(z)) collapsed to {record['d_g_z']:.3f}: D rejects every sample "
-                "(try hinge loss, spectral norm or DiffAugment)"
-            ] if record["d_g_z"] < COLLAPSED_D_G_Z else [])
+            set_alerts("collapse", collapse_warnings(record["d_g_z"]))
             log.info("job %s step %d/%d loss_D %.3f loss_G %.3f D(x) %.3f D(G(z)) %.3f %.0f img/s",
                      spec.job_id, state.step, steps, *means, images_per_s)
             hooks.progress({

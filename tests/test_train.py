@@ -1,0 +1,82 @@
+"""Training behaviour that a user watches: progress reports, sample grids, loss curve, collapse guard."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import torch
+from PIL import Image
+
+from producer.cli import progress_line
+from shared.settings import Settings
+from shared.specs import TrainSpec
+from shared.storage import FileStorage
+from worker.train import STAT_NAMES, TrainHooks, collapse_warnings, diversity_warnings, run_training
+
+
+def test_run_training_reports_progress_and_writes_grids_curve_and_card(tmp_path):
+    storage = FileStorage(tmp_path)
+    reports: list[dict[str, Any]] = []
+    # fake has 640 images: batch 64 gives 10 steps per epoch, so 25 steps cross two epoch boundaries
+    spec = TrainSpec(job_id="t-progress", dataset="fake", steps=25, width=8, batch_size=64, log_every=5)
+    result = run_training(spec, Settings(), storage, TrainHooks(progress=reports.append))
+
+    assert [report["step"] for report in reports] == [5, 10, 15, 20, 25]
+    for report in reports:
+        assert set(STAT_NAMES) | {"total_steps", "epoch", "images_per_s", "eta_s", "warnings"} <= set(report)
+        assert report["total_steps"] == 25 and report["images_per_s"] > 0
+    assert reports[-1]["epoch"] == 2 and reports[-1]["eta_s"] == 0
+    # one grid per epoch from fixed noise and labels, plus the last step
+    assert storage.list("models/t-progress/samples") == [
+        f"models/t-progress/samples/step-{step:07d}.png" for step in (10, 20, 25)
+    ]
+    grid = Image.open(io.BytesIO(storage.get_bytes("models/t-progress/samples/step-0000010.png")))
+    assert grid.size == (8 * 30 + 2, 10 * 30 + 2)  # 8 columns x 10 class rows of 28 px with 2 px padding
+    curve = Image.open(io.BytesIO(storage.get_bytes("models/t-progress/losses.png")))
+    assert curve.width > 500
+    card = json.loads(storage.get_text("models/t-progress/model.json"))
+    assert card["steps"] == 25 and card["class_names"][0] == "class0" and card["loss_curve"].endswith("losses.png")
+    assert result["warnings"] == card["warnings"]
+
+
+def test_cancel_hook_stops_training_with_a_checkpoint(tmp_path):
+    storage = FileStorage(tmp_path)
+    spec = TrainSpec(job_id="t-cancel", dataset="fake", steps=1000, width=8, batch_size=16)
+    hooks = TrainHooks(should_stop=lambda: True, stop_check_interval_s=0.0)
+    try:
+        run_training(spec, Settings(), storage, hooks)
+    except Exception as exc:
+        assert type(exc).__name__ == "JobCancelled" and "at step 1" in str(exc)
+    else:
+        raise AssertionError("training did not stop")
+    assert storage.exists("models/t-cancel/checkpoint.pt") and not storage.exists("models/t-cancel/model.json")
+
+
+def test_diversity_guard_flags_identical_samples_only():
+    rng = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (16, 1, 28, 28), generator=rng, dtype=torch.uint8)
+    labels = torch.arange(2).repeat_interleave(8)
+    diverse = torch.randint(0, 256, (16, 1, 28, 28), generator=rng, dtype=torch.uint8)
+    assert diversity_warnings(diverse, labels, real, labels, ["a", "b"]) == []
+    collapsed = diverse.clone()
+    collapsed[:8] = diverse[0]  # every sample of class "a" is the same image
+    warnings = diversity_warnings(collapsed, labels, real, labels, ["a", "b"])
+    assert len(warnings) == 1 and "class a" in warnings[0]
+
+
+def test_collapse_guard_fires_when_d_rejects_every_sample():
+    assert collapse_warnings(0.3) == []
+    assert "collapsed to 0.001" in collapse_warnings(0.001)[0]
+
+
+def test_watch_line_shows_the_vital_signs():
+    status = {"state": "PROGRESS", "progress": {
+        "step": 50, "total_steps": 200, "epoch": 1, "loss_d": 1.2, "loss_g": 0.8, "d_x": 0.6, "d_g_z": 0.3,
+        "images_per_s": 512.0, "eta_s": 75.0, "warnings": ["low diversity in class Bag"],
+    }}
+    line = progress_line(status)
+    for part in ("step 50/200", "epoch 1", "loss_D 1.200", "loss_G 0.800", "D(x) 0.600", "D(G(z)) 0.300",
+                 "512 img/s", "ETA 1m15s", "WARNING: low diversity in class Bag"):
+        assert part in line
