@@ -30,9 +30,17 @@ SETTINGS: dict[str, dict] = {
     "+ hinge, spectral norm, projection": dict(SEED_RECIPE, loss="hinge", spectral_norm=True, conditioning="projection"),
     "+ DiffAugment translation,cutout": dict(loss="hinge", spectral_norm=True, conditioning="projection",
                                              diffaugment="translation,cutout", ema=0.0),
-    "+ EMA 0.999 (defaults)": {},
-    "defaults + grad clip 1.0": dict(grad_clip=1.0),
-    "defaults with bce loss": dict(loss="bce"),
+    "+ EMA 0.999": dict(loss="hinge", spectral_norm=True, conditioning="projection", diffaugment="translation,cutout",
+                        ema=0.999),
+    "previous + grad clip 1.0": dict(loss="hinge", spectral_norm=True, conditioning="projection",
+                                     diffaugment="translation,cutout", ema=0.999, grad_clip=1.0),
+    "previous with bce loss": dict(loss="bce", spectral_norm=True, conditioning="projection",
+                                   diffaugment="translation,cutout", ema=0.999),
+    "seed recipe + EMA 0.999": dict(SEED_RECIPE, ema=0.999),
+    "seed recipe + DiffAugment translation,cutout": dict(SEED_RECIPE, diffaugment="translation,cutout"),
+    "seed recipe + DiffAugment + EMA": dict(SEED_RECIPE, diffaugment="translation,cutout", ema=0.999),
+    "seed recipe + projection D (no spectral norm)": dict(SEED_RECIPE, conditioning="projection"),
+    "the spec defaults": {},
 }
 
 
