@@ -38,7 +38,7 @@ class Crash(Exception):
 
 def spec_for(job_id: str, **overrides: Any) -> TrainSpec:
     fields = dict(job_id=job_id, dataset="fake", steps=40, width=8, batch_size=16, log_every=5,
-                  checkpoint_every=10, seed=11, diffaugment="translation,cutout,color")
+                  checkpoint_every=10, seed=11, diffaugment="translation,cutout,color", ema=0.999)
     return TrainSpec(**{**fields, **overrides})
 
 
@@ -85,7 +85,7 @@ def test_worker_killed_mid_training_resumes_exactly(augment_env, start_worker):
     # Redis redelivers the unacknowledged task of a dead worker once the visibility timeout has passed.
     env = dict(augment_env, AUGMENT_VISIBILITY_TIMEOUT="3")
     args = ["train", "--dataset", "fake", "--steps", "600", "--width", "16", "--batch-size", "32",
-            "--checkpoint-every", "50", "--seed", "5"]
+            "--checkpoint-every", "50", "--seed", "5", "--ema", "0.999"]
     first = start_worker(env=env)
     job_id = run_cli(env, *args).stdout.strip()
     wait_for_step(env, job_id, 200)
