@@ -159,7 +159,8 @@ def progress_line(status: dict[str, Any], bar_width: int = 24) -> str:
         return state
     filled = int(bar_width * done / max(total, 1))
     bar = "#" * filled + "." * (bar_width - filled)
-    line = f"{state} [{bar}] {detail} {progress['images_per_s']:.0f} img/s ETA {format_duration(progress['eta_s'])}"
+    eta = format_duration(progress["eta_s"]) if progress["images_per_s"] > 0 else "?"
+    line = f"{state} [{bar}] {detail} {progress['images_per_s']:.0f} img/s ETA {eta}"
     for warning in progress.get("warnings", []):
         line += f" WARNING: {warning}"
     return line

@@ -21,6 +21,7 @@ from shared.jobs import (
     TERMINAL_STATES,
     JobStore,
     describe_status,
+    generation_progress,
     make_record,
     new_job_id,
     open_job_store,
@@ -91,7 +92,11 @@ class Client:
         state = str(result.state)
         if record is None and state == PENDING:
             return None
-        return describe_status(record, state, result.info)
+        status = describe_status(record, state, result.info)
+        if record is not None and record.kind == "generate" and state not in TERMINAL_STATES | {PENDING}:
+            spec = GenerateSpec.from_dict(record.spec)
+            status["progress"] = generation_progress(self.store, job_id, spec.shard_count, spec.count)
+        return status
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         return [

@@ -16,9 +16,17 @@ from shared.settings import Settings, redact_url
 
 TRAIN_TASK = "augment.train"
 GENERATE_TASK = "augment.generate"
+# a generation job fans out into one task per shard and a finaliser that writes the manifest
+GENERATE_SHARD_TASK = "augment.generate_shard"
+GENERATE_FINALIZE_TASK = "augment.generate_finalize"
 TRAIN_QUEUE = "train"
 GENERATE_QUEUE = "generate"
-QUEUE_OF_TASK = {TRAIN_TASK: TRAIN_QUEUE, GENERATE_TASK: GENERATE_QUEUE}
+QUEUE_OF_TASK = {
+    TRAIN_TASK: TRAIN_QUEUE,
+    GENERATE_TASK: GENERATE_QUEUE,
+    GENERATE_SHARD_TASK: GENERATE_QUEUE,
+    GENERATE_FINALIZE_TASK: GENERATE_QUEUE,
+}
 CONNECT_TIMEOUT_S = 3.0
 
 

@@ -2,7 +2,9 @@
 
 A job is one Celery task whose task id is the job id. Celery's result backend holds its state and progress
 (``PROGRESS`` meta while it runs, the result on ``SUCCESS``); this module adds what Celery does not keep:
-a record of every submitted job (for ``augment list``) and a cancellation flag the worker polls.
+a record of every submitted job (for ``augment list``), a cancellation flag the worker polls, the ledger of
+a generation job's finished shards (what its manifest is built from), one-shot flags, and leases: expiring,
+heartbeat-renewed claims that keep two workers from running the same training job or shard at once.
 """
 
 from __future__ import annotations
@@ -50,6 +52,28 @@ class JobStore(Protocol):
     def request_cancel(self, job_id: str) -> None: ...
     def cancel_requested(self, job_id: str) -> bool: ...
 
+    def record_shard(self, job_id: str, index: int, record: dict[str, Any]) -> int:
+        """Record shard INDEX as complete (the first record stands); returns how many shards are recorded."""
+        ...
+
+    def shard_records(self, job_id: str) -> dict[int, dict[str, Any]]: ...
+    def forget_shard(self, job_id: str, index: int) -> None: ...
+
+    def set_once(self, job_id: str, name: str, value: str) -> bool:
+        """Set the job's field NAME unless it is set; True for the one caller that set it."""
+        ...
+
+    def get_field(self, job_id: str, name: str) -> str | None: ...
+    def set_field(self, job_id: str, name: str, value: str) -> None: ...
+    def clear_field(self, job_id: str, name: str) -> None: ...
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool: ...
+
+    def renew_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Extend the lease if OWNER still holds it; False when it expired or another owner took it."""
+        ...
+
+    def release_lease(self, name: str, owner: str) -> None: ...
+
 
 class RedisJobStore:
     """Job records in Redis: a hash per job and a sorted set of ids by submission time."""
@@ -85,6 +109,52 @@ class RedisJobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.client.hget(self._key(job_id), "cancel_requested"))
 
+    def _shards_key(self, job_id: str) -> str:
+        return f"{KEY_PREFIX}:job:{job_id}:shards"
+
+    def record_shard(self, job_id: str, index: int, record: dict[str, Any]) -> int:
+        with self.client.pipeline() as pipe:
+            pipe.hsetnx(self._shards_key(job_id), str(index), json.dumps(record, sort_keys=True))
+            pipe.hlen(self._shards_key(job_id))
+            _, recorded = pipe.execute()
+        return int(recorded)
+
+    def shard_records(self, job_id: str) -> dict[int, dict[str, Any]]:
+        raw: dict[str, str] = self.client.hgetall(self._shards_key(job_id))  # type: ignore[assignment]
+        return {int(index): json.loads(record) for index, record in raw.items()}
+
+    def forget_shard(self, job_id: str, index: int) -> None:
+        self.client.hdel(self._shards_key(job_id), str(index))
+
+    def set_once(self, job_id: str, name: str, value: str) -> bool:
+        return bool(self.client.hsetnx(self._key(job_id), name, value))
+
+    def get_field(self, job_id: str, name: str) -> str | None:
+        return self.client.hget(self._key(job_id), name)  # type: ignore[return-value]
+
+    def set_field(self, job_id: str, name: str, value: str) -> None:
+        self.client.hset(self._key(job_id), name, value)
+
+    def clear_field(self, job_id: str, name: str) -> None:
+        self.client.hdel(self._key(job_id), name)
+
+    def _lease_key(self, name: str) -> str:
+        return f"{KEY_PREFIX}:lease:{name}"
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        return bool(self.client.set(self._lease_key(name), owner, nx=True, px=int(ttl_s * 1000)))
+
+    def renew_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        return bool(self.client.eval(_RENEW_IF_OWNER, 1, self._lease_key(name), owner, int(ttl_s * 1000)))
+
+    def release_lease(self, name: str, owner: str) -> None:
+        self.client.eval(_DELETE_IF_OWNER, 1, self._lease_key(name), owner)
+
+
+# Compare-and-act in one step on the server, so a lease that expired and was taken over is never touched.
+_RENEW_IF_OWNER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+_DELETE_IF_OWNER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
 
 class MemoryJobStore:
     """The same records in process memory, for the embedded demo (broker ``memory://``)."""
@@ -92,6 +162,9 @@ class MemoryJobStore:
     def __init__(self) -> None:
         self._records: dict[str, JobRecord] = {}
         self._cancelled: set[str] = set()
+        self._shards: dict[str, dict[int, dict[str, Any]]] = {}
+        self._fields: dict[tuple[str, str], str] = {}
+        self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expiry on the monotonic clock)
         self._lock = threading.Lock()
 
     def add(self, record: JobRecord) -> None:
@@ -111,6 +184,99 @@ class MemoryJobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return job_id in self._cancelled
 
+    def record_shard(self, job_id: str, index: int, record: dict[str, Any]) -> int:
+        with self._lock:
+            shards = self._shards.setdefault(job_id, {})
+            shards.setdefault(index, dict(record))
+            return len(shards)
+
+    def shard_records(self, job_id: str) -> dict[int, dict[str, Any]]:
+        with self._lock:
+            return {index: dict(record) for index, record in self._shards.get(job_id, {}).items()}
+
+    def forget_shard(self, job_id: str, index: int) -> None:
+        with self._lock:
+            self._shards.get(job_id, {}).pop(index, None)
+
+    def set_once(self, job_id: str, name: str, value: str) -> bool:
+        with self._lock:
+            if (job_id, name) in self._fields:
+                return False
+            self._fields[job_id, name] = value
+            return True
+
+    def get_field(self, job_id: str, name: str) -> str | None:
+        return self._fields.get((job_id, name))
+
+    def set_field(self, job_id: str, name: str, value: str) -> None:
+        with self._lock:
+            self._fields[job_id, name] = value
+
+    def clear_field(self, job_id: str, name: str) -> None:
+        with self._lock:
+            self._fields.pop((job_id, name), None)
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        with self._lock:
+            holder = self._leases.get(name)
+            if holder is not None and holder[1] > time.monotonic():
+                return False
+            self._leases[name] = (owner, time.monotonic() + ttl_s)
+            return True
+
+    def renew_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        with self._lock:
+            holder = self._leases.get(name)
+            if holder is None or holder[0] != owner or holder[1] <= time.monotonic():
+                return False
+            self._leases[name] = (owner, time.monotonic() + ttl_s)
+            return True
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._lock:
+            if self._leases.get(name, ("", 0.0))[0] == owner:
+                del self._leases[name]
+
+
+class Lease:
+    """An exclusive, expiring claim on NAME, renewed by a heartbeat thread for as long as it is held.
+
+    A worker that dies stops renewing, so the claim lapses after ``ttl_s`` and another worker can take over;
+    a live worker keeps it however long its job runs. ``lost`` turns true if a renewal finds the claim gone
+    (e.g. Redis lost it), so the holder can stop instead of running beside a second owner.
+    """
+
+    def __init__(self, store: JobStore, name: str, owner: str, ttl_s: float = 30.0):
+        self.store, self.name, self.owner, self.ttl_s = store, name, owner, ttl_s
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        if not self.store.acquire_lease(self.name, self.owner, self.ttl_s):
+            return False
+        self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{self.name}", daemon=True)
+        self._thread.start()
+        return True
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                if not self.store.renew_lease(self.name, self.owner, self.ttl_s):
+                    self.lost = True
+                    return
+            except redis.RedisError:
+                continue  # Redis restarting: keep trying until the lease would have lapsed anyway
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.store.release_lease(self.name, self.owner)
+        except redis.RedisError:
+            pass  # it expires by itself
+
 
 _MEMORY_STORE = MemoryJobStore()
 
@@ -123,6 +289,26 @@ def open_job_store(settings: Settings) -> JobStore:
 
 def make_record(job_id: str, kind: str, spec: dict[str, Any]) -> JobRecord:
     return JobRecord(job_id=job_id, kind=kind, spec=spec, submitted_at=time.time())
+
+
+def generation_progress(store: JobStore, job_id: str, shards_total: int, images_total: int) -> dict[str, Any]:
+    """A generation job's progress from its shard ledger: shards and images done, images/s and ETA.
+
+    Read from the ledger rather than reported by the shard tasks, so workers finishing shards at the same time
+    never overwrite each other's figures, nor the job's final state.
+    """
+    records = store.shard_records(job_id)
+    images_done = sum(int(record["count"]) for record in records.values())
+    started = float(store.get_field(job_id, "started_at") or time.time())
+    rate = images_done / max(time.time() - started, 1e-9)
+    return {
+        "shards_done": len(records),
+        "shards_total": shards_total,
+        "images_done": images_done,
+        "images_total": images_total,
+        "images_per_s": rate,
+        "eta_s": (images_total - images_done) / rate if rate > 0 else 0.0,
+    }
 
 
 def describe_status(record: JobRecord | None, state: str, info: Any) -> dict[str, Any]:

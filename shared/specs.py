@@ -7,6 +7,7 @@ Errors are :class:`SpecError`, whose message names the field and the allowed val
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -237,6 +238,10 @@ class GenerateSpec(_Spec):
                 raise self._fail("class_counts", f"count {number!r} for class {label} is not a non-negative integer")
         if sum(counts.values()) != self.count:
             raise self._fail("class_counts", f"counts add up to {sum(counts.values())}, not count={self.count}")
+
+    @property
+    def shard_count(self) -> int:
+        return math.ceil(self.count / self.shard_size)
 
     def labels_plan(self, num_classes: int) -> list[int]:
         """How many images of each class to make: balanced (remainder to the first classes) or as asked."""

@@ -8,13 +8,16 @@ old object, the whole new object, or nothing.
 from __future__ import annotations
 
 import builtins
+import hashlib
 import io
 import os
 import re
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 from shared.settings import Settings
@@ -29,6 +32,17 @@ class StorageError(RuntimeError):
 
 class ObjectNotFound(StorageError):
     """The key does not exist."""
+
+
+class StorageUnavailable(StorageError):
+    """The store did not answer (or answered with a server error) for longer than the retry window.
+
+    Worth retrying later: a task that meets it is retried with backoff instead of failing its job.
+    """
+
+
+T = TypeVar("T")
+SHA256_METADATA = "sha256"
 
 
 def check_key(key: str) -> str:
@@ -80,6 +94,10 @@ class Storage(ABC):
     @abstractmethod
     def url_for(self, key: str) -> str:
         """A URL a person can use to find the object (no credentials in it)."""
+
+    @abstractmethod
+    def checksum(self, key: str) -> str | None:
+        """The sha256 hex digest of the object's bytes, or None when the object does not exist."""
 
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
@@ -152,6 +170,16 @@ class FileStorage(Storage):
         path = self._path(key)
         return path.stat().st_size if path.is_file() else None
 
+    def checksum(self, key: str) -> str | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
     def list(self, prefix: str = "") -> builtins.list[str]:
         base = self._path(_prefix_key(prefix)) if prefix else self.root
         if not base.exists():
@@ -177,10 +205,11 @@ class S3Storage(Storage):
 
     scheme = "s3"
 
-    def __init__(self, bucket: str, prefix: str, settings: Settings, connect_timeout_s: float = 3.0):
+    def __init__(self, bucket: str, prefix: str, settings: Settings, connect_timeout_s: float = 3.0, retry_window_s: float = 0.0):
         import urllib3
         from minio import Minio
 
+        self.retry_window_s = retry_window_s
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         if self.prefix:
@@ -200,11 +229,11 @@ class S3Storage(Storage):
         )
 
     def ensure_bucket(self, create: bool = True) -> None:
-        """Create the bucket if missing (or refuse, for read-only use); fail fast when S3 cannot be reached."""
+        """Create the bucket if missing (or refuse, for read-only use); StorageError when S3 stays unreachable."""
         from minio.error import S3Error
 
         try:
-            if not self.client.bucket_exists(self.bucket):
+            if not self._retrying(f"find bucket {self.bucket}", lambda: self.client.bucket_exists(self.bucket)):
                 if not create:
                     raise StorageError(f"bucket {self.bucket!r} does not exist at {self.endpoint}")
                 self.client.make_bucket(self.bucket)
@@ -227,50 +256,98 @@ class S3Storage(Storage):
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _retrying(self, what: str, operation: Callable[[], T]) -> T:
+        """Run OPERATION, retrying transport failures and 5xx answers with backoff for ``retry_window_s``.
+
+        The whole operation is retried, not single HTTP requests: urllib3 does not retry POSTs, so a multipart
+        upload's create and complete calls would otherwise fail on the first dropped connection.
+        """
+        import urllib3
+        from minio.error import ServerError
+
+        deadline = time.monotonic() + self.retry_window_s
+        delay = 0.5
+        while True:
+            try:
+                return operation()
+            except (urllib3.exceptions.HTTPError, ServerError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise StorageUnavailable(
+                        f"S3 at {self.endpoint} is unreachable ({what}: {type(exc).__name__}); "
+                        "check AUGMENT_S3_ENDPOINT and that the server is running"
+                    ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self.client.put_object(self.bucket, self._object(key), io.BytesIO(data), len(data), content_type=content_type)
+        name = self._object(key)
+        # the digest travels as object metadata, so checksum() needs a HEAD, not a download
+        metadata = {SHA256_METADATA: hashlib.sha256(data).hexdigest()}
+        self._retrying(f"write {name}", lambda: self.client.put_object(
+            self.bucket, name, io.BytesIO(data), len(data), content_type=content_type, metadata=metadata  # type: ignore[arg-type]
+        ))
 
     def put_file(self, key: str, path: str | Path, content_type: str = "application/octet-stream") -> None:
-        self.client.fput_object(self.bucket, self._object(key), str(path), content_type=content_type)
+        name = self._object(key)
+        self._retrying(f"write {name}", lambda: self.client.fput_object(self.bucket, name, str(path), content_type=content_type))
 
     def get_bytes(self, key: str) -> bytes:
         from minio.error import S3Error
 
-        try:
-            response = self.client.get_object(self.bucket, self._object(key))
-        except S3Error as exc:
-            if exc.code in {"NoSuchKey", "NoSuchObject"}:
-                raise ObjectNotFound(f"{self.url_for(key)} does not exist") from None
-            raise
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
+        def read() -> bytes:
+            try:
+                response = self.client.get_object(self.bucket, self._object(key))
+            except S3Error as exc:
+                if exc.code in {"NoSuchKey", "NoSuchObject"}:
+                    raise ObjectNotFound(f"{self.url_for(key)} does not exist") from None
+                raise
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
 
-    def size(self, key: str) -> int | None:
+        return self._retrying(f"read {self._object(key)}", read)
+
+    def _stat(self, key: str):  # type: ignore[no-untyped-def]
         from minio.error import S3Error
 
-        try:
-            return self.client.stat_object(self.bucket, self._object(key)).size
-        except S3Error as exc:
-            if exc.code in {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}:
-                return None
-            raise
+        def stat():  # type: ignore[no-untyped-def]
+            try:
+                return self.client.stat_object(self.bucket, self._object(key))
+            except S3Error as exc:
+                if exc.code in {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}:
+                    return None
+                raise
+
+        return self._retrying(f"stat {self._object(key)}", stat)
+
+    def size(self, key: str) -> int | None:
+        stat = self._stat(key)
+        return None if stat is None else stat.size
+
+    def checksum(self, key: str) -> str | None:
+        stat = self._stat(key)
+        if stat is None:
+            return None
+        recorded = (stat.metadata or {}).get(f"x-amz-meta-{SHA256_METADATA}")
+        # objects written by other tools carry no digest: hash their bytes
+        return str(recorded) if recorded else hashlib.sha256(self.get_bytes(key)).hexdigest()
 
     def list(self, prefix: str = "") -> builtins.list[str]:
         full = self._object(_prefix_key(prefix)) if prefix else self.prefix
         if full:
             full = full.rstrip("/") + "/"
         strip = len(self.prefix) + 1 if self.prefix else 0
-        return sorted(
+        return self._retrying(f"list {full or '/'}", lambda: sorted(
             obj.object_name[strip:]
             for obj in self.client.list_objects(self.bucket, prefix=full or None, recursive=True)
             if obj.object_name is not None
-        )
+        ))
 
     def delete(self, key: str) -> None:
-        self.client.remove_object(self.bucket, self._object(key))
+        name = self._object(key)
+        self._retrying(f"delete {name}", lambda: self.client.remove_object(self.bucket, name))
 
     def url_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object(key)}"
@@ -282,8 +359,12 @@ class S3Storage(Storage):
         return self.client.presigned_get_object(self.bucket, self._object(key), expires=timedelta(seconds=expires_s))
 
 
-def open_storage(settings: Settings, url: str | None = None, create_bucket: bool = True) -> Storage:
-    """Open the store named by URL (default: ``settings.storage_url``); creates a missing S3 bucket if asked."""
+def open_storage(settings: Settings, url: str | None = None, create_bucket: bool = True, retry_window_s: float = 0.0) -> Storage:
+    """Open the store named by URL (default: ``settings.storage_url``); creates a missing S3 bucket if asked.
+
+    RETRY_WINDOW_S is how long an S3 call keeps retrying a store that does not answer: 0 for a person at a
+    terminal (fail fast), minutes for a worker that must ride out a restart of the store.
+    """
     url = url or settings.storage_url
     parts = urlsplit(url)
     if parts.scheme == "file":
@@ -294,7 +375,7 @@ def open_storage(settings: Settings, url: str | None = None, create_bucket: bool
             raise StorageError(f"storage URL {url!r} has no bucket; use s3://BUCKET[/prefix]")
         if not settings.s3_endpoint:
             raise StorageError("s3:// storage needs AUGMENT_S3_ENDPOINT=host:port")
-        storage = S3Storage(parts.netloc, parts.path, settings)
+        storage = S3Storage(parts.netloc, parts.path, settings, retry_window_s=retry_window_s)
         storage.ensure_bucket(create=create_bucket)
         return storage
     raise StorageError(f"storage URL {url!r} has scheme {parts.scheme!r}; use s3://BUCKET[/prefix] or file:///path")

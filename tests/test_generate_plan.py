@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from shared.shards import read_shard, sample_key
 from shared.specs import GenerateSpec
-from worker.generate import labels_for_range, render_shard, shard_count, shard_seed
+from worker.generate import labels_for_range, render_shard, shard_seed
 from worker.model import GANConfig, Generator
 
 
@@ -143,10 +143,10 @@ def test_shard_seed_depends_on_job_seed() -> None:
 
 
 def test_shard_count() -> None:
-    assert shard_count(spec(1000, shard_size=1000)) == 1
-    assert shard_count(spec(1001, shard_size=1000)) == 2
-    assert shard_count(spec(1, shard_size=1000)) == 1
-    assert shard_count(spec(25, shard_size=10)) == 3
+    assert spec(1000, shard_size=1000).shard_count == 1
+    assert spec(1001, shard_size=1000).shard_count == 2
+    assert spec(1, shard_size=1000).shard_count == 1
+    assert spec(25, shard_size=10).shard_count == 3
 
 
 # ---- render_shard with a tiny untrained generator ----
@@ -170,7 +170,7 @@ def test_render_shard(class_counts: dict[str, int] | None) -> None:
     job = spec(25, shard_size=10, batch_size=4, seed=3, class_counts=class_counts)
     plan = job.labels_plan(3)
     all_labels = []
-    for index in range(shard_count(job)):
+    for index in range(job.shard_count):
         data, counts = render_shard(job, generator, card, index)
         samples = list(read_shard(data))
         start, stop = index * 10, min(25, index * 10 + 10)

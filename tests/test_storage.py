@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 import time
 import urllib.request
 import uuid
@@ -19,6 +21,7 @@ from shared.storage import (
     S3Storage,
     Storage,
     StorageError,
+    StorageUnavailable,
     check_key,
     iter_prefix_bytes,
     join_key,
@@ -69,6 +72,18 @@ def test_put_get_bytes(storage: Storage) -> None:
     assert storage.get_bytes("models/t-abc/checkpoint.pt") == payload
     assert storage.size("models/t-abc/checkpoint.pt") == len(payload)
     assert storage.exists("models/t-abc/checkpoint.pt")
+
+
+def test_checksum_is_the_sha256_of_the_bytes_or_none(storage: Storage, tmp_path: Path) -> None:
+    storage.put_bytes("a/bytes", b"payload")
+    source = tmp_path / "source"
+    source.write_bytes(b"from a file")
+    storage.put_file("a/file", source)
+    assert storage.checksum("a/bytes") == hashlib.sha256(b"payload").hexdigest()
+    assert storage.checksum("a/file") == hashlib.sha256(b"from a file").hexdigest()
+    assert storage.checksum("a/missing") is None
+    storage.put_bytes("a/bytes", b"changed")
+    assert storage.checksum("a/bytes") == hashlib.sha256(b"changed").hexdigest()
 
 
 def test_empty_object(storage: Storage) -> None:
@@ -232,13 +247,14 @@ def _call(storage: Storage, method: str, key: str, tmp_path: Path) -> Any:
         "exists": lambda: storage.exists(key),
         "delete": lambda: storage.delete(key),
         "url_for": lambda: storage.url_for(key),
+        "checksum": lambda: storage.checksum(key),
     }
     return calls[method]()
 
 
 @pytest.mark.parametrize("key", BAD_KEYS)
 @pytest.mark.parametrize(
-    "method", ["put_bytes", "put_text", "put_file", "get_bytes", "get_text", "size", "exists", "delete", "url_for"]
+    "method", ["put_bytes", "put_text", "put_file", "get_bytes", "get_text", "size", "exists", "delete", "url_for", "checksum"]
 )
 def test_bad_keys_are_refused(storage: Storage, method: str, key: str, tmp_path: Path) -> None:
     storage.put_bytes("b", b"keep")  # a sibling that a bad delete/put must not touch
@@ -499,3 +515,26 @@ def test_s3_dead_endpoint_is_unreachable_quickly() -> None:
     assert time.monotonic() - started < 15
     assert "127.0.0.1:1" in str(info.value)
     assert "AUGMENT_S3_ENDPOINT" in str(info.value)
+
+
+@pytest.mark.integration
+def test_s3_writes_ride_out_an_outage_within_the_retry_window(s3_server: S3Server, s3_bucket: str) -> None:
+    settings = s3_settings(s3_server, f"s3://{s3_bucket}/outage-{uuid.uuid4().hex[:8]}")
+    patient = open_storage(settings, retry_window_s=120)
+    impatient = open_storage(settings)
+    # over minio's 5 MiB part size: a multipart upload, whose create and complete POSTs urllib3 never retries
+    payload = os.urandom(6 * 1024 * 1024 + 123)
+    s3_server.stop()
+    restarter = threading.Timer(3.0, s3_server.start)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable, match="unreachable"):
+            impatient.put_bytes("big", b"x")
+        assert time.monotonic() - started < 10
+        restarter.start()
+        patient.put_bytes("big", payload)
+    finally:
+        restarter.join()
+        s3_server.start()
+    assert patient.get_bytes("big") == payload
+    assert patient.checksum("big") == hashlib.sha256(payload).hexdigest()

@@ -1,34 +1,49 @@
-"""Sampling a trained generator into WebDataset shards, as plain functions.
+"""Generation across a fleet, as plain functions the Celery tasks call.
 
-Shard ``i`` of a job covers images ``[i * shard_size, (i + 1) * shard_size)``. Its noise comes from a generator
-seeded by (job seed, i) and its labels are a pure function of the global image index, so any shard can be
-(re)made alone, on any worker, with identical bytes.
+A job of N images with shard size S is ceil(N/S) shard tasks and one finaliser:
+
+- :func:`plan_job` records when the job started and dispatches every shard task (resuming, if it is run
+  again, from where dispatching stopped);
+- :func:`run_shard` renders one shard and writes it, unless the job's ledger already records that shard and
+  storage holds exactly those bytes; a lease keeps two workers from rendering the same shard at once. The task
+  that records the last shard dispatches the finaliser (once);
+- :func:`finalize_job` checks every recorded shard against storage and writes the manifest last, as the commit
+  marker, so no manifest lists a shard that is not complete in storage.
+
+Shard ``i`` covers images ``[i * S, (i + 1) * S)``. Its noise comes from a generator seeded by (job seed, i) and
+its labels are a pure function of the global image index, so any shard can be (re)made alone, on any worker,
+with identical bytes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import torch
 
-from shared.jobs import JobCancelled
-from shared.layout import manifest_key, model_card_key, shard_key
+from shared.jobs import JobStore, Lease
+from shared.layout import checkpoint_key, manifest_key, model_card_key, shard_key
 from shared.manifest import Manifest, ShardEntry
 from shared.shards import Sample, ShardWriter, encode_png, sample_key, sha256_hex, shard_name
 from shared.specs import GenerateSpec
 from shared.storage import Storage
 from worker import checkpoint
 from worker.model import Generator
-from worker.train import pick_device, to_uint8
+from worker.train import to_uint8
 
 log = logging.getLogger("augment.generate")
+# PNG encoding runs in these threads while the generator samples the next batch (zlib and torch release the GIL).
+ENCODE_THREADS = 2
+SHARD_LEASE_TTL_S = 60.0
 
 
 class ModelNotFound(LookupError):
@@ -44,6 +59,32 @@ def load_model(storage: Storage, model_id: str, device: torch.device) -> tuple[G
     if state is None:
         raise ModelNotFound(f"model {model_id} has a model card but no checkpoint")
     return checkpoint.generator_from_state(state).to(device), card
+
+
+class GeneratorCache:
+    """Loaded generators by model, so a worker reads each model from storage once per process, not per shard.
+
+    Least recently used models are dropped beyond CAPACITY. Safe to share between the threads of a worker.
+    """
+
+    def __init__(self, capacity: int = 2):
+        self.capacity = capacity
+        self.loads = 0
+        self._models: OrderedDict[tuple[str, str], tuple[Generator, dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, storage: Storage, model_id: str, device: torch.device) -> tuple[Generator, dict[str, Any]]:
+        key = (storage.url_for(checkpoint_key(model_id)), str(device))
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            loaded = load_model(storage, model_id, device)
+            self.loads += 1
+            self._models[key] = loaded
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+            return loaded
 
 
 def labels_for_range(plan: list[int], start: int, stop: int) -> np.ndarray:
@@ -66,13 +107,16 @@ def shard_seed(job_seed: int, shard_index: int) -> int:
     return (job_seed * 1_000_003 + shard_index) % (2**63 - 1)
 
 
-def shard_count(spec: GenerateSpec) -> int:
-    return math.ceil(spec.count / spec.shard_size)
+def _encode_batch(pixels: np.ndarray) -> list[bytes]:
+    return [encode_png(image) for image in pixels]
 
 
 @torch.no_grad()
 def render_shard(spec: GenerateSpec, generator: Generator, card: dict[str, Any], shard_index: int) -> tuple[bytes, dict[int, int]]:
-    """Sample shard SHARD_INDEX of SPEC and return its tar bytes and per-class counts."""
+    """Sample shard SHARD_INDEX of SPEC and return its tar bytes and per-class counts.
+
+    Batch k's PNGs are encoded in worker threads while batch k+1 is sampled; the tar is assembled in order.
+    """
     config = generator.config
     device = next(generator.parameters()).device
     start = shard_index * spec.shard_size
@@ -82,70 +126,143 @@ def render_shard(spec: GenerateSpec, generator: Generator, card: dict[str, Any],
     rng = torch.Generator().manual_seed(shard_seed(spec.seed, shard_index))
     noise = torch.randn(stop - start, config.nz, generator=rng)  # (S, nz), drawn on CPU: same bytes on any device
     class_names = card.get("class_names") or []
-    writer = ShardWriter()
-    for offset in range(0, stop - start, spec.batch_size):
-        batch_labels = labels[offset : offset + spec.batch_size].to(device) if labels is not None else None
-        images = to_uint8(generator(noise[offset : offset + spec.batch_size].to(device), batch_labels))
-        pixels = images.permute(0, 2, 3, 1).cpu().numpy()  # (b, H, W, C) uint8
-        for row, image in enumerate(pixels):
-            index = start + offset + row
-            label = int(batch_labels[row]) if batch_labels is not None else -1
-            meta = {
-                "class": label,
-                "class_name": class_names[label] if 0 <= label < len(class_names) else None,
-                "model": spec.model,
-                "job": spec.job_id,
-                "seed": spec.seed,
-                "shard": shard_index,
-                "index": index,
-            }
-            writer.add(Sample(sample_key(index), encode_png(image), label, meta))
+    with ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="png") as encoder:
+        batches = []
+        for offset in range(0, stop - start, spec.batch_size):
+            batch_labels = labels[offset : offset + spec.batch_size] if labels is not None else None
+            images = to_uint8(generator(
+                noise[offset : offset + spec.batch_size].to(device),
+                batch_labels.to(device) if batch_labels is not None else None,
+            ))
+            pixels = images.permute(0, 2, 3, 1).cpu().numpy()  # (b, H, W, C) uint8
+            batches.append((offset, batch_labels, encoder.submit(_encode_batch, pixels)))
+        writer = ShardWriter()
+        for offset, batch_labels, encoded in batches:
+            for row, png in enumerate(encoded.result()):
+                index = start + offset + row
+                label = int(batch_labels[row]) if batch_labels is not None else -1
+                meta = {
+                    "class": label,
+                    "class_name": class_names[label] if 0 <= label < len(class_names) else None,
+                    "model": spec.model,
+                    "job": spec.job_id,
+                    "seed": spec.seed,
+                    "shard": shard_index,
+                    "index": index,
+                }
+                writer.add(Sample(sample_key(index), png, label, meta))
     return writer.finish(), writer.class_counts
 
 
-def run_generation(
+def write_shard(spec: GenerateSpec, storage: Storage, generator: Generator, card: dict[str, Any], shard_index: int) -> dict[str, Any]:
+    """Render shard SHARD_INDEX and put it in storage; returns its ledger record (what the manifest lists)."""
+    data, counts = render_shard(spec, generator, card, shard_index)
+    digest = sha256_hex(data)
+    key = shard_key(spec.job_id, shard_index)
+    if storage.checksum(key) != digest:  # a run cut off after its upload left these very bytes: keep them
+        storage.put_bytes(key, data, "application/x-tar")
+    return {
+        "name": shard_name(shard_index),
+        "count": sum(counts.values()),
+        "size": len(data),
+        "sha256": digest,
+        "class_counts": {str(label): number for label, number in sorted(counts.items())},
+    }
+
+
+def plan_job(spec: GenerateSpec, store: JobStore, dispatch_shard: Callable[[int], None]) -> int:
+    """Dispatch every shard task of SPEC; returns how many shards the job has.
+
+    The dispatch cursor is saved as it advances, so a planner that is run again (its worker died mid-way)
+    goes on from there; the shard it may send twice is harmless, as shard tasks are idempotent.
+    """
+    total = spec.shard_count
+    store.set_once(spec.job_id, "started_at", repr(time.time()))
+    first = int(store.get_field(spec.job_id, "dispatched") or 0)
+    for index in range(first, total):
+        dispatch_shard(index)
+        if index % 100 == 99 or index == total - 1:
+            store.set_field(spec.job_id, "dispatched", str(index + 1))
+    return total
+
+
+class ShardBusy(RuntimeError):
+    """Another worker holds the shard's lease; try again later (if that worker dies, the lease lapses)."""
+
+
+def shard_is_complete(storage: Storage, spec: GenerateSpec, index: int, record: dict[str, Any] | None) -> bool:
+    return record is not None and storage.checksum(shard_key(spec.job_id, index)) == record["sha256"]
+
+
+def run_shard(
     spec: GenerateSpec,
+    shard_index: int,
     storage: Storage,
-    progress: Callable[[dict[str, Any]], None] = lambda info: None,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> dict[str, Any]:
-    """Write every shard of SPEC, then the manifest (last, as the commit marker)."""
-    device = pick_device()
-    generator, card = load_model(storage, spec.model, device)
-    shards_total = shard_count(spec)
-    entries: list[ShardEntry] = []
-    class_counts: dict[int, int] = {}
-    started = time.perf_counter()
-    for shard_index in range(shards_total):
-        if should_stop():
-            raise JobCancelled(f"job {spec.job_id} cancelled after {shard_index} of {shards_total} shards")
-        data, counts = render_shard(spec, generator, card, shard_index)
-        storage.put_bytes(shard_key(spec.job_id, shard_index), data, "application/x-tar")
-        entries.append(ShardEntry(shard_name(shard_index), sum(counts.values()), len(data), sha256_hex(data)))
-        for label, number in counts.items():
+    store: JobStore,
+    models: GeneratorCache,
+    device: torch.device,
+    owner: str,
+    queued_at: float | None = None,
+) -> tuple[bool, bool]:
+    """Make shard SHARD_INDEX of SPEC unless it is already complete.
+
+    Returns (written, last): whether this call wrote the shard, and whether the job's ledger is now complete
+    (the caller then dispatches the finaliser). Raises :class:`ShardBusy` while another worker holds it.
+    """
+    if not 0 <= shard_index < spec.shard_count:
+        raise ValueError(f"shard {shard_index} does not exist; job {spec.job_id} has {spec.shard_count} shards")
+    if shard_is_complete(storage, spec, shard_index, store.shard_records(spec.job_id).get(shard_index)):
+        log.info("job %s: shard %d is already complete; nothing to do", spec.job_id, shard_index)
+        return False, False  # done before: a redelivered or duplicated message
+    lease = Lease(store, f"{spec.job_id}:shard:{shard_index}", owner, SHARD_LEASE_TTL_S)
+    if not lease.acquire():
+        raise ShardBusy(f"shard {shard_index} of job {spec.job_id} is being made by another worker")
+    try:
+        started_at = time.time()
+        generator, card = models.get(storage, spec.model, device)
+        record = write_shard(spec, storage, generator, card, shard_index)
+        record.update(queued_at=queued_at, started_at=started_at, finished_at=time.time(), worker=owner.split("/")[0])
+        store.forget_shard(spec.job_id, shard_index)  # a stale record (its object was lost) gives way to this one
+        recorded = store.record_shard(spec.job_id, shard_index, record)
+    finally:
+        lease.release()
+    log.info("job %s: wrote shard %d (%d images)", spec.job_id, shard_index, record["count"])
+    return True, recorded == spec.shard_count
+
+
+def finalize_job(
+    spec: GenerateSpec, storage: Storage, store: JobStore, dispatch_shard: Callable[[int], None]
+) -> dict[str, Any] | None:
+    """Write the manifest once every shard is complete in storage; returns the job's result.
+
+    A shard that is recorded but missing or different in storage (a lost object) is forgotten and dispatched
+    again, and None is returned: the finaliser runs again when that shard is recorded.
+    """
+    records = store.shard_records(spec.job_id)
+    missing = [index for index in range(spec.shard_count) if not shard_is_complete(storage, spec, index, records.get(index))]
+    if missing:
+        log.warning("job %s: %d shards are not complete in storage; making them again", spec.job_id, len(missing))
+        store.clear_field(spec.job_id, "finalize_sent")
+        for index in missing:
+            store.forget_shard(spec.job_id, index)
+            dispatch_shard(index)
+        return None
+    card = json.loads(storage.get_text(model_card_key(spec.model)))
+    class_counts: dict[str, int] = {}
+    for record in records.values():
+        for label, number in record["class_counts"].items():
             class_counts[label] = class_counts.get(label, 0) + number
-        images_done = sum(entry.count for entry in entries)
-        rate = images_done / max(time.perf_counter() - started, 1e-9)
-        progress({
-            "shards_done": shard_index + 1,
-            "shards_total": shards_total,
-            "images_done": images_done,
-            "images_total": spec.count,
-            "images_per_s": rate,
-            "eta_s": (spec.count - images_done) / max(rate, 1e-9),
-        })
-    config = generator.config
     manifest = Manifest(
         job_id=spec.job_id,
         model_id=spec.model,
-        shards=entries,
-        class_counts={str(label): number for label, number in sorted(class_counts.items())},
+        shards=[ShardEntry(*(records[index][name] for name in ("name", "count", "size", "sha256"))) for index in sorted(records)],
+        class_counts=dict(sorted(class_counts.items(), key=lambda item: int(item[0]))),
         class_names=list(card.get("class_names") or []),
-        image_size=config.image_size,
-        channels=config.channels,
+        image_size=card["config"]["image_size"],
+        channels=card["config"]["channels"],
         spec=spec.to_dict(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     storage.put_text(manifest_key(spec.job_id), manifest.to_json())
-    log.info("job %s: %d images in %d shards", spec.job_id, manifest.total, len(entries))
-    return {"manifest": storage.url_for(manifest_key(spec.job_id)), "images": manifest.total, "shards": len(entries)}
+    log.info("job %s: %d images in %d shards", spec.job_id, manifest.total, len(manifest.shards))
+    return {"manifest": storage.url_for(manifest_key(spec.job_id)), "images": manifest.total, "shards": len(manifest.shards)}

@@ -1,67 +1,174 @@
-"""Thin Celery tasks: parse and validate the spec, wire progress and cancellation, call the plain function.
+"""Thin Celery tasks: parse and validate the spec, wire progress, cancellation, leases and retries, call the plain
+functions of :mod:`worker.train` and :mod:`worker.generate`.
 
-The task id is the job id. Progress goes to the result backend as state ``PROGRESS``; a cancelled job ends in
-state ``CANCELLED`` (Celery's ``Ignore`` keeps it from being overwritten).
+The job id is the task id of the job's first task (``augment.train`` or ``augment.generate``). Progress goes to
+the result backend as state ``PROGRESS``; a cancelled job ends in state ``CANCELLED``. A generation job fans out
+into shard tasks and a finaliser, which give the job its final state; the first final state stands.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore
 from celery.utils.log import get_task_logger
 
-from shared.broker import GENERATE_TASK, TRAIN_TASK
-from shared.jobs import CANCELLED, PROGRESS, JobCancelled, open_job_store
+from shared.broker import GENERATE_FINALIZE_TASK, GENERATE_QUEUE, GENERATE_SHARD_TASK, GENERATE_TASK, TRAIN_TASK
+from shared.jobs import CANCELLED, FAILURE, PROGRESS, SUCCESS, JobCancelled, JobStore, Lease, open_job_store
+from shared.layout import model_card_key
 from shared.settings import Settings
 from shared.specs import GenerateSpec, TrainSpec
-from shared.storage import open_storage
+from shared.storage import Storage, StorageUnavailable, open_storage
 from worker.app import app
-from worker.generate import run_generation
-from worker.train import TrainHooks, run_training
+from worker.generate import GeneratorCache, ModelNotFound, ShardBusy, finalize_job, plan_job, run_shard
+from worker.train import TrainHooks, pick_device, run_training
 
 log = get_task_logger(__name__)
+# A worker rides out a restart of the object store for this long per call before a task gives up (and retries).
+STORAGE_RETRY_WINDOW_S = 60.0
+TASK_RETRIES = 8
+TRAIN_LEASE_TTL_S = 30.0
+# Generators stay loaded between shard tasks: a worker reads each model from storage once.
+GENERATORS = GeneratorCache()
 
 
-def _run_job(task: Task, spec_data: Any, parse: Callable[[Any], Any], work: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    spec = parse(spec_data)  # a SpecError fails the task with a one-line reason; retrying cannot fix a bad spec
-    if spec.job_id != task.request.id:
-        raise ValueError(f"spec job_id {spec.job_id} does not match task id {task.request.id}")
+def _owner(task: Task) -> str:
+    return f"{task.request.hostname}/{uuid.uuid4().hex[:8]}"
+
+
+def _open(spec: TrainSpec | GenerateSpec) -> tuple[Settings, JobStore, Storage]:
     settings = Settings.from_env()
-    store = open_job_store(settings)
+    return settings, open_job_store(settings), open_storage(settings, retry_window_s=STORAGE_RETRY_WINDOW_S)
 
-    def report(info: dict[str, Any]) -> None:
-        task.update_state(state=PROGRESS, meta=info)
 
-    def should_stop() -> bool:
-        return store.cancel_requested(spec.job_id)
+def _finish(store: JobStore, job_id: str, state: str, result: Any) -> None:
+    """Give job JOB_ID its final state, unless it has one: a late or duplicated task cannot overwrite it."""
+    if not store.set_once(job_id, "outcome", state):
+        return
+    if state == FAILURE:
+        app.backend.mark_as_failure(job_id, result)
+    else:
+        app.backend.store_result(job_id, result, state)
 
-    try:
-        if should_stop():
-            raise JobCancelled(f"job {spec.job_id} was cancelled before it started")
-        storage = open_storage(settings)
-        return work(spec, settings, storage, report, should_stop)
-    except JobCancelled as exc:
-        log.info("%s", exc)
-        task.update_state(state=CANCELLED, meta={"reason": str(exc)})
-        raise Ignore() from None
+
+def _retry_or_fail(task: Task, store: JobStore, job_id: str, exc: Exception) -> Exception:
+    """Retry a task that met an outage with exponential backoff; after TASK_RETRIES fail its job."""
+    if isinstance(exc, StorageUnavailable) and task.request.retries < TASK_RETRIES:
+        return task.retry(exc=exc, countdown=min(60, 2 ** task.request.retries))
+    _finish(store, job_id, FAILURE, exc)
+    return exc
 
 
 @app.task(name=TRAIN_TASK, bind=True)
 def train(self: Task, spec: Any) -> dict[str, Any]:
-    return _run_job(
-        self, spec, TrainSpec.from_dict,
-        lambda spec, settings, storage, report, should_stop: run_training(
-            spec, settings, storage, TrainHooks(progress=report, should_stop=should_stop)
-        ),
-    )
+    parsed = TrainSpec.from_dict(spec)  # a SpecError fails the task with a one-line reason; retrying cannot fix it
+    _check_task_id(self, parsed.job_id)
+    settings, store, storage = _open(parsed)
+    if store.cancel_requested(parsed.job_id):
+        _cancelled(self, f"job {parsed.job_id} was cancelled before it started")
+    # Redis redelivers a task unacknowledged for longer than the visibility timeout even while it still runs;
+    # the lease makes such a second delivery wait instead of training the same job beside the first.
+    lease = Lease(store, f"{parsed.job_id}:train", _owner(self), TRAIN_LEASE_TTL_S)
+    if not lease.acquire():
+        log.info("job %s is running on another worker; checking again later", parsed.job_id)
+        raise self.retry(countdown=TRAIN_LEASE_TTL_S, max_retries=None)
+    try:
+        hooks = TrainHooks(
+            progress=lambda info: self.update_state(state=PROGRESS, meta=info),
+            should_stop=lambda: lease.lost or store.cancel_requested(parsed.job_id),
+        )
+        return run_training(parsed, settings, storage, hooks)
+    except JobCancelled as exc:
+        if lease.lost:
+            log.warning("job %s: lost its lease to another worker; stopping here", parsed.job_id)
+            raise Ignore() from None
+        _cancelled(self, str(exc))
+    except StorageUnavailable as exc:  # the checkpoint lets the retry continue where this run stopped
+        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries), max_retries=TASK_RETRIES) from None
+    finally:
+        lease.release()
+
+
+def _check_task_id(task: Task, job_id: str) -> None:
+    if job_id != task.request.id:
+        raise ValueError(f"spec job_id {job_id} does not match task id {task.request.id}")
+
+
+def _cancelled(task: Task, reason: str) -> NoReturn:
+    log.info("%s", reason)
+    task.update_state(state=CANCELLED, meta={"reason": reason})
+    raise Ignore()
+
+
+def _dispatcher(spec: GenerateSpec) -> Callable[[int], None]:
+    spec_data = spec.to_dict()
+
+    def dispatch(index: int) -> None:
+        app.send_task(
+            GENERATE_SHARD_TASK, kwargs={"spec": spec_data, "shard": index, "queued_at": time.time()},
+            task_id=f"{spec.job_id}-shard-{index:06d}-{uuid.uuid4().hex[:6]}", queue=GENERATE_QUEUE,
+        )
+
+    return dispatch
 
 
 @app.task(name=GENERATE_TASK, bind=True)
-def generate(self: Task, spec: Any) -> dict[str, Any]:
-    return _run_job(
-        self, spec, GenerateSpec.from_dict,
-        lambda spec, settings, storage, report, should_stop: run_generation(spec, storage, report, should_stop),
-    )
+def generate(self: Task, spec: Any) -> None:
+    """Plan a generation job: check its model, dispatch its shard tasks. The finaliser ends the job."""
+    parsed = GenerateSpec.from_dict(spec)
+    _check_task_id(self, parsed.job_id)
+    _, store, storage = _open(parsed)
+    if store.get_field(parsed.job_id, "outcome"):
+        raise Ignore()  # a redelivered planner of a job that has ended
+    if store.cancel_requested(parsed.job_id):
+        _cancelled(self, f"job {parsed.job_id} was cancelled before it started")
+    if not storage.exists(model_card_key(parsed.model)):
+        exc = ModelNotFound(f"model {parsed.model} not found: {storage.url_for(model_card_key(parsed.model))} is missing")
+        _finish(store, parsed.job_id, FAILURE, exc)
+        raise exc
+    if store.get_field(parsed.job_id, "started_at") is None:
+        self.update_state(state=PROGRESS, meta={})  # before any shard runs, so it cannot overwrite the end state
+    total = plan_job(parsed, store, _dispatcher(parsed))
+    log.info("job %s: dispatched %d shard tasks", parsed.job_id, total)
+    raise Ignore()  # the job's state is the finaliser's to set
+
+
+@app.task(name=GENERATE_SHARD_TASK, bind=True, ignore_result=True)
+def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = None) -> None:
+    parsed = GenerateSpec.from_dict(spec)
+    _, store, storage = _open(parsed)
+    if store.get_field(parsed.job_id, "outcome"):
+        return  # the job has ended (cancelled or failed): nothing left to make
+    if store.cancel_requested(parsed.job_id):
+        _finish(store, parsed.job_id, CANCELLED, {"reason": f"job {parsed.job_id} was cancelled; its shards are not listed"})
+        return
+    try:
+        _, last = run_shard(parsed, shard, storage, store, GENERATORS, pick_device(), _owner(self), queued_at)
+    except ShardBusy as exc:
+        # the other worker finishes it, or dies and its lease lapses: then this retry makes the shard
+        raise self.retry(exc=exc, countdown=5, max_retries=None) from None
+    except Exception as exc:
+        raise _retry_or_fail(self, store, parsed.job_id, exc) from None
+    if last and store.set_once(parsed.job_id, "finalize_sent", "1"):
+        app.send_task(GENERATE_FINALIZE_TASK, kwargs={"spec": spec}, queue=GENERATE_QUEUE)
+
+
+@app.task(name=GENERATE_FINALIZE_TASK, bind=True, ignore_result=True)
+def generate_finalize(self: Task, spec: Any) -> None:
+    parsed = GenerateSpec.from_dict(spec)
+    _, store, storage = _open(parsed)
+    if store.get_field(parsed.job_id, "outcome"):
+        return
+    if store.cancel_requested(parsed.job_id):
+        _finish(store, parsed.job_id, CANCELLED, {"reason": f"job {parsed.job_id} was cancelled before its manifest"})
+        return
+    try:
+        result = finalize_job(parsed, storage, store, _dispatcher(parsed))
+    except Exception as exc:
+        raise _retry_or_fail(self, store, parsed.job_id, exc) from None
+    if result is not None:
+        _finish(store, parsed.job_id, SUCCESS, result)

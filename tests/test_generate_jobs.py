@@ -1,0 +1,174 @@
+"""The fan-out of a generation job as plain functions: planning, idempotent shards, the finaliser, the model cache.
+
+Celery-free, on FileStorage and the in-process job store; tests/test_fleet.py runs the same path through real
+workers, Redis and S3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.jobs import MemoryJobStore, generation_progress
+from shared.manifest import Manifest
+from shared.settings import Settings
+from shared.shards import read_shard
+from shared.specs import GenerateSpec, TrainSpec
+from shared.storage import FileStorage, Storage
+from worker.generate import GeneratorCache, ShardBusy, finalize_job, plan_job, run_shard
+from worker.train import run_training
+
+CPU = torch.device("cpu")
+
+
+class CountingStorage(FileStorage):
+    """A real FileStorage that counts reads and writes per key."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.reads: dict[str, int] = {}
+        self.writes: dict[str, int] = {}
+
+    def get_bytes(self, key: str) -> bytes:
+        self.reads[key] = self.reads.get(key, 0) + 1
+        return super().get_bytes(key)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.writes[key] = self.writes.get(key, 0) + 1
+        super().put_bytes(key, data, content_type)
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    run_training(TrainSpec(job_id="t-model", dataset="fake", steps=2, width=8, batch_size=16), Settings(), FileStorage(root))
+    return root
+
+
+@pytest.fixture
+def storage(model_root: Path, tmp_path: Path) -> CountingStorage:
+    root = tmp_path / "store"
+    shutil.copytree(model_root, root)  # FileStorage refuses links that lead out of its root
+    return CountingStorage(root)
+
+
+def job(count: int = 25, shard_size: int = 10, **fields: object) -> GenerateSpec:
+    return GenerateSpec(job_id="g-job", model="t-model", count=count, shard_size=shard_size, batch_size=4, **fields)  # type: ignore[arg-type]
+
+
+def run_all(spec: GenerateSpec, storage: Storage, store: MemoryJobStore, models: GeneratorCache) -> list[int]:
+    """Plan, then run each dispatched shard in order (as a single worker would); returns the dispatch order."""
+    dispatched: list[int] = []
+    plan_job(spec, store, dispatched.append)
+    for index in dispatched:
+        run_shard(spec, index, storage, store, models, CPU, "worker-a/1")
+    return dispatched
+
+
+def test_job_runs_shard_by_shard_and_the_manifest_matches_storage(storage: CountingStorage) -> None:
+    store, models, spec = MemoryJobStore(), GeneratorCache(), job()
+    assert run_all(spec, storage, store, models) == [0, 1, 2]
+    assert storage.list("synthetic/g-job") == [f"synthetic/g-job/shard-00000{i}.tar" for i in range(3)]
+    assert not storage.exists("synthetic/g-job/manifest.json")  # only the finaliser writes it
+
+    result = finalize_job(spec, storage, store, lambda index: pytest.fail(f"shard {index} redispatched"))
+    assert result is not None and result["images"] == 25 and result["shards"] == 3
+    manifest = Manifest.load(storage, "g-job")
+    assert [shard.count for shard in manifest.shards] == [10, 10, 5]
+    for shard in manifest.shards:
+        data = storage.get_bytes(manifest.shard_key(shard))
+        assert hashlib.sha256(data).hexdigest() == shard.sha256 and len(data) == shard.size
+    assert sum(manifest.class_counts.values()) == 25 and manifest.image_size == 28 and manifest.channels == 1
+    labels = [sample.label for shard in manifest.shards for sample in read_shard(storage.get_bytes(manifest.shard_key(shard)))]
+    assert {str(label): labels.count(label) for label in set(labels)} == manifest.class_counts
+    assert generation_progress(store, "g-job", 3, 25) | {"images_per_s": 0, "eta_s": 0} == {
+        "shards_done": 3, "shards_total": 3, "images_done": 25, "images_total": 25, "images_per_s": 0, "eta_s": 0,
+    }
+
+
+def test_a_finished_shard_is_not_redone(storage: CountingStorage) -> None:
+    store, models, spec = MemoryJobStore(), GeneratorCache(), job()
+    run_all(spec, storage, store, models)
+    written, last = run_shard(spec, 1, storage, store, models, CPU, "worker-b/2")
+    assert (written, last) == (False, False)
+    assert storage.writes["synthetic/g-job/shard-000001.tar"] == 1
+
+
+def test_a_rerun_that_finds_its_own_bytes_does_not_upload_again(storage: CountingStorage) -> None:
+    # the worker uploaded, then died before recording the shard: the ledger is empty, storage has the bytes
+    store, models, spec = MemoryJobStore(), GeneratorCache(), job()
+    run_shard(spec, 0, storage, store, models, CPU, "worker-a/1")
+    store.forget_shard("g-job", 0)
+    written, _ = run_shard(spec, 0, storage, store, models, CPU, "worker-b/2")
+    assert written and storage.writes["synthetic/g-job/shard-000000.tar"] == 1
+    assert store.shard_records("g-job")[0]["worker"] == "worker-b"
+
+
+def test_reruns_write_identical_bytes(storage: CountingStorage, tmp_path: Path) -> None:
+    spec = job()
+    run_all(spec, storage, MemoryJobStore(), GeneratorCache())
+    first = storage.get_bytes("synthetic/g-job/shard-000002.tar")
+    storage.delete("synthetic/g-job/shard-000002.tar")
+    run_all(spec, storage, MemoryJobStore(), GeneratorCache())
+    assert storage.get_bytes("synthetic/g-job/shard-000002.tar") == first
+
+
+def test_a_shard_lost_from_storage_is_made_again_before_the_manifest(storage: CountingStorage) -> None:
+    store, models, spec = MemoryJobStore(), GeneratorCache(), job()
+    run_all(spec, storage, store, models)
+    storage.put_bytes("synthetic/g-job/shard-000001.tar", b"truncated")  # recorded, but not what storage holds
+    redispatched: list[int] = []
+    assert finalize_job(spec, storage, store, redispatched.append) is None
+    assert redispatched == [1] and not storage.exists("synthetic/g-job/manifest.json")
+    written, last = run_shard(spec, 1, storage, store, models, CPU, "worker-a/1")
+    assert written and last
+    assert finalize_job(spec, storage, store, lambda index: pytest.fail("redispatched")) is not None
+
+
+def test_a_shard_held_by_another_worker_is_busy(storage: CountingStorage) -> None:
+    store, spec = MemoryJobStore(), job()
+    assert store.acquire_lease("g-job:shard:0", "worker-a/1", ttl_s=60)
+    with pytest.raises(ShardBusy):
+        run_shard(spec, 0, storage, store, GeneratorCache(), CPU, "worker-b/2")
+    assert not storage.exists("synthetic/g-job/shard-000000.tar")
+
+
+def test_the_last_shard_recorded_says_so_whatever_the_order(storage: CountingStorage) -> None:
+    store, models, spec = MemoryJobStore(), GeneratorCache(), job()
+    lasts = [run_shard(spec, index, storage, store, models, CPU, "w/1")[1] for index in (2, 0, 1)]
+    assert lasts == [False, False, True]
+
+
+def test_a_shard_index_out_of_range_is_refused(storage: CountingStorage) -> None:
+    with pytest.raises(ValueError, match="has 3 shards"):
+        run_shard(job(), 3, storage, MemoryJobStore(), GeneratorCache(), CPU, "w/1")
+
+
+def test_planning_again_continues_from_the_dispatch_cursor() -> None:
+    store, spec = MemoryJobStore(), job(count=250, shard_size=1)
+    sent: list[int] = []
+
+    def die_after_150(index: int) -> None:
+        if index == 150:
+            raise RuntimeError("worker died")
+        sent.append(index)
+
+    with pytest.raises(RuntimeError):
+        plan_job(spec, store, die_after_150)
+    plan_job(spec, store, sent.append)
+    assert sorted(set(sent)) == list(range(250))
+    assert len(sent) - 250 <= 100  # at most the shards since the last saved cursor go out twice
+
+
+def test_the_cache_loads_each_model_once(storage: CountingStorage) -> None:
+    models = GeneratorCache(capacity=1)
+    first, card = models.get(storage, "t-model", CPU)
+    again, _ = models.get(storage, "t-model", CPU)
+    assert first is again and models.loads == 1 and card["job_id"] == "t-model"
+    assert storage.reads["models/t-model/checkpoint.pt"] == 1
+    run_all(job(), storage, MemoryJobStore(), models)
+    assert storage.reads["models/t-model/checkpoint.pt"] == 1 and models.loads == 1
