@@ -199,6 +199,10 @@ class FileStorage(Storage):
     def url_for(self, key: str) -> str:
         return (self.root / check_key(key)).as_uri()
 
+    def local_path(self, key: str) -> Path:
+        """The file that holds KEY (checked like every key: it cannot lead out of the root)."""
+        return self._path(key)
+
 
 class S3Storage(Storage):
     """Any S3 store (MinIO in production). Uses only calls that MinIO serves."""

@@ -16,6 +16,7 @@ import webdataset as wds
 from PIL import Image
 
 from shared.manifest import Manifest
+from shared.reader import SyntheticJob
 from shared.settings import Settings
 from shared.storage import S3Storage, open_storage
 from tests.processes import run_cli
@@ -59,11 +60,11 @@ def test_train_generate_and_read_back_with_webdataset(augment_env, start_worker,
     assert sum(manifest.class_counts.values()) == 250 and len(manifest.class_counts) == 10
 
     # A downstream pipeline reads the shards with the webdataset package itself, over presigned HTTP URLs.
-    urls = []
     for shard in manifest.shards:
         data = storage.get_bytes(manifest.shard_key(shard))
         assert len(data) == shard.size and hashlib.sha256(data).hexdigest() == shard.sha256
-        urls.append(storage.presigned_url(manifest.shard_key(shard)))
+    urls = SyntheticJob(storage, generate_id).shard_urls()
+    assert all(url.startswith("http://") for url in urls)
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8").to_tuple("png", "cls", "json", "__key__"))
     assert len(samples) == 250
     labels = Counter(int(label) for _, label, _, _ in samples)

@@ -141,8 +141,10 @@ def generate(self: Task, spec: Any) -> None:
 def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = None) -> None:
     parsed = GenerateSpec.from_dict(spec)
     _, store, storage = _open(parsed)
-    if store.get_field(parsed.job_id, "outcome"):
-        return  # the job has ended (cancelled or failed): nothing left to make
+    outcome = store.get_field(parsed.job_id, "outcome")
+    if outcome:
+        log.info("job %s has ended (%s): shard %d is left as it is", parsed.job_id, outcome, shard)
+        return
     if store.cancel_requested(parsed.job_id):
         _finish(store, parsed.job_id, CANCELLED, {"reason": f"job {parsed.job_id} was cancelled; its shards are not listed"})
         return

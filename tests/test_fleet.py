@@ -1,0 +1,101 @@
+"""Generation across a fleet, on real parts: CLI processes, real Redis, real SeaweedFS S3, real worker processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from shared.broker import GENERATE_QUEUE, GENERATE_SHARD_TASK, make_celery
+from shared.manifest import Manifest
+from shared.settings import Settings
+from shared.storage import open_storage
+from tests.processes import WorkerProcess, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def train_tiny_model(env: dict[str, str]) -> str:
+    submitted = run_cli(env, "train", "--dataset", "fake", "--steps", "10", "--width", "8", "--batch-size", "32")
+    assert submitted.returncode == 0, submitted.stderr
+    model = submitted.stdout.strip()
+    watched = run_cli(env, "watch", model, "--interval", "0.2", timeout=180)
+    assert watched.returncode == 0, watched.stderr
+    return model
+
+
+def shard_writes(workers: list[WorkerProcess], job_id: str) -> Counter[tuple[str, int]]:
+    """(worker log, shard index) for every 'wrote shard' line of JOB_ID in the workers' logs."""
+    pattern = re.compile(rf"job {job_id}: wrote shard (\d+) ")
+    return Counter(
+        (worker.log_path.name, int(index)) for worker in workers for index in pattern.findall(worker.log_path.read_text())
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_two_workers_share_a_job_and_write_every_shard_once(augment_env, start_worker):
+    workers = [start_worker(), start_worker(queues="generate")]
+    model = train_tiny_model(augment_env)
+    submitted = run_cli(augment_env, "generate", "--model", model, "--count", "1000", "--shard-size", "40", "--seed", "2")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    watched = run_cli(augment_env, "watch", job_id, "--interval", "0.2", timeout=240)
+    assert watched.returncode == 0, watched.stderr
+    assert re.search(r"shards \d+/25 images \d+/1000", watched.stderr)
+
+    writes = shard_writes(workers, job_id)
+    indices = Counter(index for _, index in writes.elements())
+    assert indices == Counter(range(25)), "every shard written exactly once"
+    assert len({log for log, _ in writes}) == 2, "both workers made shards"
+
+    storage = open_storage(Settings.from_env(augment_env))
+    manifest = Manifest.load(storage, job_id)
+    assert manifest.total == 1000 and len(manifest.shards) == 25
+    assert storage.list(f"synthetic/{job_id}") == sorted(
+        [manifest.shard_key(shard) for shard in manifest.shards] + [f"synthetic/{job_id}/manifest.json"]
+    )
+    for shard in manifest.shards:
+        data = storage.get_bytes(manifest.shard_key(shard))
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (shard.size, shard.sha256)
+    status = json.loads(run_cli(augment_env, "status", job_id, "--json").stdout)
+    assert status["state"] == "SUCCESS" and status["result"]["images"] == 1000
+
+    # A shard task delivered again after the job finished (a redelivery, a duplicate) changes nothing.
+    app = make_celery(Settings.from_env(augment_env))
+    app.send_task(GENERATE_SHARD_TASK, kwargs={"spec": manifest.spec, "shard": 7}, queue=GENERATE_QUEUE)
+    wait_for(lambda: any(f"job {job_id} has ended (SUCCESS): shard 7 is left" in w.log_path.read_text() for w in workers),
+             60, "the duplicate shard task")
+    assert shard_writes(workers, job_id) == writes
+    assert Manifest.load(storage, job_id) == manifest
+    assert json.loads(run_cli(augment_env, "status", job_id, "--json").stdout)["state"] == "SUCCESS"
+
+
+def test_cancelling_a_running_generation_stops_it_without_a_manifest(augment_env, start_worker):
+    worker = start_worker()
+    model = train_tiny_model(augment_env)
+    job_id = run_cli(augment_env, "generate", "--model", model, "--count", "20000", "--shard-size", "50").stdout.strip()
+    wait_for(lambda: len(shard_writes([worker], job_id)) >= 3, 120, "three shards")
+    cancelled = run_cli(augment_env, "cancel", job_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    started = time.monotonic()
+    watched = run_cli(augment_env, "watch", job_id, "--interval", "0.2", timeout=120)
+    assert watched.returncode == 3, watched.stderr
+    assert time.monotonic() - started < 15, "a running job stops within seconds"
+    storage = open_storage(Settings.from_env(augment_env))
+    assert not storage.exists(f"synthetic/{job_id}/manifest.json")
+    assert len(storage.list(f"synthetic/{job_id}")) < 400
+    status = json.loads(run_cli(augment_env, "status", job_id, "--json").stdout)
+    assert status["state"] == "CANCELLED" and "cancelled" in status["progress"]["reason"]
