@@ -57,6 +57,11 @@ class JobStore(Protocol):
         ...
 
     def shard_records(self, job_id: str) -> dict[int, dict[str, Any]]: ...
+    def shard_record(self, job_id: str, index: int) -> dict[str, Any] | None: ...
+
+    def shard_totals(self, job_id: str) -> tuple[int, int]:
+        """(shards, images) recorded so far, kept as counters so that polling a big job stays cheap."""
+        ...
     def forget_shard(self, job_id: str, index: int) -> None: ...
 
     def set_once(self, job_id: str, name: str, value: str) -> bool:
@@ -113,18 +118,26 @@ class RedisJobStore:
         return f"{KEY_PREFIX}:job:{job_id}:shards"
 
     def record_shard(self, job_id: str, index: int, record: dict[str, Any]) -> int:
-        with self.client.pipeline() as pipe:
-            pipe.hsetnx(self._shards_key(job_id), str(index), json.dumps(record, sort_keys=True))
-            pipe.hlen(self._shards_key(job_id))
-            _, recorded = pipe.execute()
-        return int(recorded)
+        keys = (self._shards_key(job_id), self._key(job_id))
+        return int(self.client.eval(_RECORD_SHARD, 2, *keys, str(index), json.dumps(record, sort_keys=True), int(record["count"])))
 
     def shard_records(self, job_id: str) -> dict[int, dict[str, Any]]:
         raw: dict[str, str] = self.client.hgetall(self._shards_key(job_id))  # type: ignore[assignment]
         return {int(index): json.loads(record) for index, record in raw.items()}
 
+    def shard_record(self, job_id: str, index: int) -> dict[str, Any] | None:
+        record: str | None = self.client.hget(self._shards_key(job_id), str(index))  # type: ignore[assignment]
+        return None if record is None else json.loads(record)
+
+    def shard_totals(self, job_id: str) -> tuple[int, int]:
+        with self.client.pipeline() as pipe:
+            pipe.hlen(self._shards_key(job_id))
+            pipe.hget(self._key(job_id), "images_done")
+            shards, images = pipe.execute()
+        return int(shards), int(images or 0)
+
     def forget_shard(self, job_id: str, index: int) -> None:
-        self.client.hdel(self._shards_key(job_id), str(index))
+        self.client.eval(_FORGET_SHARD, 2, self._shards_key(job_id), self._key(job_id), str(index))
 
     def set_once(self, job_id: str, name: str, value: str) -> bool:
         return bool(self.client.hsetnx(self._key(job_id), name, value))
@@ -151,6 +164,19 @@ class RedisJobStore:
         self.client.eval(_DELETE_IF_OWNER, 1, self._lease_key(name), owner)
 
 
+# A shard's record and the job's image counter change together, in one step on the server.
+_RECORD_SHARD = """
+if redis.call('hsetnx', KEYS[1], ARGV[1], ARGV[2]) == 1 then redis.call('hincrby', KEYS[2], 'images_done', ARGV[3]) end
+return redis.call('hlen', KEYS[1])
+"""
+_FORGET_SHARD = """
+local record = redis.call('hget', KEYS[1], ARGV[1])
+if record then
+  redis.call('hdel', KEYS[1], ARGV[1])
+  redis.call('hincrby', KEYS[2], 'images_done', -cjson.decode(record)['count'])
+end
+return 0
+"""
 # Compare-and-act in one step on the server, so a lease that expired and was taken over is never touched.
 _RENEW_IF_OWNER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 _DELETE_IF_OWNER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -193,6 +219,16 @@ class MemoryJobStore:
     def shard_records(self, job_id: str) -> dict[int, dict[str, Any]]:
         with self._lock:
             return {index: dict(record) for index, record in self._shards.get(job_id, {}).items()}
+
+    def shard_record(self, job_id: str, index: int) -> dict[str, Any] | None:
+        with self._lock:
+            record = self._shards.get(job_id, {}).get(index)
+            return None if record is None else dict(record)
+
+    def shard_totals(self, job_id: str) -> tuple[int, int]:
+        with self._lock:
+            shards = self._shards.get(job_id, {})
+            return len(shards), sum(int(record["count"]) for record in shards.values())
 
     def forget_shard(self, job_id: str, index: int) -> None:
         with self._lock:
@@ -297,12 +333,11 @@ def generation_progress(store: JobStore, job_id: str, shards_total: int, images_
     Read from the ledger rather than reported by the shard tasks, so workers finishing shards at the same time
     never overwrite each other's figures, nor the job's final state.
     """
-    records = store.shard_records(job_id)
-    images_done = sum(int(record["count"]) for record in records.values())
+    shards_done, images_done = store.shard_totals(job_id)
     started = float(store.get_field(job_id, "started_at") or time.time())
     rate = images_done / max(time.time() - started, 1e-9)
     return {
-        "shards_done": len(records),
+        "shards_done": shards_done,
         "shards_total": shards_total,
         "images_done": images_done,
         "images_total": images_total,

@@ -11,7 +11,9 @@ import hashlib
 import io
 import json
 import re
+import struct
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,8 @@ import numpy as np
 from PIL import Image
 
 SAMPLE_EXTENSIONS = ("png", "cls", "json")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
 # WebDataset splits a member name at the first dot into key and extension, so keys must not contain dots.
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -32,16 +36,38 @@ def sample_key(global_index: int) -> str:
     return f"{global_index:09d}"
 
 
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
 def encode_png(image: np.ndarray) -> bytes:
     """Encode a uint8 image, (H, W) grey or (H, W, 3) RGB, as PNG."""
-    if image.dtype != np.uint8:
-        raise ValueError(f"PNG encoding needs uint8 pixels, got {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
-    buffer = io.BytesIO()
-    # compress_level 1: a shard of small images is dominated by encode time, and size differs by a few percent.
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    return encode_pngs(image[None])[0]
+
+
+def encode_pngs(images: np.ndarray) -> list[bytes]:
+    """Encode a batch of uint8 images, (B, H, W) grey or (B, H, W, 1 or 3), as PNGs.
+
+    Written with zlib directly: for the small images a GAN makes, Pillow's per-image set-up costs several times
+    the compression itself. Rows are unfiltered and compressed at level 1; any PNG reader decodes the result.
+    """
+    if images.dtype != np.uint8:
+        raise ValueError(f"PNG encoding needs uint8 pixels, got {images.dtype}")
+    if images.ndim == 4 and images.shape[3] == 1:
+        images = images[..., 0]
+    if images.ndim == 3:
+        color_type = 0  # grey
+    elif images.ndim == 4 and images.shape[3] == 3:
+        color_type = 2  # RGB
+    else:
+        raise ValueError(f"PNG encoding needs (H, W) or (H, W, 3) pixels, got shape {images.shape[1:]}")
+    batch, height, width = images.shape[:3]
+    rows = np.zeros((batch, height, 1 + images[0, 0].size), dtype=np.uint8)  # a leading 0 per row: filter "None"
+    rows[:, :, 1:] = images.reshape(batch, height, -1)
+    head = _PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0))
+    return [head + _png_chunk(b"IDAT", zlib.compress(image_rows.tobytes(), 1)) + _PNG_END for image_rows in rows]
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -57,34 +83,58 @@ class Sample:
     meta: dict[str, Any]
 
 
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tar archives are padded to whole records, as tarfile writes them
+# The constant parts of a USTAR header: mode 0644, uid/gid 0, mtime 0, regular file, no user or group names.
+_HEADER_TAIL = b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 247
+
+
+def tar_member(name: str, payload: bytes) -> bytes:
+    """One regular-file member (USTAR header, payload, padding) with fixed metadata, so equal input gives equal bytes.
+
+    Written by hand because ``tarfile`` spends ~35 us per member building headers, more than the PNG encoding of
+    a small image costs; the result reads with ``tarfile`` and the ``webdataset`` package like any tar.
+    """
+    encoded = name.encode("ascii")
+    if len(encoded) > 100:
+        raise ValueError(f"tar member name {name!r} is longer than 100 bytes")
+    head = encoded.ljust(100, b"\0") + b"0000644\0" + b"0000000\0" * 2 + b"%011o\0" % len(payload) + b"00000000000\0"
+    checksum = sum(head) + sum(_HEADER_TAIL) + 8 * ord(" ")  # the checksum field counts as eight spaces
+    header = head + b"%06o\0 " % checksum + _HEADER_TAIL
+    return header + payload + b"\0" * (-len(payload) % _BLOCK)
+
+
+def sample_record(sample: Sample) -> bytes:
+    """The three tar members of SAMPLE: ``<key>.png``, ``<key>.cls``, ``<key>.json``."""
+    if not _KEY_PATTERN.match(sample.key):
+        raise ValueError(f"sample key {sample.key!r} must use only letters, digits, '_' and '-' (no dots)")
+    return (
+        tar_member(f"{sample.key}.png", sample.png)
+        + tar_member(f"{sample.key}.cls", str(sample.label).encode())
+        + tar_member(f"{sample.key}.json", json.dumps(sample.meta, sort_keys=True).encode())
+    )
+
+
 class ShardWriter:
     """Collects samples and renders one deterministic tar."""
 
     def __init__(self) -> None:
-        self._buffer = io.BytesIO()
-        self._tar = tarfile.open(fileobj=self._buffer, mode="w", format=tarfile.USTAR_FORMAT)
+        self._records: list[bytes] = []
         self.count = 0
         self.class_counts: dict[int, int] = {}
 
-    def _add_member(self, name: str, payload: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(payload)
-        info.mtime = 0
-        info.mode = 0o644
-        self._tar.addfile(info, io.BytesIO(payload))
-
     def add(self, sample: Sample) -> None:
-        if not _KEY_PATTERN.match(sample.key):
-            raise ValueError(f"sample key {sample.key!r} must use only letters, digits, '_' and '-' (no dots)")
-        self._add_member(f"{sample.key}.png", sample.png)
-        self._add_member(f"{sample.key}.cls", str(sample.label).encode())
-        self._add_member(f"{sample.key}.json", json.dumps(sample.meta, sort_keys=True).encode())
+        self.add_record(sample_record(sample), sample.label)
+
+    def add_record(self, record: bytes, label: int) -> None:
+        """Add a sample already rendered by :func:`sample_record` (e.g. in another thread)."""
+        self._records.append(record)
         self.count += 1
-        self.class_counts[sample.label] = self.class_counts.get(sample.label, 0) + 1
+        self.class_counts[label] = self.class_counts.get(label, 0) + 1
 
     def finish(self) -> bytes:
-        self._tar.close()
-        return self._buffer.getvalue()
+        body = b"".join(self._records) + b"\0" * (2 * _BLOCK)  # two zero blocks end the archive
+        return body + b"\0" * (-len(body) % _RECORD)
 
 
 def sha256_hex(data: bytes) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 import webdataset as wds
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.layout import manifest_key
 from shared.manifest import MANIFEST_FORMAT, Manifest, ShardEntry
@@ -21,10 +23,12 @@ from shared.shards import (
     ShardWriter,
     decode_png,
     encode_png,
+    encode_pngs,
     read_shard,
     sample_key,
     sha256_hex,
     shard_name,
+    tar_member,
 )
 from shared.storage import FileStorage
 
@@ -322,3 +326,24 @@ def test_manifest_entries_match_written_shards(tmp_path: Path) -> None:
         data = storage.get_bytes(manifest.shard_key(entry))
         assert (len(data), sha256_hex(data)) == (entry.size, entry.sha256)
         assert len(list(read_shard(data))) == entry.count
+
+
+@given(
+    st.lists(st.tuples(st.from_regex(r"[A-Za-z0-9_-]{1,40}\.(png|cls|json)", fullmatch=True), st.binary(max_size=2000)),
+             max_size=8)
+)
+def test_tar_members_are_byte_identical_to_tarfile(members: list[tuple[str, bytes]]) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(payload), 0, 0o644
+            tar.addfile(info, io.BytesIO(payload))
+    body = b"".join(tar_member(name, payload) for name, payload in members) + b"\0" * 1024
+    assert body + b"\0" * (-len(body) % 10240) == buffer.getvalue()
+
+
+def test_batch_png_encoding_equals_one_by_one() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (5, 9, 7, 3), dtype=np.uint8)
+    assert encode_pngs(images) == [encode_png(image) for image in images]
+    assert [decode_png(data).tolist() for data in encode_pngs(images)] == images.tolist()

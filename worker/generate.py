@@ -33,7 +33,7 @@ import torch
 from shared.jobs import JobStore, Lease
 from shared.layout import checkpoint_key, manifest_key, model_card_key, shard_key
 from shared.manifest import Manifest, ShardEntry
-from shared.shards import Sample, ShardWriter, encode_png, sample_key, sha256_hex, shard_name
+from shared.shards import Sample, ShardWriter, encode_pngs, sample_key, sample_record, sha256_hex, shard_name
 from shared.specs import GenerateSpec
 from shared.storage import Storage
 from worker import checkpoint
@@ -107,50 +107,50 @@ def shard_seed(job_seed: int, shard_index: int) -> int:
     return (job_seed * 1_000_003 + shard_index) % (2**63 - 1)
 
 
-def _encode_batch(pixels: np.ndarray) -> list[bytes]:
-    return [encode_png(image) for image in pixels]
-
-
 @torch.no_grad()
 def render_shard(spec: GenerateSpec, generator: Generator, card: dict[str, Any], shard_index: int) -> tuple[bytes, dict[int, int]]:
     """Sample shard SHARD_INDEX of SPEC and return its tar bytes and per-class counts.
 
-    Batch k's PNGs are encoded in worker threads while batch k+1 is sampled; the tar is assembled in order.
+    Batch k's PNG encoding and tar members are made in worker threads while batch k+1 is sampled (torch and
+    zlib release the GIL); the tar is assembled in order.
     """
     config = generator.config
     device = next(generator.parameters()).device
     start = shard_index * spec.shard_size
     stop = min(spec.count, start + spec.shard_size)
     plan = spec.labels_plan(config.num_classes)
-    labels = torch.from_numpy(labels_for_range(plan, start, stop)) if config.conditional else None
+    labels = labels_for_range(plan, start, stop) if config.conditional else np.full(stop - start, -1)
     rng = torch.Generator().manual_seed(shard_seed(spec.seed, shard_index))
     noise = torch.randn(stop - start, config.nz, generator=rng)  # (S, nz), drawn on CPU: same bytes on any device
     class_names = card.get("class_names") or []
+
+    def records(offset: int, pixels: np.ndarray) -> list[bytes]:
+        made = []
+        for row, png in enumerate(encode_pngs(pixels)):
+            index, label = start + offset + row, int(labels[offset + row])
+            meta = {
+                "class": label,
+                "class_name": class_names[label] if 0 <= label < len(class_names) else None,
+                "model": spec.model,
+                "job": spec.job_id,
+                "seed": spec.seed,
+                "shard": shard_index,
+                "index": index,
+            }
+            made.append(sample_record(Sample(sample_key(index), png, label, meta)))
+        return made
+
     with ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="png") as encoder:
         batches = []
         for offset in range(0, stop - start, spec.batch_size):
-            batch_labels = labels[offset : offset + spec.batch_size] if labels is not None else None
-            images = to_uint8(generator(
-                noise[offset : offset + spec.batch_size].to(device),
-                batch_labels.to(device) if batch_labels is not None else None,
-            ))
+            batch_labels = torch.from_numpy(labels[offset : offset + spec.batch_size]).to(device) if config.conditional else None
+            images = to_uint8(generator(noise[offset : offset + spec.batch_size].to(device), batch_labels))
             pixels = images.permute(0, 2, 3, 1).cpu().numpy()  # (b, H, W, C) uint8
-            batches.append((offset, batch_labels, encoder.submit(_encode_batch, pixels)))
+            batches.append((offset, encoder.submit(records, offset, pixels)))
         writer = ShardWriter()
-        for offset, batch_labels, encoded in batches:
-            for row, png in enumerate(encoded.result()):
-                index = start + offset + row
-                label = int(batch_labels[row]) if batch_labels is not None else -1
-                meta = {
-                    "class": label,
-                    "class_name": class_names[label] if 0 <= label < len(class_names) else None,
-                    "model": spec.model,
-                    "job": spec.job_id,
-                    "seed": spec.seed,
-                    "shard": shard_index,
-                    "index": index,
-                }
-                writer.add(Sample(sample_key(index), png, label, meta))
+        for offset, made in batches:
+            for row, record in enumerate(made.result()):
+                writer.add_record(record, int(labels[offset + row]))
     return writer.finish(), writer.class_counts
 
 
@@ -211,7 +211,7 @@ def run_shard(
     """
     if not 0 <= shard_index < spec.shard_count:
         raise ValueError(f"shard {shard_index} does not exist; job {spec.job_id} has {spec.shard_count} shards")
-    if shard_is_complete(storage, spec, shard_index, store.shard_records(spec.job_id).get(shard_index)):
+    if shard_is_complete(storage, spec, shard_index, store.shard_record(spec.job_id, shard_index)):
         log.info("job %s: shard %d is already complete; nothing to do", spec.job_id, shard_index)
         return False, False  # done before: a redelivered or duplicated message
     lease = Lease(store, f"{spec.job_id}:shard:{shard_index}", owner, SHARD_LEASE_TTL_S)

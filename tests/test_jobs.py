@@ -1,0 +1,91 @@
+"""shared.jobs: the shard ledger, one-shot fields and leases, on a real Redis and on the in-process store."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+import redis
+
+from shared.jobs import JobStore, Lease, MemoryJobStore, RedisJobStore, generation_progress
+
+_dbs = itertools.count()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+def store(request: pytest.FixtureRequest) -> JobStore:
+    if request.param == "memory":
+        return MemoryJobStore()
+    server = request.getfixturevalue("redis_server")
+    client = redis.Redis.from_url(server.url.rsplit("/", 1)[0] + f"/{next(_dbs) % 16}", decode_responses=True)
+    client.flushdb()
+    return RedisJobStore(client)
+
+
+def record(count: int, digest: str = "aa") -> dict[str, object]:
+    return {"name": "shard", "count": count, "size": 1, "sha256": digest, "class_counts": {}}
+
+
+def test_the_first_record_of_a_shard_stands_and_counts_once(store: JobStore) -> None:
+    assert store.record_shard("g-job", 0, record(10, "first")) == 1
+    assert store.record_shard("g-job", 0, record(10, "second")) == 1
+    assert store.record_shard("g-job", 1, record(4)) == 2
+    assert store.shard_record("g-job", 0)["sha256"] == "first"  # type: ignore[index]
+    assert store.shard_record("g-job", 5) is None
+    assert store.shard_totals("g-job") == (2, 14)
+    store.forget_shard("g-job", 0)
+    store.forget_shard("g-job", 0)  # forgetting twice takes the images off once
+    assert store.shard_totals("g-job") == (1, 4) and set(store.shard_records("g-job")) == {1}
+    assert store.shard_totals("g-other") == (0, 0)
+
+
+def test_progress_comes_from_the_ledger(store: JobStore) -> None:
+    store.set_once("g-job", "started_at", repr(time.time() - 2))
+    store.record_shard("g-job", 0, record(100))
+    progress = generation_progress(store, "g-job", shards_total=4, images_total=400)
+    assert progress["shards_done"] == 1 and progress["images_done"] == 100
+    assert 30 < progress["images_per_s"] < 60 and 5 < progress["eta_s"] < 7
+
+
+def test_set_once_lets_one_caller_through(store: JobStore) -> None:
+    assert store.set_once("g-job", "outcome", "SUCCESS")
+    assert not store.set_once("g-job", "outcome", "CANCELLED")
+    assert store.get_field("g-job", "outcome") == "SUCCESS"
+    store.clear_field("g-job", "outcome")
+    assert store.get_field("g-job", "outcome") is None
+
+
+def test_a_lease_has_one_owner_until_released_or_expired(store: JobStore) -> None:
+    assert store.acquire_lease("job:train", "a", ttl_s=0.5)
+    assert not store.acquire_lease("job:train", "b", ttl_s=0.5)
+    assert not store.renew_lease("job:train", "b", ttl_s=0.5)
+    store.release_lease("job:train", "b")  # not b's to release
+    assert not store.acquire_lease("job:train", "b", ttl_s=0.5)
+    time.sleep(0.7)
+    assert not store.renew_lease("job:train", "a", ttl_s=0.5)  # a stopped renewing: it lapsed
+    assert store.acquire_lease("job:train", "b", ttl_s=5)
+    store.release_lease("job:train", "b")
+    assert store.acquire_lease("job:train", "a", ttl_s=5)
+
+
+def test_a_held_lease_outlives_its_ttl_through_heartbeats(store: JobStore) -> None:
+    lease = Lease(store, "job:train", "a", ttl_s=0.6)
+    assert lease.acquire()
+    time.sleep(1.5)
+    assert not store.acquire_lease("job:train", "b", ttl_s=0.6) and not lease.lost
+    lease.release()
+    assert store.acquire_lease("job:train", "b", ttl_s=0.6)
+    time.sleep(0.5)
+    assert not lease.lost
+
+
+def test_a_holder_learns_when_its_lease_was_taken(store: JobStore) -> None:
+    lease = Lease(store, "job:train", "a", ttl_s=0.6)
+    assert lease.acquire()
+    store.release_lease("job:train", "a")  # as if it had lapsed while the holder was stalled
+    assert store.acquire_lease("job:train", "b", ttl_s=30)
+    time.sleep(0.5)
+    assert lease.lost
+    lease.release()
+    assert not store.acquire_lease("job:train", "c", ttl_s=1)  # releasing a lost lease leaves the new owner's
