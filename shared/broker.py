@@ -7,12 +7,16 @@ cannot drift apart. The producer sends tasks by name and never imports the worke
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
 from kombu import Queue
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from shared.settings import Settings, redact_url
+from shared.transport import TRANSPORT
 
 TRAIN_TASK = "augment.train"
 GENERATE_TASK = "augment.generate"
@@ -39,11 +43,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Redis redelivers unacknowledged tasks after this; it must exceed the longest task or be paired with
         # a lease (see docs), and it must be identical in producer and worker.
         "visibility_timeout": settings.visibility_timeout_s,
+        # Look for abandoned (timed-out) messages every few seconds; kombu's defaults sweep every 100 s,
+        # which would leave a dead worker's task waiting long after its visibility timeout.
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 2)),
+        "unacked_restore_throttle": 1,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "socket_timeout": 30,
     }
+    redis_broker = urlsplit(settings.broker_url).scheme in {"redis", "rediss"}
     return {
         "broker_url": settings.broker_url,
+        # kombu's Redis transport, except that a malformed queue item is dropped instead of stopping the worker
+        **({"broker_transport": TRANSPORT} if redis_broker else {}),
         "result_backend": "cache+memory://" if settings.broker_url.startswith("memory") else settings.broker_url,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
@@ -67,6 +78,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_extended": True,
         "result_expires": 30 * 24 * 3600,
         "broker_connection_max_retries": 3,
+        # Job state and progress writes ride out a Redis restart (seconds) instead of failing the job.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
+        "result_backend_max_sleep_between_retries_ms": 2000,
     }
 
 
@@ -76,13 +91,18 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
     return app
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """A client for job records, with short timeouts so a dead Redis fails fast instead of hanging."""
+def redis_client(settings: Settings, patient: bool = False) -> redis.Redis:
+    """A client for job records, with short timeouts so a dead Redis fails fast instead of hanging.
+
+    PATIENT clients (the workers') retry a lost connection with backoff for about half a minute, so that a
+    Redis restart pauses a job instead of failing it; a person at a terminal gets the error at once.
+    """
+    patience: dict[str, Any] = {
+        "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    } if patient else {}
     return redis.Redis.from_url(
-        settings.broker_url,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_timeout=10,
-        decode_responses=True,
+        settings.broker_url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=10, decode_responses=True, **patience
     )
 
 

@@ -317,10 +317,11 @@ class Lease:
 _MEMORY_STORE = MemoryJobStore()
 
 
-def open_job_store(settings: Settings) -> JobStore:
+def open_job_store(settings: Settings, patient: bool = False) -> JobStore:
+    """The job store of SETTINGS' broker; PATIENT (workers) rides out a Redis restart, see ``redis_client``."""
     if settings.broker_url.startswith("memory"):
         return _MEMORY_STORE
-    return RedisJobStore(redis_client(settings))
+    return RedisJobStore(redis_client(settings, patient))
 
 
 def make_record(job_id: str, kind: str, spec: dict[str, Any]) -> JobRecord:

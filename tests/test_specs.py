@@ -398,19 +398,19 @@ def _check_parse(kind: Any, data: dict[str, Any]) -> None:
     assert kind.from_dict(spec.to_dict()) == spec
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(train_dicts)
 def test_train_from_dict_only_raises_spec_error(data: dict[str, Any]) -> None:
     _check_parse(TrainSpec, data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(generate_dicts)
 def test_generate_from_dict_only_raises_spec_error(data: dict[str, Any]) -> None:
     _check_parse(GenerateSpec, data)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.one_of(train_dicts, generate_dicts, _json))
 def test_parse_spec_any_json_only_raises_spec_error(data: Any) -> None:
     for kind in (TrainSpec, GenerateSpec):

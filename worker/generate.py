@@ -43,7 +43,8 @@ from worker.train import to_uint8
 log = logging.getLogger("augment.generate")
 # PNG encoding runs in these threads while the generator samples the next batch (zlib and torch release the GIL).
 ENCODE_THREADS = 2
-SHARD_LEASE_TTL_S = 60.0
+# short, as a heartbeat renews it: a dead worker's shard is free again within seconds
+SHARD_LEASE_TTL_S = 15.0
 
 
 class ModelNotFound(LookupError):

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+import redis
 from celery import Task
 from celery.exceptions import Ignore
 from celery.utils.log import get_task_logger
@@ -31,7 +32,7 @@ log = get_task_logger(__name__)
 # A worker rides out a restart of the object store for this long per call before a task gives up (and retries).
 STORAGE_RETRY_WINDOW_S = 60.0
 TASK_RETRIES = 8
-TRAIN_LEASE_TTL_S = 30.0
+TRAIN_LEASE_TTL_S = 15.0  # renewed every 5 s while the job runs; lapses 15 s after its worker dies
 # Generators stay loaded between shard tasks: a worker reads each model from storage once.
 GENERATORS = GeneratorCache()
 
@@ -42,7 +43,7 @@ def _owner(task: Task) -> str:
 
 def _open(spec: TrainSpec | GenerateSpec) -> tuple[Settings, JobStore, Storage]:
     settings = Settings.from_env()
-    return settings, open_job_store(settings), open_storage(settings, retry_window_s=STORAGE_RETRY_WINDOW_S)
+    return settings, open_job_store(settings, patient=True), open_storage(settings, retry_window_s=STORAGE_RETRY_WINDOW_S)
 
 
 def _finish(store: JobStore, job_id: str, state: str, result: Any) -> None:
@@ -78,19 +79,35 @@ def train(self: Task, spec: Any) -> dict[str, Any]:
         raise self.retry(countdown=TRAIN_LEASE_TTL_S, max_retries=None)
     try:
         hooks = TrainHooks(
-            progress=lambda info: self.update_state(state=PROGRESS, meta=info),
-            should_stop=lambda: lease.lost or store.cancel_requested(parsed.job_id),
+            progress=lambda info: _report(self, info),
+            should_stop=lambda: lease.lost or _cancel_requested(store, parsed.job_id),
         )
         return run_training(parsed, settings, storage, hooks)
     except JobCancelled as exc:
         if lease.lost:
-            log.warning("job %s: lost its lease to another worker; stopping here", parsed.job_id)
-            raise Ignore() from None
+            # Redis lost the lease (a long outage) and another delivery may hold it now: stop, and come back
+            # later as a new message, which resumes from the checkpoint if the job is still unfinished.
+            log.warning("job %s: lost its lease; stopping here and retrying later", parsed.job_id)
+            raise self.retry(countdown=TRAIN_LEASE_TTL_S, max_retries=None) from None
         _cancelled(self, str(exc))
     except StorageUnavailable as exc:  # the checkpoint lets the retry continue where this run stopped
         raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries), max_retries=TASK_RETRIES) from None
     finally:
         lease.release()
+
+
+def _report(task: Task, info: dict[str, Any]) -> None:
+    try:
+        task.update_state(state=PROGRESS, meta=info)
+    except redis.RedisError as exc:  # a progress report lost to a Redis outage is not worth the job
+        log.warning("progress report skipped: Redis unreachable (%s)", type(exc).__name__)
+
+
+def _cancel_requested(store: JobStore, job_id: str) -> bool:
+    try:
+        return store.cancel_requested(job_id)
+    except redis.RedisError:
+        return False  # asked again a second later; Redis is back by then or the job goes on
 
 
 def _check_task_id(task: Task, job_id: str) -> None:
