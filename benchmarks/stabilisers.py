@@ -21,7 +21,8 @@ from shared.specs import TrainSpec
 from shared.storage import FileStorage
 from worker import checkpoint
 from worker.data import load_dataset
-from worker.evaluate import FEATURE_SPACE, FeatureExtractor, accuracy, frechet_distance, train_classifier
+from worker.evaluate import FEATURE_SPACE, FeatureExtractor, accuracy, train_classifier
+from worker.metrics import frechet_distance
 from worker.train import run_training, to_uint8
 
 SEED_RECIPE = dict(loss="bce", spectral_norm=False, conditioning="concat", diffaugment="none", ema=0.0)

@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from producer.client import Client, SubmitError
-from shared.broker import GENERATE_QUEUE, TRAIN_QUEUE, BrokerUnreachable
+from shared.broker import EVALUATE_QUEUE, GENERATE_QUEUE, QUEUES, TRAIN_QUEUE, BrokerUnreachable
 from shared.datasets import DatasetNotFound
 from shared.jobs import CANCELLED, FAILURE, SUCCESS, TERMINAL_STATES
 from shared.layout import job_prefix
@@ -135,6 +135,68 @@ def generate(model: str, count: int, shard_size: int, seed: int, class_counts: s
     click.echo(job_id)
 
 
+def common_evaluate_options(command: F) -> F:
+    """Options that both evaluations take."""
+    for option in reversed([
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--classifier-steps", type=int, help="Steps of each classifier trained (default: 1000)."),
+        click.option("--reference-steps", type=int,
+                     help="Steps of the reference classifier, trained once per dataset on its real training split "
+                          "(its features are the default feature space; default: 1500)."),
+        click.option("--test-limit", type=int, help="Score against the first TEST_LIMIT real test images only."),
+        click.option("--inception-weights", type=click.Path(dir_okay=False),
+                     help="A local InceptionV3 weights file (FID-compatible): use its features instead of the classifier's."),
+    ]):
+        command = option(command)
+    return command
+
+
+@main.group()
+def evaluate() -> None:
+    """Measure a model's quality, or whether its samples help a classifier (prints the job id)."""
+
+
+@evaluate.command("utility")
+@click.option("--dataset", required=True, help="The dataset whose small subset is augmented, e.g. fashion-mnist.")
+@click.option("--per-class", type=int, default=100, show_default=True, help="Real images of each class in the subset.")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Classifier trainings per setting.")
+@click.option("--gan-steps", type=int, help="Steps of the GAN trained on the subset (default: 3000).")
+@click.option("--gan-width", type=int, help="Base channel width of that GAN (default: 64, the seed's).")
+@click.option("--ratios", help="Synthetic:real ratios to try (default: 0.25,0.5,1,2,4).")
+@click.option("--synthetic-weights", help="Loss weights of synthetic samples to try (default: 0.5,0.25).")
+@click.option("--min-confidences", help="Confidence filters to try (default: 0.5,0.9).")
+@common_evaluate_options
+@handle_errors
+def evaluate_utility(**options: Any) -> None:
+    """Train the same CNN on (a) real, (b) real + flip/crop, (c) real + GAN, (d) both; sweep how GAN data is used."""
+    fields = {name: value for name, value in options.items() if value is not None}
+    job_id = connect().submit_evaluate(mode="utility", **fields)
+    click.echo(f"submitted utility evaluation {job_id} on queue {EVALUATE_QUEUE}; `augment report {job_id}` when done", err=True)
+    click.echo(job_id)
+
+
+@evaluate.command("quality")
+@click.option("--model", required=True, metavar="TRAIN_JOB_ID", help="The trained model to score.")
+@click.option("--dataset", help="The real data to compare with (default: the model's training dataset).")
+@click.option("--samples-per-class", type=int, help="Generated images per class (default: 1000).")
+@common_evaluate_options
+@handle_errors
+def evaluate_quality(**options: Any) -> None:
+    """FID, KID, precision/recall, per-class FID, classifier score and CAS of a model against the real test split."""
+    fields = {name: value for name, value in options.items() if value is not None}
+    job_id = connect().submit_evaluate(mode="quality", **fields)
+    click.echo(f"submitted quality evaluation {job_id} on queue {EVALUATE_QUEUE}; `augment report {job_id}` when done", err=True)
+    click.echo(job_id)
+
+
+@main.command()
+@job_id_argument
+@handle_errors
+def report(job_id: str) -> None:
+    """Print an evaluation's report (tables in markdown; `augment fetch` copies it with its charts)."""
+    click.echo(connect().report(job_id))
+
+
 def format_duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
     hours, rest = divmod(seconds, 3600)
@@ -155,6 +217,9 @@ def progress_line(status: dict[str, Any], bar_width: int = 24) -> str:
     elif "shards_done" in progress:
         done, total = progress["images_done"], progress["images_total"]
         detail = f"shards {progress['shards_done']}/{progress['shards_total']} images {done}/{total}"
+    elif "stage" in progress:
+        counted = f" ({progress['done']}/{progress['total']})" if "total" in progress else ""
+        return f"{state} {progress['stage']}{counted}"
     else:
         return state
     filled = int(bar_width * done / max(total, 1))
@@ -266,7 +331,7 @@ def fetch(job_id: str, out_dir: str) -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--queues", "-Q", default=f"{TRAIN_QUEUE},{GENERATE_QUEUE}", show_default=True)
+@click.option("--queues", "-Q", default=",".join(QUEUES), show_default=True)
 @click.option("--pool", type=click.Choice(["solo", "threads"]), default="solo", show_default=True,
               help="No prefork: forking after torch (and CUDA) initialise breaks CUDA in the children.")
 @click.option("--concurrency", "-c", type=int, default=1, show_default=True)

@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
-from shared.broker import GENERATE_TASK, QUEUE_OF_TASK, TRAIN_TASK, check_broker, make_celery
+from shared.broker import EVALUATE_TASK, GENERATE_TASK, QUEUE_OF_TASK, TRAIN_TASK, check_broker, make_celery
 from shared.datasets import locate_dataset
 from shared.jobs import (
     CANCELLED,
@@ -26,12 +26,12 @@ from shared.jobs import (
     new_job_id,
     open_job_store,
 )
-from shared.layout import model_card_key
+from shared.layout import model_card_key, report_prefix
 from shared.settings import Settings
-from shared.specs import GenerateSpec, TrainSpec
-from shared.storage import open_storage
+from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
+from shared.storage import ObjectNotFound, join_key, open_storage
 
-TASK_OF_KIND = {"train": TRAIN_TASK, "generate": GENERATE_TASK}
+TASK_OF_KIND = {"train": TRAIN_TASK, "generate": GENERATE_TASK, "evaluate": EVALUATE_TASK}
 
 
 class SubmitError(RuntimeError):
@@ -52,7 +52,7 @@ class Client:
             check_broker(settings)  # fail in seconds with a clear message rather than hang in kombu's retries
         return cls(settings, app or make_celery(settings), open_job_store(settings))
 
-    def _enqueue(self, kind: str, spec: TrainSpec | GenerateSpec) -> str:
+    def _enqueue(self, kind: str, spec: TrainSpec | GenerateSpec | EvaluateSpec) -> str:
         spec_dict = spec.to_dict()
         self.store.add(make_record(spec.job_id, kind, spec_dict))
         task = TASK_OF_KIND[kind]
@@ -65,19 +65,38 @@ class Client:
         locate_dataset(spec.dataset, self.settings)  # raises DatasetNotFound saying where it looked
         return self._enqueue("train", spec)
 
-    def submit_generate(self, **fields: Any) -> str:
-        """Validate a generate spec, check the model exists in storage, enqueue; returns the job id."""
-        spec = GenerateSpec.from_dict({"job_id": new_job_id("generate"), **fields})
+    def _check_model(self, model: str) -> None:
         storage = open_storage(self.settings)
-        if not storage.exists(model_card_key(spec.model)):
-            record = self.store.get(spec.model)
+        if not storage.exists(model_card_key(model)):
+            record = self.store.get(model)
             hint = (
-                f"training job {spec.model} has not finished yet (state {self.state(spec.model)})"
+                f"training job {model} has not finished yet (state {self.state(model)})"
                 if record is not None and record.kind == "train"
                 else "pass the job id that `augment train` printed"
             )
-            raise SubmitError(f"unknown model {spec.model}: no {storage.url_for(model_card_key(spec.model))}; {hint}")
+            raise SubmitError(f"unknown model {model}: no {storage.url_for(model_card_key(model))}; {hint}")
+
+    def submit_generate(self, **fields: Any) -> str:
+        """Validate a generate spec, check the model exists in storage, enqueue; returns the job id."""
+        spec = GenerateSpec.from_dict({"job_id": new_job_id("generate"), **fields})
+        self._check_model(spec.model)
         return self._enqueue("generate", spec)
+
+    def submit_evaluate(self, **fields: Any) -> str:
+        """Validate an evaluate spec, check its model or dataset exists, enqueue; returns the job id."""
+        spec = EvaluateSpec.from_dict({"job_id": new_job_id("evaluate"), **fields})
+        if spec.model is not None:
+            self._check_model(spec.model)
+        if spec.dataset is not None:
+            locate_dataset(spec.dataset, self.settings)
+        return self._enqueue("evaluate", spec)
+
+    def report(self, job_id: str) -> str:
+        """The markdown report of a finished evaluation job."""
+        try:
+            return open_storage(self.settings).get_text(join_key(report_prefix(job_id), "report.md"))
+        except ObjectNotFound:
+            raise SubmitError(f"job {job_id} has no report (yet); `augment status {job_id}` shows where it is") from None
 
     def result(self, job_id: str) -> AsyncResult:
         return AsyncResult(job_id, app=self.app)

@@ -23,13 +23,17 @@ GENERATE_TASK = "augment.generate"
 # a generation job fans out into one task per shard and a finaliser that writes the manifest
 GENERATE_SHARD_TASK = "augment.generate_shard"
 GENERATE_FINALIZE_TASK = "augment.generate_finalize"
+EVALUATE_TASK = "augment.evaluate"
 TRAIN_QUEUE = "train"
 GENERATE_QUEUE = "generate"
+EVALUATE_QUEUE = "evaluate"
+QUEUES = (TRAIN_QUEUE, GENERATE_QUEUE, EVALUATE_QUEUE)
 QUEUE_OF_TASK = {
     TRAIN_TASK: TRAIN_QUEUE,
     GENERATE_TASK: GENERATE_QUEUE,
     GENERATE_SHARD_TASK: GENERATE_QUEUE,
     GENERATE_FINALIZE_TASK: GENERATE_QUEUE,
+    EVALUATE_TASK: EVALUATE_QUEUE,
 }
 CONNECT_TIMEOUT_S = 3.0
 
@@ -68,7 +72,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "task_routes": {name: {"queue": queue} for name, queue in QUEUE_OF_TASK.items()},
-        "task_queues": (Queue(TRAIN_QUEUE), Queue(GENERATE_QUEUE)),
+        "task_queues": tuple(Queue(name) for name in QUEUES),
         "task_default_queue": TRAIN_QUEUE,
         # A task is acknowledged after it finishes, so a worker that dies mid-task leaves it for another worker.
         "task_acks_late": True,

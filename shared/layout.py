@@ -2,6 +2,8 @@
 
     models/<train_job_id>/checkpoint.pt   model.json   grid.png
     synthetic/<generate_job_id>/shard-000000.tar ...   manifest.json (written last)
+    reports/<evaluate_job_id>/report.md   report.json   *.png
+    references/<dataset>-<size>px-<channels>ch/classifier.pt   (the reference classifier, trained once)
 """
 
 from __future__ import annotations
@@ -38,6 +40,16 @@ def manifest_key(job_id: str) -> str:
     return join_key("synthetic", job_id, "manifest.json")
 
 
+def report_prefix(job_id: str) -> str:
+    return join_key("reports", job_id)
+
+
+def reference_key(dataset: str, image_size: int, channels: int) -> str:
+    # a dataset name may hold a path (imagefolder:/data/x): keep it readable but key-safe
+    safe = "".join(char if char.isalnum() or char in "-_" else "_" for char in dataset)
+    return join_key("references", f"{safe}-{image_size}px-{channels}ch", "classifier.pt")
+
+
 def job_prefix(kind: str, job_id: str) -> str:
-    """The prefix holding a job's outputs: models/ for training, synthetic/ for generation."""
-    return model_prefix(job_id) if kind == "train" else synthetic_prefix(job_id)
+    """The prefix holding a job's outputs: models/ for training, synthetic/ for generation, reports/ for evaluation."""
+    return {"train": model_prefix, "generate": synthetic_prefix, "evaluate": report_prefix}[kind](job_id)

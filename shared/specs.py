@@ -258,7 +258,84 @@ class GenerateSpec(_Spec):
         return plan
 
 
-SPEC_TYPES: dict[str, type[_Spec]] = {"train": TrainSpec, "generate": GenerateSpec}
+EVALUATION_MODES = ("quality", "utility")
+
+
+def _float_list(text: str) -> list[float]:
+    return [float(part) for part in text.split(",")]
+
+
+@dataclass(frozen=True)
+class EvaluateSpec(_Spec):
+    """An evaluation: the quality of a trained model (``quality``), or whether GAN samples help a classifier
+    trained on a small real subset (``utility``: the GAN is trained on that subset only)."""
+
+    kind: ClassVar[str] = "evaluate"
+    ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "per_class": (2, 100_000),
+        "seeds": (1, 20),
+        "seed": (0, 2**31 - 1),
+        "gan_steps": (1, 10_000_000),
+        "gan_width": (4, 512),
+        "classifier_steps": (1, 10_000_000),
+        "reference_steps": (1, 10_000_000),
+        "samples_per_class": (2, 100_000),
+        "test_limit": (10, 10_000_000),
+    }
+
+    job_id: str
+    mode: str
+    dataset: str | None = None  # utility: the dataset; quality: the model's own unless given
+    model: str | None = None  # quality: the training job whose generator is scored
+    per_class: int = 100  # utility: real images of each class in the small subset
+    seeds: int = 3  # utility: classifier trainings per setting (mean and standard deviation)
+    seed: int = 0
+    gan_steps: int = 3000  # utility: steps of the GAN trained on the subset
+    gan_width: int = 64  # utility: its width (the seed's 64; smaller for smoke runs)
+    classifier_steps: int = 1000  # steps of every classifier trained for a setting or for CAS
+    reference_steps: int = 1500  # steps of the reference classifier (the feature space), trained once per dataset
+    samples_per_class: int = 1000  # quality: generated images per class to score
+    test_limit: int | None = None  # score against the first TEST_LIMIT real test images (smoke runs)
+    ratios: str = "0.25,0.5,1,2,4"  # utility: synthetic images per real image
+    synthetic_weights: str = "0.5,0.25"  # utility: loss weights of synthetic samples to try (ratio 1)
+    min_confidences: str = "0.5,0.9"  # utility: keep synthetic samples whose label a real-trained classifier gives at least this
+    inception_weights: str | None = None  # a local InceptionV3 weights file: its features instead of the classifier's
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        check_job_id(self.job_id, kind=self.kind)
+        self._check_types_and_ranges()
+        self._check_choice("mode", EVALUATION_MODES)
+        if self.mode == "quality" and self.model is None:
+            raise self._fail("model", "a quality evaluation needs the training job id of the model to score")
+        if self.model is not None:
+            check_job_id(self.model, field_name="model", kind=self.kind)
+        if self.mode == "utility" and self.dataset is None:
+            raise self._fail("dataset", "a utility evaluation needs a dataset")
+        if self.dataset is not None:
+            check_dataset_name(self.dataset)
+        for name, low, high in (("ratios", 0.0, 64.0), ("synthetic_weights", 0.0, 1.0), ("min_confidences", 0.0, 1.0)):
+            try:
+                values = _float_list(getattr(self, name))
+            except ValueError:
+                raise self._fail(name, f"{getattr(self, name)!r} is not a comma list of numbers, e.g. 0.5,1,2") from None
+            if not values or not all(low < value <= high for value in values):
+                raise self._fail(name, f"{getattr(self, name)!r}: use numbers above {low:g} and at most {high:g}")
+
+    @property
+    def ratio_list(self) -> list[float]:
+        return _float_list(self.ratios)
+
+    @property
+    def weight_list(self) -> list[float]:
+        return _float_list(self.synthetic_weights)
+
+    @property
+    def confidence_list(self) -> list[float]:
+        return _float_list(self.min_confidences)
+
+
+SPEC_TYPES: dict[str, type[_Spec]] = {"train": TrainSpec, "generate": GenerateSpec, "evaluate": EvaluateSpec}
 
 
 def parse_spec(kind: str, data: Mapping[str, Any]) -> Any:
@@ -273,6 +350,7 @@ __all__ = [
     "SpecError",
     "TrainSpec",
     "GenerateSpec",
+    "EvaluateSpec",
     "parse_spec",
     "check_job_id",
 ]

@@ -23,7 +23,7 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess
 class WorkerProcess:
     """`augment worker` in its own process group, logging to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "train,generate"):
+    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "train,generate,evaluate"):
         self.env = env
         self.log_path = log_path
         self.queues = queues

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from producer.cli import main
-from shared.broker import GENERATE_QUEUE, TRAIN_QUEUE
+from shared.broker import QUEUES
 from shared.settings import Settings
 
 if sys.version_info >= (3, 11):
@@ -293,7 +293,7 @@ def test_worker_command_is_a_cli_command_with_accepted_options(resolved: dict[st
 
 def test_worker_queues_are_the_brokers_queues(resolved: dict[str, Any]) -> None:
     queues = option_value(command_words(resolved["worker"]), "--queues", "-Q").split(",")
-    assert sorted(queues) == sorted({TRAIN_QUEUE, GENERATE_QUEUE}), queues
+    assert sorted(queues) == sorted(QUEUES), queues
     assert len(queues) == len(set(queues))
 
 

@@ -15,6 +15,7 @@ import redis
 import webdataset as wds
 from PIL import Image
 
+from shared.broker import QUEUES
 from shared.manifest import Manifest
 from shared.reader import SyntheticJob
 from shared.settings import Settings
@@ -89,7 +90,7 @@ def test_train_generate_and_read_back_with_webdataset(augment_env, start_worker,
 
 def queued_messages(env: dict[str, str]) -> int:
     client = redis.Redis.from_url(env["AUGMENT_BROKER_URL"])
-    return sum(int(client.llen(queue)) for queue in ("train", "generate"))  # type: ignore[arg-type]
+    return sum(int(client.llen(queue)) for queue in QUEUES)  # type: ignore[arg-type]
 
 
 def test_bad_spec_exits_2_with_one_line_and_enqueues_nothing(augment_env):
@@ -136,3 +137,31 @@ def test_cancel_queued_job_is_skipped_by_worker(augment_env, start_worker):
     watched = run_cli(augment_env, "watch", job_id, "--interval", "0.2", timeout=120)
     assert watched.returncode == 3
     assert storage_for(augment_env).list(f"models/{job_id}") == []
+
+
+def test_utility_evaluation_through_a_worker_and_its_report(augment_env, start_worker, tmp_path: Path):
+    start_worker(queues="evaluate")
+    submitted = run_cli(augment_env, "evaluate", "utility", "--dataset", "fake", "--per-class", "6", "--seeds", "2",
+                        "--gan-steps", "4", "--gan-width", "8", "--classifier-steps", "10", "--reference-steps", "10",
+                        "--test-limit", "50", "--ratios", "1", "--synthetic-weights", "0.5", "--min-confidences", "0.5")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    assert job_id.startswith("e-")
+    watched = run_cli(augment_env, "watch", job_id, "--interval", "0.3", timeout=300)
+    assert watched.returncode == 0, watched.stderr
+    printed = run_cli(augment_env, "report", job_id)
+    assert printed.returncode == 0, printed.stderr
+    assert "| (a) real |" in printed.stdout and "(d) - (b), best setting" in printed.stdout
+    fetched = run_cli(augment_env, "fetch", job_id, "--out", str(tmp_path / "report"))
+    assert fetched.returncode == 0, fetched.stderr
+    assert {"accuracy.png", "grid.png", "report.md", "report.json"} <= {path.name for path in (tmp_path / "report").iterdir()}
+
+
+def test_evaluations_refuse_bad_input_at_submit(augment_env):
+    result = run_cli(augment_env, "evaluate", "quality", "--model", "t-000000000000")
+    assert result.returncode == 2 and "unknown model t-000000000000" in result.stderr
+    result = run_cli(augment_env, "evaluate", "utility", "--dataset", "fake", "--ratios", "two")
+    assert result.returncode == 2 and "ratios" in result.stderr and result.stderr.count("\n") == 1
+    result = run_cli(augment_env, "report", "e-000000000000")
+    assert result.returncode == 2 and "has no report" in result.stderr
+    assert queued_messages(augment_env) == 0

@@ -7,7 +7,8 @@ import torch
 
 from shared.settings import Settings
 from worker.data import load_dataset
-from worker.evaluate import FeatureExtractor, accuracy, frechet_distance, train_classifier
+from worker.evaluate import FeatureExtractor, accuracy, train_classifier
+from worker.metrics import frechet_distance
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ The Frechet distance itself comes from torchmetrics, which accepts a custom feat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,20 +74,45 @@ class FeatureExtractor(nn.Module):
             return self.classifier.features(images).double()
 
 
+def classic_augment(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """The textbook augmentation for small images: random horizontal flip and a random crop after 2-pixel padding."""
+    batch, _, height, width = images.shape
+    flip = torch.rand(batch, generator=rng) < 0.5
+    images = torch.where(flip[:, None, None, None].to(images.device), images.flip(-1), images)
+    padded = F.pad(images, [2, 2, 2, 2], value=-1.0)  # (B, C, H+4, W+4), padded with black
+    dy, dx = torch.randint(0, 5, (2,), generator=rng).tolist()  # one offset per batch: cheap, and enough here
+    return padded[:, :, dy : dy + height, dx : dx + width]
+
+
 def train_classifier(
     images: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 1500, batch_size: int = 128,
-    seed: int = 0, lr: float = 1e-3,
+    seed: int = 0, lr: float = 1e-3, weights: torch.Tensor | None = None, augment: bool = False,
+    init: Classifier | None = None, width: int = 32,
 ) -> Classifier:
-    """Train the reference classifier on uint8 IMAGES (N, C, H, W) with labels (N,)."""
+    """Train a classifier on uint8 IMAGES (N, C, H, W) with labels (N,).
+
+    WEIGHTS (N,) scale each sample's loss (e.g. less for synthetic samples); AUGMENT applies
+    :func:`classic_augment`; INIT starts from another classifier's weights (fine-tuning).
+    """
     torch.manual_seed(seed)
-    config = ClassifierConfig(image_size=images.shape[-1], channels=images.shape[1], num_classes=num_classes)
+    config = ClassifierConfig(image_size=images.shape[-1], channels=images.shape[1], num_classes=num_classes, width=width)
     model = Classifier(config).to(images.device)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     rng = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(steps):
         index = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=rng).to(images.device)
-        loss = F.cross_entropy(model(images[index]), labels[index])
+        inputs = model.prepare(images[index])
+        if augment:
+            inputs = classic_augment(inputs, rng)
+        losses = F.cross_entropy(model.head(model.body(inputs)), labels[index], reduction="none")  # (B,)
+        if weights is not None:
+            batch_weights = weights[index]
+            loss = (losses * batch_weights).sum() / batch_weights.sum().clamp_min(1e-12)
+        else:
+            loss = losses.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -100,12 +127,32 @@ def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batc
     return correct / max(len(images), 1)
 
 
-def frechet_distance(extractor: FeatureExtractor, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 1000) -> float:
-    """FID between uint8 image sets REAL and FAKE in EXTRACTOR's feature space."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
+@torch.no_grad()
+def label_confidence(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The model's probability of each image's given label, (N,)."""
+    return torch.cat([
+        F.softmax(model(images[start : start + batch_size]), dim=1).gather(1, labels[start : start + batch_size, None])[:, 0]
+        for start in range(0, len(images), batch_size)
+    ])
 
-    metric = FrechetInceptionDistance(feature=extractor)
-    for images, is_real in ((real, True), (fake, False)):
-        for start in range(0, len(images), batch_size):
-            metric.update(images[start : start + batch_size], real=is_real)
-    return float(metric.compute())
+
+REFERENCE_FORMAT = 1
+
+
+def reference_to_bytes(model: Classifier, meta: dict[str, Any]) -> bytes:
+    """A self-describing reference classifier: config, weights, what it was trained on and how well it does."""
+    buffer = io.BytesIO()
+    torch.save({"format": REFERENCE_FORMAT, "kind": "gan-augment/reference-classifier",
+                "config": asdict(model.config), "weights": model.state_dict(), "meta": meta}, buffer)
+    return buffer.getvalue()
+
+
+def reference_from_bytes(data: bytes) -> tuple[Classifier, dict[str, Any]]:
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("kind") != "gan-augment/reference-classifier":
+        raise ValueError("not a gan-augment reference classifier")
+    if state.get("format") != REFERENCE_FORMAT:
+        raise ValueError(f"reference classifier format {state.get('format')!r}; this worker reads {REFERENCE_FORMAT}")
+    model = Classifier(ClassifierConfig(**state["config"]))
+    model.load_state_dict(state["weights"])
+    return model.eval(), state["meta"]

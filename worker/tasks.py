@@ -18,13 +18,21 @@ from celery import Task
 from celery.exceptions import Ignore
 from celery.utils.log import get_task_logger
 
-from shared.broker import GENERATE_FINALIZE_TASK, GENERATE_QUEUE, GENERATE_SHARD_TASK, GENERATE_TASK, TRAIN_TASK
+from shared.broker import (
+    EVALUATE_TASK,
+    GENERATE_FINALIZE_TASK,
+    GENERATE_QUEUE,
+    GENERATE_SHARD_TASK,
+    GENERATE_TASK,
+    TRAIN_TASK,
+)
 from shared.jobs import CANCELLED, FAILURE, PROGRESS, SUCCESS, JobCancelled, JobStore, Lease, open_job_store
 from shared.layout import model_card_key
 from shared.settings import Settings
-from shared.specs import GenerateSpec, TrainSpec
+from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import Storage, StorageUnavailable, open_storage
 from worker.app import app
+from worker.evaluation import run_quality, run_utility
 from worker.generate import GeneratorCache, ModelNotFound, ShardBusy, finalize_job, plan_job, run_shard
 from worker.train import TrainHooks, pick_device, run_training
 
@@ -41,7 +49,7 @@ def _owner(task: Task) -> str:
     return f"{task.request.hostname}/{uuid.uuid4().hex[:8]}"
 
 
-def _open(spec: TrainSpec | GenerateSpec) -> tuple[Settings, JobStore, Storage]:
+def _open(spec: TrainSpec | GenerateSpec | EvaluateSpec) -> tuple[Settings, JobStore, Storage]:
     settings = Settings.from_env()
     return settings, open_job_store(settings, patient=True), open_storage(settings, retry_window_s=STORAGE_RETRY_WINDOW_S)
 
@@ -56,15 +64,31 @@ def _finish(store: JobStore, job_id: str, state: str, result: Any) -> None:
         app.backend.store_result(job_id, result, state)
 
 
+def _later(task: Task, seconds: float, exc: Exception | None = None, max_retries: int | None = None) -> Exception:
+    """Retry TASK in about SECONDS, but within half the visibility timeout.
+
+    A retry is a message with a countdown that a worker holds unacknowledged until it is due; held past the
+    visibility timeout, Redis hands it out again and two workers share one delivery tag, so a crash of either
+    can lose it. Retries of busy (leased) jobs are unlimited: they end when the holder finishes or dies.
+    """
+    countdown = min(seconds, Settings.from_env().visibility_timeout_s / 2)
+    options = {} if max_retries is None else {"max_retries": max_retries}
+    return task.retry(exc=exc, countdown=countdown, **options)  # type: ignore[no-any-return]
+
+
+def _backoff(task: Task) -> float:
+    return float(min(60, 2 ** task.request.retries))
+
+
 def _retry_or_fail(task: Task, store: JobStore, job_id: str, exc: Exception) -> Exception:
     """Retry a task that met an outage with exponential backoff; after TASK_RETRIES fail its job."""
     if isinstance(exc, StorageUnavailable) and task.request.retries < TASK_RETRIES:
-        return task.retry(exc=exc, countdown=min(60, 2 ** task.request.retries))
+        return _later(task, _backoff(task), exc, TASK_RETRIES)
     _finish(store, job_id, FAILURE, exc)
     return exc
 
 
-@app.task(name=TRAIN_TASK, bind=True)
+@app.task(name=TRAIN_TASK, bind=True, max_retries=None)
 def train(self: Task, spec: Any) -> dict[str, Any]:
     parsed = TrainSpec.from_dict(spec)  # a SpecError fails the task with a one-line reason; retrying cannot fix it
     _check_task_id(self, parsed.job_id)
@@ -76,7 +100,7 @@ def train(self: Task, spec: Any) -> dict[str, Any]:
     lease = Lease(store, f"{parsed.job_id}:train", _owner(self), TRAIN_LEASE_TTL_S)
     if not lease.acquire():
         log.info("job %s is running on another worker; checking again later", parsed.job_id)
-        raise self.retry(countdown=TRAIN_LEASE_TTL_S, max_retries=None)
+        raise _later(self, TRAIN_LEASE_TTL_S)
     try:
         hooks = TrainHooks(
             progress=lambda info: _report(self, info),
@@ -88,10 +112,10 @@ def train(self: Task, spec: Any) -> dict[str, Any]:
             # Redis lost the lease (a long outage) and another delivery may hold it now: stop, and come back
             # later as a new message, which resumes from the checkpoint if the job is still unfinished.
             log.warning("job %s: lost its lease; stopping here and retrying later", parsed.job_id)
-            raise self.retry(countdown=TRAIN_LEASE_TTL_S, max_retries=None) from None
+            raise _later(self, TRAIN_LEASE_TTL_S) from None
         _cancelled(self, str(exc))
     except StorageUnavailable as exc:  # the checkpoint lets the retry continue where this run stopped
-        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries), max_retries=TASK_RETRIES) from None
+        raise _later(self, _backoff(self), exc, TASK_RETRIES) from None
     finally:
         lease.release()
 
@@ -154,7 +178,7 @@ def generate(self: Task, spec: Any) -> None:
     raise Ignore()  # the job's state is the finaliser's to set
 
 
-@app.task(name=GENERATE_SHARD_TASK, bind=True, ignore_result=True)
+@app.task(name=GENERATE_SHARD_TASK, bind=True, ignore_result=True, max_retries=None)
 def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = None) -> None:
     parsed = GenerateSpec.from_dict(spec)
     _, store, storage = _open(parsed)
@@ -169,7 +193,7 @@ def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = 
         _, last = run_shard(parsed, shard, storage, store, GENERATORS, pick_device(), _owner(self), queued_at)
     except ShardBusy as exc:
         # the other worker finishes it, or dies and its lease lapses: then this retry makes the shard
-        raise self.retry(exc=exc, countdown=5, max_retries=None) from None
+        raise _later(self, 5, exc) from None
     except Exception as exc:
         raise _retry_or_fail(self, store, parsed.job_id, exc) from None
     if last and store.set_once(parsed.job_id, "finalize_sent", "1"):
@@ -191,3 +215,18 @@ def generate_finalize(self: Task, spec: Any) -> None:
         raise _retry_or_fail(self, store, parsed.job_id, exc) from None
     if result is not None:
         _finish(store, parsed.job_id, SUCCESS, result)
+
+
+@app.task(name=EVALUATE_TASK, bind=True)
+def evaluate(self: Task, spec: Any) -> dict[str, Any]:
+    """A quality or utility evaluation; its report lands under reports/<job>/."""
+    parsed = EvaluateSpec.from_dict(spec)
+    _check_task_id(self, parsed.job_id)
+    settings, store, storage = _open(parsed)
+    if store.cancel_requested(parsed.job_id):
+        _cancelled(self, f"job {parsed.job_id} was cancelled before it started")
+    run = run_quality if parsed.mode == "quality" else run_utility
+    try:
+        return run(parsed, settings, storage, lambda info: _report(self, info))
+    except StorageUnavailable as exc:  # the GAN's checkpoint and the stored reference classifier make a retry cheap
+        raise _later(self, _backoff(self), exc, TASK_RETRIES) from None

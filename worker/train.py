@@ -283,12 +283,25 @@ def fixed_grid_inputs(config: GANConfig, seed: int, device: torch.device) -> tup
     return torch.randn(64, config.nz, generator=rng).to(device), None
 
 
+def class_rows(images: torch.Tensor, labels: torch.Tensor, classes: int, per_row: int = 8) -> torch.Tensor:
+    """PER_ROW images of each of the first CLASSES classes (at most 16), one grid row per class; a class with
+    fewer images is padded with blank ones so that rows stay aligned with the generated grid."""
+    rows = []
+    for label in range(min(classes, 16)):
+        chosen = images[labels == label][:per_row]
+        rows += [chosen, torch.zeros((per_row - len(chosen), *images.shape[1:]), dtype=images.dtype, device=images.device)]
+    return torch.cat(rows)
+
+
 def real_grid_images(data: ImageData, config: GANConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Real images (and labels) laid out like the generated grid: 8 of each class, or the first 64."""
     if not config.conditional:
         return data.images[:64], None
-    chosen = torch.cat([torch.nonzero(data.labels == label).flatten()[:8] for label in range(min(config.num_classes, 16))])
-    return data.images[chosen], data.labels[chosen]
+    classes = min(config.num_classes, 16)
+    # blank padding is labelled -1, so that it never counts in a class's diversity
+    counts = [min(8, int((data.labels == label).sum())) for label in range(classes)]
+    labels = torch.cat([torch.tensor([label] * count + [-1] * (8 - count)) for label, count in enumerate(counts)])
+    return class_rows(data.images, data.labels, classes), labels.to(data.labels.device)
 
 
 @torch.no_grad()
