@@ -28,7 +28,16 @@ from shared.datasets import FASHION_MNIST_SYSTEM_DIR
 from shared.settings import Settings
 from shared.specs import TrainSpec
 from worker.data import load_dataset
-from worker.train import BatchSchedule, gan_config, new_state, pick_device, step_functions, to_unit_range, train_step
+from worker.train import (
+    BatchSchedule,
+    gan_config,
+    memory_format,
+    new_state,
+    pick_device,
+    real_batch,
+    step_functions,
+    train_step,
+)
 
 
 # ---- the reference: pytorch/examples dcgan, with the image size as a parameter of its Sequential stacks ----
@@ -149,6 +158,7 @@ def ours_images_per_s(size: int, batch: int, width: int, steps: int, warmup: int
     images = data.images.to(device)
     state = new_state(spec, gan_config(spec, data), device)
     fns = step_functions(spec, state, device)
+    layout = memory_format(spec, device)
     schedule = BatchSchedule(len(images), batch, spec.seed, device)
     stats = torch.zeros(4, device=device)
     started = 0.0
@@ -157,10 +167,7 @@ def ours_images_per_s(size: int, batch: int, width: int, steps: int, warmup: int
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
-        real = to_unit_range(images[schedule.indices(step)])
-        if device.type == "cuda":
-            real = real.contiguous(memory_format=torch.channels_last)
-        train_step(state, fns, real, None, stats)
+        train_step(state, fns, real_batch(images, schedule.indices(step), layout), None, stats)
         state.step += 1
     stats.tolist()  # one sync at the end, as the trainer does once per log window
     return steps * batch / (time.perf_counter() - started)

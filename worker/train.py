@@ -130,13 +130,24 @@ def gan_config(spec: TrainSpec, data: ImageData) -> GANConfig:
     )
 
 
+def memory_format(spec: TrainSpec, device: torch.device) -> torch.memory_format:
+    """NHWC (channels_last) wherever it measured faster: on CUDA (tensor cores), and on CPU (oneDNN: +33 % at
+    28 px, +20 % at 32, +13 % at 64) unless D has spectral norm, whose power iteration it makes 4x slower."""
+    return torch.channels_last if device.type == "cuda" or not spec.spectral_norm else torch.contiguous_format
+
+
+def real_batch(images: torch.Tensor, index: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    """Batch INDEX of the uint8 dataset tensor, in [-1, 1] and in the networks' memory layout."""
+    return to_unit_range(images[index]).contiguous(memory_format=layout)
+
+
 def new_state(spec: TrainSpec, config: GANConfig, device: torch.device) -> TrainState:
     torch.manual_seed(spec.seed)  # weight init
     generator = Generator(config).to(device)
     discriminator = Discriminator(config).to(device)
-    if device.type == "cuda":  # NHWC convolutions are faster on tensor cores
-        generator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        discriminator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    layout = memory_format(spec, device)
+    generator.to(memory_format=layout)  # type: ignore[call-overload]
+    discriminator.to(memory_format=layout)  # type: ignore[call-overload]
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False) if spec.ema > 0 else None
     betas = (spec.beta1, spec.beta2)
     noise_rng = torch.Generator(device=device)
@@ -252,12 +263,15 @@ def train_step(
         nn.utils.clip_grad_norm_(state.discriminator.parameters(), fns.grad_clip)
     state.opt_d.step()
 
-    # (2) Update G: make D call the fakes real
+    # (2) Update G: make D call the fakes real. D's own gradients from this pass would be thrown away, so
+    # they are not computed at all: about a third of D's backward cost saved, with the same result.
+    state.discriminator.requires_grad_(False)
     with fns.autocast():
         logits_gen = fns.discriminator(augment(fake), labels)
         loss_g = generator_loss(fns.loss, logits_gen.float())
     state.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
+    state.discriminator.requires_grad_(True)
     if fns.grad_clip > 0:
         nn.utils.clip_grad_norm_(state.generator.parameters(), fns.grad_clip)
     state.opt_g.step()
@@ -407,6 +421,7 @@ def _run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: 
         log.info("job %s: resuming from step %d", spec.job_id, state.step)
 
     fns = step_functions(spec, state, device)
+    layout = memory_format(spec, device)
     schedule = BatchSchedule(len(images), spec.batch_size, spec.seed, device)
     steps = total_steps(spec, schedule)
     sample_every = spec.sample_every or schedule.steps_per_epoch
@@ -432,9 +447,7 @@ def _run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: 
 
     while state.step < steps:
         index = schedule.indices(state.step)
-        real = to_unit_range(images[index])
-        if device.type == "cuda":
-            real = real.contiguous(memory_format=torch.channels_last)
+        real = real_batch(images, index, layout)
         train_step(state, fns, real, labels_all[index] if config.conditional else None, stats)
         state.step += 1
         window_steps += 1
