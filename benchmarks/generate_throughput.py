@@ -38,7 +38,7 @@ from shared.jobs import RedisJobStore  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.specs import TrainSpec  # noqa: E402
 from shared.storage import open_storage  # noqa: E402
-from tests.processes import WorkerProcess  # noqa: E402
+from tests.processes import WorkerProcess, service_env  # noqa: E402
 from tests.servers import RedisServer, S3Server  # noqa: E402
 from worker.generate import load_model  # noqa: E402
 from worker.train import pick_device, run_training  # noqa: E402
@@ -109,15 +109,7 @@ def main() -> None:
           f"width {args.width}, {args.count} images in shards of {args.shard_size}")
 
     with tempfile.TemporaryDirectory(prefix="bench-gen-") as scratch, RedisServer() as redis_server, S3Server() as s3:
-        env = {
-            "AUGMENT_BROKER_URL": redis_server.url,
-            "AUGMENT_STORAGE_URL": f"s3://bench-{uuid.uuid4().hex[:8]}",
-            "AUGMENT_S3_ENDPOINT": s3.endpoint,
-            "AUGMENT_S3_ACCESS_KEY": s3.access_key,
-            "AUGMENT_S3_SECRET_KEY": s3.secret_key,
-            "PYTHONUNBUFFERED": "1",
-        }
-        worker_env = {**os.environ, **env}
+        worker_env = service_env(redis_server.url, s3, f"s3://bench-{uuid.uuid4().hex[:8]}")
         storage = open_storage(Settings.from_env(worker_env))
         model = "t-bench-model"
         # one step of training gives a complete, loadable model of the asked shape

@@ -38,7 +38,7 @@ from shared.jobs import TERMINAL_STATES  # noqa: E402
 from shared.manifest import Manifest  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import ObjectNotFound, open_storage  # noqa: E402
-from tests.processes import WorkerProcess  # noqa: E402
+from tests.processes import WorkerProcess, service_env  # noqa: E402
 from tests.servers import RedisServer, S3Server  # noqa: E402
 
 
@@ -58,16 +58,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch, RedisServer() as redis_server, S3Server() as s3:
-        env = {
-            **os.environ,
-            "AUGMENT_BROKER_URL": redis_server.url,
-            "AUGMENT_STORAGE_URL": f"s3://soak-{uuid.uuid4().hex[:8]}",
-            "AUGMENT_S3_ENDPOINT": s3.endpoint,
-            "AUGMENT_S3_ACCESS_KEY": s3.access_key,
-            "AUGMENT_S3_SECRET_KEY": s3.secret_key,
-            "AUGMENT_VISIBILITY_TIMEOUT": "3",
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = service_env(redis_server.url, s3, f"s3://soak-{uuid.uuid4().hex[:8]}", AUGMENT_VISIBILITY_TIMEOUT="3")
         os.environ.update(env)
         settings = Settings.from_env()
         client = Client.connect(settings)

@@ -169,9 +169,13 @@ def evaluate() -> None:
 @handle_errors
 def evaluate_utility(**options: Any) -> None:
     """Train the same CNN on (a) real, (b) real + flip/crop, (c) real + GAN, (d) both; sweep how GAN data is used."""
+    submit_evaluation("utility", options)
+
+
+def submit_evaluation(mode: str, options: dict[str, Any]) -> None:
     fields = {name: value for name, value in options.items() if value is not None}
-    job_id = connect().submit_evaluate(mode="utility", **fields)
-    click.echo(f"submitted utility evaluation {job_id} on queue {EVALUATE_QUEUE}; `augment report {job_id}` when done", err=True)
+    job_id = connect().submit_evaluate(mode=mode, **fields)
+    click.echo(f"submitted {mode} evaluation {job_id} on queue {EVALUATE_QUEUE}; `augment report {job_id}` when done", err=True)
     click.echo(job_id)
 
 
@@ -183,10 +187,7 @@ def evaluate_utility(**options: Any) -> None:
 @handle_errors
 def evaluate_quality(**options: Any) -> None:
     """FID, KID, precision/recall, per-class FID, classifier score and CAS of a model against the real test split."""
-    fields = {name: value for name, value in options.items() if value is not None}
-    job_id = connect().submit_evaluate(mode="quality", **fields)
-    click.echo(f"submitted quality evaluation {job_id} on queue {EVALUATE_QUEUE}; `augment report {job_id}` when done", err=True)
-    click.echo(job_id)
+    submit_evaluation("quality", options)
 
 
 @main.command()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.processes import WorkerProcess
+from tests.processes import WorkerProcess, service_env
 from tests.servers import RedisServer, S3Server
 
 # ---- real servers ----
@@ -53,18 +52,10 @@ def augment_env(redis_server: RedisServer, s3_server: S3Server, tmp_path: Path) 
     """Environment for `augment` processes: an empty Redis database and a fresh S3 bucket of their own."""
     db = next(_redis_dbs) % 16
     redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + f"/{db}").flushdb()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AUGMENT_")}
-    env.update({
-        "AUGMENT_BROKER_URL": redis_server.url.rsplit("/", 1)[0] + f"/{db}",
-        "AUGMENT_STORAGE_URL": f"s3://test-{uuid.uuid4().hex[:12]}/augment",
-        "AUGMENT_S3_ENDPOINT": s3_server.endpoint,
-        "AUGMENT_S3_ACCESS_KEY": s3_server.access_key,
-        "AUGMENT_S3_SECRET_KEY": s3_server.secret_key,
-        "AUGMENT_S3_SECURE": "false",
-        "AUGMENT_DATA_DIR": str(tmp_path / "data"),
-        "PYTHONUNBUFFERED": "1",
-    })
-    return env
+    return service_env(
+        redis_server.url.rsplit("/", 1)[0] + f"/{db}", s3_server, f"s3://test-{uuid.uuid4().hex[:12]}/augment",
+        AUGMENT_DATA_DIR=str(tmp_path / "data"),
+    )
 
 
 @pytest.fixture

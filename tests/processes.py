@@ -9,7 +9,25 @@ import sys
 import time
 from pathlib import Path
 
+from tests.servers import S3Server
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+def service_env(broker_url: str, s3: S3Server, storage_url: str, **extra: str) -> dict[str, str]:
+    """This process's environment, less any AUGMENT_* of its own, pointed at BROKER_URL and the S3 server."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AUGMENT_")}
+    env.update({
+        "AUGMENT_BROKER_URL": broker_url,
+        "AUGMENT_STORAGE_URL": storage_url,
+        "AUGMENT_S3_ENDPOINT": s3.endpoint,
+        "AUGMENT_S3_ACCESS_KEY": s3.access_key,
+        "AUGMENT_S3_SECRET_KEY": s3.secret_key,
+        "AUGMENT_S3_SECURE": "false",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    })
+    return env
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -34,7 +34,7 @@ from worker.evaluate import (
 )
 from worker.metrics import InceptionFeatures, Quality, measure_quality
 from worker.model import Generator
-from worker.train import class_rows, grid_png, run_training, to_uint8
+from worker.train import TrainHooks, class_rows, grid_png, run_training, to_uint8
 from worker.utility import SMALL_CNN, ExperimentData, Outcome, Verdict, filter_by_confidence, run_sweep, sweep, verdict
 
 log = logging.getLogger("augment.evaluate")
@@ -245,7 +245,9 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     gan_spec = TrainSpec(job_id=gan_id, dataset=spec.dataset, steps=spec.gan_steps, per_class=spec.per_class,
                          seed=spec.seed, width=spec.gan_width, checkpoint_every=max(500, spec.gan_steps // 4),
                          sample_every=max(1, spec.gan_steps // 10))  # a small subset makes epochs of a step or two
-    run_training(gan_spec, settings, storage)  # resumes from its checkpoint if this job was interrupted
+    gan_progress = TrainHooks(progress=lambda info: progress(
+        {"stage": "training the GAN on the real subset", "done": info["step"], "total": info["total_steps"]}))
+    run_training(gan_spec, settings, storage, gan_progress)  # resumes from its checkpoint if this job was interrupted
     state = checkpoint.load(storage, gan_id)
     assert state is not None  # run_training has just written it
     generator = checkpoint.generator_from_state(state)
