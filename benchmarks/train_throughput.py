@@ -157,7 +157,7 @@ def ours_images_per_s(size: int, batch: int, width: int, steps: int, warmup: int
     data = load_dataset(spec.dataset, Settings.from_env(), "train", image_size=size)
     images = data.images.to(device)
     state = new_state(spec, gan_config(spec, data), device)
-    fns = step_functions(spec, state, device)
+    fns = step_functions(spec, state, device, len(images))
     layout = memory_format(spec, device)
     schedule = BatchSchedule(len(images), batch, spec.seed, device)
     stats = torch.zeros(4, device=device)

@@ -88,7 +88,8 @@ def main() -> None:
 @click.option("--loss", type=click.Choice(LOSSES), help="GAN loss (default: bce, the seed's).")
 @click.option("--spectral-norm/--no-spectral-norm", default=None, help="Spectral norm in D (default: off).")
 @click.option("--conditioning", type=click.Choice(CONDITIONINGS), help="How D sees labels (default: concat, one-hot planes).")
-@click.option("--diffaugment", help="none, or a comma list of translation, cutout, color (default: translation,cutout).")
+@click.option("--diffaugment", help="auto, none, or a comma list of translation, cutout, color (default: auto: "
+              "translation,cutout below 10,000 training images, none above).")
 @click.option("--grad-clip", type=float, help="Max gradient norm for G and D; 0 disables (default: 0).")
 @click.option("--ema", type=float, help="Decay of a moving average of G used for sampling, e.g. 0.999; 0 disables (default: 0).")
 @click.option("--checkpoint-every", type=int, help="Steps between checkpoints (default: 500).")

@@ -222,9 +222,9 @@ def test_invalid_generate_spec(data: Any, field: str, mentions: tuple[str, ...])
 
 def test_parse_spec_unknown_kind() -> None:
     with pytest.raises(SpecError) as info:
-        parse_spec("evaluate", TRAIN)
+        parse_spec("distill", TRAIN)
     assert info.value.field == "kind"
-    assert "train, generate" in str(info.value)
+    assert "train, generate, evaluate" in str(info.value)
 
 
 def test_direct_construction_validates_too() -> None:

@@ -80,3 +80,12 @@ def test_watch_line_shows_the_vital_signs():
     for part in ("step 50/200", "epoch 1", "loss_D 1.200", "loss_G 0.800", "D(x) 0.600", "D(G(z)) 0.300",
                  "512 img/s", "ETA 1m15s", "WARNING: low diversity in class Bag"):
         assert part in line
+
+
+def test_diffaugment_auto_is_on_for_small_training_sets_only():
+    spec = TrainSpec(job_id="t-auto", dataset="fake")
+    assert spec.diffaugment == "auto"
+    assert spec.augmentations(1_000) == ("translation", "cutout")
+    assert spec.augmentations(60_000) == ()
+    assert TrainSpec(job_id="t-none", dataset="fake", diffaugment="none").augmentations(100) == ()
+    assert TrainSpec(job_id="t-some", dataset="fake", diffaugment="color").augmentations(60_000) == ("color",)

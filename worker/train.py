@@ -227,14 +227,14 @@ class StepFunctions:
     autocast: Callable[[], AbstractContextManager[Any]]
 
 
-def step_functions(spec: TrainSpec, state: TrainState, device: torch.device) -> StepFunctions:
+def step_functions(spec: TrainSpec, state: TrainState, device: torch.device, num_images: int) -> StepFunctions:
     use_bf16 = spec.precision == "bf16" or (spec.precision == "auto" and device.type == "cuda")
     compile_fn: Callable[[nn.Module], Any] = torch.compile if spec.compile else (lambda module: module)
     return StepFunctions(
         generator=compile_fn(state.generator),
         discriminator=compile_fn(state.discriminator),
         loss=spec.loss,
-        augmentations=spec.augmentations,
+        augmentations=spec.augmentations(num_images),
         grad_clip=spec.grad_clip,
         ema=spec.ema,
         autocast=(lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext,
@@ -420,7 +420,7 @@ def _run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: 
         state.load_checkpoint(saved)
         log.info("job %s: resuming from step %d", spec.job_id, state.step)
 
-    fns = step_functions(spec, state, device)
+    fns = step_functions(spec, state, device, len(images))
     layout = memory_format(spec, device)
     schedule = BatchSchedule(len(images), spec.batch_size, spec.seed, device)
     steps = total_steps(spec, schedule)
