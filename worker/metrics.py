@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.evaluate import Classifier, FeatureExtractor
+from worker.evaluate import Classifier, FeatureExtractor, accuracy
 
 BATCH = 1000
 
@@ -129,8 +129,6 @@ def measure_quality(
     class_names: list[str], feature_space: str, inception: nn.Module | None = None,
 ) -> Quality:
     """Every quality metric of FAKE (with its intended FAKE_LABELS) against REAL test images."""
-    from worker.evaluate import accuracy
-
     extractor = inception if inception is not None else FeatureExtractor(classifier)
     kid, kid_std = kernel_distance(extractor, real, fake)
     precision, recall = precision_recall(extractor, real, fake)
