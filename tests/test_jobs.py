@@ -70,9 +70,9 @@ def test_a_lease_has_one_owner_until_released_or_expired(store: JobStore) -> Non
 
 
 def test_a_held_lease_outlives_its_ttl_through_heartbeats(store: JobStore) -> None:
-    lease = Lease(store, "job:train", "a", ttl_s=0.6)
+    lease = Lease(store, "job:train", "a", ttl_s=1.2)
     assert lease.acquire()
-    time.sleep(1.5)
+    time.sleep(3.0)  # well past the TTL: only heartbeats keep it
     assert not store.acquire_lease("job:train", "b", ttl_s=0.6) and not lease.lost
     lease.release()
     assert store.acquire_lease("job:train", "b", ttl_s=0.6)
@@ -85,7 +85,7 @@ def test_a_holder_learns_when_its_lease_was_taken(store: JobStore) -> None:
     assert lease.acquire()
     store.release_lease("job:train", "a")  # as if it had lapsed while the holder was stalled
     assert store.acquire_lease("job:train", "b", ttl_s=30)
-    time.sleep(0.5)
+    time.sleep(1.0)
     assert lease.lost
     lease.release()
     assert not store.acquire_lease("job:train", "c", ttl_s=1)  # releasing a lost lease leaves the new owner's
