@@ -18,11 +18,10 @@ from typing import Any
 
 import torch
 
-from shared.layout import model_card_key, model_prefix, reference_key, report_prefix
+from shared.layout import model_prefix, reference_key, report_prefix
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, TrainSpec
 from shared.storage import Storage, join_key
-from worker import checkpoint
 from worker.data import ImageData, load_dataset
 from worker.evaluate import (
     FEATURE_SPACE,
@@ -32,6 +31,7 @@ from worker.evaluate import (
     reference_to_bytes,
     train_classifier,
 )
+from worker.generate import load_model
 from worker.metrics import InceptionFeatures, Quality, measure_quality
 from worker.model import Generator
 from worker.train import TrainHooks, class_rows, grid_png, run_training, to_uint8
@@ -129,11 +129,7 @@ def _quality_table(quality: Quality, cas: float, real_accuracy: float) -> str:
 def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None) -> dict[str, Any]:
     """Score a trained model against the real test split: FID, KID, precision/recall, per-class FID, score, CAS."""
     assert spec.model is not None  # the spec requires it for this mode
-    card = json.loads(storage.get_text(model_card_key(spec.model)))
-    state = checkpoint.load(storage, spec.model)
-    if state is None:
-        raise ValueError(f"model {spec.model} has no checkpoint")
-    generator = checkpoint.generator_from_state(state)
+    generator, card = load_model(storage, spec.model, torch.device("cpu"))
     config = generator.config
     if not config.conditional:
         raise ValueError(f"model {spec.model} is unconditional: per-class metrics and CAS need a conditional model")
@@ -248,9 +244,7 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     gan_progress = TrainHooks(progress=lambda info: progress(
         {"stage": "training the GAN on the real subset", "done": info["step"], "total": info["total_steps"]}))
     run_training(gan_spec, settings, storage, gan_progress)  # resumes from its checkpoint if this job was interrupted
-    state = checkpoint.load(storage, gan_id)
-    assert state is not None  # run_training has just written it
-    generator = checkpoint.generator_from_state(state)
+    generator, _ = load_model(storage, gan_id, torch.device("cpu"))
     pool_per_class = max(2, round(max(spec.ratio_list) * spec.per_class))
     synthetic, synthetic_labels = sample_balanced(generator, pool_per_class, spec.seed + 1)
     test = _test_split(spec, settings, spec.dataset, image_size, channels)

@@ -51,10 +51,15 @@ class ModelNotFound(LookupError):
     pass
 
 
-def load_model(storage: Storage, model_id: str, device: torch.device) -> tuple[Generator, dict[str, Any]]:
-    """The sampling generator of a finished training job and its model card."""
+def check_model(storage: Storage, model_id: str) -> None:
+    """Raise ModelNotFound unless training job MODEL_ID has finished (its model card is written last)."""
     if not storage.exists(model_card_key(model_id)):
         raise ModelNotFound(f"model {model_id} not found: {storage.url_for(model_card_key(model_id))} is missing")
+
+
+def load_model(storage: Storage, model_id: str, device: torch.device) -> tuple[Generator, dict[str, Any]]:
+    """The sampling generator of a finished training job and its model card."""
+    check_model(storage, model_id)
     card = json.loads(storage.get_text(model_card_key(model_id)))
     state = checkpoint.load(storage, model_id)
     if state is None:

@@ -27,13 +27,12 @@ from shared.broker import (
     TRAIN_TASK,
 )
 from shared.jobs import CANCELLED, FAILURE, PROGRESS, SUCCESS, JobCancelled, JobStore, Lease, open_job_store
-from shared.layout import model_card_key
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import Storage, StorageUnavailable, open_storage
 from worker.app import app
 from worker.evaluation import run_quality, run_utility
-from worker.generate import GeneratorCache, ModelNotFound, ShardBusy, finalize_job, plan_job, run_shard
+from worker.generate import GeneratorCache, ModelNotFound, ShardBusy, check_model, finalize_job, plan_job, run_shard
 from worker.train import TrainHooks, pick_device, run_training
 
 log = get_task_logger(__name__)
@@ -167,10 +166,11 @@ def generate(self: Task, spec: Any) -> None:
         raise Ignore()  # a redelivered planner of a job that has ended
     if store.cancel_requested(parsed.job_id):
         _cancelled(self, f"job {parsed.job_id} was cancelled before it started")
-    if not storage.exists(model_card_key(parsed.model)):
-        exc = ModelNotFound(f"model {parsed.model} not found: {storage.url_for(model_card_key(parsed.model))} is missing")
+    try:
+        check_model(storage, parsed.model)
+    except ModelNotFound as exc:
         _finish(store, parsed.job_id, FAILURE, exc)
-        raise exc
+        raise
     if store.get_field(parsed.job_id, "started_at") is None:
         self.update_state(state=PROGRESS, meta={})  # before any shard runs, so it cannot overwrite the end state
     total = plan_job(parsed, store, _dispatcher(parsed))
