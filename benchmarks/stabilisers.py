@@ -5,7 +5,7 @@ steps; then 100 samples per class are scored against the real test split in the 
 trained on the full real training split: FID (torchmetrics) and the classifier's accuracy on the samples'
 intended labels (does the image show the class it was asked for?). Prints a markdown table.
 
-    python benchmarks/stabilisers.py [--per-class 100] [--steps 1500] [--width 32]
+    python benchmarks/stabilisers.py [--per-class 100] [--steps 1500] [--width 32] [--only 1,11] [--seeds 1,2,3]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from worker.evaluate import FEATURE_SPACE, FeatureExtractor, accuracy, train_cla
 from worker.metrics import frechet_distance
 from worker.train import run_training, to_uint8
 
-SEED_RECIPE = dict(loss="bce", spectral_norm=False, conditioning="concat", diffaugment="none", ema=0.0)
+SEED_RECIPE = dict(loss="bce", spectral_norm=False, conditioning="concat", diffaugment="none", ema=0.0, precision="fp32")
 SETTINGS: dict[str, dict] = {
     "seed recipe (bce, concat)": SEED_RECIPE,
     "+ hinge, spectral norm, projection": dict(SEED_RECIPE, loss="hinge", spectral_norm=True, conditioning="projection"),
@@ -41,6 +41,7 @@ SETTINGS: dict[str, dict] = {
     "seed recipe + DiffAugment translation,cutout": dict(SEED_RECIPE, diffaugment="translation,cutout"),
     "seed recipe + DiffAugment + EMA": dict(SEED_RECIPE, diffaugment="translation,cutout", ema=0.999),
     "seed recipe + projection D (no spectral norm)": dict(SEED_RECIPE, conditioning="projection"),
+    "seed recipe in bf16 autocast": dict(SEED_RECIPE, precision="bf16"),
     "the spec defaults": {},
 }
 
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--classifier-steps", type=int, default=1500)
     parser.add_argument("--only", help="comma list of setting numbers to run (1-based)")
+    parser.add_argument("--seeds", default="1", help="comma list of training seeds; each setting runs once per seed")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     settings = Settings.from_env()
@@ -81,16 +83,19 @@ def main() -> None:
     for number, (name, overrides) in enumerate(SETTINGS.items(), start=1):
         if chosen and number not in chosen:
             continue
-        spec = TrainSpec(job_id=f"s-{number}", dataset="fashion-mnist", per_class=args.per_class, steps=args.steps,
-                         width=args.width, log_every=500, checkpoint_every=10**6, sample_every=10**6, **overrides)
-        started = time.perf_counter()
-        run_training(spec, settings, storage)
-        seconds = time.perf_counter() - started
-        state = checkpoint.load(storage, spec.job_id)
-        assert state is not None
-        fake, labels = sample(state, 200, seed=1)
-        fid = frechet_distance(extractor, real, fake)
-        print(f"| {name} | {fid:.2f} | {accuracy(classifier, fake, labels):.3f} | {seconds:.0f} |", flush=True)
+        for seed in [int(value) for value in args.seeds.split(",")]:
+            spec = TrainSpec(job_id=f"s-{number}-{seed}", dataset="fashion-mnist", per_class=args.per_class,
+                             steps=args.steps, width=args.width, seed=seed, log_every=500, checkpoint_every=10**6,
+                             sample_every=10**6, **overrides)
+            started = time.perf_counter()
+            run_training(spec, settings, storage)
+            seconds = time.perf_counter() - started
+            state = checkpoint.load(storage, spec.job_id)
+            assert state is not None
+            fake, labels = sample(state, 200, seed=1)
+            fid = frechet_distance(extractor, real, fake)
+            print(f"| {name} (seed {seed}) | {fid:.2f} | {accuracy(classifier, fake, labels):.3f} | {seconds:.0f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,8 @@ def main() -> None:
 @click.option("--checkpoint-every", type=int, help="Steps between checkpoints (default: 500).")
 @click.option("--log-every", type=int, help="Steps between progress reports (default: 50).")
 @click.option("--sample-every", type=int, help="Steps between sample grids (default: once per epoch).")
-@click.option("--precision", type=click.Choice(PRECISIONS), help="auto: bf16 autocast on CUDA, fp32 elsewhere.")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="auto: bf16 autocast where the hardware has bf16 (CUDA, CPUs with AVX512-BF16 or AMX), else fp32.")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the networks.")
 @handle_errors
 def train(**options: Any) -> None:

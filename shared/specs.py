@@ -173,7 +173,7 @@ class TrainSpec(_Spec):
     log_every: int = 50
     checkpoint_every: int = 500
     sample_every: int | None = None  # steps between sample grids; None: once per epoch
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    precision: str = "auto"  # auto: bf16 autocast where the hardware has bf16 (CUDA, AVX512-BF16/AMX CPUs), else fp32
     compile: bool = False  # torch.compile the networks (faster after a warm-up, on GPUs mostly)
     version: int = SPEC_VERSION
 

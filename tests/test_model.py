@@ -17,7 +17,7 @@ from torch import nn
 from shared.storage import FileStorage
 from worker import checkpoint
 from worker.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KIND, CheckpointError
-from worker.model import Discriminator, GANConfig, Generator
+from worker.model import Discriminator, GANConfig, Generator, LatentProjection
 
 BATCH = 3
 
@@ -127,7 +127,7 @@ def _conv_weights(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """The trainable conv weights (for spectral-normed layers: the parametrization's original tensor)."""
     found = []
     for name, sub in module.named_modules():
-        if isinstance(sub, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(sub, (nn.Conv2d, nn.ConvTranspose2d, LatentProjection)):
             parametrizations: Any = getattr(sub, "parametrizations", None)
             weight = parametrizations.weight.original if parametrizations is not None else sub.weight
             found.append((name, weight.detach()))
@@ -354,3 +354,26 @@ def test_truncated_checkpoint_is_refused() -> None:
 def test_wrong_kind_or_format_is_refused(obj: Any, match: str) -> None:
     with pytest.raises(CheckpointError, match=match):
         checkpoint.from_bytes(_torch_bytes(obj), "src")
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_latent_projection_is_the_transposed_convolution_it_replaces(layout: torch.memory_format) -> None:
+    torch.manual_seed(0)
+    projection = LatentProjection(12, 8, 7).to(memory_format=layout)  # type: ignore[call-overload]
+    nn.init.normal_(projection.weight)
+    convolution = nn.ConvTranspose2d(12, 8, 7, 1, 0, bias=False)
+    convolution.load_state_dict(projection.state_dict())  # same parameter name and shape: same checkpoints
+    z = torch.randn(BATCH, 12, requires_grad=True)
+    ours, theirs = projection(z), convolution(z[:, :, None, None])
+    torch.testing.assert_close(ours, theirs)
+    upstream = torch.randn_like(theirs)
+    ours_grads = torch.autograd.grad(ours, [z, projection.weight], upstream)
+    theirs_grads = torch.autograd.grad(theirs, [z, convolution.weight], upstream)
+    for mine, reference in zip(ours_grads, theirs_grads, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-4)  # sums of ~400 terms, in another order
+
+
+def test_generator_first_layer_keeps_the_convtranspose_weight_layout() -> None:
+    config = GANConfig(image_size=28, channels=1, width=8, num_classes=10, embed_dim=5)
+    weight = Generator(config).state_dict()["main.0.weight"]
+    assert weight.shape == (config.nz + 5, 8 * 2, 7, 7)  # ConvTranspose2d's (in, out, k, k)

@@ -13,7 +13,14 @@ from producer.cli import progress_line
 from shared.settings import Settings
 from shared.specs import TrainSpec
 from shared.storage import FileStorage
-from worker.train import STAT_NAMES, TrainHooks, collapse_warnings, diversity_warnings, run_training
+from worker.train import (
+    STAT_NAMES,
+    TrainHooks,
+    collapse_warnings,
+    diversity_warnings,
+    resolve_precision,
+    run_training,
+)
 
 
 def test_run_training_reports_progress_and_writes_grids_curve_and_card(tmp_path):
@@ -89,3 +96,26 @@ def test_diffaugment_auto_is_on_for_small_training_sets_only():
     assert spec.augmentations(60_000) == ()
     assert TrainSpec(job_id="t-none", dataset="fake", diffaugment="none").augmentations(100) == ()
     assert TrainSpec(job_id="t-some", dataset="fake", diffaugment="color").augmentations(60_000) == ("color",)
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    auto = TrainSpec(job_id="t-auto", dataset="fake")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision(auto, cuda) == "bf16"
+    for avx512_bf16, amx in [(False, False), (True, False), (False, True)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda value=avx512_bf16: value)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda value=amx: value)
+        assert resolve_precision(auto, cpu) == ("bf16" if avx512_bf16 or amx else "fp32")
+        for asked in ("fp32", "bf16"):
+            assert resolve_precision(TrainSpec(job_id="t-asked", dataset="fake", precision=asked), cpu) == asked
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert resolve_precision(auto, cpu) == "fp32"  # a torch without the probes: the safe choice
+
+
+def test_model_card_says_which_precision_trained(tmp_path):
+    storage = FileStorage(tmp_path)
+    spec = TrainSpec(job_id="t-bf16", dataset="fake", steps=2, width=8, batch_size=16, precision="bf16")
+    run_training(spec, Settings(), storage)
+    card = json.loads(storage.get_text("models/t-bf16/model.json"))
+    assert card["precision"] == "bf16" and card["final"]["loss_d"] > 0
