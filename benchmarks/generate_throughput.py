@@ -13,7 +13,8 @@ the speed), then measures on the same device:
 
 The last line is ``ratio=<landed/raw>``.
 
-    python benchmarks/generate_throughput.py [--count 20000] [--shard-size 1000] [--rss-counts 10000,200000]
+    python benchmarks/generate_throughput.py [--count 20000] [--shard-size 1000] [--repeat 3] [--rss-counts 10000,200000]
+        [--worker-options '--pool solo']
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -68,11 +70,11 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def run_job(env: dict[str, str], model: str, count: int, shard_size: int, log_dir: Path) -> dict[str, float]:
+def run_job(env: dict[str, str], model: str, count: int, shard_size: int, log_dir: Path, options: list[str]) -> dict[str, float]:
     """A fresh worker process runs one generate job; returns landed images/s, overheads and its peak RSS."""
     os.environ.update(env)
     settings = Settings.from_env()
-    worker = WorkerProcess(env, log_dir / f"worker-{uuid.uuid4().hex[:6]}.log", "generate").start()
+    worker = WorkerProcess(env, log_dir / f"worker-{uuid.uuid4().hex[:6]}.log", "generate", *options).start()
     try:
         client = Client.connect(settings)
         started = time.perf_counter()
@@ -94,6 +96,10 @@ def run_job(env: dict[str, str], model: str, count: int, shard_size: int, log_di
     }
 
 
+def figures(values: Iterable[float]) -> str:
+    return ", ".join(f"{value:.0f}" for value in values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20_000)
@@ -102,6 +108,9 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=1, choices=[1, 3])
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--rss-counts", default="", help="comma list of job sizes to measure the worker's peak RSS at")
+    parser.add_argument("--worker-options", default="--pool threads --concurrency 2",
+                        help="the worker's options; the default is the recommended generation worker (docs/operations.md)")
+    parser.add_argument("--repeat", type=int, default=3, help="jobs to run, each between two raw measurements")
     args = parser.parse_args()
     device = pick_device()
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
@@ -117,17 +126,27 @@ def main() -> None:
                          channels=args.channels, batch_size=16)
         run_training(spec, Settings.from_env(worker_env), storage)
         generator, _ = load_model(storage, model, device)
-        raw = raw_images_per_s(generator, args.count, 256, device)
-        print(f"raw generator forward: {raw:.0f} images/s")
-        job = run_job(worker_env, model, args.count, args.shard_size, Path(scratch))
-        print(f"landed in storage by a generate job (1 worker): {job['landed']:.0f} images/s")
-        print(f"shard-task overhead: median {job['gap_ms']:.1f} ms between shards on the worker; "
-              f"first shard waited {job['first_wait_ms']:.0f} ms from enqueue to start")
-        print(f"worker peak RSS: {job['rss_mib']:.0f} MiB for {args.count} images")
+        options = args.worker_options.split()
+        # raw and landed take turns, and each figure is the median of its runs: this machine's speed drifts by
+        # +-20 % over minutes, which a single pair of runs would turn into the ratio
+        raws = [raw_images_per_s(generator, args.count, 256, device)]
+        jobs = []
+        for _ in range(args.repeat):
+            jobs.append(run_job(worker_env, model, args.count, args.shard_size, Path(scratch), options))
+            raws.append(raw_images_per_s(generator, args.count, 256, device))
+        raw = statistics.median(raws)
+        landed = statistics.median(job["landed"] for job in jobs)
+        print(f"raw generator forward: {raw:.0f} images/s (median of {figures(raws)})")
+        print(f"landed in storage by a generate job (1 worker: augment worker {' '.join(options) or '(defaults)'}): "
+              f"{landed:.0f} images/s (median of {figures(job['landed'] for job in jobs)})")
+        print(f"shard-task overhead: median {statistics.median(job['gap_ms'] for job in jobs):.1f} ms between one shard "
+              "finishing and the next starting on the worker (negative: shard tasks overlap); the first shard waited "
+              f"{statistics.median(job['first_wait_ms'] for job in jobs):.0f} ms from enqueue to start")
+        print(f"worker peak RSS: {jobs[0]['rss_mib']:.0f} MiB for {args.count} images")
         for count in [int(value) for value in args.rss_counts.split(",") if value]:
-            sized = run_job(worker_env, model, count, args.shard_size, Path(scratch))
+            sized = run_job(worker_env, model, count, args.shard_size, Path(scratch), options)
             print(f"worker peak RSS: {sized['rss_mib']:.0f} MiB for {count} images ({sized['landed']:.0f} images/s landed)")
-    print(f"ratio={job['landed'] / raw:.3f}")
+    print(f"ratio={landed / raw:.3f}")
 
 
 if __name__ == "__main__":

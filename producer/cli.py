@@ -333,19 +333,46 @@ def fetch(job_id: str, out_dir: str) -> None:
     fail(f"job {job_id} has no outputs in storage yet; `augment status {job_id}` shows where it is")
 
 
+def worker_pool(queues: str, pool: str, concurrency: int | None) -> tuple[str, int]:
+    """The Celery pool and concurrency a worker runs with. "auto" gives a worker that only generates two threads,
+    so one shard uploads while the next samples (measured: images landed/s x1.6 on 2 CPU cores); any worker
+    that trains or evaluates runs one task at a time."""
+    if pool == "auto":
+        pool = "threads" if {name.strip() for name in queues.split(",")} == {GENERATE_QUEUE} else "solo"
+    if concurrency is None:
+        concurrency = 2 if pool == "threads" else 1
+    if concurrency < 1:
+        raise click.BadParameter(f"{concurrency} is not a number of tasks; use 1 or more", param_hint="--concurrency")
+    if pool == "solo" and concurrency != 1:
+        raise click.BadParameter("the solo pool runs one task at a time; use --pool threads for more", param_hint="--concurrency")
+    return pool, concurrency
+
+
+def torch_threads_per_task(concurrency: int, cpus: int) -> int:
+    """Intra-op threads for each of CONCURRENCY task threads: the CPUS split between them. Tasks that each spread
+    over every core stall at every op's barrier when another task holds one (measured: 2 tasks x 1 thread landed
+    13 % more images/s than 2 x 2 on 2 cores)."""
+    return max(1, cpus // concurrency)
+
+
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--queues", "-Q", default=",".join(QUEUES), show_default=True)
-@click.option("--pool", type=click.Choice(["solo", "threads"]), default="solo", show_default=True,
-              help="No prefork: forking after torch (and CUDA) initialise breaks CUDA in the children.")
-@click.option("--concurrency", "-c", type=int, default=1, show_default=True)
+@click.option("--pool", type=click.Choice(["auto", "solo", "threads"]), default="auto", show_default=True,
+              help="auto: threads for a worker that only generates, solo otherwise. No prefork: forking after torch "
+                   "(and CUDA) initialise breaks CUDA in the children.")
+@click.option("--concurrency", "-c", type=int, help="Tasks at once: 1 for solo, 2 for threads unless given.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(queues: str, pool: str, concurrency: int, loglevel: str, celery_args: tuple[str, ...]) -> None:
+def worker(queues: str, pool: str, concurrency: int | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
     """Start a worker (needs the `worker` extra: torch). Scale out by starting more of them."""
     try:
         Settings.from_env()
     except SettingsError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
+    pool, concurrency = worker_pool(queues, pool, concurrency)
+    if concurrency > 1 and "OMP_NUM_THREADS" not in os.environ:  # read by torch when it loads, in the exec'd worker
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # not on macOS
+        os.environ["OMP_NUM_THREADS"] = str(torch_threads_per_task(concurrency, cpus))
     argv = [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker",
         "--queues", queues, "--pool", pool, "--concurrency", str(concurrency), "--loglevel", loglevel,

@@ -41,16 +41,17 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess
 class WorkerProcess:
     """`augment worker` in its own process group, logging to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "train,generate,evaluate"):
+    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "train,generate,evaluate", *options: str):
         self.env = env
         self.log_path = log_path
         self.queues = queues
+        self.options = options  # more `augment worker` options, e.g. "--pool", "threads"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90) -> WorkerProcess:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", "worker", "--queues", self.queues, "--loglevel", "INFO"],
+            [sys.executable, "-m", "producer.cli", "worker", "--queues", self.queues, "--loglevel", "INFO", *self.options],
             env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )

@@ -47,7 +47,9 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
 
 
 def test_two_workers_share_a_job_and_write_every_shard_once(augment_env, start_worker):
+    # one of each kind: solo (all queues) and a generate-only worker, which runs two shard tasks at once in threads
     workers = [start_worker(), start_worker(queues="generate")]
+    assert "concurrency: 2 (thread)" in workers[1].log_path.read_text()
     model = train_tiny_model(augment_env)
     submitted = run_cli(augment_env, "generate", "--model", model, "--count", "1000", "--shard-size", "40", "--seed", "2")
     assert submitted.returncode == 0, submitted.stderr
