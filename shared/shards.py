@@ -87,6 +87,8 @@ _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tar archives are padded to whole records, as tarfile writes them
 # The constant parts of a USTAR header: mode 0644, uid/gid 0, mtime 0, regular file, no user or group names.
 _HEADER_TAIL = b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 247
+# ...and their share of the header checksum, with the checksum field counted as eight spaces
+_HEADER_TAIL_SUM = sum(_HEADER_TAIL) + 8 * ord(" ")
 
 
 def tar_member(name: str, payload: bytes) -> bytes:
@@ -99,7 +101,7 @@ def tar_member(name: str, payload: bytes) -> bytes:
     if len(encoded) > 100:
         raise ValueError(f"tar member name {name!r} is longer than 100 bytes")
     head = encoded.ljust(100, b"\0") + b"0000644\0" + b"0000000\0" * 2 + b"%011o\0" % len(payload) + b"00000000000\0"
-    checksum = sum(head) + sum(_HEADER_TAIL) + 8 * ord(" ")  # the checksum field counts as eight spaces
+    checksum = sum(head) + _HEADER_TAIL_SUM
     header = head + b"%06o\0 " % checksum + _HEADER_TAIL
     return header + payload + b"\0" * (-len(payload) % _BLOCK)
 
