@@ -51,21 +51,22 @@ def test_two_workers_share_a_job_and_write_every_shard_once(augment_env, start_w
     workers = [start_worker(), start_worker(queues="generate")]
     assert "concurrency: 2 (thread)" in workers[1].log_path.read_text()
     model = train_tiny_model(augment_env)
-    submitted = run_cli(augment_env, "generate", "--model", model, "--count", "1000", "--shard-size", "40", "--seed", "2")
+    # many small shards: the job must outlast the watch's start-up (~1 s) for it to show progress lines
+    submitted = run_cli(augment_env, "generate", "--model", model, "--count", "2000", "--shard-size", "8", "--seed", "2")
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     watched = run_cli(augment_env, "watch", job_id, "--interval", "0.2", timeout=240)
     assert watched.returncode == 0, watched.stderr
-    assert re.search(r"shards \d+/25 images \d+/1000", watched.stderr)
+    assert re.search(r"shards \d+/250 images \d+/2000", watched.stderr)
 
     writes = shard_writes(workers, job_id)
     indices = Counter(index for _, index in writes.elements())
-    assert indices == Counter(range(25)), "every shard written exactly once"
+    assert indices == Counter(range(250)), "every shard written exactly once"
     assert len({log for log, _ in writes}) == 2, "both workers made shards"
 
     storage = open_storage(Settings.from_env(augment_env))
     manifest = Manifest.load(storage, job_id)
-    assert manifest.total == 1000 and len(manifest.shards) == 25
+    assert manifest.total == 2000 and len(manifest.shards) == 250
     assert storage.list(f"synthetic/{job_id}") == sorted(
         [manifest.shard_key(shard) for shard in manifest.shards] + [f"synthetic/{job_id}/manifest.json"]
     )
@@ -73,7 +74,7 @@ def test_two_workers_share_a_job_and_write_every_shard_once(augment_env, start_w
         data = storage.get_bytes(manifest.shard_key(shard))
         assert (len(data), hashlib.sha256(data).hexdigest()) == (shard.size, shard.sha256)
     status = json.loads(run_cli(augment_env, "status", job_id, "--json").stdout)
-    assert status["state"] == "SUCCESS" and status["result"]["images"] == 1000
+    assert status["state"] == "SUCCESS" and status["result"]["images"] == 2000
 
     # A shard task delivered again after the job finished (a redelivery, a duplicate) changes nothing.
     app = make_celery(Settings.from_env(augment_env))
