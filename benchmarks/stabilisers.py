@@ -20,10 +20,11 @@ from shared.settings import Settings
 from shared.specs import TrainSpec
 from shared.storage import FileStorage
 from worker import checkpoint
+from worker.classifier import FEATURE_SPACE, FeatureExtractor, accuracy, train_classifier
 from worker.data import load_dataset
-from worker.evaluate import FEATURE_SPACE, FeatureExtractor, accuracy, train_classifier
+from worker.images import to_uint8
 from worker.metrics import frechet_distance
-from worker.train import run_training, to_uint8
+from worker.train import run_training
 
 SEED_RECIPE = dict(loss="bce", spectral_norm=False, conditioning="concat", diffaugment="none", ema=0.0, precision="fp32")
 SETTINGS: dict[str, dict] = {

@@ -28,16 +28,7 @@ from shared.datasets import FASHION_MNIST_SYSTEM_DIR
 from shared.settings import Settings
 from shared.specs import TrainSpec
 from worker.data import load_dataset
-from worker.train import (
-    BatchSchedule,
-    gan_config,
-    memory_format,
-    new_state,
-    pick_device,
-    real_batch,
-    step_functions,
-    train_step,
-)
+from worker.train import BatchSchedule, gan_config, memory_format, new_state, pick_device, real_batch, step_functions, train_step
 
 
 # ---- the reference: pytorch/examples dcgan, with the image size as a parameter of its Sequential stacks ----

@@ -18,9 +18,10 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from producer.client import Client, SubmitError
+from producer.follow import follow, status_line
 from shared.broker import EVALUATE_QUEUE, GENERATE_QUEUE, QUEUES, TRAIN_QUEUE, BrokerUnreachable
 from shared.datasets import DatasetNotFound
-from shared.jobs import CANCELLED, FAILURE, SUCCESS, TERMINAL_STATES
+from shared.jobs import CANCELLED, FAILURE, SUCCESS
 from shared.layout import job_prefix
 from shared.settings import Settings, SettingsError
 from shared.specs import CONDITIONINGS, LOSSES, PRECISIONS, SpecError, check_job_id
@@ -200,40 +201,6 @@ def report(job_id: str) -> None:
     click.echo(connect().report(job_id))
 
 
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
-def progress_line(status: dict[str, Any], bar_width: int = 24) -> str:
-    """One line for a person: state, a bar, and the job's vital signs."""
-    progress = status.get("progress") or {}
-    state = status["state"]
-    if "step" in progress:
-        done, total = progress["step"], progress["total_steps"]
-        detail = (
-            f"step {done}/{total} epoch {progress.get('epoch', 0)} loss_D {progress['loss_d']:.3f} "
-            f"loss_G {progress['loss_g']:.3f} D(x) {progress['d_x']:.3f} D(G(z)) {progress['d_g_z']:.3f}"
-        )
-    elif "shards_done" in progress:
-        done, total = progress["images_done"], progress["images_total"]
-        detail = f"shards {progress['shards_done']}/{progress['shards_total']} images {done}/{total}"
-    elif "stage" in progress:
-        counted = f" ({progress['done']}/{progress['total']})" if "total" in progress else ""
-        return f"{state} {progress['stage']}{counted}"
-    else:
-        return state
-    filled = int(bar_width * done / max(total, 1))
-    bar = "#" * filled + "." * (bar_width - filled)
-    eta = format_duration(progress["eta_s"]) if progress["images_per_s"] > 0 else "?"
-    line = f"{state} [{bar}] {detail} {progress['images_per_s']:.0f} img/s ETA {eta}"
-    for warning in progress.get("warnings", []):
-        line += f" WARNING: {warning}"
-    return line
-
-
 @main.command()
 @job_id_argument
 @click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
@@ -246,7 +213,7 @@ def status(job_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(job, indent=2, sort_keys=True, default=str))
         return
-    click.echo(f"{job_id} ({job.get('kind', '?')}): {progress_line(job)}")
+    click.echo(f"{job_id} ({job.get('kind', '?')}): {status_line(job)}")
     if job["state"] == SUCCESS:
         for name, value in (job.get("result") or {}).items():
             click.echo(f"  {name}: {value}")
@@ -269,22 +236,7 @@ def watch(job_id: str, interval: float) -> None:
     client = connect()
     if client.status(job_id) is None:
         fail(f"no job {job_id}; `augment list` shows the known jobs", EXIT_BAD_INPUT)
-    interactive = sys.stderr.isatty()
-    last_line, last_print = "", 0.0
-
-    def show(job: dict[str, Any]) -> None:
-        nonlocal last_line, last_print
-        line = progress_line(job)
-        if interactive:
-            click.echo("\r\033[K" + line, nl=False, err=True)
-        elif line != last_line and (time.monotonic() - last_print > 5 or job["state"] in TERMINAL_STATES):
-            click.echo(line, err=True)  # a log, not a terminal: a line every few seconds at most
-            last_print = time.monotonic()
-        last_line = line
-
-    final = client.wait(job_id, on_update=show, poll_s=interval)
-    if interactive:
-        click.echo("", err=True)
+    final = follow(client, job_id, interval)
     if final["state"] == FAILURE:
         click.echo(f"job {job_id} failed: {final.get('error')}", err=True)
     elif final["state"] == SUCCESS:

@@ -21,12 +21,12 @@ from shared.jobs import (
     TERMINAL_STATES,
     JobStore,
     describe_status,
-    generation_progress,
     make_record,
     new_job_id,
     open_job_store,
 )
 from shared.layout import model_card_key, report_prefix
+from shared.progress import generation_progress, progress_to_dict
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import ObjectNotFound, join_key, open_storage
@@ -114,7 +114,7 @@ class Client:
         status = describe_status(record, state, result.info)
         if record is not None and record.kind == "generate" and state not in TERMINAL_STATES | {PENDING}:
             spec = GenerateSpec.from_dict(record.spec)
-            status["progress"] = generation_progress(self.store, job_id, spec.shard_count, spec.count)
+            status["progress"] = progress_to_dict(generation_progress(self.store, job_id, spec.shard_count, spec.count))
         return status
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:

@@ -7,35 +7,19 @@ in a thread of this process, so the demo exercises the same tasks, specs and sto
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from producer.client import Client
+from producer.follow import follow
 from shared.jobs import SUCCESS
 from shared.settings import Settings
 
 
 def _follow(client: Client, job_id: str) -> dict[str, Any]:
-    from producer.cli import progress_line
-
-    interactive = sys.stderr.isatty()
-    last = [""]
-
-    def show(status: dict[str, Any]) -> None:
-        line = progress_line(status)
-        if interactive:
-            click.echo("\r\033[K" + line, nl=False, err=True)
-        elif line.split(" [")[0] != last[0].split(" [")[0] or status.get("progress", {}).get("step", 0) % 500 == 0:
-            if line != last[0]:
-                click.echo(line, err=True)
-        last[0] = line
-
-    final = client.wait(job_id, on_update=show, poll_s=1.0)
-    if interactive:
-        click.echo("", err=True)
+    final = follow(client, job_id, poll_s=1.0)
     if final["state"] != SUCCESS:
         raise click.ClickException(f"job {job_id} ended {final['state']}: {final.get('error', '')}")
     return final

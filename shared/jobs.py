@@ -328,25 +328,6 @@ def make_record(job_id: str, kind: str, spec: dict[str, Any]) -> JobRecord:
     return JobRecord(job_id=job_id, kind=kind, spec=spec, submitted_at=time.time())
 
 
-def generation_progress(store: JobStore, job_id: str, shards_total: int, images_total: int) -> dict[str, Any]:
-    """A generation job's progress from its shard ledger: shards and images done, images/s and ETA.
-
-    Read from the ledger rather than reported by the shard tasks, so workers finishing shards at the same time
-    never overwrite each other's figures, nor the job's final state.
-    """
-    shards_done, images_done = store.shard_totals(job_id)
-    started = float(store.get_field(job_id, "started_at") or time.time())
-    rate = images_done / max(time.time() - started, 1e-9)
-    return {
-        "shards_done": shards_done,
-        "shards_total": shards_total,
-        "images_done": images_done,
-        "images_total": images_total,
-        "images_per_s": rate,
-        "eta_s": (images_total - images_done) / rate if rate > 0 else 0.0,
-    }
-
-
 def describe_status(record: JobRecord | None, state: str, info: Any) -> dict[str, Any]:
     """Merge a job record with its Celery state into the dict that ``augment status --json`` prints."""
     status: dict[str, Any] = {"state": state}

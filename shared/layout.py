@@ -1,6 +1,6 @@
 """Where a job's objects live in storage. One place, so producer, worker and readers agree.
 
-    models/<train_job_id>/checkpoint.pt   model.json   grid.png
+    models/<train_job_id>/checkpoint.pt   model.json   grid.png   losses.png   samples/step-0000500.png ...
     synthetic/<generate_job_id>/shard-000000.tar ...   manifest.json (written last)
     reports/<evaluate_job_id>/report.md   report.json   *.png
     references/<dataset>-<size>px-<channels>ch/classifier.pt   (the reference classifier, trained once)
@@ -26,6 +26,15 @@ def model_card_key(job_id: str) -> str:
 
 def grid_key(job_id: str) -> str:
     return join_key("models", job_id, "grid.png")
+
+
+def loss_curve_key(job_id: str) -> str:
+    return join_key("models", job_id, "losses.png")
+
+
+def sample_grid_key(job_id: str, step: int) -> str:
+    """The progress grid a training job drew at STEP (zero-padded, so the keys sort by step)."""
+    return join_key("models", job_id, "samples", f"step-{step:07d}.png")
 
 
 def synthetic_prefix(job_id: str) -> str:

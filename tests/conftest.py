@@ -6,6 +6,7 @@ import itertools
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -71,3 +72,18 @@ def start_worker(augment_env: dict[str, str], tmp_path: Path) -> Iterator[Callab
     yield start
     for worker in started:
         worker.kill()
+
+
+# ---- small trained models ----
+
+
+@pytest.fixture(scope="session")
+def fake_classifier() -> tuple[Any, Any, Any]:
+    """The `fake` dataset's train and test splits and a classifier trained on the former (seconds on a CPU)."""
+    from shared.settings import Settings
+    from worker.classifier import train_classifier
+    from worker.data import load_dataset
+
+    train = load_dataset("fake", Settings(), "train")
+    test = load_dataset("fake", Settings(), "test")
+    return train, test, train_classifier(train.images, train.labels, 10, steps=150, batch_size=64)

@@ -1,35 +1,85 @@
-"""The domain feature space and Frechet distance on cases with known answers."""
+"""The evaluation jobs end to end on tiny data: the reference classifier, the quality and utility reports."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from shared.settings import Settings
-from worker.data import load_dataset
-from worker.evaluate import FeatureExtractor, accuracy, train_classifier
-from worker.metrics import frechet_distance
+from shared.specs import EvaluateSpec, SpecError, TrainSpec
+from shared.storage import FileStorage
+from worker.classifier import ClassifierConfig
+from worker.evaluate import reference_classifier, run_quality, run_utility
+from worker.train import run_training
 
 
-@pytest.fixture(scope="module")
-def fake_data():
-    train = load_dataset("fake", Settings(), "train")
-    test = load_dataset("fake", Settings(), "test")
-    classifier = train_classifier(train.images, train.labels, 10, steps=150, batch_size=64)
-    return train, test, classifier
+def test_evaluate_specs_say_what_is_missing_or_malformed():
+    with pytest.raises(SpecError, match="model: a quality evaluation needs"):
+        EvaluateSpec(job_id="e-x", mode="quality")
+    with pytest.raises(SpecError, match="dataset: a utility evaluation needs"):
+        EvaluateSpec(job_id="e-x", mode="utility")
+    with pytest.raises(SpecError, match="ratios: 'a,b' is not a comma list"):
+        EvaluateSpec(job_id="e-x", mode="utility", dataset="fake", ratios="a,b")
+    with pytest.raises(SpecError, match="min_confidences"):
+        EvaluateSpec(job_id="e-x", mode="utility", dataset="fake", min_confidences="1.5")
+    with pytest.raises(SpecError, match="mode"):
+        EvaluateSpec(job_id="e-x", mode="vibes", dataset="fake")
 
 
-def test_reference_classifier_learns_the_fake_classes(fake_data):
-    _, test, classifier = fake_data
-    assert accuracy(classifier, test.images, test.labels) > 0.8
+class CountingStorage(FileStorage):
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.puts: list[str] = []
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.puts.append(key)
+        super().put_bytes(key, data, content_type)
 
 
-def test_frechet_distance_is_near_zero_for_identical_sets_and_grows_with_a_shift(fake_data):
-    train, _, classifier = fake_data
-    extractor = FeatureExtractor(classifier)
-    real = train.images[:320]
-    same = frechet_distance(extractor, real, real.clone())
-    shifted = frechet_distance(extractor, real, (real.int() // 2 + 100).to(torch.uint8))  # washed-out copies
-    other_classes = frechet_distance(extractor, real, train.images[320:][train.labels[320:] < 3])
-    assert abs(same) < 1e-3
-    assert shifted > 1.0 and other_classes > 1.0
+def test_the_reference_classifier_is_trained_once_and_reused(tmp_path: Path):
+    storage = CountingStorage(tmp_path)
+    first, meta = reference_classifier(storage, Settings(), "fake", 28, 1, steps=40)
+    second, again = reference_classifier(storage, Settings(), "fake", 28, 1, steps=40)
+    assert storage.puts == ["references/fake-28px-1ch/classifier.pt"]
+    assert meta == again and 0 <= meta["test_accuracy"] <= 1 and "penultimate layer" in meta["feature_space"]
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True))
+    assert isinstance(first.config, ClassifierConfig)
+
+
+SMOKE = dict(classifier_steps=20, reference_steps=20, test_limit=100)
+
+
+def test_utility_report_end_to_end(tmp_path: Path):
+    storage = FileStorage(tmp_path)
+    spec = EvaluateSpec(job_id="e-utility", mode="utility", dataset="fake", per_class=8, seeds=2, gan_steps=6, gan_width=8,
+                        ratios="0.5,1", synthetic_weights="0.5", min_confidences="0.5", **SMOKE)  # type: ignore[arg-type]
+    stages: list[str] = []
+    result = run_utility(spec, Settings(), storage, lambda info: stages.append(info.stage))
+    assert stages[0] == "training the GAN on the real subset" and stages[-1] == "setting: done"
+    assert sorted(storage.list("reports/e-utility")) == [
+        f"reports/e-utility/{name}" for name in ("accuracy.png", "grid.png", "losses.png", "report.json", "report.md")
+    ]
+    report = json.loads(storage.get_text("reports/e-utility/report.json"))
+    assert len(report["outcomes"]) == 2 + 2 * 5 and all(len(o["accuracies"]) == 2 for o in report["outcomes"])
+    assert report["real_images"] == 80 and report["delta_c"] == result["delta_c"]
+    markdown = storage.get_text("reports/e-utility/report.md")
+    assert "| (a) real |" in markdown and "(c) - (a), best setting" in markdown and "Feature space" not in markdown
+    assert "feature space: penultimate layer" in markdown
+    assert storage.exists("models/e-utility-gan/model.json")  # the GAN saw the 80 subset images only
+    card = json.loads(storage.get_text("models/e-utility-gan/model.json"))
+    assert card["num_train_images"] == 80 and card["spec"]["per_class"] == 8
+
+
+def test_quality_report_end_to_end(tmp_path: Path):
+    storage = FileStorage(tmp_path)
+    run_training(TrainSpec(job_id="t-scored", dataset="fake", steps=5, width=8, batch_size=32), Settings(), storage)
+    spec = EvaluateSpec(job_id="e-quality", mode="quality", model="t-scored", samples_per_class=10, **SMOKE)  # type: ignore[arg-type]
+    result = run_quality(spec, Settings(), storage)
+    report = json.loads(storage.get_text("reports/e-quality/report.json"))
+    assert report["quality"]["fid"] == result["fid"] > 0 and 0 <= report["cas"] <= 1
+    assert set(report["quality"]["per_class_fid"]) == {f"class{label}" for label in range(10)}
+    markdown = storage.get_text("reports/e-quality/report.md")
+    assert "Feature space: penultimate layer" in markdown and "| CAS: trained on synthetic only" in markdown

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.jobs import MemoryJobStore, generation_progress
+from shared.jobs import MemoryJobStore
 from shared.manifest import Manifest
+from shared.progress import GenerateProgress, generation_progress
 from shared.settings import Settings
 from shared.shards import read_shard
 from shared.specs import GenerateSpec, TrainSpec
@@ -85,9 +86,9 @@ def test_job_runs_shard_by_shard_and_the_manifest_matches_storage(storage: Count
     assert sum(manifest.class_counts.values()) == 25 and manifest.image_size == 28 and manifest.channels == 1
     labels = [sample.label for shard in manifest.shards for sample in read_shard(storage.get_bytes(manifest.shard_key(shard)))]
     assert {str(label): labels.count(label) for label in set(labels)} == manifest.class_counts
-    assert generation_progress(store, "g-job", 3, 25) | {"images_per_s": 0, "eta_s": 0} == {
-        "shards_done": 3, "shards_total": 3, "images_done": 25, "images_total": 25, "images_per_s": 0, "eta_s": 0,
-    }
+    progress = generation_progress(store, "g-job", 3, 25)
+    assert isinstance(progress, GenerateProgress)
+    assert (progress.shards_done, progress.shards_total, progress.images_done, progress.images_total) == (3, 3, 25, 25)
 
 
 def test_a_finished_shard_is_not_redone(storage: CountingStorage) -> None:

@@ -8,7 +8,8 @@ import time
 import pytest
 import redis
 
-from shared.jobs import JobStore, Lease, MemoryJobStore, RedisJobStore, generation_progress
+from shared.jobs import JobStore, Lease, MemoryJobStore, RedisJobStore
+from shared.progress import generation_progress
 
 _dbs = itertools.count()
 
@@ -44,8 +45,8 @@ def test_progress_comes_from_the_ledger(store: JobStore) -> None:
     store.set_once("g-job", "started_at", repr(time.time() - 2))
     store.record_shard("g-job", 0, record(100))
     progress = generation_progress(store, "g-job", shards_total=4, images_total=400)
-    assert progress["shards_done"] == 1 and progress["images_done"] == 100
-    assert 30 < progress["images_per_s"] < 60 and 5 < progress["eta_s"] < 7
+    assert progress.shards_done == 1 and progress.images_done == 100
+    assert 30 < progress.images_per_s < 60 and 5 < progress.eta_s < 7
 
 
 def test_set_once_lets_one_caller_through(store: JobStore) -> None:

@@ -9,18 +9,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from producer.cli import progress_line
+from producer.follow import status_line
 from shared.settings import Settings
 from shared.specs import TrainSpec
 from shared.storage import FileStorage
-from worker.train import (
-    STAT_NAMES,
-    TrainHooks,
-    collapse_warnings,
-    diversity_warnings,
-    resolve_precision,
-    run_training,
-)
+from worker.collapse_guard import collapse_warnings, diversity_warnings
+from worker.train import STAT_NAMES, TrainHooks, resolve_precision, run_training
 
 
 def test_run_training_reports_progress_and_writes_grids_curve_and_card(tmp_path):
@@ -80,10 +74,10 @@ def test_collapse_guard_fires_when_d_rejects_every_sample():
 
 def test_watch_line_shows_the_vital_signs():
     status = {"state": "PROGRESS", "progress": {
-        "step": 50, "total_steps": 200, "epoch": 1, "loss_d": 1.2, "loss_g": 0.8, "d_x": 0.6, "d_g_z": 0.3,
+        "kind": "train", "step": 50, "total_steps": 200, "epoch": 1, "loss_d": 1.2, "loss_g": 0.8, "d_x": 0.6, "d_g_z": 0.3,
         "images_per_s": 512.0, "eta_s": 75.0, "warnings": ["low diversity in class Bag"],
     }}
-    line = progress_line(status)
+    line = status_line(status)
     for part in ("step 50/200", "epoch 1", "loss_D 1.200", "loss_G 0.800", "D(x) 0.600", "D(G(z)) 0.300",
                  "512 img/s", "ETA 1m15s", "WARNING: low diversity in class Bag"):
         assert part in line

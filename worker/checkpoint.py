@@ -8,13 +8,14 @@ read with ``weights_only=True``: a file carrying a pickled object is refused ins
 from __future__ import annotations
 
 import io
+import json
 import pickle
 from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from shared.layout import checkpoint_key
+from shared.layout import checkpoint_key, model_card_key
 from shared.storage import Storage
 from worker.model import GANConfig, Generator
 
@@ -57,6 +58,26 @@ def load(storage: Storage, job_id: str) -> dict[str, Any] | None:
     if not storage.exists(key):
         return None
     return from_bytes(storage.get_bytes(key), storage.url_for(key))
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+def check_model(storage: Storage, model_id: str) -> None:
+    """Raise ModelNotFound unless training job MODEL_ID has finished (its model card is written last)."""
+    if not storage.exists(model_card_key(model_id)):
+        raise ModelNotFound(f"model {model_id} not found: {storage.url_for(model_card_key(model_id))} is missing")
+
+
+def load_model(storage: Storage, model_id: str, device: torch.device) -> tuple[Generator, dict[str, Any]]:
+    """The sampling generator of a finished training job and its model card."""
+    check_model(storage, model_id)
+    card = json.loads(storage.get_text(model_card_key(model_id)))
+    state = load(storage, model_id)
+    if state is None:
+        raise ModelNotFound(f"model {model_id} has a model card but no checkpoint")
+    return generator_from_state(state).to(device), card
 
 
 def config_dict(config: GANConfig) -> dict[str, Any]:

@@ -1,158 +1,284 @@
-"""Offline GAN quality in a domain feature space, with nothing downloaded.
+"""Evaluation jobs as plain functions: ``run_quality`` and ``run_utility`` write a report under ``reports/<job>/``.
 
-InceptionV3 weights cannot be fetched here, so, as TF-GAN's MNIST metrics and the "Frechet LeNet distance" do,
-a small classifier trained on the real training split provides the feature space (its penultimate layer).
-The Frechet distance itself comes from torchmetrics, which accepts a custom feature extractor.
+Both measure in the feature space of a reference classifier trained once per dataset on its real training split
+(stored under ``references/`` and reused), unless the spec names local InceptionV3 weights. Every report says
+which feature space it used.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime, timezone
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-FEATURE_SPACE = "penultimate layer (128-d) of a CNN classifier trained on the real training split"
+from shared.layout import model_prefix, reference_key, report_prefix
+from shared.progress import EvaluateProgress
+from shared.settings import Settings
+from shared.specs import EvaluateSpec, TrainSpec
+from shared.storage import Storage, join_key
+from worker.augmentation_study import SMALL_CNN, ExperimentData, Outcome, Verdict, filter_by_confidence, run_sweep, sweep, verdict
+from worker.checkpoint import load_model
+from worker.classifier import (
+    FEATURE_SPACE,
+    Classifier,
+    accuracy,
+    reference_from_bytes,
+    reference_to_bytes,
+    train_classifier,
+)
+from worker.data import ImageData, load_dataset
+from worker.images import class_rows, grid_png, to_uint8
+from worker.metrics import InceptionFeatures, Quality, measure_quality
+from worker.model import Generator
+from worker.train import TrainHooks, run_training
 
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    image_size: int = 28
-    channels: int = 1
-    num_classes: int = 10
-    width: int = 32
-
-
-class Classifier(nn.Module):
-    """A LeNet-sized CNN: two conv blocks, a 128-d feature layer, a linear head."""
-
-    num_features = 128  # read by torchmetrics instead of probing with a dummy image
-
-    def __init__(self, config: ClassifierConfig):
-        super().__init__()
-        self.config = config
-        width = config.width
-        self.body = nn.Sequential(
-            nn.Conv2d(config.channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(True),
-            nn.MaxPool2d(2),  # (w, S/2, S/2)
-            nn.Conv2d(width, width * 2, 3, padding=1), nn.BatchNorm2d(width * 2), nn.ReLU(True),
-            nn.MaxPool2d(2),  # (2w, S/4, S/4)
-            nn.Flatten(),
-            nn.Linear(width * 2 * (config.image_size // 4) ** 2, self.num_features), nn.ReLU(True),
-        )
-        self.head = nn.Linear(self.num_features, config.num_classes)
-
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, C, H, W) of any size and 1 or 3 channels -> float input this network expects."""
-        x = images.float() / 127.5 - 1.0
-        if x.shape[1] != self.config.channels:
-            x = x.mean(dim=1, keepdim=True) if self.config.channels == 1 else x.expand(-1, 3, -1, -1)
-        if x.shape[-1] != self.config.image_size:
-            x = F.interpolate(x, size=self.config.image_size, mode="bilinear", antialias=True, align_corners=False)
-        return x
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(self.prepare(images))  # (N, 128)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))  # (N, K) logits
+log = logging.getLogger("augment.evaluate")
+Progress = Callable[[EvaluateProgress], None]
 
 
-class FeatureExtractor(nn.Module):
-    """The classifier's feature layer in the shape torchmetrics wants (``num_features``, uint8 input)."""
-
-    def __init__(self, classifier: Classifier):
-        super().__init__()
-        self.classifier = classifier.eval()
-        self.num_features = classifier.num_features
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.classifier.features(images).double()
-
-
-def classic_augment(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """The textbook augmentation for small images: random horizontal flip and a random crop after 2-pixel padding."""
-    batch, _, height, width = images.shape
-    flip = torch.rand(batch, generator=rng) < 0.5
-    images = torch.where(flip[:, None, None, None].to(images.device), images.flip(-1), images)
-    padded = F.pad(images, [2, 2, 2, 2], value=-1.0)  # (B, C, H+4, W+4), padded with black
-    dy, dx = torch.randint(0, 5, (2,), generator=rng).tolist()  # one offset per batch: cheap, and enough here
-    return padded[:, :, dy : dy + height, dx : dx + width]
-
-
-def train_classifier(
-    images: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 1500, batch_size: int = 128,
-    seed: int = 0, lr: float = 1e-3, weights: torch.Tensor | None = None, augment: bool = False,
-    init: Classifier | None = None, width: int = 32,
-) -> Classifier:
-    """Train a classifier on uint8 IMAGES (N, C, H, W) with labels (N,).
-
-    WEIGHTS (N,) scale each sample's loss (e.g. less for synthetic samples); AUGMENT applies
-    :func:`classic_augment`; INIT starts from another classifier's weights (fine-tuning).
-    """
-    torch.manual_seed(seed)
-    config = ClassifierConfig(image_size=images.shape[-1], channels=images.shape[1], num_classes=num_classes, width=width)
-    model = Classifier(config).to(images.device)
-    if init is not None:
-        model.load_state_dict(init.state_dict())
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    rng = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        index = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=rng).to(images.device)
-        inputs = model.prepare(images[index])
-        if augment:
-            inputs = classic_augment(inputs, rng)
-        losses = F.cross_entropy(model.head(model.body(inputs)), labels[index], reduction="none")  # (B,)
-        if weights is not None:
-            batch_weights = weights[index]
-            loss = (losses * batch_weights).sum() / batch_weights.sum().clamp_min(1e-12)
-        else:
-            loss = losses.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+def reference_classifier(
+    storage: Storage, settings: Settings, dataset: str, image_size: int, channels: int, steps: int, seed: int = 0,
+) -> tuple[Classifier, dict[str, Any]]:
+    """The dataset's reference classifier: loaded from storage, or trained on the real training split and stored."""
+    key = reference_key(dataset, image_size, channels)
+    if storage.exists(key):
+        return reference_from_bytes(storage.get_bytes(key))
+    train = load_dataset(dataset, settings, "train", image_size=image_size, channels=channels)
+    test = load_dataset(dataset, settings, "test", image_size=image_size, channels=channels)
+    started = time.perf_counter()
+    model = train_classifier(train.images, train.labels, len(train.info.class_names), steps=steps, seed=seed)
+    meta = {
+        "dataset": dataset, "image_size": image_size, "channels": channels, "train_images": len(train),
+        "steps": steps, "test_accuracy": accuracy(model, test.images, test.labels),
+        "train_seconds": round(time.perf_counter() - started, 1), "feature_space": FEATURE_SPACE,
+    }
+    storage.put_bytes(key, reference_to_bytes(model, meta))
+    log.info("reference classifier for %s: test accuracy %.4f", dataset, meta["test_accuracy"])
+    return model, meta
 
 
 @torch.no_grad()
-def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        correct += int((model(images[start : start + batch_size]).argmax(1) == labels[start : start + batch_size]).sum())
-    return correct / max(len(images), 1)
-
-
-@torch.no_grad()
-def label_confidence(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """The model's probability of each image's given label, (N,)."""
-    return torch.cat([
-        F.softmax(model(images[start : start + batch_size]), dim=1).gather(1, labels[start : start + batch_size, None])[:, 0]
-        for start in range(0, len(images), batch_size)
+def sample_balanced(generator: Generator, per_class: int, seed: int, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """PER_CLASS images of every class from GENERATOR, (N, C, H, W) uint8 with their intended labels (N,)."""
+    config = generator.config
+    classes = max(config.num_classes, 1)
+    labels = torch.arange(classes).repeat_interleave(per_class)  # (N,)
+    noise = torch.randn(len(labels), config.nz, generator=torch.Generator().manual_seed(seed))
+    generator.eval()
+    images = torch.cat([
+        to_uint8(generator(noise[start : start + batch], labels[start : start + batch] if config.conditional else None)).cpu()
+        for start in range(0, len(labels), batch)
     ])
+    return images, labels
 
 
-REFERENCE_FORMAT = 1
+def _test_split(spec: EvaluateSpec, settings: Settings, dataset: str, image_size: int, channels: int) -> ImageData:
+    return load_dataset(dataset, settings, "test", image_size=image_size, channels=channels, limit=spec.test_limit)
 
 
-def reference_to_bytes(model: Classifier, meta: dict[str, Any]) -> bytes:
-    """A self-describing reference classifier: config, weights, what it was trained on and how well it does."""
+def _feature_space(spec: EvaluateSpec, reference_meta: dict[str, Any]) -> tuple[str, InceptionFeatures | None]:
+    if spec.inception_weights:
+        return f"InceptionV3 pool features (2048-d) from {spec.inception_weights}", InceptionFeatures(spec.inception_weights)
+    return (f"{reference_meta['feature_space']}; {reference_meta['dataset']}, test accuracy "
+            f"{reference_meta['test_accuracy']:.4f}"), None
+
+
+def _class_grid(real: ImageData, fake: torch.Tensor, fake_labels: torch.Tensor, classes: int) -> bytes:
+    """Real (left) and generated (right) images, one row of 8 per class."""
+    return grid_png(class_rows(fake, fake_labels, classes), class_rows(real.images, real.labels, classes))
+
+
+def _write_report(storage: Storage, job_id: str, markdown: str, data: dict[str, Any], images: dict[str, bytes]) -> dict[str, Any]:
+    prefix = report_prefix(job_id)
+    for name, png in images.items():
+        storage.put_bytes(join_key(prefix, name), png, "image/png")
+    storage.put_text(join_key(prefix, "report.json"), json.dumps(data, indent=2, sort_keys=True, default=float))
+    storage.put_text(join_key(prefix, "report.md"), markdown, "text/markdown")  # last: the report is whole
+    return {"report": storage.url_for(join_key(prefix, "report.md")), "files": sorted(images) + ["report.json", "report.md"]}
+
+
+def _copy_loss_curve(storage: Storage, model_id: str, images: dict[str, bytes]) -> None:
+    curve = join_key(model_prefix(model_id), "losses.png")
+    if storage.exists(curve):
+        images["losses.png"] = storage.get_bytes(curve)
+
+
+def _quality_table(quality: Quality, cas: float, real_accuracy: float) -> str:
+    lines = [
+        "| metric | value |", "|---|---|",
+        f"| FID (lower is better) | {quality.fid:.2f} |",
+        f"| KID x 1000 (lower is better) | {1000 * quality.kid:.2f} +- {1000 * quality.kid_std:.2f} |",
+        f"| precision (k=3) | {quality.precision:.3f} |",
+        f"| recall (k=3) | {quality.recall:.3f} |",
+        f"| classifier score (IS formula; real test images: {quality.real_classifier_score:.2f}) | {quality.classifier_score:.2f} |",
+        f"| label accuracy of the samples | {quality.label_accuracy:.3f} |",
+        f"| CAS: trained on synthetic only, tested on real | {cas:.4f} |",
+        f"| the same classifier trained on real data | {real_accuracy:.4f} |",
+        f"| CAS / real | {cas / max(real_accuracy, 1e-9):.3f} |",
+        "", "| class | FID |", "|---|---|",
+    ]
+    lines += [f"| {name} | {value:.2f} |" for name, value in quality.per_class_fid.items()]
+    return "\n".join(lines)
+
+
+def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None) -> dict[str, Any]:
+    """Score a trained model against the real test split: FID, KID, precision/recall, per-class FID, score, CAS."""
+    assert spec.model is not None  # the spec requires it for this mode
+    generator, card = load_model(storage, spec.model, torch.device("cpu"))
+    config = generator.config
+    if not config.conditional:
+        raise ValueError(f"model {spec.model} is unconditional: per-class metrics and CAS need a conditional model")
+    dataset = spec.dataset or card["dataset"]
+    progress(EvaluateProgress("reference classifier"))
+    reference, reference_meta = reference_classifier(storage, settings, dataset, config.image_size, config.channels,
+                                                     spec.reference_steps, spec.seed)
+    feature_space, inception = _feature_space(spec, reference_meta)
+    test = _test_split(spec, settings, dataset, config.image_size, config.channels)
+    progress(EvaluateProgress("sampling"))
+    fake, fake_labels = sample_balanced(generator, spec.samples_per_class, spec.seed)
+    progress(EvaluateProgress("metrics"))
+    quality = measure_quality(reference, test.images, test.labels, fake, fake_labels, list(card["class_names"]),
+                              feature_space, inception)
+    progress(EvaluateProgress("classification accuracy score"))
+    synthetic_trained = train_classifier(fake, fake_labels, config.num_classes, steps=spec.classifier_steps,
+                                         seed=spec.seed, **SMALL_CNN)
+    cas = accuracy(synthetic_trained, test.images, test.labels)
+    real_trained = train_classifier(*_real_train(dataset, settings, config.image_size, config.channels),
+                                    config.num_classes, steps=spec.classifier_steps, seed=spec.seed, **SMALL_CNN)
+    real_accuracy = accuracy(real_trained, test.images, test.labels)
+    images = {"grid.png": _class_grid(test, fake, fake_labels, config.num_classes)}
+    _copy_loss_curve(storage, spec.model, images)
+    markdown = "\n".join([
+        f"# Quality of model {spec.model}", "",
+        f"{spec.samples_per_class} generated images per class against {len(test)} real {dataset} test images.", "",
+        f"Feature space: {feature_space}.", "",
+        _quality_table(quality, cas, real_accuracy), "",
+        "Images: `grid.png` (real left, generated right, one row per class), `losses.png` (the GAN's training).",
+    ])
+    data = {"spec": spec.to_dict(), "model": spec.model, "dataset": dataset, "quality": asdict(quality), "cas": cas,
+            "real_trained_accuracy": real_accuracy, "reference": reference_meta, "created_at": _now()}
+    return _write_report(storage, spec.job_id, markdown, data, images) | {"fid": quality.fid, "cas": cas}
+
+
+def _real_train(dataset: str, settings: Settings, image_size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    train = load_dataset(dataset, settings, "train", image_size=image_size, channels=channels)
+    return train.images, train.labels
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def accuracy_chart(outcomes: list[Outcome]) -> bytes:
+    """Mean test accuracy per setting with one-standard-deviation error bars, coloured by arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"a": "#888888", "b": "#4c72b0", "c": "#dd8452", "d": "#55a868"}
+    figure, axes = plt.subplots(figsize=(10, 0.32 * len(outcomes) + 1.2))
+    positions = range(len(outcomes))[::-1]
+    axes.barh(list(positions), [100 * o.mean for o in outcomes], xerr=[100 * o.std for o in outcomes],
+              color=[colours[o.setting.arm] for o in outcomes], capsize=3)
+    axes.set_yticks(list(positions), [o.setting.name for o in outcomes], fontsize=8)
+    low = min(100 * (o.mean - o.std) for o in outcomes)
+    axes.set_xlim(max(0.0, low - 2), min(100.0, max(100 * (o.mean + o.std) for o in outcomes) + 1))
+    axes.set_xlabel("test accuracy (%), mean +- std over seeds")
+    figure.tight_layout()
     buffer = io.BytesIO()
-    torch.save({"format": REFERENCE_FORMAT, "kind": "gan-augment/reference-classifier",
-                "config": asdict(model.config), "weights": model.state_dict(), "meta": meta}, buffer)
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
     return buffer.getvalue()
 
 
-def reference_from_bytes(data: bytes) -> tuple[Classifier, dict[str, Any]]:
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("kind") != "gan-augment/reference-classifier":
-        raise ValueError("not a gan-augment reference classifier")
-    if state.get("format") != REFERENCE_FORMAT:
-        raise ValueError(f"reference classifier format {state.get('format')!r}; this worker reads {REFERENCE_FORMAT}")
-    model = Classifier(ClassifierConfig(**state["config"]))
-    model.load_state_dict(state["weights"])
-    return model.eval(), state["meta"]
+def _utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[Outcome], result: Verdict,
+                      gan_id: str, feature_note: str, seconds: float) -> str:
+    baseline = {o.setting.arm: o.mean for o in outcomes if o.setting.name.startswith(("(a)", "(b)"))}
+    rows = ["| setting | accuracy (mean) | std | vs its baseline | per seed |", "|---|---|---|---|---|"]
+    for outcome in outcomes:
+        delta = outcome.mean - baseline[outcome.setting.baseline]
+        versus = "" if outcome.setting.arm in "ab" else f"{100 * delta:+.2f}"
+        seeds = ", ".join(f"{100 * value:.2f}" for value in outcome.accuracies)
+        rows.append(f"| {outcome.setting.name} | {100 * outcome.mean:.2f} | {100 * outcome.std:.2f} | {versus} | {seeds} |")
+    verdict_lines = [
+        f"- (c) - (a), best setting: **{100 * result.delta_c:+.2f} points** ({result.best_c.setting.name}); "
+        f"plain mixing at ratio 1: {100 * result.naive_delta_c:+.2f}",
+        f"- (d) - (b), best setting: **{100 * result.delta_d:+.2f} points** ({result.best_d.setting.name}); "
+        f"plain mixing at ratio 1: {100 * result.naive_delta_d:+.2f}",
+        f"- best setting overall: **{result.best.setting.name}** ({100 * result.best.mean:.2f} %)",
+    ]
+    if result.warning:
+        verdict_lines.append(f"- **WARNING: {result.warning}**")
+    return "\n".join([
+        f"# Does synthetic data help? {spec.dataset}, {spec.per_class} real images per class", "",
+        f"The GAN (`{gan_id}`, {spec.gan_steps} steps) was trained on the same {len(data.real_images)} real images "
+        f"as the classifiers and on nothing else. Each setting trains the same small CNN for {spec.classifier_steps} "
+        f"steps, {spec.seeds} seeds, tested on {len(data.test_images)} real test images. Accuracies in %.", "",
+        *verdict_lines, "",
+        *rows, "",
+        f"Sample quality of the GAN: {feature_note}", "",
+        "Images: `accuracy.png` (bars with one-standard-deviation error bars), `grid.png` (real left, generated "
+        "right, one row per class), `losses.png` (the GAN's training).", "",
+        f"Run time: {seconds:.0f} s.",
+    ])
+
+
+def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None) -> dict[str, Any]:
+    """The augmentation-utility experiment (see :mod:`worker.augmentation_study`) on SPEC's dataset; writes its report."""
+    assert spec.dataset is not None  # the spec requires it for this mode
+    started = time.perf_counter()
+    subset = load_dataset(spec.dataset, settings, "train", per_class=spec.per_class, seed=spec.seed)
+    image_size, channels = subset.images.shape[-1], subset.images.shape[1]
+    num_classes = len(subset.info.class_names)
+    gan_id = f"{spec.job_id}-gan"[:64]
+    progress(EvaluateProgress("training the GAN on the real subset", 0, spec.gan_steps))
+    gan_spec = TrainSpec(job_id=gan_id, dataset=spec.dataset, steps=spec.gan_steps, per_class=spec.per_class,
+                         seed=spec.seed, width=spec.gan_width, checkpoint_every=max(500, spec.gan_steps // 4),
+                         sample_every=max(1, spec.gan_steps // 10))  # a small subset makes epochs of a step or two
+    gan_progress = TrainHooks(progress=lambda info: progress(
+        EvaluateProgress("training the GAN on the real subset", info.step, info.total_steps)))
+    run_training(gan_spec, settings, storage, gan_progress)  # resumes from its checkpoint if this job was interrupted
+    generator, _ = load_model(storage, gan_id, torch.device("cpu"))
+    pool_per_class = max(2, round(max(spec.ratio_list) * spec.per_class))
+    synthetic, synthetic_labels = sample_balanced(generator, pool_per_class, spec.seed + 1)
+    test = _test_split(spec, settings, spec.dataset, image_size, channels)
+    data = ExperimentData(subset.images, subset.labels, synthetic, synthetic_labels, test.images, test.labels, num_classes)
+    progress(EvaluateProgress("confidence filter"))
+    filter_by_confidence(data, spec.classifier_steps, spec.seed)
+
+    progress(EvaluateProgress("reference classifier"))
+    reference, reference_meta = reference_classifier(storage, settings, spec.dataset, image_size, channels,
+                                                     spec.reference_steps, spec.seed)
+    feature_space, inception = _feature_space(spec, reference_meta)
+    quality = measure_quality(reference, test.images, test.labels, synthetic, synthetic_labels,
+                              list(subset.info.class_names), feature_space, inception)
+    feature_note = (f"FID {quality.fid:.2f}, precision {quality.precision:.3f}, recall {quality.recall:.3f}, "
+                    f"label accuracy {quality.label_accuracy:.3f} (feature space: {feature_space}).")
+
+    settings_list = sweep(spec.ratio_list, spec.weight_list, spec.confidence_list)
+    outcomes = run_sweep(data, settings_list, spec.seeds, spec.classifier_steps,
+                         lambda done, total, name: progress(EvaluateProgress(f"setting: {name}", done, total)))
+    result = verdict(outcomes)
+    seconds = time.perf_counter() - started
+    images = {"accuracy.png": accuracy_chart(outcomes), "grid.png": _class_grid(test, synthetic, synthetic_labels, num_classes)}
+    _copy_loss_curve(storage, gan_id, images)
+    markdown = _utility_markdown(spec, data, outcomes, result, gan_id, feature_note, seconds)
+    report = {
+        "spec": spec.to_dict(), "gan": gan_id, "real_images": len(subset), "test_images": len(test),
+        "outcomes": [{"setting": asdict(o.setting), "accuracies": o.accuracies, "mean": o.mean, "std": o.std} for o in outcomes],
+        "delta_c": result.delta_c, "delta_d": result.delta_d, "naive_delta_c": result.naive_delta_c,
+        "naive_delta_d": result.naive_delta_d, "best": result.best.setting.name, "helps": result.helps,
+        "warning": result.warning, "quality": asdict(quality), "reference": reference_meta, "seconds": seconds,
+        "created_at": _now(),
+    }
+    written = _write_report(storage, spec.job_id, markdown, report, images)
+    return written | {"delta_c": result.delta_c, "delta_d": result.delta_d, "best": result.best.setting.name,
+                      "warning": result.warning}

@@ -36,35 +36,15 @@ from shared.manifest import Manifest, ShardEntry
 from shared.shards import Sample, ShardWriter, encode_pngs, sample_key, sample_record, sha256_hex, shard_name
 from shared.specs import GenerateSpec
 from shared.storage import Storage
-from worker import checkpoint
+from worker.checkpoint import load_model
+from worker.images import to_uint8
 from worker.model import Generator
-from worker.train import to_uint8
 
 log = logging.getLogger("augment.generate")
 # PNG encoding runs in these threads while the generator samples the next batch (zlib and torch release the GIL).
 ENCODE_THREADS = 2
 # short, as a heartbeat renews it: a dead worker's shard is free again within seconds
 SHARD_LEASE_TTL_S = 15.0
-
-
-class ModelNotFound(LookupError):
-    pass
-
-
-def check_model(storage: Storage, model_id: str) -> None:
-    """Raise ModelNotFound unless training job MODEL_ID has finished (its model card is written last)."""
-    if not storage.exists(model_card_key(model_id)):
-        raise ModelNotFound(f"model {model_id} not found: {storage.url_for(model_card_key(model_id))} is missing")
-
-
-def load_model(storage: Storage, model_id: str, device: torch.device) -> tuple[Generator, dict[str, Any]]:
-    """The sampling generator of a finished training job and its model card."""
-    check_model(storage, model_id)
-    card = json.loads(storage.get_text(model_card_key(model_id)))
-    state = checkpoint.load(storage, model_id)
-    if state is None:
-        raise ModelNotFound(f"model {model_id} has a model card but no checkpoint")
-    return checkpoint.generator_from_state(state).to(device), card
 
 
 class GeneratorCache:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.evaluate import Classifier, FeatureExtractor, accuracy
+from worker.classifier import Classifier, FeatureExtractor, accuracy
 
 BATCH = 1000
 

@@ -28,12 +28,14 @@ from shared.broker import (
     TRAIN_TASK,
 )
 from shared.jobs import CANCELLED, FAILURE, PROGRESS, SUCCESS, JobCancelled, JobStore, Lease, open_job_store
+from shared.progress import Progress, progress_to_dict
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import Storage, StorageUnavailable, open_storage
 from worker.app import app
-from worker.evaluation import run_quality, run_utility
-from worker.generate import GeneratorCache, ModelNotFound, ShardBusy, check_model, finalize_job, plan_job, run_shard
+from worker.checkpoint import ModelNotFound, check_model
+from worker.evaluate import run_quality, run_utility
+from worker.generate import GeneratorCache, ShardBusy, finalize_job, plan_job, run_shard
 from worker.train import TrainHooks, pick_device, run_training
 
 log = get_task_logger(__name__)
@@ -127,9 +129,9 @@ def train(self: Task, spec: Any) -> dict[str, Any]:
         lease.release()
 
 
-def _report(task: Task, info: dict[str, Any]) -> None:
+def _report(task: Task, progress: Progress) -> None:
     try:
-        task.update_state(state=PROGRESS, meta=info)
+        task.update_state(state=PROGRESS, meta=progress_to_dict(progress))
     except redis.RedisError as exc:  # a progress report lost to a Redis outage is not worth the job
         log.warning("progress report skipped: Redis unreachable (%s)", type(exc).__name__)
 

@@ -1,4 +1,5 @@
-"""GAN training as a plain function: ``run_training(spec, settings, storage, hooks)``.
+"""GAN training as a plain function: ``run_training(spec, settings, storage, hooks)`` (the loop is :func:`train_gan`;
+:mod:`worker.publish` writes what a finished job leaves behind).
 
 The dataset is decoded once into a uint8 tensor on the training device and batches are drawn by index from a
 per-epoch permutation seeded by (seed, epoch): no DataLoader, and the batch order at any step is a pure
@@ -10,46 +11,40 @@ steps only, so there is no host-device sync per step.
 from __future__ import annotations
 
 import copy
-import io
-import json
 import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.utils import make_grid
 
 from shared.jobs import JobCancelled
-from shared.layout import checkpoint_key, grid_key, model_card_key, model_prefix
+from shared.layout import sample_grid_key
+from shared.progress import TrainProgress
 from shared.settings import Settings
-from shared.shards import encode_png
 from shared.specs import TrainSpec
-from shared.storage import Storage, join_key
+from shared.storage import Storage
 from worker import checkpoint
+from worker.collapse_guard import DIVERSITY_WARMUP, collapse_warnings, diversity_warnings
 from worker.data import ImageData, load_dataset
 from worker.diffaugment import diff_augment
+from worker.images import fixed_grid_inputs, grid_png, real_grid_images, sample_fixed, to_unit_range
 from worker.model import Discriminator, GANConfig, Generator
+from worker.publish import TrainedModel, publish_model
 
 log = logging.getLogger("augment.train")
 STAT_NAMES = ("loss_d", "loss_g", "d_x", "d_g_z")
-# Collapse guard thresholds: D(G(z)) below this means D rejects every sample and G gets no useful gradient;
-# a class whose samples are less diverse than this fraction of its real images' diversity is mode-collapsing.
-COLLAPSED_D_G_Z = 0.02
-MIN_DIVERSITY_RATIO = 0.35
-DIVERSITY_WARMUP = 0.2  # fraction of the run before diversity is judged
 
 
 @dataclass
 class TrainHooks:
     """How a running job talks to the outside: progress reports and a cancellation check."""
 
-    progress: Callable[[dict[str, Any]], None] = lambda info: None
+    progress: Callable[[TrainProgress], None] = lambda info: None
     should_stop: Callable[[], bool] = lambda: False
     stop_check_interval_s: float = 1.0
 
@@ -58,12 +53,8 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
-    return images_uint8.float().div_(127.5).sub_(1.0)  # [0, 255] -> [-1, 1]
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    return images.float().add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 @dataclass
@@ -303,110 +294,22 @@ def train_step(
         ])
 
 
-def fixed_grid_inputs(config: GANConfig, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Fixed noise and labels for the progress grid: 8 per class (one row per class), or 64 unconditional."""
-    rng = torch.Generator().manual_seed(seed + 7)
-    if config.conditional:
-        classes = min(config.num_classes, 16)
-        labels = torch.arange(classes).repeat_interleave(8)
-        noise = torch.randn(labels.numel(), config.nz, generator=rng)
-        return noise.to(device), labels.to(device)
-    return torch.randn(64, config.nz, generator=rng).to(device), None
 
 
-def class_rows(images: torch.Tensor, labels: torch.Tensor, classes: int, per_row: int = 8) -> torch.Tensor:
-    """PER_ROW images of each of the first CLASSES classes (at most 16), one grid row per class; a class with
-    fewer images is padded with blank ones so that rows stay aligned with the generated grid."""
-    rows = []
-    for label in range(min(classes, 16)):
-        chosen = images[labels == label][:per_row]
-        rows += [chosen, torch.zeros((per_row - len(chosen), *images.shape[1:]), dtype=images.dtype, device=images.device)]
-    return torch.cat(rows)
 
 
-def real_grid_images(data: ImageData, config: GANConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Real images (and labels) laid out like the generated grid: 8 of each class, or the first 64."""
-    if not config.conditional:
-        return data.images[:64], None
-    classes = min(config.num_classes, 16)
-    # blank padding is labelled -1, so that it never counts in a class's diversity
-    counts = [min(8, int((data.labels == label).sum())) for label in range(classes)]
-    labels = torch.cat([torch.tensor([label] * count + [-1] * (8 - count)) for label, count in enumerate(counts)])
-    return class_rows(data.images, data.labels, classes), labels.to(data.labels.device)
 
 
-@torch.no_grad()
-def sample_fixed(generator: Generator, noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    was_training = generator.training
-    generator.eval()
-    images = to_uint8(generator(noise, labels)).cpu()  # (n, C, H, W)
-    generator.train(was_training)
-    return images
 
 
-def grid_png(fake: torch.Tensor, real: torch.Tensor | None = None) -> bytes:
-    """PNG of generated images (and real ones on the left when given): the seed's real-vs-fake display."""
-    grid = make_grid(fake, nrow=8, padding=2, pad_value=255)
-    if real is not None:
-        real_grid = make_grid(real.cpu(), nrow=8, padding=2, pad_value=255)
-        spacer = torch.full((grid.shape[0], grid.shape[1], 8), 255, dtype=torch.uint8)
-        grid = torch.cat([real_grid, spacer, grid], dim=2)
-    return encode_png(grid.permute(1, 2, 0).numpy())  # (H, W, C)
 
 
-def mean_pairwise_distance(images: torch.Tensor) -> float:
-    flat = images.float().flatten(1) / 255.0  # (n, C*H*W)
-    return float(torch.cdist(flat, flat).sum() / max(len(flat) * (len(flat) - 1), 1))
 
 
-def diversity_warnings(
-    fake: torch.Tensor, fake_labels: torch.Tensor | None, real: torch.Tensor, real_labels: torch.Tensor | None,
-    names: list[str],
-) -> list[str]:
-    """Classes (or the whole set) whose fixed-noise samples are far less diverse than the real images."""
-    if fake_labels is None or real_labels is None:
-        groups = [("all", fake, real)]
-    else:
-        fake_labels, real_labels = fake_labels.cpu(), real_labels.cpu()
-        groups = [(name, fake[fake_labels == label], real[real_labels == label]) for label, name in enumerate(names)]
-    warnings = []
-    for name, fake_group, real_group in groups:
-        if len(fake_group) < 2 or len(real_group) < 2:
-            continue
-        ratio = mean_pairwise_distance(fake_group) / max(mean_pairwise_distance(real_group), 1e-9)
-        if ratio < MIN_DIVERSITY_RATIO:
-            warnings.append(f"low diversity in class {name}: {ratio:.2f} of the real images' (possible mode collapse)")
-    return warnings
 
 
-def collapse_warnings(d_g_z: float) -> list[str]:
-    if d_g_z >= COLLAPSED_D_G_Z:
-        return []
-    return [f"D(G(z)) collapsed to {d_g_z:.3f}: D rejects every sample (try hinge loss, spectral norm or DiffAugment)"]
 
 
-def loss_curve_png(history: list[dict[str, float]]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [record["step"] for record in history]
-    figure, (losses, outputs) = plt.subplots(1, 2, figsize=(10, 3.5))
-    losses.plot(steps, [r["loss_d"] for r in history], label="loss_D")
-    losses.plot(steps, [r["loss_g"] for r in history], label="loss_G")
-    losses.set_xlabel("step")
-    losses.legend()
-    outputs.plot(steps, [r["d_x"] for r in history], label="D(x)")
-    outputs.plot(steps, [r["d_g_z"] for r in history], label="D(G(z))")
-    outputs.set_xlabel("step")
-    outputs.set_ylim(0, 1)
-    outputs.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
 
 
 def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: TrainHooks | None = None) -> dict[str, Any]:
@@ -415,20 +318,18 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
     # The setting is per process, so it is put back for whoever shares the process (the demo, tests).
     torch.set_flush_denormal(True)
     try:
-        return _run_training(spec, settings, storage, hooks or TrainHooks())
+        device = pick_device()
+        data = load_dataset(spec.dataset, settings, "train", image_size=spec.image_size, channels=spec.channels,
+                            limit=spec.limit, per_class=spec.per_class, seed=spec.seed)
+        state = train_gan(spec, data, storage, device, hooks or TrainHooks())
+        trained = TrainedModel(state.sampler, state.step, state.history, state.warnings, device, resolve_precision(spec, device))
+        return publish_model(storage, spec, trained, data)
     finally:
         torch.set_flush_denormal(False)
 
 
-def _run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: TrainHooks) -> dict[str, Any]:
-    device = pick_device()
-    data = load_dataset(spec.dataset, settings, "train", image_size=spec.image_size, channels=spec.channels,
-                        limit=spec.limit, per_class=spec.per_class, seed=spec.seed)
-    config = gan_config(spec, data)
-    images = data.images.to(device)  # (N, C, H, W) uint8, decoded once
-    labels_all = data.labels.to(device)
-    class_names = list(data.info.class_names) if config.conditional else []
-
+def resume_or_start(spec: TrainSpec, config: GANConfig, storage: Storage, device: torch.device) -> TrainState:
+    """A fresh state, or the job's checkpoint when it has one (from this very spec)."""
     state = new_state(spec, config, device)
     saved = checkpoint.load(storage, spec.job_id)
     if saved is not None:
@@ -436,7 +337,30 @@ def _run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: 
             raise ValueError(f"job {spec.job_id} already has a checkpoint from a different spec; submit a new job")
         state.load_checkpoint(saved)
         log.info("job %s: resuming from step %d", spec.job_id, state.step)
+    return state
 
+
+class CollapseGuard:
+    """The job's current warnings by source; the status shows the latest verdict of each, not every past one."""
+
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        self.alerts: dict[str, list[str]] = {"collapse": [], "diversity": []}
+
+    def update(self, state: TrainState, source: str, messages: list[str]) -> None:
+        for message in set(messages) - set(self.alerts[source]):
+            log.warning("job %s step %d: %s", self.job_id, state.step, message)
+        self.alerts[source] = messages
+        state.warnings = self.alerts["collapse"] + self.alerts["diversity"]
+
+
+def train_gan(spec: TrainSpec, data: ImageData, storage: Storage, device: torch.device, hooks: TrainHooks) -> TrainState:
+    """The training loop: steps until SPEC's total, with checkpoints, sample grids and progress along the way."""
+    config = gan_config(spec, data)
+    images = data.images.to(device)  # (N, C, H, W) uint8, decoded once
+    labels_all = data.labels.to(device)
+    class_names = list(data.info.class_names) if config.conditional else []
+    state = resume_or_start(spec, config, storage, device)
     fns = step_functions(spec, state, device, len(images))
     layout = memory_format(spec, device)
     schedule = BatchSchedule(len(images), spec.batch_size, spec.seed, device)
@@ -444,7 +368,7 @@ def _run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: 
     sample_every = spec.sample_every or schedule.steps_per_epoch
     grid_noise, grid_labels = fixed_grid_inputs(config, spec.seed, device)
     real_grid, real_grid_labels = real_grid_images(data, config)
-    prefix = model_prefix(spec.job_id)
+    guard = CollapseGuard(spec.job_id)
     stats = torch.zeros(len(STAT_NAMES), device=device)
     window_start, window_steps, last_stop_check = time.perf_counter(), 0, time.perf_counter()
     state.generator.train()
@@ -452,15 +376,6 @@ def _run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: 
 
     def save_checkpoint() -> None:
         checkpoint.save(storage, spec.job_id, state.to_checkpoint(spec, class_names))
-
-    # Current warnings by source; the status shows the latest verdict, not every past one.
-    alerts: dict[str, list[str]] = {"collapse": [], "diversity": []}
-
-    def set_alerts(source: str, messages: list[str]) -> None:
-        for message in set(messages) - set(alerts[source]):
-            log.warning("job %s step %d: %s", spec.job_id, state.step, message)
-        alerts[source] = messages
-        state.warnings = alerts["collapse"] + alerts["diversity"]
 
     while state.step < steps:
         index = schedule.indices(state.step)
@@ -476,62 +391,26 @@ def _run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: 
                 raise JobCancelled(f"job {spec.job_id} cancelled at step {state.step}")
         if state.step % sample_every == 0 or state.step == steps:
             fake = sample_fixed(state.sampler, grid_noise, grid_labels)
-            storage.put_bytes(join_key(prefix, "samples", f"step-{state.step:07d}.png"), grid_png(fake), "image/png")
+            storage.put_bytes(sample_grid_key(spec.job_id, state.step), grid_png(fake), "image/png")
             if state.step >= steps * DIVERSITY_WARMUP:  # early samples are alike by construction
-                set_alerts("diversity", diversity_warnings(fake, grid_labels, real_grid, real_grid_labels, class_names))
+                guard.update(state, "diversity", diversity_warnings(fake, grid_labels, real_grid, real_grid_labels, class_names))
         if state.step % spec.log_every == 0 or state.step == steps:
             means = (stats / window_steps).tolist()  # the only host-device sync: once per log window
             images_per_s = window_steps * schedule.batch_size / max(time.perf_counter() - window_start, 1e-9)
             record = {"step": state.step, **dict(zip(STAT_NAMES, means, strict=True))}
             state.history.append(record)
-            set_alerts("collapse", collapse_warnings(record["d_g_z"]))
+            guard.update(state, "collapse", collapse_warnings(record["d_g_z"]))
             log.info("job %s step %d/%d loss_D %.3f loss_G %.3f D(x) %.3f D(G(z)) %.3f %.0f img/s",
                      spec.job_id, state.step, steps, *means, images_per_s)
-            hooks.progress({
-                **record,
-                "total_steps": steps,
-                "epoch": state.step // schedule.steps_per_epoch,
-                "images_per_s": images_per_s,
-                "eta_s": (steps - state.step) * schedule.batch_size / max(images_per_s, 1e-9),
-                "warnings": state.warnings,
-            })
+            hooks.progress(TrainProgress(
+                step=state.step, total_steps=steps, epoch=state.step // schedule.steps_per_epoch,
+                loss_d=means[0], loss_g=means[1], d_x=means[2], d_g_z=means[3], images_per_s=images_per_s,
+                eta_s=(steps - state.step) * schedule.batch_size / max(images_per_s, 1e-9), warnings=list(state.warnings),
+            ))
             stats.zero_()
             window_start, window_steps = time.perf_counter(), 0
         if state.step % spec.checkpoint_every == 0 and state.step < steps:
             save_checkpoint()
 
     save_checkpoint()
-    grid = grid_key(spec.job_id)
-    storage.put_bytes(grid, grid_png(sample_fixed(state.sampler, grid_noise, grid_labels), real_grid), "image/png")
-    curve = join_key(prefix, "losses.png")
-    storage.put_bytes(curve, loss_curve_png(state.history), "image/png")
-    card = {
-        "format": 1,
-        "job_id": spec.job_id,
-        "dataset": spec.dataset,
-        "dataset_location": data.info.location,
-        "num_train_images": len(images),
-        "class_names": class_names,
-        "config": checkpoint.config_dict(config),
-        "spec": spec.to_dict(),
-        "steps": state.step,
-        "final": state.history[-1] if state.history else {},
-        "warnings": state.warnings,
-        "device": str(device),
-        "precision": resolve_precision(spec, device),
-        "checkpoint": checkpoint_key(spec.job_id),
-        "grid": grid,
-        "loss_curve": curve,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    storage.put_text(model_card_key(spec.job_id), json.dumps(card, indent=2, sort_keys=True))
-    return {
-        "model": spec.job_id,
-        "steps": state.step,
-        "model_card": storage.url_for(model_card_key(spec.job_id)),
-        "checkpoint": storage.url_for(checkpoint_key(spec.job_id)),
-        "grid": storage.url_for(grid),
-        "loss_curve": storage.url_for(curve),
-        "final": card["final"],
-        "warnings": state.warnings,
-    }
+    return state

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from worker.evaluate import Classifier, accuracy, label_confidence, train_classifier
+from worker.classifier import Classifier, accuracy, label_confidence, train_classifier
 
 # The classifier every setting trains: small, so that a sweep of ~20 settings x seeds fits minutes on a CPU.
 SMALL_CNN: dict[str, Any] = {"width": 16, "batch_size": 64}

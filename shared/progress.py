@@ -1,0 +1,136 @@
+"""Job progress: one typed record per job kind, and the one line a person reads.
+
+Workers report a record (training, evaluation) or the producer derives one from the shard ledger (generation);
+either way it travels as a JSON object tagged with its ``kind``, so a reader never guesses a record's shape from
+the keys it happens to have. ``augment status``, ``augment watch``, the demo and the dashboard all render it with
+:func:`progress_line`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+from shared.jobs import JobStore
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """A training job's vital signs, averaged over the last log window."""
+
+    kind: ClassVar[str] = "train"
+    step: int
+    total_steps: int
+    epoch: int
+    loss_d: float
+    loss_g: float
+    d_x: float  # D's mean output on real images
+    d_g_z: float  # D's mean output on generated images
+    images_per_s: float
+    eta_s: float
+    warnings: list[str] = field(default_factory=list)  # the collapse guard's current verdicts
+
+    @property
+    def fraction(self) -> float | None:
+        return self.step / max(self.total_steps, 1)
+
+    def detail(self) -> str:
+        return (f"step {self.step}/{self.total_steps} epoch {self.epoch} loss_D {self.loss_d:.3f} loss_G {self.loss_g:.3f} "
+                f"D(x) {self.d_x:.3f} D(G(z)) {self.d_g_z:.3f}")
+
+
+@dataclass(frozen=True)
+class GenerateProgress:
+    """A generation job's shards and images so far, read from its shard ledger."""
+
+    kind: ClassVar[str] = "generate"
+    shards_done: int
+    shards_total: int
+    images_done: int
+    images_total: int
+    images_per_s: float
+    eta_s: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float | None:
+        return self.images_done / max(self.images_total, 1)
+
+    def detail(self) -> str:
+        return f"shards {self.shards_done}/{self.shards_total} images {self.images_done}/{self.images_total}"
+
+
+@dataclass(frozen=True)
+class EvaluateProgress:
+    """An evaluation's current stage, with a count where the stage has one (GAN steps, settings trained)."""
+
+    kind: ClassVar[str] = "evaluate"
+    stage: str
+    done: int | None = None
+    total: int | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        return None if self.total is None or self.done is None else self.done / max(self.total, 1)
+
+    def detail(self) -> str:
+        return self.stage + (f" ({self.done}/{self.total})" if self.total is not None else "")
+
+
+Progress = TrainProgress | GenerateProgress | EvaluateProgress
+PROGRESS_TYPES: dict[str, type[Progress]] = {kind.kind: kind for kind in (TrainProgress, GenerateProgress, EvaluateProgress)}
+
+
+def progress_to_dict(progress: Progress) -> dict[str, Any]:
+    """The JSON object a record travels as (Celery's result meta, ``status --json``)."""
+    return {"kind": progress.kind, **asdict(progress)}
+
+
+def progress_from_dict(data: object) -> Progress | None:
+    """The record in DATA, or None for anything else (no progress yet, a cancellation reason, an older worker's
+    untagged report): a status must render whatever Redis holds."""
+    if not isinstance(data, Mapping) or data.get("kind") not in PROGRESS_TYPES:
+        return None
+    record_type = PROGRESS_TYPES[data["kind"]]
+    names = {spec_field.name for spec_field in fields(record_type)}
+    try:
+        return record_type(**{name: value for name, value in data.items() if name in names})
+    except TypeError:  # a field missing: not a record this version understands
+        return None
+
+
+def generation_progress(store: JobStore, job_id: str, shards_total: int, images_total: int) -> GenerateProgress:
+    """A generation job's progress from its shard ledger: shards and images done, images/s and ETA.
+
+    Read from the ledger rather than reported by the shard tasks, so workers finishing shards at the same time
+    never overwrite each other's figures, nor the job's final state.
+    """
+    shards_done, images_done = store.shard_totals(job_id)
+    started = float(store.get_field(job_id, "started_at") or time.time())
+    rate = images_done / max(time.time() - started, 1e-9)
+    return GenerateProgress(
+        shards_done=shards_done, shards_total=shards_total, images_done=images_done, images_total=images_total,
+        images_per_s=rate, eta_s=(images_total - images_done) / rate if rate > 0 else 0.0,
+    )
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def progress_line(state: str, progress: Progress | None, bar_width: int = 24) -> str:
+    """One line for a person: the state, a bar, the job's vital signs, its rate and ETA, and any warnings."""
+    if progress is None:
+        return state
+    if isinstance(progress, EvaluateProgress):
+        return f"{state} {progress.detail()}"
+    filled = int(bar_width * (progress.fraction or 0.0))
+    bar = "#" * filled + "." * (bar_width - filled)
+    eta = format_duration(progress.eta_s) if progress.images_per_s > 0 else "?"
+    line = f"{state} [{bar}] {progress.detail()} {progress.images_per_s:.0f} img/s ETA {eta}"
+    return "".join([line, *(f" WARNING: {warning}" for warning in progress.warnings)])

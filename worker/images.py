@@ -1,0 +1,75 @@
+"""Image tensors as people and files see them: value ranges, class-row layouts and PNG grids.
+
+Generated and real images travel as uint8 (N, C, H, W) tensors; the networks work in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.utils import make_grid
+
+from shared.shards import encode_png
+from worker.data import ImageData
+from worker.model import GANConfig, Generator
+
+
+def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    return images_uint8.float().div_(127.5).sub_(1.0)  # [0, 255] -> [-1, 1]
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return images.float().add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def class_rows(images: torch.Tensor, labels: torch.Tensor, classes: int, per_row: int = 8) -> torch.Tensor:
+    """PER_ROW images of each of the first CLASSES classes (at most 16), one grid row per class; a class with
+    fewer images is padded with blank ones so that rows stay aligned with the generated grid."""
+    rows = []
+    for label in range(min(classes, 16)):
+        chosen = images[labels == label][:per_row]
+        rows += [chosen, torch.zeros((per_row - len(chosen), *images.shape[1:]), dtype=images.dtype, device=images.device)]
+    return torch.cat(rows)
+
+
+def grid_png(fake: torch.Tensor, real: torch.Tensor | None = None) -> bytes:
+    """PNG of generated images (and real ones on the left when given): the seed's real-vs-fake display."""
+    grid = make_grid(fake, nrow=8, padding=2, pad_value=255)
+    if real is not None:
+        real_grid = make_grid(real.cpu(), nrow=8, padding=2, pad_value=255)
+        spacer = torch.full((grid.shape[0], grid.shape[1], 8), 255, dtype=torch.uint8)
+        grid = torch.cat([real_grid, spacer, grid], dim=2)
+    return encode_png(grid.permute(1, 2, 0).numpy())  # (H, W, C)
+
+
+# The progress grid: the same noise and labels at every step, so a person sees the samples change, not the draw.
+
+
+def fixed_grid_inputs(config: GANConfig, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fixed noise and labels for the progress grid: 8 per class (one row per class), or 64 unconditional."""
+    rng = torch.Generator().manual_seed(seed + 7)
+    if config.conditional:
+        classes = min(config.num_classes, 16)
+        labels = torch.arange(classes).repeat_interleave(8)
+        noise = torch.randn(labels.numel(), config.nz, generator=rng)
+        return noise.to(device), labels.to(device)
+    return torch.randn(64, config.nz, generator=rng).to(device), None
+
+
+def real_grid_images(data: ImageData, config: GANConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Real images (and labels) laid out like the generated grid: 8 of each class, or the first 64."""
+    if not config.conditional:
+        return data.images[:64], None
+    classes = min(config.num_classes, 16)
+    # blank padding is labelled -1, so that it never counts in a class's diversity
+    counts = [min(8, int((data.labels == label).sum())) for label in range(classes)]
+    labels = torch.cat([torch.tensor([label] * count + [-1] * (8 - count)) for label, count in enumerate(counts)])
+    return class_rows(data.images, data.labels, classes), labels.to(data.labels.device)
+
+
+@torch.no_grad()
+def sample_fixed(generator: Generator, noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    was_training = generator.training
+    generator.eval()
+    images = to_uint8(generator(noise, labels)).cpu()  # (n, C, H, W)
+    generator.train(was_training)
+    return images

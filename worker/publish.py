@@ -1,0 +1,99 @@
+"""What a finished training job leaves for people and for the generation jobs: the final real-vs-generated grid,
+the loss curve and the model card (written last: a model card means the model is complete)."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from shared.layout import checkpoint_key, grid_key, loss_curve_key, model_card_key
+from shared.specs import TrainSpec
+from shared.storage import Storage
+from worker import checkpoint
+from worker.data import ImageData
+from worker.images import fixed_grid_inputs, grid_png, real_grid_images, sample_fixed
+from worker.model import Generator
+
+MODEL_CARD_FORMAT = 1
+
+
+def loss_curve_png(history: list[dict[str, float]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [record["step"] for record in history]
+    figure, (losses, outputs) = plt.subplots(1, 2, figsize=(10, 3.5))
+    losses.plot(steps, [r["loss_d"] for r in history], label="loss_D")
+    losses.plot(steps, [r["loss_g"] for r in history], label="loss_G")
+    losses.set_xlabel("step")
+    losses.legend()
+    outputs.plot(steps, [r["d_x"] for r in history], label="D(x)")
+    outputs.plot(steps, [r["d_g_z"] for r in history], label="D(G(z))")
+    outputs.set_xlabel("step")
+    outputs.set_ylim(0, 1)
+    outputs.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """What the training loop hands over: the generator to sample from and how the run went."""
+
+    sampler: Generator
+    steps: int
+    history: list[dict[str, float]]
+    warnings: list[str]
+    device: torch.device
+    precision: str  # what the job trained in: fp32 or bf16
+
+
+def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: ImageData) -> dict[str, Any]:
+    """Write the grid, loss curve and model card of a trained MODEL; returns the job's result."""
+    config = model.sampler.config
+    grid_noise, grid_labels = fixed_grid_inputs(config, spec.seed, model.device)
+    real_grid, _ = real_grid_images(data, config)
+    grid = grid_key(spec.job_id)
+    storage.put_bytes(grid, grid_png(sample_fixed(model.sampler, grid_noise, grid_labels), real_grid), "image/png")
+    curve = loss_curve_key(spec.job_id)
+    storage.put_bytes(curve, loss_curve_png(model.history), "image/png")
+    card = {
+        "format": MODEL_CARD_FORMAT,
+        "job_id": spec.job_id,
+        "dataset": spec.dataset,
+        "dataset_location": data.info.location,
+        "num_train_images": len(data),
+        "class_names": list(data.info.class_names) if config.conditional else [],
+        "config": checkpoint.config_dict(config),
+        "spec": spec.to_dict(),
+        "steps": model.steps,
+        "final": model.history[-1] if model.history else {},
+        "warnings": model.warnings,
+        "device": str(model.device),
+        "precision": model.precision,
+        "checkpoint": checkpoint_key(spec.job_id),
+        "grid": grid,
+        "loss_curve": curve,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    storage.put_text(model_card_key(spec.job_id), json.dumps(card, indent=2, sort_keys=True))
+    return {
+        "model": spec.job_id,
+        "steps": model.steps,
+        "model_card": storage.url_for(model_card_key(spec.job_id)),
+        "checkpoint": storage.url_for(checkpoint_key(spec.job_id)),
+        "grid": storage.url_for(grid),
+        "loss_curve": storage.url_for(curve),
+        "final": card["final"],
+        "warnings": model.warnings,
+    }
