@@ -125,9 +125,6 @@ class ShardWriter:
         self.count = 0
         self.class_counts: dict[int, int] = {}
 
-    def add(self, sample: Sample) -> None:
-        self.add_record(sample_record(sample), sample.label)
-
     def add_record(self, record: bytes, label: int) -> None:
         """Add a sample already rendered by :func:`sample_record` (e.g. in another thread)."""
         self._records.append(record)

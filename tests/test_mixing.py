@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from shared.manifest import Manifest, ShardEntry
 from shared.reader import ShardCorrupt, SyntheticJob
-from shared.shards import Sample, ShardWriter, encode_png, sample_key, sha256_hex, shard_name
+from shared.shards import Sample, ShardWriter, encode_png, sample_key, sample_record, sha256_hex, shard_name
 from shared.storage import FileStorage
 from worker.mixing import MixedDataset
 
@@ -24,7 +24,8 @@ def write_job(storage: FileStorage, job_id: str, shards: list[int], size: int = 
         writer = ShardWriter()
         for _ in range(count):
             image = np.full((size, size), index % 256, dtype=np.uint8)
-            writer.add(Sample(sample_key(index), encode_png(image), index % 10, {"index": index, "job": job_id}))
+            sample = Sample(sample_key(index), encode_png(image), index % 10, {"index": index, "job": job_id})
+            writer.add_record(sample_record(sample), sample.label)
             index += 1
         data = writer.finish()
         storage.put_bytes(f"synthetic/{job_id}/{shard_name(number)}", data)

@@ -14,10 +14,12 @@ import pytest
 import torch
 from torch import nn
 
+from shared.specs import TrainSpec
 from shared.storage import FileStorage
 from worker import checkpoint
 from worker.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KIND, CheckpointError
 from worker.model import Discriminator, GANConfig, Generator, LatentProjection
+from worker.train import new_state, step_functions, train_step
 
 BATCH = 3
 
@@ -203,28 +205,34 @@ class Reducer:
         return (_mark_executed, ("reduce",))
 
 
-def make_state(config: GANConfig) -> dict[str, Any]:
-    torch.manual_seed(3)
-    generator, discriminator = Generator(config), Discriminator(config)
-    optimizer_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    labels = labels_for(config)
-    loss = discriminator(generator(torch.randn(BATCH, config.nz), labels), labels).mean()
-    loss.backward()
-    optimizer_g.step()
-    optimizer_d.step()
-    return {
-        "config": checkpoint.config_dict(config),
-        "generator": generator.state_dict(),
-        "discriminator": discriminator.state_dict(),
-        "optimizer_g": optimizer_g.state_dict(),
-        "optimizer_d": optimizer_d.state_dict(),
-        "step": 1,
-        "epoch": 0,
-        "spec": {"job_id": "t-abc", "dataset": "fake", "epochs": None, "lr": 2e-4},
-        "rng": torch.get_rng_state(),
-        "class_names": ["a", "b"],
+def make_state(config: GANConfig, ema: float = 0.0) -> dict[str, Any]:
+    """A checkpoint exactly as the trainer writes it (``TrainState.to_checkpoint``), after one real training step."""
+    spec = TrainSpec(job_id="t-abc", dataset="fake", nz=config.nz, width=config.width, ema=ema,
+                     conditioning=config.conditioning, spectral_norm=config.spectral_norm, precision="fp32")
+    cpu = torch.device("cpu")
+    state = new_state(spec, config, cpu)
+    real = torch.rand(BATCH, config.channels, config.image_size, config.image_size) * 2 - 1
+    train_step(state, step_functions(spec, state, cpu, num_images=1000), real, labels_for(config), torch.zeros(4))
+    state.step = 1
+    return state.to_checkpoint(spec, ["a", "b"])
+
+
+def test_the_trainers_checkpoint_holds_everything_a_resume_needs() -> None:
+    config = GANConfig(image_size=28, channels=1, nz=16, width=8, num_classes=10)
+    saved = checkpoint.from_bytes(checkpoint.to_bytes(make_state(config, ema=0.9)), "memory")
+    assert set(saved) == {
+        "format", "kind", "config", "spec", "class_names", "step", "generator", "generator_ema", "discriminator",
+        "opt_g", "opt_d", "rng", "history", "warnings",
     }
+    assert set(saved["rng"]) == {"noise"} and saved["spec"]["job_id"] == "t-abc"
+    spec = TrainSpec.from_dict(saved["spec"])
+    resumed = new_state(spec, GANConfig(**saved["config"]), torch.device("cpu"))
+    resumed.load_checkpoint(saved)
+    assert resumed.step == 1 and resumed.generator_ema is not None
+    assert torch.equal(resumed.noise_rng.get_state(), saved["rng"]["noise"])
+    for name, tensor in resumed.discriminator.state_dict().items():
+        assert torch.equal(tensor, saved["discriminator"][name]), name
+    assert resumed.opt_g.state_dict()["state"][0]["exp_avg"].abs().sum() > 0  # Adam's moments came back, not zeros
 
 
 @pytest.mark.parametrize(
@@ -245,19 +253,19 @@ def test_checkpoint_round_trip(config: GANConfig) -> None:
     assert loaded["format"] == CHECKPOINT_FORMAT and loaded["kind"] == CHECKPOINT_KIND
     assert loaded["config"] == checkpoint.config_dict(config)
     assert loaded["step"] == 1 and loaded["spec"] == state["spec"] and loaded["class_names"] == ["a", "b"]
-    assert torch.equal(loaded["rng"], state["rng"])
+    assert torch.equal(loaded["rng"]["noise"], state["rng"]["noise"])
     for network in ("generator", "discriminator"):
         assert loaded[network].keys() == state[network].keys()
         for key, tensor in state[network].items():
             assert torch.equal(loaded[network][key], tensor), key
-    assert loaded["optimizer_g"]["param_groups"] == state["optimizer_g"]["param_groups"]
-    for index, moments in state["optimizer_d"]["state"].items():
-        assert torch.equal(loaded["optimizer_d"]["state"][index]["exp_avg"], moments["exp_avg"])
+    assert loaded["opt_g"]["param_groups"] == state["opt_g"]["param_groups"]
+    for index, moments in state["opt_d"]["state"].items():
+        assert torch.equal(loaded["opt_d"]["state"][index]["exp_avg"], moments["exp_avg"])
 
     rebuilt = checkpoint.generator_from_state(loaded)
     assert not rebuilt.training
     original = Generator(config)
-    original.load_state_dict(state["generator"])
+    original.load_state_dict(state["generator"])  # no EMA in this spec: the live generator samples
     original.eval()
     z = torch.randn(BATCH, config.nz)
     labels = labels_for(config)

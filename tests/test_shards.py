@@ -26,6 +26,7 @@ from shared.shards import (
     encode_pngs,
     read_shard,
     sample_key,
+    sample_record,
     sha256_hex,
     shard_name,
     tar_member,
@@ -49,7 +50,7 @@ def make_samples(count: int, shape: tuple[int, ...], seed: int = 0, start: int =
 def write(samples: list[Sample]) -> bytes:
     writer = ShardWriter()
     for sample in samples:
-        writer.add(sample)
+        writer.add_record(sample_record(sample), sample.label)
     return writer.finish()
 
 
@@ -145,7 +146,7 @@ def test_tar_headers_are_fixed() -> None:
 def test_writer_counts() -> None:
     writer = ShardWriter()
     for sample in make_samples(7, (4, 4)):
-        writer.add(sample)
+        writer.add_record(sample_record(sample), sample.label)
     assert writer.count == 7
     assert writer.class_counts == {0: 3, 1: 2, 2: 2}
     writer.finish()
@@ -162,7 +163,7 @@ def test_empty_shard_is_a_valid_tar() -> None:
 def test_bad_sample_keys_are_refused(key: str) -> None:
     writer = ShardWriter()
     with pytest.raises(ValueError, match="sample key"):
-        writer.add(Sample(key, b"png", 0, {}))
+        writer.add_record(sample_record(Sample(key, b"png", 0, {})), 0)
     assert writer.count == 0
     assert list(read_shard(writer.finish())) == []
 
