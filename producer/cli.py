@@ -24,7 +24,7 @@ from shared.datasets import DatasetNotFound
 from shared.jobs import CANCELLED, FAILURE, SUCCESS
 from shared.layout import job_prefix
 from shared.settings import Settings, SettingsError
-from shared.specs import CONDITIONINGS, LOSSES, PRECISIONS, SpecError, check_job_id
+from shared.specs import CONDITIONINGS, HOLDOUTS, LOSSES, PRECISIONS, SpecError, check_job_id
 from shared.storage import StorageError, open_storage
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3
@@ -99,6 +99,9 @@ def main() -> None:
 @click.option("--precision", type=click.Choice(PRECISIONS),
               help="auto: bf16 autocast where the hardware has bf16 (CUDA, CPUs with AVX512-BF16 or AMX), else fp32.")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the networks.")
+@click.option("--teacher", type=int, help="Train a teacher of this many classifiers on the same images; generated samples then "
+              "carry its class probabilities as soft labels (3 measured well; default: 0, none).")
+@click.option("--teacher-steps", type=int, help="Training steps of each teacher classifier (default: 1000).")
 @handle_errors
 def train(**options: Any) -> None:
     """Enqueue a GAN training job; prints the job id."""
@@ -162,16 +165,22 @@ def evaluate() -> None:
 @evaluate.command("utility")
 @click.option("--dataset", required=True, help="The dataset whose small subset is augmented, e.g. fashion-mnist.")
 @click.option("--per-class", type=int, default=100, show_default=True, help="Real images of each class in the subset.")
-@click.option("--seeds", type=int, default=3, show_default=True, help="Classifier trainings per setting.")
-@click.option("--gan-steps", type=int, help="Steps of the GAN trained on the subset (default: 3000).")
-@click.option("--gan-width", type=int, help="Base channel width of that GAN (default: 64, the seed's).")
-@click.option("--ratios", help="Synthetic:real ratios to try (default: 0.25,0.5,1,2,4).")
-@click.option("--synthetic-weights", help="Loss weights of synthetic samples to try (default: 0.5,0.25).")
-@click.option("--min-confidences", help="Confidence filters to try (default: 0.5,0.9).")
+@click.option("--seeds", type=int, default=5, show_default=True, help="Classifier trainings per setting.")
+@click.option("--gan-steps", type=int, help="Steps of the GAN trained on the subset (default: augment train's budget).")
+@click.option("--gan-width", type=int, help="Base channel width of that GAN (default: augment train's).")
+@click.option("--samples-per-class", type=int, help="GAN samples per class in the pool the classifiers draw from (default: 1000).")
+@click.option("--holdout", type=click.Choice(HOLDOUTS), help="Score on the test split (default; for final figures) or on a "
+              "validation split of training images outside the subset (for choosing recipes and settings).")
+@click.option("--validation-size", type=int, help="Images in that validation split (default: 10000).")
+@click.option("--sweep", is_flag=True, default=None, help="Also run the earlier sweep: synthetic:real ratios, loss weights, "
+              "confidence filters, pre-training (arms (a)-(d)).")
+@click.option("--ratios", help="Sweep: synthetic:real ratios to try (default: 0.25,0.5,1,2,4).")
+@click.option("--synthetic-weights", help="Sweep: loss weights of synthetic samples to try (default: 0.5,0.25).")
+@click.option("--min-confidences", help="Sweep: confidence filters to try (default: 0.5,0.9).")
 @common_evaluate_options
 @handle_errors
 def evaluate_utility(**options: Any) -> None:
-    """Train the same CNN on (a) real, (b) real + flip/crop, (c) real + GAN, (d) both; sweep how GAN data is used."""
+    """Does the GAN add anything? The same CNN on real images, + GAN samples (hard or teacher labels), + mixup (no GAN), + both."""
     submit_evaluation("utility", options)
 
 

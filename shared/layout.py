@@ -1,6 +1,6 @@
 """Where a job's objects live in storage. One place, so producer, worker and readers agree.
 
-    models/<train_job_id>/checkpoint.pt   model.json   grid.png   losses.png   samples/step-0000500.png ...
+    models/<train_job_id>/checkpoint.pt   model.json   teacher.pt   grid.png   losses.png   samples/step-0000500.png ...
     synthetic/<generate_job_id>/shard-000000.tar ...   manifest.json (written last)
     reports/<evaluate_job_id>/report.md   report.json   *.png
     references/<dataset>-<size>px-<channels>ch/classifier.pt   (the reference classifier, trained once)
@@ -30,6 +30,10 @@ def grid_key(job_id: str) -> str:
 
 def loss_curve_key(job_id: str) -> str:
     return join_key("models", job_id, "losses.png")
+
+
+def teacher_key(job_id: str) -> str:
+    return join_key("models", job_id, "teacher.pt")
 
 
 def sample_grid_key(job_id: str, step: int) -> str:

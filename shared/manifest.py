@@ -13,7 +13,9 @@ from typing import Any
 from shared.layout import manifest_key, synthetic_prefix
 from shared.storage import Storage, join_key
 
-MANIFEST_FORMAT = 1
+# Format 2 added ``teacher``; format 1 manifests (no teacher) still read.
+MANIFEST_FORMAT = 2
+READABLE_FORMATS = (1, MANIFEST_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class Manifest:
     channels: int
     spec: dict[str, Any]
     created_at: str
+    # the teacher whose class probabilities each sample's JSON carries as "probs" (worker/teacher.py), or None
+    teacher: dict[str, Any] | None = None
     format: int = MANIFEST_FORMAT
     total: int = field(default=0)
 
@@ -47,8 +51,9 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
-        if data.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"manifest format {data.get('format')!r} is not supported; this reader reads {MANIFEST_FORMAT}")
+        if data.get("format") not in READABLE_FORMATS:
+            raise ValueError(f"manifest format {data.get('format')!r} is not supported; this reader reads "
+                             f"{', '.join(map(str, READABLE_FORMATS))}: upgrade gan-augment")
         data["shards"] = [ShardEntry(**entry) for entry in data["shards"]]
         data.pop("total", None)
         return cls(**data)

@@ -26,21 +26,44 @@ class ShardCorrupt(ValueError):
 @dataclass(frozen=True)
 class SyntheticSample:
     image: np.ndarray  # (H, W) uint8 grey or (H, W, 3) uint8 RGB
-    label: int  # -1 for an unconditional model
-    meta: dict[str, Any]  # class, class_name, model, job, seed, shard, index
+    label: int  # the class it was generated for; -1 for an unconditional model
+    meta: dict[str, Any]  # class, class_name, model, job, seed, shard, index, and probs when the model has a teacher
+
+    @property
+    def probs(self) -> np.ndarray | None:
+        """The teacher's class probabilities (K,) float32, summing to 1: soft targets; None without a teacher."""
+        probs = self.meta.get("probs")
+        if probs is None:
+            return None
+        array = np.asarray(probs, dtype=np.float32)
+        return array / array.sum()  # undo the rounding in the shard, so the targets sum to 1 exactly
+
+
+def teacher_confidence(label: int, meta: dict[str, Any]) -> float:
+    """How sure the teacher is that a sample shows its LABEL (1.0 without a teacher: nothing to filter by)."""
+    probs = meta.get("probs")
+    return 1.0 if probs is None or label < 0 else float(probs[label])
 
 
 class SyntheticJob:
-    """The committed output of one generation job in STORAGE."""
+    """The committed output of one generation job in STORAGE.
 
-    def __init__(self, storage: Storage, job_id: str):
+    MIN_CONFIDENCE drops samples whose teacher gives their label less than that probability (the job needs a
+    teacher: see ``Manifest.teacher``); counts from the manifest (``len``, shard counts) are then upper bounds.
+    """
+
+    def __init__(self, storage: Storage, job_id: str, min_confidence: float = 0.0):
         self.storage = storage
         self.manifest = Manifest.load(storage, job_id)  # ObjectNotFound while the job has not committed
+        if min_confidence > 0 and self.manifest.teacher is None:
+            raise ValueError(f"job {job_id} has no teacher probabilities to filter by; generate from a model trained "
+                             "with a teacher (augment train --teacher 3), or drop min_confidence")
+        self.min_confidence = min_confidence
 
     @classmethod
-    def open(cls, job_id: str, settings: Settings | None = None) -> SyntheticJob:
+    def open(cls, job_id: str, settings: Settings | None = None, min_confidence: float = 0.0) -> SyntheticJob:
         """The job in the store configured by the environment (AUGMENT_STORAGE_URL and the S3 settings)."""
-        return cls(open_storage(settings or Settings.from_env(), create_bucket=False), job_id)
+        return cls(open_storage(settings or Settings.from_env(), create_bucket=False), job_id, min_confidence)
 
     def __len__(self) -> int:
         return self.manifest.total
@@ -57,7 +80,8 @@ class SyntheticJob:
 
     def shard_samples(self, shard: ShardEntry) -> Iterator[SyntheticSample]:
         for sample in read_shard(self.shard_bytes(shard)):
-            yield SyntheticSample(decode_png(sample.png), sample.label, sample.meta)
+            if teacher_confidence(sample.label, sample.meta) >= self.min_confidence:
+                yield SyntheticSample(decode_png(sample.png), sample.label, sample.meta)
 
     def __iter__(self) -> Iterator[SyntheticSample]:
         for shard in self.shards:

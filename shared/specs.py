@@ -24,6 +24,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # below this size, a point between the two measurements (the DiffAugment paper's gains are all under ~20k images).
 SMALL_DATASET = 10_000
 AUTO_AUGMENTATIONS = ("translation", "cutout")
+# The step budget of `augment train` with neither --steps nor --epochs below SMALL_DATASET images (docs/training.md).
+SMALL_DATA_STEPS = 4000
+# The teacher measured in docs/evaluation.md: 3 classifiers of width 32 (84.5-85.0 % each on 1,000 real images).
+AUTO_TEACHER_MEMBERS = 3
 JOB_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{2,63}")
 
 
@@ -122,7 +126,8 @@ class _Spec:
 
 @dataclass(frozen=True)
 class TrainSpec(_Spec):
-    """What to train. ``epochs`` and ``steps`` are exclusive; with neither, one epoch is trained."""
+    """What to train. ``epochs`` and ``steps`` are exclusive; with neither, one epoch is trained, but at least
+    SMALL_DATA_STEPS on a small dataset (one epoch of 1,000 images is 16 steps: nowhere near a trained GAN)."""
 
     kind: ClassVar[str] = "train"
     ranges: ClassVar[dict[str, tuple[float, float]]] = {
@@ -142,6 +147,9 @@ class TrainSpec(_Spec):
         "sample_every": (1, 10_000_000),
         "grad_clip": (0.0, 1e6),
         "ema": (0.0, 0.99999),
+        "teacher": (0, 16),
+        "teacher_width": (4, 256),
+        "teacher_steps": (1, 1_000_000),
     }
 
     job_id: str
@@ -175,6 +183,11 @@ class TrainSpec(_Spec):
     sample_every: int | None = None  # steps between sample grids; None: once per epoch
     precision: str = "auto"  # auto: bf16 autocast where the hardware has bf16 (CUDA, AVX512-BF16/AMX CPUs), else fp32
     compile: bool = False  # torch.compile the networks (faster after a warm-up, on GPUs mostly)
+    # Classifiers trained on the same real images whose averaged probabilities label every generated sample (soft
+    # labels in the shards); 0: no teacher. AUTO_TEACHER_MEMBERS is the teacher measured in docs/evaluation.md.
+    teacher: int = 0
+    teacher_width: int = 32
+    teacher_steps: int = 1000
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
@@ -198,6 +211,10 @@ class TrainSpec(_Spec):
                     raise self._fail(
                         "diffaugment", f"{policy!r} is not allowed; use auto, none or a comma list of {', '.join(AUGMENTATIONS)}"
                     )
+
+    def default_steps(self, num_images: int, steps_per_epoch: int) -> int:
+        """The steps trained when the spec gives neither steps nor epochs."""
+        return max(steps_per_epoch, SMALL_DATA_STEPS) if num_images < SMALL_DATASET else steps_per_epoch
 
     def augmentations(self, num_images: int) -> tuple[str, ...]:
         """The DiffAugment policies for a training set of NUM_IMAGES images."""
@@ -267,6 +284,9 @@ class GenerateSpec(_Spec):
 
 
 EVALUATION_MODES = ("quality", "utility")
+# utility: where the classifiers are scored. "validation" holds out images of the training split that the small
+# subset leaves out, for choosing recipes and settings; "test" is for final figures only.
+HOLDOUTS = ("test", "validation")
 
 
 def _float_list(text: str) -> list[float]:
@@ -282,6 +302,7 @@ class EvaluateSpec(_Spec):
     ranges: ClassVar[dict[str, tuple[float, float]]] = {
         "per_class": (2, 100_000),
         "seeds": (1, 20),
+        "validation_size": (10, 1_000_000),
         "seed": (0, 2**31 - 1),
         "gan_steps": (1, 10_000_000),
         "gan_width": (4, 512),
@@ -296,13 +317,16 @@ class EvaluateSpec(_Spec):
     dataset: str | None = None  # utility: the dataset; quality: the model's own unless given
     model: str | None = None  # quality: the training job whose generator is scored
     per_class: int = 100  # utility: real images of each class in the small subset
-    seeds: int = 3  # utility: classifier trainings per setting (mean and standard deviation)
+    seeds: int = 5  # utility: classifier trainings per setting (mean and standard deviation; +-0.5 points at 1,000 images)
     seed: int = 0
-    gan_steps: int = 3000  # utility: steps of the GAN trained on the subset
-    gan_width: int = 64  # utility: its width (the seed's 64; smaller for smoke runs)
+    gan_steps: int | None = None  # utility: steps of the GAN trained on the subset (None: augment train's default budget)
+    gan_width: int | None = None  # utility: its width (None: augment train's default; smaller for smoke runs)
+    holdout: str = "test"  # utility: score on the test split, or on a validation split carved from the training split
+    validation_size: int = 10_000  # utility: images in that validation split
+    sweep: bool = False  # utility: also run the earlier sweep (ratios, weights, confidence filters, pre-training)
     classifier_steps: int = 1000  # steps of every classifier trained for a setting or for CAS
     reference_steps: int = 1500  # steps of the reference classifier (the feature space), trained once per dataset
-    samples_per_class: int = 1000  # quality: generated images per class to score
+    samples_per_class: int = 1000  # quality: generated images per class to score; utility: the pool of GAN samples
     test_limit: int | None = None  # score against the first TEST_LIMIT real test images (smoke runs)
     ratios: str = "0.25,0.5,1,2,4"  # utility: synthetic images per real image
     synthetic_weights: str = "0.5,0.25"  # utility: loss weights of synthetic samples to try (ratio 1)
@@ -314,6 +338,7 @@ class EvaluateSpec(_Spec):
         check_job_id(self.job_id, kind=self.kind)
         self._check_types_and_ranges()
         self._check_choice("mode", EVALUATION_MODES)
+        self._check_choice("holdout", HOLDOUTS)
         if self.mode == "quality" and self.model is None:
             raise self._fail("model", "a quality evaluation needs the training job id of the model to score")
         if self.model is not None:

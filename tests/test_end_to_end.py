@@ -34,7 +34,7 @@ def storage_for(env: dict[str, str]) -> S3Storage:
 def test_train_generate_and_read_back_with_webdataset(augment_env, start_worker, tmp_path: Path):
     start_worker()
     submitted = run_cli(augment_env, "train", "--dataset", "fake", "--steps", "30", "--width", "8",
-                        "--batch-size", "32", "--image-size", "32")
+                        "--batch-size", "32", "--image-size", "32", "--teacher", "2", "--teacher-steps", "20")
     assert submitted.returncode == 0, submitted.stderr
     train_id = submitted.stdout.strip()
     assert train_id.startswith("t-") and "\n" not in train_id  # the id alone on stdout
@@ -59,6 +59,8 @@ def test_train_generate_and_read_back_with_webdataset(augment_env, start_worker,
     assert manifest.total == 250 and [shard.count for shard in manifest.shards] == [100, 100, 50]
     assert manifest.model_id == train_id and manifest.spec["seed"] == 5
     assert sum(manifest.class_counts.values()) == 250 and len(manifest.class_counts) == 10
+    assert manifest.teacher is not None and manifest.teacher["members"] == 2
+    assert manifest.teacher["key"] == f"models/{train_id}/teacher.pt" and storage.exists(manifest.teacher["key"])
 
     # A downstream pipeline reads the shards with the webdataset package itself, over presigned HTTP URLs.
     for shard in manifest.shards:
@@ -73,6 +75,12 @@ def test_train_generate_and_read_back_with_webdataset(augment_env, start_worker,
     image, label, meta, key = samples[0]
     assert np.asarray(image).shape == (32, 32, 3) and "." not in key
     assert meta["class"] == int(label) and meta["model"] == train_id and meta["seed"] == 5
+    for _, _, meta, _ in samples:  # the teacher's soft labels, rounded in the shard
+        assert len(meta["probs"]) == 10 and abs(sum(meta["probs"]) - 1) < 2e-3 and min(meta["probs"]) >= 0
+    checked = list(SyntheticJob(storage, generate_id))  # the checked reader hands them over as soft targets
+    assert len(checked) == 250 and all(abs(float(sample.probs.sum()) - 1) < 1e-6 for sample in checked)  # type: ignore[union-attr]
+    confident = list(SyntheticJob(storage, generate_id, min_confidence=0.2))
+    assert all(float(sample.probs[sample.label]) >= 0.2 - 1e-3 for sample in confident)  # type: ignore[index]
 
     status = run_cli(augment_env, "status", generate_id, "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["state"] == "SUCCESS"
@@ -143,7 +151,8 @@ def test_utility_evaluation_through_a_worker_and_its_report(augment_env, start_w
     start_worker(queues="evaluate")
     submitted = run_cli(augment_env, "evaluate", "utility", "--dataset", "fake", "--per-class", "6", "--seeds", "2",
                         "--gan-steps", "4", "--gan-width", "8", "--classifier-steps", "10", "--reference-steps", "10",
-                        "--test-limit", "50", "--ratios", "1", "--synthetic-weights", "0.5", "--min-confidences", "0.5")
+                        "--samples-per-class", "10", "--test-limit", "50", "--sweep", "--ratios", "1",
+                        "--synthetic-weights", "0.5", "--min-confidences", "0.5")
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     assert job_id.startswith("e-")
@@ -151,7 +160,10 @@ def test_utility_evaluation_through_a_worker_and_its_report(augment_env, start_w
     assert watched.returncode == 0, watched.stderr
     printed = run_cli(augment_env, "report", job_id)
     assert printed.returncode == 0, printed.stderr
-    assert "| (a) real |" in printed.stdout and "(d) - (b), best setting" in printed.stdout
+    for arm in ("real", "real + GAN, hard labels", "real + mixup, teacher labels (no GAN)", "real + GAN, teacher labels",
+                "real + mixup + GAN, teacher labels", "(a) real"):
+        assert f"| {arm} |" in printed.stdout
+    assert "The GAN's own share" in printed.stdout and "Sweep: (c) - (a)" in printed.stdout
     fetched = run_cli(augment_env, "fetch", job_id, "--out", str(tmp_path / "report"))
     assert fetched.returncode == 0, fetched.stderr
     assert {"accuracy.png", "grid.png", "report.md", "report.json"} <= {path.name for path in (tmp_path / "report").iterdir()}

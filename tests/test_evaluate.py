@@ -55,22 +55,39 @@ SMOKE = dict(classifier_steps=20, reference_steps=20, test_limit=100)
 def test_utility_report_end_to_end(tmp_path: Path):
     storage = FileStorage(tmp_path)
     spec = EvaluateSpec(job_id="e-utility", mode="utility", dataset="fake", per_class=8, seeds=2, gan_steps=6, gan_width=8,
-                        ratios="0.5,1", synthetic_weights="0.5", min_confidences="0.5", **SMOKE)  # type: ignore[arg-type]
+                        samples_per_class=10, sweep=True, ratios="0.5,1", synthetic_weights="0.5", min_confidences="0.5",
+                        **SMOKE)  # type: ignore[arg-type]
     stages: list[str] = []
     result = run_utility(spec, Settings(), storage, lambda info: stages.append(info.stage))
-    assert stages[0] == "training the GAN on the real subset" and stages[-1] == "setting: done"
+    assert stages[0] == "training the GAN and its teacher on the real subset" and stages[-1] == "setting: done"
     assert sorted(storage.list("reports/e-utility")) == [
         f"reports/e-utility/{name}" for name in ("accuracy.png", "grid.png", "losses.png", "report.json", "report.md")
     ]
     report = json.loads(storage.get_text("reports/e-utility/report.json"))
-    assert len(report["outcomes"]) == 2 + 2 * 5 and all(len(o["accuracies"]) == 2 for o in report["outcomes"])
-    assert report["real_images"] == 80 and report["delta_c"] == result["delta_c"]
+    assert len(report["outcomes"]) == 5 + 2 + 2 * 5 and all(len(o["accuracies"]) == 2 for o in report["outcomes"])
+    assert report["real_images"] == 80 and report["gan_share"] == result["gan_share"] and report["holdout"] == "test"
+    assert report["teacher"]["members"] == 3 and report["teacher"]["steps"] == SMOKE["classifier_steps"]
     markdown = storage.get_text("reports/e-utility/report.md")
-    assert "| (a) real |" in markdown and "(c) - (a), best setting" in markdown and "Feature space" not in markdown
-    assert "feature space: penultimate layer" in markdown
-    assert storage.exists("models/e-utility-gan/model.json")  # the GAN saw the 80 subset images only
+    assert markdown.index("The GAN's own share") < markdown.index("| setting |")  # the verdict first
+    assert "| real + mixup, teacher labels (no GAN) |" in markdown and "Sweep: (c) - (a)" in markdown
+    assert "feature space: penultimate layer" in markdown and "per-class FID" in markdown
     card = json.loads(storage.get_text("models/e-utility-gan/model.json"))
-    assert card["num_train_images"] == 80 and card["spec"]["per_class"] == 8
+    assert card["num_train_images"] == 80 and card["spec"]["per_class"] == 8  # the GAN saw the 80 subset images only
+
+
+def test_utility_on_a_validation_split_never_reads_the_test_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import worker.evaluate as evaluate
+
+    def no_test_split(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the test split was read")
+
+    monkeypatch.setattr(evaluate, "_test_split", no_test_split)
+    spec = EvaluateSpec(job_id="e-valid", mode="utility", dataset="fake", per_class=8, seeds=1, gan_steps=2, gan_width=8,
+                        samples_per_class=4, holdout="validation", validation_size=60, **SMOKE)  # type: ignore[arg-type]
+    run_utility(spec, Settings(), FileStorage(tmp_path))
+    report = json.loads(FileStorage(tmp_path).get_text("reports/e-valid/report.json"))
+    assert report["held_out_images"] == 60 and report["holdout"] == "validation"
+    assert "validation (training-split) images" in FileStorage(tmp_path).get_text("reports/e-valid/report.md")
 
 
 def test_quality_report_end_to_end(tmp_path: Path):

@@ -80,7 +80,7 @@ def test_samples_carry_their_labels_and_pixels(tmp_path: Path) -> None:
     storage = FileStorage(tmp_path)
     job = write_job(storage, "g-aaa", [10, 10])
     images, labels = real_set(20)
-    for image, label, synthetic, key in MixedDataset(images, labels, [job], ratio=1.0, chunk_size=8):
+    for image, label, _, synthetic, key in MixedDataset(images, labels, [job], ratio=1.0, chunk_size=8):
         index = int(key.split("/")[1])
         assert image.shape == (1, 8, 8) and image.dtype == torch.uint8
         assert int(image[0, 0, 0]) == index % 256 and label == index % 10

@@ -1,13 +1,19 @@
-"""Does GAN data help a classifier trained on little real data? The augmentation-utility experiment.
+"""Does GAN data help a classifier trained on little real data? The augmentation study.
 
-The same small CNN is trained, with the same number of steps, on
-  (a) the real subset,  (b) the real subset with classic augmentation (flip, crop),
-  (c) the real subset plus GAN samples,  (d) both,
-and tested on the real test split. Naive mixing can hurt, so (c) and (d) are swept over how the synthetic data
-is used: the synthetic:real ratio, a lower loss weight for synthetic samples, keeping only synthetic samples whose
-label a classifier trained on the same real subset believes, and pre-training on synthetic data then fine-tuning
-on real data. Every setting runs with several seeds; the summary names the best setting and says plainly when
-no setting beats its baseline.
+Every arm trains the same small CNN for the same steps and seeds on the same real subset, with the same classic
+augmentation (per-sample random crop and flip), and is tested on the same held-out images. The arms differ only in
+a second batch of inputs each step (the same number of them in every arm that has one):
+
+  real                               no second batch
+  + GAN, hard labels                 GAN samples with the label they were generated for (cross-entropy)
+  + mixup, teacher labels (no GAN)   mixtures of two real images, labelled by the teacher's probabilities
+  + GAN, teacher labels              GAN samples labelled by the teacher's probabilities
+  + mixup + GAN, teacher labels      half of each
+
+The teacher is the GAN training job's own (classifiers trained on the same real images, worker/teacher.py). The
+verdict names the GAN's own share: the best arm with GAN samples minus the best arm without them. The earlier sweep
+over how GAN samples are mixed in (ratio, loss weight, confidence filter, pre-training; arms (a)-(d)) stays
+available as an option.
 """
 
 from __future__ import annotations
@@ -18,27 +24,48 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from worker.classifier import Classifier, accuracy, label_confidence, train_classifier
+from worker.classifier import Classifier, ExtraBatch, accuracy, label_confidence, train_classifier
+from worker.teacher import Teacher
 
 # The classifier every setting trains: small, so that a sweep of ~20 settings x seeds fits minutes on a CPU.
 SMALL_CNN: dict[str, Any] = {"width": 16, "batch_size": 64}
 
 
+# Where a step's second batch comes from: GAN samples with their conditioning labels, GAN samples with the teacher's
+# probabilities, or mixtures of two real images with the teacher's probabilities.
+EXTRA_SOURCES = ("gan_hard", "gan_soft", "mixup")
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
-    arm: str  # a, b, c or d
-    ratio: float = 0.0  # synthetic images per real image
-    weight: float = 1.0  # loss weight of a synthetic sample (a real one weighs 1)
-    min_confidence: float = 0.0  # keep synthetic samples the real-subset classifier gives their label at least this
-    pretrain: bool = False  # train on synthetic only, then fine-tune on real
-    classic: bool = False  # flip and crop augmentation
+    arm: str  # the study's arms: real, gan-hard, mixup, gan-soft, both; the optional sweep's: a, b, c, d
+    ratio: float = 0.0  # sweep: synthetic images per real image, pooled with the real ones
+    weight: float = 1.0  # sweep: loss weight of a synthetic sample (a real one weighs 1)
+    min_confidence: float = 0.0  # sweep: keep synthetic samples the real-subset classifier gives their label at least this
+    pretrain: bool = False  # sweep: train on synthetic only, then fine-tune on real
+    classic: bool = False  # per-sample random crop and flip
+    extra: tuple[str, ...] = ()  # study: sources of the second batch each step, sharing it equally
 
     @property
     def baseline(self) -> str:
-        """The arm this setting is compared with: (c) with (a), (d) with (b)."""
-        return {"c": "a", "d": "b"}.get(self.arm, self.arm)
+        """The arm this setting is compared with: (c) with (a), (d) with (b); a study arm with the real one."""
+        return {"c": "a", "d": "b"}.get(self.arm, self.arm if self.arm in "ab" else "real")
+
+    @property
+    def uses_gan(self) -> bool:
+        return self.ratio > 0 or any(source.startswith("gan") for source in self.extra)
+
+
+STUDY_ARMS = [
+    Setting("real", "real", classic=True),
+    Setting("real + GAN, hard labels", "gan-hard", classic=True, extra=("gan_hard",)),
+    Setting("real + mixup, teacher labels (no GAN)", "mixup", classic=True, extra=("mixup",)),
+    Setting("real + GAN, teacher labels", "gan-soft", classic=True, extra=("gan_soft",)),
+    Setting("real + mixup + GAN, teacher labels", "both", classic=True, extra=("mixup", "gan_soft")),
+]
 
 
 def sweep(ratios: list[float], weights: list[float], confidences: list[float]) -> list[Setting]:
@@ -63,6 +90,9 @@ class ExperimentData:
     test_labels: torch.Tensor
     num_classes: int
     synthetic_confidence: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (M,), see filter_by_confidence
+    teacher: Teacher | None = None  # labels mixup images on the fly
+    synthetic_probs: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (M, K): the teacher's, per GAN sample
+    extra_batch: int = 64  # second-batch inputs per step, in every arm that has a second batch
 
 
 def synthetic_subset(data: ExperimentData, setting: Setting, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,14 +106,45 @@ def synthetic_subset(data: ExperimentData, setting: Setting, seed: int) -> tuple
     return data.synthetic_images[chosen], data.synthetic_labels[chosen]
 
 
+def mix_real_pairs(images: torch.Tensor, count: int, rng: torch.Generator) -> torch.Tensor:
+    """COUNT mixtures l * x_i + (1 - l) * x_j of random real image pairs, l ~ U(0, 1) (mixup), as uint8 images."""
+    first, second = torch.randint(0, len(images), (2, count), generator=rng)
+    share = torch.rand(count, 1, 1, 1, generator=rng)
+    return (share * images[first].float() + (1 - share) * images[second].float()).round().to(torch.uint8)
+
+
+def extra_batches(data: ExperimentData, sources: tuple[str, ...]) -> ExtraBatch:
+    """A step's second batch for SOURCES: DATA.extra_batch inputs with their target probabilities, split equally."""
+    each = data.extra_batch // len(sources)
+
+    def draw(rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        images, targets = [], []
+        for source in sources:
+            if source == "mixup":
+                assert data.teacher is not None, "mixup arms need a teacher"
+                mixed = mix_real_pairs(data.real_images, each, rng)
+                images.append(mixed)
+                targets.append(data.teacher.probs(mixed))
+                continue
+            chosen = torch.randint(0, len(data.synthetic_images), (each,), generator=rng)
+            images.append(data.synthetic_images[chosen])
+            targets.append(data.synthetic_probs[chosen] if source == "gan_soft"
+                           else F.one_hot(data.synthetic_labels[chosen], data.num_classes).float())
+        return torch.cat(images), torch.cat(targets)
+
+    return draw
+
+
 def run_setting(data: ExperimentData, setting: Setting, seed: int, steps: int) -> float:
-    """Train SETTING's classifier with SEED; returns its accuracy on the real test split."""
+    """Train SETTING's classifier with SEED; returns its accuracy on the held-out images."""
     synthetic, synthetic_labels = synthetic_subset(data, setting, seed)
     def train(images: torch.Tensor, labels: torch.Tensor, **options: Any) -> Classifier:
         return train_classifier(images, labels, data.num_classes, steps=steps, seed=seed, augment=setting.classic,
                                 **SMALL_CNN, **options)
 
-    if setting.pretrain and len(synthetic):
+    if setting.extra:
+        model = train(data.real_images, data.real_labels, extra=extra_batches(data, setting.extra))
+    elif setting.pretrain and len(synthetic):
         model = train(data.real_images, data.real_labels, init=train(synthetic, synthetic_labels))
     elif len(synthetic):
         images = torch.cat([data.real_images, synthetic])
@@ -165,3 +226,33 @@ def verdict(outcomes: list[Outcome]) -> Verdict:
         naive_delta_c=plain("c").mean - baseline["a"].mean, naive_delta_d=plain("d").mean - baseline["b"].mean,
         helps=helps, warning=warning,
     )
+
+
+@dataclass(frozen=True)
+class GanShare:
+    """What the GAN's samples add: the best setting that uses them against the best that does not."""
+
+    with_gan: Outcome
+    without_gan: Outcome
+    share: float  # with_gan.mean - without_gan.mean, in accuracy (fractions of 1)
+    over_real: float  # with_gan.mean - the "real" arm's (or (b)'s) mean: the gain over the fair classic baseline
+    helps: bool  # share positive and larger than one standard deviation of either
+    warning: str | None
+
+
+def gan_share(outcomes: list[Outcome]) -> GanShare:
+    with_gan = max((o for o in outcomes if o.setting.uses_gan), key=lambda o: o.mean)
+    without_gan = max((o for o in outcomes if not o.setting.uses_gan), key=lambda o: o.mean)
+    baseline = next(o for o in outcomes if o.setting.arm in ("real", "b"))
+    share = with_gan.mean - without_gan.mean
+    noise = max(with_gan.std, without_gan.std)
+    helps = share > noise
+    warning = None
+    if share <= 0:
+        warning = (f"The GAN's samples add nothing here: the best setting with them ({with_gan.setting.name}) is "
+                   f"{-100 * share:.2f} points below the best without them ({without_gan.setting.name}). Train without "
+                   "them, or train a better GAN.")
+    elif not helps:
+        warning = (f"The GAN's share (+{100 * share:.2f} points) is within the seed-to-seed noise "
+                   f"(std {100 * with_gan.std:.2f} and {100 * without_gan.std:.2f}): not shown to help.")
+    return GanShare(with_gan, without_gan, share, with_gan.mean - baseline.mean, helps, warning)

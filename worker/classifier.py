@@ -8,6 +8,7 @@ The Frechet distance itself comes from torchmetrics, which accepts a custom feat
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -74,25 +75,48 @@ class FeatureExtractor(nn.Module):
             return self.classifier.features(images).double()
 
 
-def classic_augment(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """The textbook augmentation for small images: random horizontal flip and a random crop after 2-pixel padding."""
-    batch, _, height, width = images.shape
-    flip = torch.rand(batch, generator=rng) < 0.5
-    images = torch.where(flip[:, None, None, None].to(images.device), images.flip(-1), images)
-    padded = F.pad(images, [2, 2, 2, 2], value=-1.0)  # (B, C, H+4, W+4), padded with black
-    dy, dx = torch.randint(0, 5, (2,), generator=rng).tolist()  # one offset per batch: cheap, and enough here
-    return padded[:, :, dy : dy + height, dx : dx + width]
+def classic_augment(images: torch.Tensor, rng: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """The textbook augmentation for small images, drawn per sample: a random crop after PAD-pixel padding (black)
+    and a random horizontal flip. Every dataset this project reads has mirror-symmetric classes (clothes, CIFAR's
+    objects, photos), so the flip is always on.
+
+    One offset per batch, as this function drew before, measured 81.6 % against 83.2 % per sample (Fashion-MNIST,
+    1,000 real images, 3 seeds): a baseline that weak flatters anything compared with it.
+    """
+    batch, channels, height, width = images.shape
+    flip = (torch.rand(batch, generator=rng) < 0.5).to(images.device)
+    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    padded = F.pad(images, [pad, pad, pad, pad], value=-1.0)  # (B, C, H+2p, W+2p), padded with black
+    padded_width = width + 2 * pad
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, batch, 1), generator=rng).to(images.device)  # (B, 1) each
+    rows = dy + torch.arange(height, device=images.device).repeat_interleave(width)  # (B, H*W)
+    cols = dx + torch.arange(width, device=images.device).repeat(height)
+    # one gather over the flattened padded images: per-sample slicing in a Python loop cost 10x more
+    index = (rows * padded_width + cols)[:, None, :].expand(-1, channels, -1)  # (B, C, H*W)
+    return padded.flatten(2).gather(2, index).view(batch, channels, height, width)
+
+
+# Extra inputs for one step: uint8 images (S, C, H, W) with target class probabilities (S, K)
+ExtraBatch = Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against class probabilities, per sample: KL(targets || softmax(logits)) plus the targets'
+    entropy, which has no gradient; with one-hot targets it is the usual cross-entropy."""
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1)  # (B,)
 
 
 def train_classifier(
     images: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 1500, batch_size: int = 128,
     seed: int = 0, lr: float = 1e-3, weights: torch.Tensor | None = None, augment: bool = False,
-    init: Classifier | None = None, width: int = 32,
+    init: Classifier | None = None, width: int = 32, extra: ExtraBatch | None = None, extra_weight: float = 1.0,
 ) -> Classifier:
     """Train a classifier on uint8 IMAGES (N, C, H, W) with labels (N,).
 
     WEIGHTS (N,) scale each sample's loss (e.g. less for synthetic samples); AUGMENT applies
-    :func:`classic_augment`; INIT starts from another classifier's weights (fine-tuning).
+    :func:`classic_augment` to every input; INIT starts from another classifier's weights (fine-tuning).
+    EXTRA adds a batch per step with target probabilities (soft labels from a teacher, or one-hot ones), whose mean
+    soft cross-entropy is added to the real batch's loss with weight EXTRA_WEIGHT.
     """
     torch.manual_seed(seed)
     config = ClassifierConfig(image_size=images.shape[-1], channels=images.shape[1], num_classes=num_classes, width=width)
@@ -101,18 +125,23 @@ def train_classifier(
         model.load_state_dict(init.state_dict())
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     rng = torch.Generator().manual_seed(seed)
+
+    def logits_of(batch: torch.Tensor) -> torch.Tensor:
+        inputs = model.prepare(batch)
+        return model.head(model.body(classic_augment(inputs, rng) if augment else inputs))
+
     model.train()
     for _ in range(steps):
         index = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=rng).to(images.device)
-        inputs = model.prepare(images[index])
-        if augment:
-            inputs = classic_augment(inputs, rng)
-        losses = F.cross_entropy(model.head(model.body(inputs)), labels[index], reduction="none")  # (B,)
+        losses = F.cross_entropy(logits_of(images[index]), labels[index], reduction="none")  # (B,)
         if weights is not None:
             batch_weights = weights[index]
             loss = (losses * batch_weights).sum() / batch_weights.sum().clamp_min(1e-12)
         else:
             loss = losses.mean()
+        if extra is not None:
+            extra_images, targets = extra(rng)
+            loss = loss + extra_weight * soft_cross_entropy(logits_of(extra_images), targets).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -136,23 +165,33 @@ def label_confidence(model: Classifier, images: torch.Tensor, labels: torch.Tens
     ])
 
 
-REFERENCE_FORMAT = 1
+# Format 2 stores a list of members (an ensemble); a reference classifier is an ensemble of one.
+CLASSIFIER_FORMAT = 2
+REFERENCE_KIND = "gan-augment/reference-classifier"
+TEACHER_KIND = "gan-augment/teacher-ensemble"
 
 
-def reference_to_bytes(model: Classifier, meta: dict[str, Any]) -> bytes:
-    """A self-describing reference classifier: config, weights, what it was trained on and how well it does."""
+class ClassifierFileError(ValueError):
+    """A stored classifier is of another kind or format (a stale cache, or the wrong file)."""
+
+
+def classifiers_to_bytes(kind: str, members: list[Classifier], meta: dict[str, Any]) -> bytes:
+    """Self-describing classifiers: kind, config, every member's weights, and what they were trained on."""
     buffer = io.BytesIO()
-    torch.save({"format": REFERENCE_FORMAT, "kind": "gan-augment/reference-classifier",
-                "config": asdict(model.config), "weights": model.state_dict(), "meta": meta}, buffer)
+    torch.save({"format": CLASSIFIER_FORMAT, "kind": kind, "config": asdict(members[0].config),
+                "members": [member.state_dict() for member in members], "meta": meta}, buffer)
     return buffer.getvalue()
 
 
-def reference_from_bytes(data: bytes) -> tuple[Classifier, dict[str, Any]]:
+def classifiers_from_bytes(kind: str, data: bytes) -> tuple[list[Classifier], dict[str, Any]]:
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("kind") != "gan-augment/reference-classifier":
-        raise ValueError("not a gan-augment reference classifier")
-    if state.get("format") != REFERENCE_FORMAT:
-        raise ValueError(f"reference classifier format {state.get('format')!r}; this worker reads {REFERENCE_FORMAT}")
-    model = Classifier(ClassifierConfig(**state["config"]))
-    model.load_state_dict(state["weights"])
-    return model.eval(), state["meta"]
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        raise ClassifierFileError(f"not a {kind} file")
+    if state.get("format") != CLASSIFIER_FORMAT:
+        raise ClassifierFileError(f"{kind} format {state.get('format')!r}; this worker reads {CLASSIFIER_FORMAT}")
+    members = []
+    for weights in state["members"]:
+        member = Classifier(ClassifierConfig(**state["config"]))
+        member.load_state_dict(weights)
+        members.append(member.eval())
+    return members, state["meta"]

@@ -284,3 +284,19 @@ def _decode_image(data: bytes, ref: str, size: int, mode: str) -> np.ndarray:
 
 
 __all__ = ["ImageData", "load_dataset", "read_idx", "LUMA_WEIGHTS", "SPLITS"]
+
+
+def held_out_split(
+    name: str, settings: Settings, per_class: int, seed: int, size: int, image_size: int | None = None,
+    channels: int | None = None,
+) -> ImageData:
+    """SIZE images of the training split that the PER_CLASS/SEED subset (:func:`load_dataset`) leaves out: a validation
+    split for choosing recipes and settings, so that the test split is touched by final figures only."""
+    full = load_dataset(name, settings, "train", image_size=image_size, channels=channels)
+    subset = _select(full.labels, None, per_class, seed)
+    outside = torch.ones(len(full), dtype=torch.bool)
+    if subset is not None:
+        outside[subset] = False
+    candidates = torch.nonzero(outside).flatten()
+    chosen = candidates[torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed + 1))[:size]].sort().values
+    return ImageData(images=full.images[chosen], labels=full.labels[chosen], info=full.info)

@@ -21,22 +21,37 @@ import torch
 from shared.layout import model_prefix, reference_key, report_prefix
 from shared.progress import EvaluateProgress
 from shared.settings import Settings
-from shared.specs import EvaluateSpec, TrainSpec
+from shared.specs import AUTO_TEACHER_MEMBERS, EvaluateSpec, TrainSpec
 from shared.storage import Storage, join_key
-from worker.augmentation_study import SMALL_CNN, ExperimentData, Outcome, Verdict, filter_by_confidence, run_sweep, sweep, verdict
+from worker.augmentation_study import (
+    SMALL_CNN,
+    STUDY_ARMS,
+    ExperimentData,
+    GanShare,
+    Outcome,
+    Verdict,
+    filter_by_confidence,
+    gan_share,
+    run_sweep,
+    sweep,
+    verdict,
+)
 from worker.checkpoint import load_model
 from worker.classifier import (
     FEATURE_SPACE,
+    REFERENCE_KIND,
     Classifier,
+    ClassifierFileError,
     accuracy,
-    reference_from_bytes,
-    reference_to_bytes,
+    classifiers_from_bytes,
+    classifiers_to_bytes,
     train_classifier,
 )
-from worker.data import ImageData, load_dataset
+from worker.data import ImageData, held_out_split, load_dataset
 from worker.images import class_rows, grid_png, to_uint8
 from worker.metrics import InceptionFeatures, Quality, measure_quality
 from worker.model import Generator
+from worker.teacher import load_teacher
 from worker.train import TrainHooks, run_training
 
 log = logging.getLogger("augment.evaluate")
@@ -49,7 +64,11 @@ def reference_classifier(
     """The dataset's reference classifier: loaded from storage, or trained on the real training split and stored."""
     key = reference_key(dataset, image_size, channels)
     if storage.exists(key):
-        return reference_from_bytes(storage.get_bytes(key))
+        try:
+            (model,), meta = classifiers_from_bytes(REFERENCE_KIND, storage.get_bytes(key))
+            return model, meta
+        except ClassifierFileError as exc:  # a reference stored by an older version: a cache, so train it again
+            log.info("reference classifier for %s is stale (%s); training it again", dataset, exc)
     train = load_dataset(dataset, settings, "train", image_size=image_size, channels=channels)
     test = load_dataset(dataset, settings, "test", image_size=image_size, channels=channels)
     started = time.perf_counter()
@@ -59,7 +78,7 @@ def reference_classifier(
         "steps": steps, "test_accuracy": accuracy(model, test.images, test.labels),
         "train_seconds": round(time.perf_counter() - started, 1), "feature_space": FEATURE_SPACE,
     }
-    storage.put_bytes(key, reference_to_bytes(model, meta))
+    storage.put_bytes(key, classifiers_to_bytes(REFERENCE_KIND, [model], meta))
     log.info("reference classifier for %s: test accuracy %.4f", dataset, meta["test_accuracy"])
     return model, meta
 
@@ -183,7 +202,8 @@ def accuracy_chart(outcomes: list[Outcome]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"a": "#888888", "b": "#4c72b0", "c": "#dd8452", "d": "#55a868"}
+    colours = {"real": "#4c72b0", "mixup": "#8172b3", "gan-hard": "#dd8452", "gan-soft": "#c44e52", "both": "#55a868",
+               "a": "#888888", "b": "#4c72b0", "c": "#dd8452", "d": "#55a868"}
     figure, axes = plt.subplots(figsize=(10, 0.32 * len(outcomes) + 1.2))
     positions = range(len(outcomes))[::-1]
     axes.barh(list(positions), [100 * o.mean for o in outcomes], xerr=[100 * o.std for o in outcomes],
@@ -199,30 +219,39 @@ def accuracy_chart(outcomes: list[Outcome]) -> bytes:
     return buffer.getvalue()
 
 
-def _utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[Outcome], result: Verdict,
-                      gan_id: str, feature_note: str, seconds: float) -> str:
-    baseline = {o.setting.arm: o.mean for o in outcomes if o.setting.name.startswith(("(a)", "(b)"))}
+def _utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[Outcome], share: GanShare,
+                      sweep_result: Verdict | None, gan: dict[str, Any], feature_note: str, seconds: float) -> str:
+    means = {o.setting.arm: o.mean for o in outcomes if o.setting.arm in ("real", "a", "b")}
     rows = ["| setting | accuracy (mean) | std | vs its baseline | per seed |", "|---|---|---|---|---|"]
     for outcome in outcomes:
-        delta = outcome.mean - baseline[outcome.setting.baseline]
-        versus = "" if outcome.setting.arm in "ab" else f"{100 * delta:+.2f}"
+        baseline = means.get(outcome.setting.baseline)
+        versus = "" if outcome.setting.arm in ("real", "a", "b") or baseline is None else f"{100 * (outcome.mean - baseline):+.2f}"
         seeds = ", ".join(f"{100 * value:.2f}" for value in outcome.accuracies)
         rows.append(f"| {outcome.setting.name} | {100 * outcome.mean:.2f} | {100 * outcome.std:.2f} | {versus} | {seeds} |")
     verdict_lines = [
-        f"- (c) - (a), best setting: **{100 * result.delta_c:+.2f} points** ({result.best_c.setting.name}); "
-        f"plain mixing at ratio 1: {100 * result.naive_delta_c:+.2f}",
-        f"- (d) - (b), best setting: **{100 * result.delta_d:+.2f} points** ({result.best_d.setting.name}); "
-        f"plain mixing at ratio 1: {100 * result.naive_delta_d:+.2f}",
-        f"- best setting overall: **{result.best.setting.name}** ({100 * result.best.mean:.2f} %)",
+        f"- The GAN's own share: **{100 * share.share:+.2f} points**: best with GAN samples, {share.with_gan.setting.name} "
+        f"({100 * share.with_gan.mean:.2f} +- {100 * share.with_gan.std:.2f}), minus best without, "
+        f"{share.without_gan.setting.name} ({100 * share.without_gan.mean:.2f} +- {100 * share.without_gan.std:.2f}).",
+        f"- Best with GAN samples over the classic-augmentation baseline: **{100 * share.over_real:+.2f} points**.",
     ]
-    if result.warning:
-        verdict_lines.append(f"- **WARNING: {result.warning}**")
+    if share.warning:
+        verdict_lines.append(f"- **WARNING: {share.warning}**")
+    if sweep_result is not None:
+        verdict_lines += [
+            f"- Sweep: (c) - (a), best setting: {100 * sweep_result.delta_c:+.2f} points ({sweep_result.best_c.setting.name}); "
+            f"(d) - (b): {100 * sweep_result.delta_d:+.2f} ({sweep_result.best_d.setting.name}).",
+        ]
+    held_out = f"{len(data.test_images)} real {'test' if spec.holdout == 'test' else 'validation (training-split)'} images"
+    teacher = gan.get("teacher") or {}
     return "\n".join([
         f"# Does synthetic data help? {spec.dataset}, {spec.per_class} real images per class", "",
-        f"The GAN (`{gan_id}`, {spec.gan_steps} steps) was trained on the same {len(data.real_images)} real images "
-        f"as the classifiers and on nothing else. Each setting trains the same small CNN for {spec.classifier_steps} "
-        f"steps, {spec.seeds} seeds, tested on {len(data.test_images)} real test images. Accuracies in %.", "",
         *verdict_lines, "",
+        f"The GAN (`{gan['job_id']}`, {gan['steps']} steps, width {gan['config']['width']}) and its teacher "
+        f"({teacher.get('members', 0)} classifiers of width {teacher.get('width', '-')}) were trained on the same "
+        f"{len(data.real_images)} real images as the classifiers and on nothing else. Every setting trains the same "
+        f"small CNN for {spec.classifier_steps} steps with per-sample random crop and flip (unless it says otherwise), "
+        f"{spec.seeds} seeds, tested on {held_out}; settings with a second batch see {data.extra_batch} extra inputs per "
+        "step. Accuracies in %.", "",
         *rows, "",
         f"Sample quality of the GAN: {feature_note}", "",
         "Images: `accuracy.png` (bars with one-standard-deviation error bars), `grid.png` (real left, generated "
@@ -231,54 +260,79 @@ def _utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[O
     ])
 
 
+def _gan_spec(spec: EvaluateSpec, gan_id: str) -> TrainSpec:
+    """The study's GAN: augment train's defaults on the real subset only, with a teacher for the soft labels whose
+    classifiers train as long as the study's."""
+    assert spec.dataset is not None
+    chosen = {name: value for name, value in (("steps", spec.gan_steps), ("width", spec.gan_width)) if value is not None}
+    return TrainSpec.from_dict({"job_id": gan_id, "dataset": spec.dataset, "per_class": spec.per_class, "seed": spec.seed,
+                                "teacher": AUTO_TEACHER_MEMBERS, "teacher_steps": spec.classifier_steps, **chosen})
+
+
+def _held_out(spec: EvaluateSpec, settings: Settings, image_size: int, channels: int) -> ImageData:
+    assert spec.dataset is not None
+    if spec.holdout == "validation":
+        return held_out_split(spec.dataset, settings, spec.per_class, spec.seed, spec.validation_size, image_size, channels)
+    return _test_split(spec, settings, spec.dataset, image_size, channels)
+
+
 def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None) -> dict[str, Any]:
-    """The augmentation-utility experiment (see :mod:`worker.augmentation_study`) on SPEC's dataset; writes its report."""
+    """The augmentation study (see :mod:`worker.augmentation_study`) on SPEC's dataset; writes its report."""
     assert spec.dataset is not None  # the spec requires it for this mode
     started = time.perf_counter()
     subset = load_dataset(spec.dataset, settings, "train", per_class=spec.per_class, seed=spec.seed)
     image_size, channels = subset.images.shape[-1], subset.images.shape[1]
     num_classes = len(subset.info.class_names)
-    gan_id = f"{spec.job_id}-gan"[:64]
-    progress(EvaluateProgress("training the GAN on the real subset", 0, spec.gan_steps))
-    gan_spec = TrainSpec(job_id=gan_id, dataset=spec.dataset, steps=spec.gan_steps, per_class=spec.per_class,
-                         seed=spec.seed, width=spec.gan_width, checkpoint_every=max(500, spec.gan_steps // 4),
-                         sample_every=max(1, spec.gan_steps // 10))  # a small subset makes epochs of a step or two
-    gan_progress = TrainHooks(progress=lambda info: progress(
-        EvaluateProgress("training the GAN on the real subset", info.step, info.total_steps)))
-    run_training(gan_spec, settings, storage, gan_progress)  # resumes from its checkpoint if this job was interrupted
-    generator, _ = load_model(storage, gan_id, torch.device("cpu"))
-    pool_per_class = max(2, round(max(spec.ratio_list) * spec.per_class))
+    gan_spec = _gan_spec(spec, f"{spec.job_id}-gan"[:64])
+    stage = "training the GAN and its teacher on the real subset"
+    progress(EvaluateProgress(stage, 0, gan_spec.steps))
+    hooks = TrainHooks(progress=lambda info: progress(EvaluateProgress(stage, info.step, info.total_steps)))
+    run_training(gan_spec, settings, storage, hooks)  # resumes from its checkpoint if this job was interrupted
+    generator, card = load_model(storage, gan_spec.job_id, torch.device("cpu"))
+    teacher = load_teacher(storage, gan_spec.job_id)
+    assert teacher is not None  # the spec asks for one
+    pool_per_class = max(spec.samples_per_class, round(max(spec.ratio_list) * spec.per_class) if spec.sweep else 0)
     synthetic, synthetic_labels = sample_balanced(generator, pool_per_class, spec.seed + 1)
-    test = _test_split(spec, settings, spec.dataset, image_size, channels)
-    data = ExperimentData(subset.images, subset.labels, synthetic, synthetic_labels, test.images, test.labels, num_classes)
-    progress(EvaluateProgress("confidence filter"))
-    filter_by_confidence(data, spec.classifier_steps, spec.seed)
+    held_out = _held_out(spec, settings, image_size, channels)
+    data = ExperimentData(subset.images, subset.labels, synthetic, synthetic_labels, held_out.images, held_out.labels,
+                          num_classes, teacher=teacher, synthetic_probs=teacher.probs(synthetic),
+                          extra_batch=SMALL_CNN["batch_size"])
+    settings_list = list(STUDY_ARMS)
+    if spec.sweep:
+        progress(EvaluateProgress("confidence filter"))
+        filter_by_confidence(data, spec.classifier_steps, spec.seed)
+        settings_list += sweep(spec.ratio_list, spec.weight_list, spec.confidence_list)
 
     progress(EvaluateProgress("reference classifier"))
     reference, reference_meta = reference_classifier(storage, settings, spec.dataset, image_size, channels,
                                                      spec.reference_steps, spec.seed)
     feature_space, inception = _feature_space(spec, reference_meta)
-    quality = measure_quality(reference, test.images, test.labels, synthetic, synthetic_labels,
+    quality = measure_quality(reference, held_out.images, held_out.labels, synthetic, synthetic_labels,
                               list(subset.info.class_names), feature_space, inception)
+    worst = max(quality.per_class_fid, key=quality.per_class_fid.__getitem__)
     feature_note = (f"FID {quality.fid:.2f}, precision {quality.precision:.3f}, recall {quality.recall:.3f}, "
-                    f"label accuracy {quality.label_accuracy:.3f} (feature space: {feature_space}).")
+                    f"label accuracy {quality.label_accuracy:.3f}; per-class FID "
+                    f"{min(quality.per_class_fid.values()):.1f}-{quality.per_class_fid[worst]:.1f} (worst: {worst}) "
+                    f"(feature space: {feature_space}; report.json has every class).")
 
-    settings_list = sweep(spec.ratio_list, spec.weight_list, spec.confidence_list)
     outcomes = run_sweep(data, settings_list, spec.seeds, spec.classifier_steps,
                          lambda done, total, name: progress(EvaluateProgress(f"setting: {name}", done, total)))
-    result = verdict(outcomes)
+    share = gan_share(outcomes)
+    sweep_result = verdict([o for o in outcomes if o.setting.arm in "abcd"]) if spec.sweep else None
     seconds = time.perf_counter() - started
-    images = {"accuracy.png": accuracy_chart(outcomes), "grid.png": _class_grid(test, synthetic, synthetic_labels, num_classes)}
-    _copy_loss_curve(storage, gan_id, images)
-    markdown = _utility_markdown(spec, data, outcomes, result, gan_id, feature_note, seconds)
+    images = {"accuracy.png": accuracy_chart(outcomes), "grid.png": _class_grid(held_out, synthetic, synthetic_labels, num_classes)}
+    _copy_loss_curve(storage, gan_spec.job_id, images)
+    markdown = _utility_markdown(spec, data, outcomes, share, sweep_result, card, feature_note, seconds)
     report = {
-        "spec": spec.to_dict(), "gan": gan_id, "real_images": len(subset), "test_images": len(test),
+        "spec": spec.to_dict(), "gan": gan_spec.job_id, "gan_steps": card["steps"], "teacher": card.get("teacher"),
+        "real_images": len(subset), "held_out_images": len(held_out), "holdout": spec.holdout,
         "outcomes": [{"setting": asdict(o.setting), "accuracies": o.accuracies, "mean": o.mean, "std": o.std} for o in outcomes],
-        "delta_c": result.delta_c, "delta_d": result.delta_d, "naive_delta_c": result.naive_delta_c,
-        "naive_delta_d": result.naive_delta_d, "best": result.best.setting.name, "helps": result.helps,
-        "warning": result.warning, "quality": asdict(quality), "reference": reference_meta, "seconds": seconds,
-        "created_at": _now(),
+        "gan_share": share.share, "gan_over_real": share.over_real, "best_with_gan": share.with_gan.setting.name,
+        "best_without_gan": share.without_gan.setting.name, "helps": share.helps, "warning": share.warning,
+        "sweep": None if sweep_result is None else {"delta_c": sweep_result.delta_c, "delta_d": sweep_result.delta_d,
+                                                    "best": sweep_result.best.setting.name},
+        "quality": asdict(quality), "reference": reference_meta, "seconds": seconds, "created_at": _now(),
     }
     written = _write_report(storage, spec.job_id, markdown, report, images)
-    return written | {"delta_c": result.delta_c, "delta_d": result.delta_d, "best": result.best.setting.name,
-                      "warning": result.warning}
+    return written | {"gan_share": share.share, "gan_over_real": share.over_real, "best": share.with_gan.setting.name,
+                      "warning": share.warning}

@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -39,16 +40,28 @@ from shared.storage import Storage
 from worker.checkpoint import load_model
 from worker.images import to_uint8
 from worker.model import Generator
+from worker.teacher import Teacher, load_teacher
 
 log = logging.getLogger("augment.generate")
 # PNG encoding runs in these threads while the generator samples the next batch (zlib and torch release the GIL).
 ENCODE_THREADS = 2
 # short, as a heartbeat renews it: a dead worker's shard is free again within seconds
 SHARD_LEASE_TTL_S = 15.0
+# Teacher probabilities in a sample's JSON: 4 decimals keep their sum within 5e-4 of 1 at ~8 bytes a class.
+PROBS_DECIMALS = 4
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A finished training job as a generation worker holds it: the generator, its card and its teacher (or None)."""
+
+    generator: Generator
+    card: dict[str, Any]
+    teacher: Teacher | None
 
 
 class GeneratorCache:
-    """Loaded generators by model, so a worker reads each model from storage once per process, not per shard.
+    """Loaded models by id, so a worker reads each model from storage once per process, not per shard.
 
     Least recently used models are dropped beyond CAPACITY. Safe to share between the threads of a worker.
     """
@@ -56,16 +69,16 @@ class GeneratorCache:
     def __init__(self, capacity: int = 2):
         self.capacity = capacity
         self.loads = 0
-        self._models: OrderedDict[tuple[str, str], tuple[Generator, dict[str, Any]]] = OrderedDict()
+        self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, storage: Storage, model_id: str, device: torch.device) -> tuple[Generator, dict[str, Any]]:
+    def get(self, storage: Storage, model_id: str, device: torch.device) -> LoadedModel:
         key = (storage.url_for(checkpoint_key(model_id)), str(device))
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-            loaded = load_model(storage, model_id, device)
+            loaded = LoadedModel(*load_model(storage, model_id, device), load_teacher(storage, model_id))
             self.loads += 1
             self._models[key] = loaded
             while len(self._models) > self.capacity:
@@ -94,12 +107,14 @@ def shard_seed(job_seed: int, shard_index: int) -> int:
 
 
 @torch.no_grad()
-def render_shard(spec: GenerateSpec, generator: Generator, card: dict[str, Any], shard_index: int) -> tuple[bytes, dict[int, int]]:
+def render_shard(spec: GenerateSpec, model: LoadedModel, shard_index: int) -> tuple[bytes, dict[int, int]]:
     """Sample shard SHARD_INDEX of SPEC and return its tar bytes and per-class counts.
 
     Batch k's PNG encoding and tar members are made in worker threads while batch k+1 is sampled (torch and
-    zlib release the GIL); the tar is assembled in order.
+    zlib release the GIL); the tar is assembled in order. A model with a teacher adds each sample's class
+    probabilities to its metadata (``probs``), rounded to PROBS_DECIMALS.
     """
+    generator, card, teacher = model.generator, model.card, model.teacher
     config = generator.config
     device = next(generator.parameters()).device
     start = shard_index * spec.shard_size
@@ -110,7 +125,7 @@ def render_shard(spec: GenerateSpec, generator: Generator, card: dict[str, Any],
     noise = torch.randn(stop - start, config.nz, generator=rng)  # (S, nz), drawn on CPU: same bytes on any device
     class_names = card.get("class_names") or []
 
-    def records(offset: int, pixels: np.ndarray) -> list[bytes]:
+    def records(offset: int, pixels: np.ndarray, probs: np.ndarray | None) -> list[bytes]:
         made = []
         for row, png in enumerate(encode_pngs(pixels)):
             index, label = start + offset + row, int(labels[offset + row])
@@ -123,6 +138,8 @@ def render_shard(spec: GenerateSpec, generator: Generator, card: dict[str, Any],
                 "shard": shard_index,
                 "index": index,
             }
+            if probs is not None:
+                meta["probs"] = [round(float(p), PROBS_DECIMALS) for p in probs[row]]
             made.append(sample_record(Sample(sample_key(index), png, label, meta)))
         return made
 
@@ -132,7 +149,8 @@ def render_shard(spec: GenerateSpec, generator: Generator, card: dict[str, Any],
             batch_labels = torch.from_numpy(labels[offset : offset + spec.batch_size]).to(device) if config.conditional else None
             images = to_uint8(generator(noise[offset : offset + spec.batch_size].to(device), batch_labels))
             pixels = images.permute(0, 2, 3, 1).cpu().numpy()  # (b, H, W, C) uint8
-            batches.append((offset, encoder.submit(records, offset, pixels)))
+            probs = teacher.probs(images).numpy() if teacher is not None else None  # (b, K)
+            batches.append((offset, encoder.submit(records, offset, pixels, probs)))
         writer = ShardWriter()
         for offset, made in batches:
             for row, record in enumerate(made.result()):
@@ -140,9 +158,9 @@ def render_shard(spec: GenerateSpec, generator: Generator, card: dict[str, Any],
     return writer.finish(), writer.class_counts
 
 
-def write_shard(spec: GenerateSpec, storage: Storage, generator: Generator, card: dict[str, Any], shard_index: int) -> dict[str, Any]:
+def write_shard(spec: GenerateSpec, storage: Storage, model: LoadedModel, shard_index: int) -> dict[str, Any]:
     """Render shard SHARD_INDEX and put it in storage; returns its ledger record (what the manifest lists)."""
-    data, counts = render_shard(spec, generator, card, shard_index)
+    data, counts = render_shard(spec, model, shard_index)
     digest = sha256_hex(data)
     key = shard_key(spec.job_id, shard_index)
     if storage.checksum(key) != digest:  # a run cut off after its upload left these very bytes: keep them
@@ -205,8 +223,7 @@ def run_shard(
         raise ShardBusy(f"shard {shard_index} of job {spec.job_id} is being made by another worker")
     try:
         started_at = time.time()
-        generator, card = models.get(storage, spec.model, device)
-        record = write_shard(spec, storage, generator, card, shard_index)
+        record = write_shard(spec, storage, models.get(storage, spec.model, device), shard_index)
         record.update(queued_at=queued_at, started_at=started_at, finished_at=time.time(), worker=owner.split("/")[0])
         store.forget_shard(spec.job_id, shard_index)  # a stale record (its object was lost) gives way to this one
         recorded = store.record_shard(spec.job_id, shard_index, record)
@@ -248,6 +265,7 @@ def finalize_job(
         channels=card["config"]["channels"],
         spec=spec.to_dict(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        teacher=card.get("teacher"),
     )
     storage.put_text(manifest_key(spec.job_id), manifest.to_json())
     log.info("job %s: %d images in %d shards", spec.job_id, manifest.total, len(manifest.shards))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,8 +20,16 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from shared.reader import SyntheticJob
 
-# (image (C, H, W) uint8, label, is synthetic, key): the key names the sample ("real/17", "<job>/000000042")
-MixedSample = tuple[torch.Tensor, int, bool, str]
+
+class MixedSample(NamedTuple):
+    """One training sample; PyTorch's default collate batches each field."""
+
+    image: torch.Tensor  # (C, H, W) uint8
+    label: int  # the real label, or the class a synthetic sample was generated for
+    target: torch.Tensor  # (K,) float32 class probabilities: the teacher's for synthetic samples of a job that has
+    # one (soft targets), else one-hot of LABEL; train with cross-entropy against it (see the README)
+    synthetic: bool
+    key: str  # names the sample: "real/17", "<job>/000000042"
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class MixedDataset(IterableDataset[MixedSample]):
         rank: int | None = None,
         world_size: int | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        num_classes: int | None = None,  # K of the targets; default: the first job's classes, else the real labels'
     ):
         if ratio < 0:
             raise ValueError(f"ratio {ratio} is negative; use 0 (real only) or more synthetic images per real one")
@@ -58,6 +68,8 @@ class MixedDataset(IterableDataset[MixedSample]):
         self.seed, self.chunk_size, self.shuffle_buffer = seed, chunk_size, shuffle_buffer
         self.rank, self.world_size = rank, world_size
         self.transform = transform
+        self.num_classes = num_classes or (len(self.synthetic[0].manifest.class_names) if self.synthetic else 0) or (
+            int(real_labels.max()) + 1 if len(real_labels) else 1)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -96,14 +108,23 @@ class MixedDataset(IterableDataset[MixedSample]):
     def _unit_samples(self, unit: _Unit, order: np.ndarray) -> Iterator[MixedSample]:
         if unit.source < 0:
             for index in order[unit.index * self.chunk_size : (unit.index + 1) * self.chunk_size].tolist():
-                yield self.real_images[index], int(self.real_labels[index]), False, f"real/{index}"
+                label = int(self.real_labels[index])
+                yield MixedSample(self.real_images[index], label, self._one_hot(label), False, f"real/{index}")
             return
         job = self.synthetic[unit.source]
         samples = job.shard_samples(job.shards[unit.index])
         for sample, _ in zip(samples, range(unit.limit), strict=False):
             pixels = sample.image[:, :, None] if sample.image.ndim == 2 else sample.image
             image = torch.from_numpy(pixels.transpose(2, 0, 1).copy())  # (C, H, W); the decoded array is read-only
-            yield image, sample.label, True, f"{job.manifest.job_id}/{sample.meta['index']:09d}"
+            probs = sample.probs
+            target = torch.from_numpy(probs) if probs is not None else self._one_hot(sample.label)
+            yield MixedSample(image, sample.label, target, True, f"{job.manifest.job_id}/{sample.meta['index']:09d}")
+
+    def _one_hot(self, label: int) -> torch.Tensor:
+        target = torch.zeros(self.num_classes)
+        if 0 <= label < self.num_classes:
+            target[label] = 1.0
+        return target
 
     def __iter__(self) -> Iterator[MixedSample]:
         slot, slots = self._slot()
@@ -124,7 +145,4 @@ class MixedDataset(IterableDataset[MixedSample]):
             yield self._transformed(sample)
 
     def _transformed(self, sample: MixedSample) -> MixedSample:
-        if self.transform is None:
-            return sample
-        image, label, synthetic, key = sample
-        return self.transform(image), label, synthetic, key
+        return sample if self.transform is None else sample._replace(image=self.transform(sample.image))

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from shared.layout import checkpoint_key, grid_key, loss_curve_key, model_card_key
+from shared.layout import checkpoint_key, grid_key, loss_curve_key, model_card_key, teacher_key
 from shared.specs import TrainSpec
 from shared.storage import Storage
 from worker import checkpoint
@@ -56,6 +56,7 @@ class TrainedModel:
     warnings: list[str]
     device: torch.device
     precision: str  # what the job trained in: fp32 or bf16
+    teacher: dict[str, Any] | None  # how its teacher was trained (worker.teacher), or None
 
 
 def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: ImageData) -> dict[str, Any]:
@@ -82,6 +83,7 @@ def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: 
         "device": str(model.device),
         "precision": model.precision,
         "checkpoint": checkpoint_key(spec.job_id),
+        "teacher": model.teacher and {**model.teacher, "key": teacher_key(spec.job_id)},
         "grid": grid,
         "loss_curve": curve,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

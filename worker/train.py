@@ -35,6 +35,7 @@ from worker.diffaugment import diff_augment
 from worker.images import fixed_grid_inputs, grid_png, real_grid_images, sample_fixed, to_unit_range
 from worker.model import Discriminator, GANConfig, Generator
 from worker.publish import TrainedModel, publish_model
+from worker.teacher import ensure_teacher
 
 log = logging.getLogger("augment.train")
 STAT_NAMES = ("loss_d", "loss_g", "d_x", "d_g_z")
@@ -180,7 +181,9 @@ class BatchSchedule:
 def total_steps(spec: TrainSpec, schedule: BatchSchedule) -> int:
     if spec.steps is not None:
         return spec.steps
-    return (spec.epochs or 1) * schedule.steps_per_epoch
+    if spec.epochs is not None:
+        return spec.epochs * schedule.steps_per_epoch
+    return spec.default_steps(schedule.num_images, schedule.steps_per_epoch)
 
 
 def discriminator_loss(kind: str, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
@@ -322,7 +325,9 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
         data = load_dataset(spec.dataset, settings, "train", image_size=spec.image_size, channels=spec.channels,
                             limit=spec.limit, per_class=spec.per_class, seed=spec.seed)
         state = train_gan(spec, data, storage, device, hooks or TrainHooks())
-        trained = TrainedModel(state.sampler, state.step, state.history, state.warnings, device, resolve_precision(spec, device))
+        teacher = ensure_teacher(spec, data, storage)
+        trained = TrainedModel(state.sampler, state.step, state.history, state.warnings, device, resolve_precision(spec, device),
+                               teacher.meta if teacher is not None else None)
         return publish_model(storage, spec, trained, data)
     finally:
         torch.set_flush_denormal(False)
