@@ -23,6 +23,7 @@ from contextvars import ContextVar
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import msgspec
+import msgspec.inspect
 from msgspec import Meta
 
 SPEC_VERSION = 1
@@ -313,8 +314,6 @@ _WHERE = re.compile(r"(?s)(?P<problem>.*) - at (?P<key>`key` in )?`\$(?:\.(?P<fi
 
 def _explain(cls: type[_Spec], data: Mapping[str, Any], message: str) -> SpecError:
     """Turn msgspec's ValidationError MESSAGE into a SpecError in the words of CLS's declarations."""
-    from msgspec import inspect  # only an invalid spec pays for importing it
-
     kind = cls.kind
     unknown = re.fullmatch(r"(?s)Object contains unknown field `(.*)`", message)
     where = _WHERE.fullmatch(message)
@@ -336,15 +335,15 @@ def _explain(cls: type[_Spec], data: Mapping[str, Any], message: str) -> SpecErr
     words = _extra(annotation)
     if words.get("use"):
         return SpecError(kind, field, f"{_shown(value)} is not {words.get('is') or 'allowed'}; use {words['use']}")
-    rule = inspect.type_info(annotation)
-    if isinstance(rule, inspect.UnionType):  # X | None
-        rule = next(part for part in rule.types if not isinstance(part, inspect.NoneType))
+    rule = msgspec.inspect.type_info(annotation)
+    if isinstance(rule, msgspec.inspect.UnionType):  # X | None
+        rule = next(part for part in rule.types if not isinstance(part, msgspec.inspect.NoneType))
     problem = where["problem"]
     if ", got `" in problem:
-        literal = rule.values[0] if isinstance(rule, inspect.LiteralType) else None
+        literal = rule.values[0] if isinstance(rule, msgspec.inspect.LiteralType) else None
         base = type(literal).__name__ if literal is not None else type(rule).__name__.removesuffix("Type").lower()
         return SpecError(kind, field, f"{_shown(value)} is not {_KIND_WORDS.get(base, 'allowed')}")
-    if isinstance(rule, (inspect.IntType, inspect.FloatType)) and rule.ge is not None and rule.le is not None:
+    if isinstance(rule, (msgspec.inspect.IntType, msgspec.inspect.FloatType)) and rule.ge is not None and rule.le is not None:
         return SpecError(kind, field, f"{_shown(value)} is out of range; use {_bound(rule.ge)} to {_bound(rule.le)}")
     choices = ", ".join(map(str, getattr(rule, "values", ())))
     return SpecError(kind, field, f"{_shown(value)} is not allowed; use one of {choices}")
