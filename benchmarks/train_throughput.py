@@ -26,7 +26,7 @@ import torchvision.transforms as transforms
 
 from shared.datasets import FASHION_MNIST_SYSTEM_DIR
 from shared.settings import Settings
-from shared.specs import TrainSpec
+from shared.specs import PRECISIONS, TrainSpec
 from worker.data import load_dataset
 from worker.train import BatchSchedule, gan_config, memory_format, new_state, pick_device, real_batch, step_functions, train_step
 
@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--ours", default="defaults", choices=["defaults", "seed-recipe"],
                         help="our trainer with the spec defaults, or with the seed's recipe (BCE, no SN/aug/EMA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile our networks")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     args = parser.parse_args()
     torch.set_flush_denormal(True)  # both sides: the trainer sets it, so the reference gets it too
     extra: dict = {"compile": args.compile, "precision": args.precision}

@@ -16,7 +16,7 @@ import numpy as np
 from shared.manifest import Manifest, ShardEntry
 from shared.settings import Settings
 from shared.shards import decode_png, read_shard, sha256_hex
-from shared.storage import FileStorage, S3Storage, Storage, open_storage
+from shared.storage import Storage, open_storage
 
 
 class ShardCorrupt(ValueError):
@@ -89,9 +89,4 @@ class SyntheticJob:
 
     def shard_urls(self, expires_s: int = 3600) -> list[str]:
         """Where the ``webdataset`` package reads the shards from: presigned HTTP URLs for S3, paths for files."""
-        keys = [self.manifest.shard_key(shard) for shard in self.shards]
-        if isinstance(self.storage, S3Storage):
-            return [self.storage.presigned_url(key, expires_s) for key in keys]
-        if isinstance(self.storage, FileStorage):
-            return [str(self.storage.local_path(key)) for key in keys]
-        raise TypeError(f"no shard URLs for {type(self.storage).__name__}")
+        return [self.storage.read_url(self.manifest.shard_key(shard), expires_s) for shard in self.shards]

@@ -1,24 +1,24 @@
-"""Object storage behind one small interface, chosen by URL scheme (``file://`` or ``s3://``).
+"""Object storage behind one small interface, the backend chosen by URL scheme from :data:`BACKENDS`.
 
 Keys are relative, ``/``-separated paths such as ``models/<job_id>/checkpoint.pt``. Every key is checked so
 that nothing can escape the configured root or prefix. Writes are atomic in both backends: a reader sees the
-old object, the whole new object, or nothing.
+old object, the whole new object, or nothing. A remote backend's operations are retried by :func:`retried`.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import io
 import os
 import re
 import tempfile
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
-from urllib.parse import unquote, urlsplit
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from shared.settings import Settings
 
@@ -41,8 +41,36 @@ class StorageUnavailable(StorageError):
     """
 
 
-T = TypeVar("T")
 SHA256_METADATA = "sha256"
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def retried(method: Method) -> Method:
+    """Retry a remote backend's METHOD as a whole operation, with backoff, for the backend's ``retry_window_s``.
+
+    Whole operations, not single HTTP requests: urllib3 does not retry POSTs, so a multipart upload's create and
+    complete calls would otherwise fail on the first dropped connection (the pool's own urllib3 Retry only
+    repeats single requests). tenacity runs the policy; the backend names what is worth
+    retrying (``transient_errors()``) and how to say that the store is gone (``unreachable(what, error)``); when
+    the window is spent the last error becomes :class:`StorageUnavailable`. A window of 0 fails at once.
+    """
+
+    @functools.wraps(method)
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        import tenacity  # only a remote store pays for importing it (~20 ms alone, measured)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(self.transient_errors()),
+            wait=tenacity.wait_exponential(multiplier=0.5, max=8.0),  # 0.5, 1, 2, 4, 8, 8, ... seconds
+            stop=tenacity.stop_before_delay(self.retry_window_s),  # no sleep that would end past the window
+        )
+        try:
+            return retrying(method, self, *args, **kwargs)
+        except tenacity.RetryError as exc:
+            what = f"{method.__name__.strip('_')} {args[0] or '/'}"  # the operation and the object or prefix
+            raise StorageUnavailable(self.unreachable(what, exc.last_attempt.exception())) from None
+
+    return run  # type: ignore[return-value]
 
 
 def check_key(key: str) -> str:
@@ -69,7 +97,13 @@ def join_key(*parts: str) -> str:
 class Storage(ABC):
     """Minimal object store: whole-object put/get, existence, listing by prefix."""
 
-    scheme: str
+    scheme: ClassVar[str]
+    url_form: ClassVar[str]  # how a URL of this backend is written, for messages
+
+    @classmethod
+    @abstractmethod
+    def open(cls, url: SplitResult, settings: Settings, create_bucket: bool, retry_window_s: float) -> Storage:
+        """The store at URL (a URL of this backend's scheme)."""
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
@@ -89,11 +123,13 @@ class Storage(ABC):
         """All keys under PREFIX (recursive), sorted."""
 
     @abstractmethod
-    def delete(self, key: str) -> None: ...
-
-    @abstractmethod
     def url_for(self, key: str) -> str:
         """A URL a person can use to find the object (no credentials in it)."""
+
+    @abstractmethod
+    def read_url(self, key: str, expires_s: int = 3600) -> str:
+        """Where other programs (webdataset, curl) read the object without this module: a path or a URL that
+        carries its own short-lived authorisation, valid for EXPIRES_S seconds."""
 
     @abstractmethod
     def checksum(self, key: str) -> str | None:
@@ -122,11 +158,19 @@ class Storage(ABC):
 
 
 class FileStorage(Storage):
+    """A directory. Not retried: a local disk that fails is not an outage that waiting rides out."""
+
     scheme = "file"
+    url_form = "file:///path"
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def open(cls, url: SplitResult, settings: Settings, create_bucket: bool, retry_window_s: float) -> FileStorage:
+        # file://relative/dir is accepted for convenience; file:///abs/dir is the canonical form.
+        return cls(unquote(url.netloc + url.path) or ".")
 
     def _path(self, key: str) -> Path:
         path = (self.root / check_key(key)).resolve()
@@ -191,23 +235,19 @@ class FileStorage(Storage):
                 keys.append(path.relative_to(self.root).as_posix())
         return sorted(keys)
 
-    def delete(self, key: str) -> None:
-        path = self._path(key)
-        if path.is_file():
-            path.unlink(missing_ok=True)
-
     def url_for(self, key: str) -> str:
         return (self.root / check_key(key)).as_uri()
 
-    def local_path(self, key: str) -> Path:
-        """The file that holds KEY (checked like every key: it cannot lead out of the root)."""
-        return self._path(key)
+    def read_url(self, key: str, expires_s: int = 3600) -> str:
+        """The path of the file that holds KEY (checked like every key: it cannot lead out of the root)."""
+        return str(self._path(key))
 
 
 class S3Storage(Storage):
     """Any S3 store (MinIO in production). Uses only calls that MinIO serves."""
 
     scheme = "s3"
+    url_form = "s3://BUCKET[/prefix]"
 
     def __init__(self, bucket: str, prefix: str, settings: Settings, connect_timeout_s: float = 3.0, retry_window_s: float = 0.0):
         import urllib3
@@ -232,12 +272,36 @@ class S3Storage(Storage):
             http_client=http,
         )
 
+    @classmethod
+    def open(cls, url: SplitResult, settings: Settings, create_bucket: bool, retry_window_s: float) -> S3Storage:
+        if not url.netloc:
+            raise StorageError(f"storage URL {url.geturl()!r} has no bucket; use {cls.url_form}")
+        if not settings.s3_endpoint:
+            raise StorageError("s3:// storage needs AUGMENT_S3_ENDPOINT=host:port")
+        storage = cls(url.netloc, url.path, settings, retry_window_s=retry_window_s)
+        storage.ensure_bucket(create=create_bucket)
+        return storage
+
+    @staticmethod
+    def transient_errors() -> tuple[type[Exception], ...]:
+        """What a store that is down or restarting raises: transport failures and 5xx answers."""
+        import urllib3
+        from minio.error import ServerError
+
+        return (urllib3.exceptions.HTTPError, ServerError, OSError)
+
+    def unreachable(self, what: str, error: BaseException | None) -> str:
+        return (
+            f"S3 at {self.endpoint} is unreachable ({what}: {type(error).__name__}); "
+            "check AUGMENT_S3_ENDPOINT and that the server is running"
+        )
+
     def ensure_bucket(self, create: bool = True) -> None:
         """Create the bucket if missing (or refuse, for read-only use); StorageError when S3 stays unreachable."""
         from minio.error import S3Error
 
         try:
-            if not self._retrying(f"find bucket {self.bucket}", lambda: self.client.bucket_exists(self.bucket)):
+            if not self._bucket_exists(self.bucket):
                 if not create:
                     raise StorageError(f"bucket {self.bucket!r} does not exist at {self.endpoint}")
                 self.client.make_bucket(self.bucket)
@@ -251,87 +315,69 @@ class S3Storage(Storage):
                 "check AUGMENT_S3_ACCESS_KEY / AUGMENT_S3_SECRET_KEY and the bucket name"
             ) from None
         except Exception as exc:  # urllib3 raises several unrelated types for a dead endpoint
-            raise StorageError(
-                f"S3 at {self.endpoint} is unreachable ({type(exc).__name__}); "
-                "check AUGMENT_S3_ENDPOINT and that the server is running"
-            ) from None
+            raise StorageError(self.unreachable(f"bucket {self.bucket}", exc)) from None
+
+    @retried
+    def _bucket_exists(self, bucket: str) -> bool:
+        return self.client.bucket_exists(bucket)
 
     def _object(self, key: str) -> str:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _retrying(self, what: str, operation: Callable[[], T]) -> T:
-        """Run OPERATION, retrying transport failures and 5xx answers with backoff for ``retry_window_s``.
-
-        The whole operation is retried, not single HTTP requests: urllib3 does not retry POSTs, so a multipart
-        upload's create and complete calls would otherwise fail on the first dropped connection.
-        """
-        import urllib3
-        from minio.error import ServerError
-
-        deadline = time.monotonic() + self.retry_window_s
-        delay = 0.5
-        while True:
-            try:
-                return operation()
-            except (urllib3.exceptions.HTTPError, ServerError, OSError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise StorageUnavailable(
-                        f"S3 at {self.endpoint} is unreachable ({what}: {type(exc).__name__}); "
-                        "check AUGMENT_S3_ENDPOINT and that the server is running"
-                    ) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 8.0)
-
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        name = self._object(key)
         # the digest travels as object metadata, so checksum() needs a HEAD, not a download
-        metadata = {SHA256_METADATA: hashlib.sha256(data).hexdigest()}
-        self._retrying(f"write {name}", lambda: self.client.put_object(
+        self._put_object(self._object(key), data, content_type, {SHA256_METADATA: hashlib.sha256(data).hexdigest()})
+
+    @retried
+    def _put_object(self, name: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        self.client.put_object(
             self.bucket, name, io.BytesIO(data), len(data), content_type=content_type, metadata=metadata  # type: ignore[arg-type]
-        ))
+        )
 
     def put_file(self, key: str, path: str | Path, content_type: str = "application/octet-stream") -> None:
-        name = self._object(key)
-        self._retrying(f"write {name}", lambda: self.client.fput_object(self.bucket, name, str(path), content_type=content_type))
+        self._put_file(self._object(key), str(path), content_type)
+
+    @retried
+    def _put_file(self, name: str, path: str, content_type: str) -> None:
+        self.client.fput_object(self.bucket, name, path, content_type=content_type)
 
     def get_bytes(self, key: str) -> bytes:
+        return self._get_object(self._object(key), key)
+
+    @retried
+    def _get_object(self, name: str, key: str) -> bytes:
         from minio.error import S3Error
 
-        def read() -> bytes:
-            try:
-                response = self.client.get_object(self.bucket, self._object(key))
-            except S3Error as exc:
-                if exc.code in {"NoSuchKey", "NoSuchObject"}:
-                    raise ObjectNotFound(f"{self.url_for(key)} does not exist") from None
-                raise
-            try:
-                return response.read()
-            finally:
-                response.close()
-                response.release_conn()
+        try:
+            response = self.client.get_object(self.bucket, name)
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchObject"}:
+                raise ObjectNotFound(f"{self.url_for(key)} does not exist") from None
+            raise
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
 
-        return self._retrying(f"read {self._object(key)}", read)
-
-    def _stat(self, key: str):  # type: ignore[no-untyped-def]
+    @retried
+    def _stat(self, name: str):  # type: ignore[no-untyped-def]
         from minio.error import S3Error
 
-        def stat():  # type: ignore[no-untyped-def]
-            try:
-                return self.client.stat_object(self.bucket, self._object(key))
-            except S3Error as exc:
-                if exc.code in {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}:
-                    return None
-                raise
-
-        return self._retrying(f"stat {self._object(key)}", stat)
+        try:
+            return self.client.stat_object(self.bucket, name)
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}:
+                return None
+            raise
 
     def size(self, key: str) -> int | None:
-        stat = self._stat(key)
+        stat = self._stat(self._object(key))
         return None if stat is None else stat.size
 
     def checksum(self, key: str) -> str | None:
-        stat = self._stat(key)
+        stat = self._stat(self._object(key))
         if stat is None:
             return None
         recorded = (stat.metadata or {}).get(f"x-amz-meta-{SHA256_METADATA}")
@@ -340,52 +386,41 @@ class S3Storage(Storage):
 
     def list(self, prefix: str = "") -> builtins.list[str]:
         full = self._object(_prefix_key(prefix)) if prefix else self.prefix
-        if full:
-            full = full.rstrip("/") + "/"
+        return self._list(full.rstrip("/") + "/" if full else "")
+
+    @retried
+    def _list(self, full: str) -> builtins.list[str]:
         strip = len(self.prefix) + 1 if self.prefix else 0
-        return self._retrying(f"list {full or '/'}", lambda: sorted(
+        return sorted(
             obj.object_name[strip:]
             for obj in self.client.list_objects(self.bucket, prefix=full or None, recursive=True)
             if obj.object_name is not None
-        ))
-
-    def delete(self, key: str) -> None:
-        name = self._object(key)
-        self._retrying(f"delete {name}", lambda: self.client.remove_object(self.bucket, name))
+        )
 
     def url_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._object(key)}"
 
-    def presigned_url(self, key: str, expires_s: int = 3600) -> str:
-        """An HTTP(S) URL that reads the object without credentials until it expires."""
+    def read_url(self, key: str, expires_s: int = 3600) -> str:
+        """A presigned HTTP(S) URL: it reads the object without credentials until it expires."""
         from datetime import timedelta
 
         return self.client.presigned_get_object(self.bucket, self._object(key), expires=timedelta(seconds=expires_s))
 
 
+# scheme -> backend, as in webdataset and mosaicml/streaming; a new store is one class and one entry here
+BACKENDS: dict[str, type[Storage]] = {backend.scheme: backend for backend in (FileStorage, S3Storage)}
+
+
 def open_storage(settings: Settings, url: str | None = None, create_bucket: bool = True, retry_window_s: float = 0.0) -> Storage:
     """Open the store named by URL (default: ``settings.storage_url``); creates a missing S3 bucket if asked.
 
-    RETRY_WINDOW_S is how long an S3 call keeps retrying a store that does not answer: 0 for a person at a
-    terminal (fail fast), minutes for a worker that must ride out a restart of the store.
+    RETRY_WINDOW_S is how long a remote store's calls keep retrying a store that does not answer: 0 for a person
+    at a terminal (fail fast), minutes for a worker that must ride out a restart of the store.
     """
     url = url or settings.storage_url
     parts = urlsplit(url)
-    if parts.scheme == "file":
-        # file://relative/dir is accepted for convenience; file:///abs/dir is the canonical form.
-        return FileStorage(unquote(parts.netloc + parts.path) or ".")
-    if parts.scheme == "s3":
-        if not parts.netloc:
-            raise StorageError(f"storage URL {url!r} has no bucket; use s3://BUCKET[/prefix]")
-        if not settings.s3_endpoint:
-            raise StorageError("s3:// storage needs AUGMENT_S3_ENDPOINT=host:port")
-        storage = S3Storage(parts.netloc, parts.path, settings, retry_window_s=retry_window_s)
-        storage.ensure_bucket(create=create_bucket)
-        return storage
-    raise StorageError(f"storage URL {url!r} has scheme {parts.scheme!r}; use s3://BUCKET[/prefix] or file:///path")
-
-
-def iter_prefix_bytes(storage: Storage, prefix: str) -> Iterator[tuple[str, bytes]]:
-    """Yield (key, bytes) for every object under PREFIX, in key order."""
-    for key in storage.list(prefix):
-        yield key, storage.get_bytes(key)
+    backend = BACKENDS.get(parts.scheme)
+    if backend is None:
+        forms = " or ".join(backend.url_form for backend in BACKENDS.values())
+        raise StorageError(f"storage URL {url!r} has scheme {parts.scheme!r}; use {forms}")
+    return backend.open(parts, settings, create_bucket=create_bucket, retry_window_s=retry_window_s)

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.shards import read_shard, sample_key
-from shared.specs import GenerateSpec
-from worker.generate import labels_for_range, render_shard, shard_seed
+from shared.specs import GenerateSpec, SpecError
+from worker.generate import LoadedModel, labels_for_range, labels_plan, render_shard, shard_seed
 from worker.model import GANConfig, Generator
 
 
@@ -24,13 +24,49 @@ def split_points(total: int, step: int) -> list[tuple[int, int]]:
     return [(start, min(total, start + step)) for start in range(0, total, step)]
 
 
+# ---- labels_plan: how many images of each class ----
+
+
+@pytest.mark.parametrize(
+    ("count", "classes", "plan"),
+    [
+        (10, 3, [4, 3, 3]),
+        (11, 3, [4, 4, 3]),
+        (12, 3, [4, 4, 4]),
+        (2, 3, [1, 1, 0]),
+        (1, 10, [1] + [0] * 9),
+        (100, 10, [10] * 10),
+        (7, 1, [7]),
+        (7, 0, [7]),
+    ],
+)
+def test_labels_plan_balanced(count: int, classes: int, plan: list[int]) -> None:
+    job = spec(count)
+    assert labels_plan(job, classes) == plan
+    assert sum(plan) == count
+
+
+def test_labels_plan_per_class() -> None:
+    job = spec(10, class_counts={"0": 3, "2": 7})
+    assert labels_plan(job, 3) == [3, 0, 7]
+    assert labels_plan(job, 5) == [3, 0, 7, 0, 0]
+
+
+def test_labels_plan_class_beyond_model() -> None:
+    job = spec(10, class_counts={"0": 3, "10": 7})
+    with pytest.raises(SpecError) as info:
+        labels_plan(job, 10)
+    assert info.value.field == "class_counts"
+    assert "0-9" in str(info.value) and "\n" not in str(info.value)
+
+
 # ---- balanced plans ----
 
 
 @pytest.mark.parametrize("classes", [1, 2, 3, 10])
 @pytest.mark.parametrize("count", [1, 2, 7, 10, 99, 1000, 1003])
 def test_balanced_is_round_robin(count: int, classes: int) -> None:
-    plan = spec(count).labels_plan(classes)
+    plan = labels_plan(spec(count), classes)
     labels = labels_for_range(plan, 0, count)
     assert labels.dtype == np.int64
     np.testing.assert_array_equal(labels, np.arange(count) % classes)
@@ -41,14 +77,14 @@ def test_balanced_is_round_robin(count: int, classes: int) -> None:
 
 def test_balanced_ranges_are_computed_directly() -> None:
     """Round robin needs no full sequence: a range deep inside a huge job is cheap and exact."""
-    plan = spec(100_000_000).labels_plan(10)
+    plan = labels_plan(spec(100_000_000), 10)
     np.testing.assert_array_equal(labels_for_range(plan, 99_999_990, 100_000_000), np.arange(10))
 
 
 def test_custom_plan_equal_to_balanced_is_round_robin() -> None:
     custom = spec(10, class_counts={"0": 4, "1": 3, "2": 3})
-    assert custom.labels_plan(3) == spec(10).labels_plan(3)
-    np.testing.assert_array_equal(labels_for_range(custom.labels_plan(3), 0, 10), np.arange(10) % 3)
+    assert labels_plan(custom, 3) == labels_plan(spec(10), 3)
+    np.testing.assert_array_equal(labels_for_range(labels_plan(custom, 3), 0, 10), np.arange(10) % 3)
 
 
 # ---- custom plans ----
@@ -98,7 +134,7 @@ def test_custom_plan_sub_ranges_concatenate(plan: list[int], step: int) -> None:
 
 def test_custom_plan_from_spec() -> None:
     generate = spec(1000, class_counts={"0": 100, "3": 900})
-    plan = generate.labels_plan(5)
+    plan = labels_plan(generate, 5)
     assert plan == [100, 0, 0, 900, 0]
     labels = labels_for_range(plan, 0, 1000)
     assert set(labels.tolist()) == {0, 3}
@@ -168,10 +204,10 @@ def test_render_shard(class_counts: dict[str, int] | None) -> None:
     generator = Generator(config).eval()
     card = {"class_names": ["zero", "one", "two"]}
     job = spec(25, shard_size=10, batch_size=4, seed=3, class_counts=class_counts)
-    plan = job.labels_plan(3)
+    plan = labels_plan(job, 3)
     all_labels = []
     for index in range(job.shard_count):
-        data, counts = render_shard(job, generator, card, index)
+        data, counts = render_shard(job, LoadedModel(generator, card, None), index)
         samples = list(read_shard(data))
         start, stop = index * 10, min(25, index * 10 + 10)
         assert [s.key for s in samples] == [sample_key(i) for i in range(start, stop)]
@@ -189,7 +225,7 @@ def test_render_shard(class_counts: dict[str, int] | None) -> None:
                 "index": start + offset,
             }
         all_labels += labels
-        assert render_shard(job, generator, card, index)[0] == data  # re-rendering gives identical bytes
+        assert render_shard(job, LoadedModel(generator, card, None), index)[0] == data  # re-rendering gives identical bytes
     assert np.bincount(all_labels, minlength=3).tolist() == plan
 
 
@@ -198,7 +234,7 @@ def test_render_shard_unconditional() -> None:
     torch.manual_seed(0)
     config = GANConfig(image_size=28, channels=1, nz=8, width=8)
     generator = Generator(config).eval()
-    data, counts = render_shard(spec(6, shard_size=4, batch_size=3), generator, {}, 1)
+    data, counts = render_shard(spec(6, shard_size=4, batch_size=3), LoadedModel(generator, {}, None), 1)
     samples = list(read_shard(data))
     assert [s.key for s in samples] == [sample_key(4), sample_key(5)]
     assert [s.label for s in samples] == [-1, -1]

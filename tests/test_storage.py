@@ -23,9 +23,9 @@ from shared.storage import (
     StorageError,
     StorageUnavailable,
     check_key,
-    iter_prefix_bytes,
     join_key,
     open_storage,
+    retried,
 )
 from tests.servers import S3Server
 
@@ -152,19 +152,6 @@ def test_list_empty_storage(storage: Storage) -> None:
     assert storage.list("anything") == []
 
 
-def test_delete(storage: Storage) -> None:
-    storage.put_bytes("d/one", b"1")
-    storage.put_bytes("d/two", b"2")
-    storage.delete("d/one")
-    assert not storage.exists("d/one")
-    assert storage.list("d") == ["d/two"]
-    with pytest.raises(ObjectNotFound):
-        storage.get_bytes("d/one")
-    storage.delete("d/one")  # deleting a missing key is not an error
-    storage.delete("never/existed")
-    assert storage.get_bytes("d/two") == b"2"
-
-
 def test_download_prefix(storage: Storage, tmp_path: Path) -> None:
     objects = {
         "synthetic/g-1/shard-000000.tar": b"s0",
@@ -184,13 +171,6 @@ def test_download_prefix(storage: Storage, tmp_path: Path) -> None:
         "sub/manifest.json",
     ]
     assert storage.download_prefix("synthetic/nothing", tmp_path / "none") == []
-
-
-def test_iter_prefix_bytes(storage: Storage) -> None:
-    storage.put_bytes("p/b", b"B")
-    storage.put_bytes("p/a", b"A")
-    storage.put_bytes("q/c", b"C")
-    assert list(iter_prefix_bytes(storage, "p")) == [("p/a", b"A"), ("p/b", b"B")]
 
 
 def test_url_for_names_the_key_without_credentials(storage: Storage) -> None:
@@ -245,19 +225,19 @@ def _call(storage: Storage, method: str, key: str, tmp_path: Path) -> Any:
         "get_text": lambda: storage.get_text(key),
         "size": lambda: storage.size(key),
         "exists": lambda: storage.exists(key),
-        "delete": lambda: storage.delete(key),
         "url_for": lambda: storage.url_for(key),
         "checksum": lambda: storage.checksum(key),
+        "read_url": lambda: storage.read_url(key),
     }
     return calls[method]()
 
 
 @pytest.mark.parametrize("key", BAD_KEYS)
 @pytest.mark.parametrize(
-    "method", ["put_bytes", "put_text", "put_file", "get_bytes", "get_text", "size", "exists", "delete", "url_for", "checksum"]
+    "method", ["put_bytes", "put_text", "put_file", "get_bytes", "get_text", "size", "exists", "url_for", "checksum", "read_url"]
 )
 def test_bad_keys_are_refused(storage: Storage, method: str, key: str, tmp_path: Path) -> None:
-    storage.put_bytes("b", b"keep")  # a sibling that a bad delete/put must not touch
+    storage.put_bytes("b", b"keep")  # a sibling that a bad put must not touch
     with pytest.raises(ValueError):
         _call(storage, method, key, tmp_path)
     assert storage.list() == ["b"]
@@ -290,12 +270,6 @@ def test_get_of_a_prefix_is_object_not_found(request: pytest.FixtureRequest, sto
     assert storage.size("dir") is None
     with pytest.raises(ObjectNotFound):
         storage.get_bytes("dir")
-
-
-def test_delete_of_a_prefix_is_a_no_op(request: pytest.FixtureRequest, storage: Storage) -> None:
-    storage.put_bytes("dir/key", b"x")
-    storage.delete("dir")
-    assert storage.list() == ["dir/key"]
 
 
 def test_check_key_and_join_key() -> None:
@@ -331,7 +305,7 @@ def test_file_symlink_out_of_root_is_refused(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             storage.put_bytes(key, b"overwritten")
         with pytest.raises(ValueError):
-            storage.delete(key)
+            storage.read_url(key)
     with pytest.raises(ValueError):
         storage.put_bytes("dirlink/new", b"new")
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]
@@ -461,9 +435,6 @@ def test_s3_prefix_isolation(s3_server: S3Server, s3_bucket: str) -> None:
     assert two.list() == ["k"]
     assert one_deeper.list() == ["k"]
     assert bare.list() == ["one/deeper/k", "one/k", "two/k"]
-    two.delete("k")
-    assert one.get_bytes("k") == b"one"
-    assert not two.exists("k")
     # a sibling prefix that merely starts with the same letters is not listed
     open_storage(s3_settings(s3_server, f"s3://{bucket}/one-more")).put_bytes("k", b"x")
     assert one.list() == ["deeper/k", "k"]
@@ -479,18 +450,18 @@ def test_s3_open_storage_existing_bucket_is_fine(s3_server: S3Server, s3_bucket:
 
 
 @pytest.mark.integration
-def test_s3_presigned_url_can_be_fetched(s3_server: S3Server, s3_bucket: str) -> None:
+def test_s3_read_url_is_presigned_and_can_be_fetched(s3_server: S3Server, s3_bucket: str) -> None:
     storage = open_storage(s3_settings(s3_server, f"s3://{s3_bucket}/presigned-{uuid.uuid4().hex[:8]}"))
     assert isinstance(storage, S3Storage)
     payload = os.urandom(10_000)
     storage.put_bytes("synthetic/g-abc/shard-000000.tar", payload, "application/x-tar")
-    url = storage.presigned_url("synthetic/g-abc/shard-000000.tar", expires_s=300)
+    url = storage.read_url("synthetic/g-abc/shard-000000.tar", expires_s=300)
     assert url.startswith("http://")
     assert s3_server.secret_key not in url
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (our own test server)
         assert response.read() == payload
     with pytest.raises(ValueError):
-        storage.presigned_url("../escape")
+        storage.read_url("../escape")
 
 
 @pytest.mark.integration
@@ -538,3 +509,56 @@ def test_s3_writes_ride_out_an_outage_within_the_retry_window(s3_server: S3Serve
         s3_server.start()
     assert patient.get_bytes("big") == payload
     assert patient.checksum("big") == hashlib.sha256(payload).hexdigest()
+
+
+# ---- the retry decorator, on a backend whose store fails as asked ----
+
+
+class FlakyBackend:
+    """What `retried` needs from a backend, around an operation that fails FAILURES times before it answers."""
+
+    def __init__(self, failures: int, retry_window_s: float, error: Exception | None = None):
+        self.failures, self.retry_window_s, self.calls = failures, retry_window_s, 0
+        self.error = error or ConnectionResetError("connection reset by peer")
+
+    @staticmethod
+    def transient_errors() -> tuple[type[Exception], ...]:
+        return (OSError,)
+
+    def unreachable(self, what: str, error: BaseException | None) -> str:
+        return f"the store is unreachable ({what}: {type(error).__name__})"
+
+    @retried
+    def _read(self, key: str) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return f"value of {key}"
+
+
+def test_retried_rides_out_transient_errors_within_the_window() -> None:
+    flaky = FlakyBackend(failures=2, retry_window_s=30)
+    started = time.monotonic()
+    assert flaky._read("k") == "value of k"
+    assert flaky.calls == 3
+    assert 1.4 < time.monotonic() - started < 10  # backoff 0.5 s, then 1 s
+
+
+def test_retried_gives_up_when_the_window_is_spent() -> None:
+    impatient = FlakyBackend(failures=1, retry_window_s=0)
+    with pytest.raises(StorageUnavailable, match=r"unreachable \(read k: ConnectionResetError\)"):
+        impatient._read("k")
+    assert impatient.calls == 1  # a window of 0 does not wait
+    short = FlakyBackend(failures=100, retry_window_s=2)
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable):
+        short._read("k")
+    assert short.calls == 3 and time.monotonic() - started < 2  # tries at 0, 0.5, 1.5 s: no sleep ends past the window
+
+
+def test_retried_passes_other_errors_through_at_once() -> None:
+    refused = FlakyBackend(failures=1, retry_window_s=30, error=PermissionError("denied"))
+    refused.transient_errors = lambda: (ConnectionError,)  # type: ignore[method-assign]
+    with pytest.raises(PermissionError):
+        refused._read("k")
+    assert refused.calls == 1

@@ -35,7 +35,7 @@ from shared.jobs import JobStore, Lease
 from shared.layout import checkpoint_key, manifest_key, model_card_key, shard_key
 from shared.manifest import Manifest, ShardEntry
 from shared.shards import Sample, ShardWriter, encode_pngs, sample_key, sample_record, sha256_hex, shard_name
-from shared.specs import GenerateSpec
+from shared.specs import GenerateSpec, SpecError
 from shared.storage import Storage
 from worker.checkpoint import load_model
 from worker.images import to_uint8
@@ -86,6 +86,26 @@ class GeneratorCache:
             return loaded
 
 
+def labels_plan(spec: GenerateSpec, num_classes: int) -> list[int]:
+    """How many images of each class SPEC makes: balanced (remainder to the first classes) or as asked.
+
+    A class the model does not have is a SpecError: the spec could not know the model's classes when it was made.
+    """
+    if num_classes <= 0:
+        return [spec.count]
+    if spec.class_counts is None:
+        base, extra = divmod(spec.count, num_classes)
+        return [base + (1 if label < extra else 0) for label in range(num_classes)]
+    plan = [0] * num_classes
+    for label, number in spec.class_counts.items():
+        if int(label) >= num_classes:
+            raise SpecError(
+                spec.kind, "class_counts", f"class {label} does not exist; the model has classes 0-{num_classes - 1}"
+            )
+        plan[int(label)] = number
+    return plan
+
+
 def labels_for_range(plan: list[int], start: int, stop: int) -> np.ndarray:
     """Labels of global images START..STOP-1 for a per-class PLAN, spreading every class over the whole job.
 
@@ -119,7 +139,7 @@ def render_shard(spec: GenerateSpec, model: LoadedModel, shard_index: int) -> tu
     device = next(generator.parameters()).device
     start = shard_index * spec.shard_size
     stop = min(spec.count, start + spec.shard_size)
-    plan = spec.labels_plan(config.num_classes)
+    plan = labels_plan(spec, config.num_classes)
     labels = labels_for_range(plan, start, stop) if config.conditional else np.full(stop - start, -1)
     rng = torch.Generator().manual_seed(shard_seed(spec.seed, shard_index))
     noise = torch.randn(stop - start, config.nz, generator=rng)  # (S, nz), drawn on CPU: same bytes on any device

@@ -17,12 +17,12 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
-CONDITIONINGS = ("concat", "projection")
+from shared.specs import CONDITIONINGS, IMAGE_SIZES
 
 
 @dataclass(frozen=True)
 class GANConfig:
-    image_size: int = 64  # 28, 32 or 64
+    image_size: int = 64  # one of IMAGE_SIZES
     channels: int = 3
     nz: int = 100  # latent size
     width: int = 64  # ngf = ndf of the seed
@@ -32,10 +32,10 @@ class GANConfig:
     spectral_norm: bool = False  # spectral norm on D's layers (replaces D's BatchNorm)
 
     def __post_init__(self) -> None:
-        if self.image_size not in (28, 32, 64):
-            raise ValueError(f"image_size {self.image_size} is not supported; use 28, 32 or 64")
+        if self.image_size not in IMAGE_SIZES:
+            raise ValueError(f"image_size {self.image_size} is not supported; use one of {', '.join(map(str, IMAGE_SIZES))}")
         if self.conditioning not in CONDITIONINGS:
-            raise ValueError(f"conditioning {self.conditioning!r} is not one of {CONDITIONINGS}")
+            raise ValueError(f"conditioning {self.conditioning!r} is not one of {', '.join(CONDITIONINGS)}")
 
     @property
     def base_size(self) -> int:
