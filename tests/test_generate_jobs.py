@@ -167,9 +167,9 @@ def test_planning_again_continues_from_the_dispatch_cursor() -> None:
 
 def test_the_cache_loads_each_model_once(storage: CountingStorage) -> None:
     models = GeneratorCache(capacity=1)
-    first, card = models.get(storage, "t-model", CPU)
-    again, _ = models.get(storage, "t-model", CPU)
-    assert first is again and models.loads == 1 and card["job_id"] == "t-model"
+    first = models.get(storage, "t-model", CPU)
+    again = models.get(storage, "t-model", CPU)
+    assert first is again and models.loads == 1 and first.card["job_id"] == "t-model" and first.teacher is None
     assert storage.reads["models/t-model/checkpoint.pt"] == 1
     run_all(job(), storage, MemoryJobStore(), models)
     assert storage.reads["models/t-model/checkpoint.pt"] == 1 and models.loads == 1

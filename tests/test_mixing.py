@@ -58,7 +58,7 @@ def real_set(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def keys_of(dataset: MixedDataset, workers: int) -> list[str]:
     loader = DataLoader(dataset, batch_size=16, num_workers=workers)
-    return [key for batch in loader for key in batch[3]]
+    return [key for batch in loader for key in batch.key]
 
 
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 1.0])

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from shared.progress import TrainProgress
 from shared.settings import Settings
 from shared.specs import TrainSpec
 from shared.storage import FileStorage, open_storage
@@ -47,8 +48,8 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
     settings = Settings()
     run_training(spec_for("t-whole"), settings, storage)
 
-    def crash_at_half(info: dict[str, Any]) -> None:
-        if info["step"] >= 25:
+    def crash_at_half(info: TrainProgress) -> None:
+        if info.step >= 25:
             raise Crash()
 
     with pytest.raises(Crash):

@@ -285,7 +285,7 @@ def test_manifest_total_is_computed_not_trusted() -> None:
     assert make_manifest(shards=[]).total == 0
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 3, "1", None])
 def test_manifest_unknown_format_refused(version: Any) -> None:
     data = json.loads(make_manifest().to_json())
     data["format"] = version

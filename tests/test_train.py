@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
 
 import torch
 from PIL import Image
 
 from producer.follow import status_line
+from shared.progress import TrainProgress
 from shared.settings import Settings
 from shared.specs import TrainSpec
 from shared.storage import FileStorage
@@ -19,16 +19,16 @@ from worker.train import STAT_NAMES, TrainHooks, resolve_precision, run_training
 
 def test_run_training_reports_progress_and_writes_grids_curve_and_card(tmp_path):
     storage = FileStorage(tmp_path)
-    reports: list[dict[str, Any]] = []
+    reports: list[TrainProgress] = []
     # fake has 640 images: batch 64 gives 10 steps per epoch, so 25 steps cross two epoch boundaries
     spec = TrainSpec(job_id="t-progress", dataset="fake", steps=25, width=8, batch_size=64, log_every=5)
     result = run_training(spec, Settings(), storage, TrainHooks(progress=reports.append))
 
-    assert [report["step"] for report in reports] == [5, 10, 15, 20, 25]
+    assert [report.step for report in reports] == [5, 10, 15, 20, 25]
     for report in reports:
-        assert set(STAT_NAMES) | {"total_steps", "epoch", "images_per_s", "eta_s", "warnings"} <= set(report)
-        assert report["total_steps"] == 25 and report["images_per_s"] > 0
-    assert reports[-1]["epoch"] == 2 and reports[-1]["eta_s"] == 0
+        assert all(isinstance(getattr(report, name), float) for name in STAT_NAMES)
+        assert report.total_steps == 25 and report.images_per_s > 0
+    assert reports[-1].epoch == 2 and reports[-1].eta_s == 0
     # one grid per epoch from fixed noise and labels, plus the last step
     assert storage.list("models/t-progress/samples") == [
         f"models/t-progress/samples/step-{step:07d}.png" for step in (10, 20, 25)

@@ -183,7 +183,9 @@ def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     ])
     data = {"spec": spec.to_dict(), "model": spec.model, "dataset": dataset, "quality": asdict(quality), "cas": cas,
             "real_trained_accuracy": real_accuracy, "reference": reference_meta, "created_at": _now()}
-    return _write_report(storage, spec.job_id, markdown, data, images) | {"fid": quality.fid, "cas": cas}
+    return _write_report(storage, spec.job_id, markdown, data, images) | {
+        "fid": quality.fid, "precision": quality.precision, "recall": quality.recall,
+        "label_accuracy": quality.label_accuracy, "cas": cas}
 
 
 def _real_train(dataset: str, settings: Settings, image_size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:

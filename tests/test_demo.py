@@ -1,0 +1,31 @@
+"""`augment demo` as a newcomer runs it: one process, no servers, and its own quality line at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.processes import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_demo_trains_generates_and_prints_its_quality(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AUGMENT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "producer.cli", "demo", "--out", str(tmp_path / "out"), "--dataset", "fake",
+         "--steps", "4", "--count", "30"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=280, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    quality_line = next(line for line in result.stderr.splitlines() if line.startswith("demo: quality: FID "))
+    for part in ("precision", "recall", "label accuracy", "CAS"):
+        assert part in quality_line
+    manifests = list((tmp_path / "out" / "synthetic").glob("*/manifest.json"))
+    assert len(manifests) == 1 and json.loads(manifests[0].read_text())["spec"]["count"] == 30
+    assert list((tmp_path / "out" / "reports").glob("*/report.md"))

@@ -1,0 +1,128 @@
+"""The fair baseline's augmentation, soft targets, the teacher, and teacher-labelled shards read back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from shared.jobs import MemoryJobStore
+from shared.manifest import Manifest
+from shared.reader import SyntheticJob
+from shared.settings import Settings
+from shared.specs import GenerateSpec, TrainSpec
+from shared.storage import FileStorage
+from worker.classifier import classic_augment, soft_cross_entropy
+from worker.data import load_dataset
+from worker.generate import GeneratorCache, finalize_job, plan_job, run_shard
+from worker.mixing import MixedDataset
+from worker.teacher import load_teacher
+from worker.train import run_training
+
+
+def test_classic_augmentation_draws_a_crop_and_a_flip_for_every_sample() -> None:
+    images = torch.linspace(-1, 1, 28 * 28).reshape(1, 1, 28, 28).expand(256, 1, 28, 28)
+    augmented = classic_augment(images, torch.Generator().manual_seed(0))
+    assert augmented.shape == images.shape
+    distinct = {tuple(image.flatten()[::37].tolist()) for image in augmented}
+    assert len(distinct) > 20  # 25 offsets x 2 flips, drawn per sample; one draw per batch would give 1
+    # every output is the input shifted by at most 2 pixels (black where it moved in), maybe mirrored
+    for image in augmented[:16]:
+        inside = image[0, 2:-2, 2:-2]
+        assert any(torch.equal(inside, candidate[0, 2 + dy : 26 + dy, 2 + dx : 26 + dx])
+                   for candidate in (images[0], images[0].flip(-1)) for dy in range(-2, 3) for dx in range(-2, 3))
+
+
+def test_soft_cross_entropy_is_cross_entropy_for_one_hot_targets_and_lowest_at_the_targets() -> None:
+    logits = torch.randn(8, 5)
+    labels = torch.arange(8) % 5
+    assert torch.allclose(soft_cross_entropy(logits, F.one_hot(labels, 5).float()), F.cross_entropy(logits, labels, reduction="none"))
+    targets = torch.softmax(torch.randn(8, 5), dim=1)
+    at_targets = soft_cross_entropy(targets.log(), targets)
+    assert (soft_cross_entropy(logits, targets) >= at_targets - 1e-6).all()  # Gibbs: KL >= 0
+
+
+@pytest.fixture(scope="module")
+def taught_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("taught")
+    spec = TrainSpec(job_id="t-taught", dataset="fake", steps=3, width=8, batch_size=16, teacher=2, teacher_steps=60,
+                     teacher_width=8)
+    run_training(spec, Settings(), FileStorage(root))
+    return root
+
+
+def test_a_training_job_stores_its_teacher_and_names_it_in_the_model_card(taught_model: Path) -> None:
+    storage = FileStorage(taught_model)
+    card = json.loads(storage.get_text("models/t-taught/model.json"))
+    assert card["teacher"]["members"] == 2 and card["teacher"]["key"] == "models/t-taught/teacher.pt"
+    teacher = load_teacher(storage, "t-taught")
+    assert teacher is not None and len(teacher.members) == 2
+    test = load_dataset("fake", Settings(), "test")
+    probs = teacher.probs(test.images)
+    assert probs.shape == (len(test), 10) and torch.allclose(probs.sum(1), torch.ones(len(test)))
+    assert (probs.argmax(1) == test.labels).float().mean() > 0.5  # it learned the classes it labels
+    assert load_teacher(storage, "t-untaught") is None
+
+
+def test_generated_shards_carry_the_teachers_probabilities(taught_model: Path, tmp_path: Path) -> None:
+    shutil.copytree(taught_model, tmp_path / "store")
+    storage = FileStorage(tmp_path / "store")
+    spec = GenerateSpec(job_id="g-taught", model="t-taught", count=30, shard_size=12, batch_size=8)
+    store, dispatched = MemoryJobStore(), []
+    plan_job(spec, store, dispatched.append)
+    for index in dispatched:
+        run_shard(spec, index, storage, store, GeneratorCache(), torch.device("cpu"), "worker/1")
+    finalize_job(spec, storage, store, dispatched.append)
+
+    manifest = Manifest.load(storage, "g-taught")
+    assert manifest.teacher is not None and manifest.teacher["members"] == 2 and manifest.format == 2
+    samples = list(SyntheticJob(storage, "g-taught"))
+    assert len(samples) == 30
+    for sample in samples:
+        assert len(sample.meta["probs"]) == 10 and abs(sum(sample.meta["probs"]) - 1) < 1e-3  # rounded in the shard
+        assert sample.probs is not None and abs(float(sample.probs.sum()) - 1) < 1e-6
+    confident = list(SyntheticJob(storage, "g-taught", min_confidence=0.5))
+    assert all(float(sample.probs[sample.label]) >= 0.5 - 1e-4 for sample in confident)  # type: ignore[index]
+    assert len(confident) == sum(float(s.probs[s.label]) >= 0.5 for s in samples)  # type: ignore[index]
+
+    real = load_dataset("fake", Settings(), "train", limit=20)
+    mixed = list(MixedDataset(real.images, real.labels, [SyntheticJob(storage, "g-taught")], ratio=1.0))
+    for sample in mixed:
+        assert sample.target.shape == (10,) and abs(float(sample.target.sum()) - 1) < 1e-6
+        if not sample.synthetic:
+            assert int(sample.target.argmax()) == sample.label and float(sample.target.max()) == 1.0
+    assert any(sample.synthetic and float(sample.target.max()) < 1.0 for sample in mixed)  # soft, not one-hot
+
+    # the README's training loop, batched by PyTorch's default collate
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(real.images[0].numel(), 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    dataset = MixedDataset(real.images, real.labels, [SyntheticJob(storage, "g-taught")], ratio=1.0)
+    for batch in DataLoader(dataset, batch_size=16):
+        log_probs = F.log_softmax(model(batch.image.float() / 255), dim=1)
+        real_rows = ~batch.synthetic
+        loss = F.nll_loss(log_probs[real_rows], batch.label[real_rows])
+        if batch.synthetic.any():
+            loss = loss + F.kl_div(log_probs[batch.synthetic], batch.target[batch.synthetic], reduction="batchmean")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss)
+
+
+def test_filtering_by_confidence_needs_a_teacher(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    run_training(TrainSpec(job_id="t-plain", dataset="fake", steps=1, width=8, batch_size=16), Settings(), storage)
+    spec = GenerateSpec(job_id="g-plain", model="t-plain", count=4, shard_size=4)
+    store, dispatched = MemoryJobStore(), []
+    plan_job(spec, store, dispatched.append)
+    run_shard(spec, 0, storage, store, GeneratorCache(), torch.device("cpu"), "worker/1")
+    finalize_job(spec, storage, store, dispatched.append)
+    assert Manifest.load(storage, "g-plain").teacher is None
+    assert all(sample.probs is None for sample in SyntheticJob(storage, "g-plain"))
+    with pytest.raises(ValueError, match="no teacher probabilities to filter by"):
+        SyntheticJob(storage, "g-plain", min_confidence=0.5)
