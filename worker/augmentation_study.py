@@ -86,7 +86,7 @@ class ExperimentData:
     real_labels: torch.Tensor  # (N,)
     synthetic_images: torch.Tensor  # (M, C, H, W) uint8: a pool of GAN samples, balanced over classes
     synthetic_labels: torch.Tensor  # (M,)
-    test_images: torch.Tensor  # the real test split
+    test_images: torch.Tensor  # held-out real images: the test split, or a validation split of the training split
     test_labels: torch.Tensor
     num_classes: int
     synthetic_confidence: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (M,), see filter_by_confidence
