@@ -139,7 +139,7 @@ def create_app(data: DashboardData, token: str = "", allow_cancel: bool = False,
 
     async def job_page(request: Request) -> Response:
         job = await run_in_threadpool(data.job, request.path_params["job_id"])
-        return page(request, f"{job['kind']}.html" if job["kind"] in KINDS else "job.html", job=job)
+        return page(request, f"{job['kind']}.html" if job["kind"] in KINDS else "job_base.html", job=job)
 
     async def job_api(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(data.job, request.path_params["job_id"]))
