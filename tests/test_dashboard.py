@@ -27,7 +27,7 @@ from PIL import Image
 
 from producer.client import Client
 from producer.dashboard.app import CSP, dashboard_token, session_value
-from producer.dashboard.data import latest_per_step, thin
+from producer.dashboard.data import DashboardData, latest_per_step, thin
 from shared.jobs import FAILURE, make_record
 from shared.settings import Settings, SettingsError
 from tests.conftest import _redis_dbs
@@ -382,3 +382,13 @@ def test_evaluation_page_shows_the_verdict_first_then_the_report(stack: Stack, b
         "return [...document.querySelectorAll('.report-images img')].map(i => [i.alt, i.complete && i.naturalWidth])")
     assert dict(images).keys() == {"grid.png", "losses.png"} and all(width > 0 for _, width in images), images
     screenshot(browser, stack.tmp / "evaluate.png")
+
+
+@pytest.mark.integration
+def test_a_job_page_still_shows_live_state_while_storage_cannot_be_read(stack: Stack, training_job: str) -> None:
+    # a bucket that no job has made yet (a fresh deployment) reads like an S3 outage: Redis still has the job
+    settings = Settings.from_env({**stack.env, "AUGMENT_STORAGE_URL": f"s3://missing-{uuid.uuid4().hex[:8]}"})
+    job = DashboardData.connect(settings).job(training_job)
+    assert job["state"] in {"PROGRESS", "SUCCESS"} and job["samples"] == [] and job["model_card"] is None
+    assert "does not exist" in job["storage_error"]
+    assert len(job["history"]) > 0  # the curves come from Redis

@@ -13,8 +13,9 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from markdown_it import MarkdownIt
 
@@ -25,7 +26,7 @@ from shared.manifest import Manifest
 from shared.settings import Settings
 from shared.shards import read_shard
 from shared.specs import GenerateSpec, SpecError, check_job_id
-from shared.storage import ObjectNotFound, Storage, join_key, open_storage
+from shared.storage import ObjectNotFound, Storage, StorageError, join_key, open_storage
 
 SAMPLE_GRID = re.compile(r"^step-(\d+)\.png$")
 # The only files served from a job's prefix: images, by a plain name (sample grids sit one folder down).
@@ -35,6 +36,7 @@ STRIP_IMAGES = 16
 WORKERS_TTL_S = 3.0  # one inspect broadcast every few seconds at most, however many pages poll
 INSPECT_TIMEOUT_S = 1.0
 STRIP_CACHE_SIZE = 32
+T = TypeVar("T")
 
 
 class JobNotFound(LookupError):
@@ -131,16 +133,28 @@ class DashboardData:
         return row
 
     def job(self, job_id: str) -> dict[str, Any]:
-        """One job's row plus what its page shows for its kind (live parts only: polled by the page)."""
+        """One job's row plus what its page shows for its kind. What storage holds is left empty, with the reason in
+        ``storage_error``, while storage cannot be read (an outage, or a bucket no job has made yet): the live
+        state and progress come from Redis and still show."""
         record = self.record(job_id)
         detail = {**self._summary(record), "spec": record.spec}
+        errors: list[str] = []
         if record.kind == "train":
-            detail |= self._training(record)
+            detail |= self._training(record, errors)
         elif record.kind == "generate":
-            detail |= self._generation(record)
+            detail |= self._generation(record, errors)
         elif record.kind == "evaluate":
-            detail |= self._evaluation(record)
+            detail |= self._evaluation(record, errors)
+        detail["storage_error"] = errors[0] if errors else ""
         return detail
+
+    def _stored(self, errors: list[str], read: Callable[[], T]) -> T | None:
+        """READ's value, or None (noting why in ERRORS) while storage cannot be read."""
+        try:
+            return read()
+        except StorageError as exc:
+            errors.append(str(exc))
+            return None
 
     def cancel(self, job_id: str) -> str:
         self.record(job_id)
@@ -148,11 +162,11 @@ class DashboardData:
 
     # ---- training ----
 
-    def _training(self, record: JobRecord) -> dict[str, Any]:
+    def _training(self, record: JobRecord, errors: list[str]) -> dict[str, Any]:
         job_id = record.job_id
-        card = self._json(model_card_key(job_id))
+        card = self._stored(errors, lambda: self._json(model_card_key(job_id)))
         samples: list[dict[str, Any]] = []
-        for key in self.storage.list(join_key(model_prefix(job_id), "samples")):
+        for key in self._stored(errors, lambda: self.storage.list(join_key(model_prefix(job_id), "samples"))) or []:
             name = key.rsplit("/", 1)[-1]
             match = SAMPLE_GRID.match(name)
             if match:
@@ -168,20 +182,16 @@ class DashboardData:
 
     # ---- generation ----
 
-    def _generation(self, record: JobRecord) -> dict[str, Any]:
+    def _generation(self, record: JobRecord, errors: list[str]) -> dict[str, Any]:
         job_id = record.job_id
         shards_done, images_done = self.client.store.shard_totals(job_id)
-        manifest = None
-        try:
-            manifest = Manifest.load(self.storage, job_id)
-        except ObjectNotFound:
-            pass
+        manifest = self._stored(errors, lambda: self._manifest(job_id))
         info: dict[str, Any] = {
             "shards_done": shards_done,
             "images_done": images_done,
             "shards_total": GenerateSpec.from_dict(record.spec).shard_count,
             "manifest": None,
-            "strip": self._strip(job_id, manifest),
+            "strip": self._stored(errors, lambda: self._strip(job_id, manifest)) or [],
         }
         if manifest is not None:
             names = manifest.class_names
@@ -202,6 +212,12 @@ class DashboardData:
                 ],
             }
         return info
+
+    def _manifest(self, job_id: str) -> Manifest | None:
+        try:
+            return Manifest.load(self.storage, job_id)
+        except ObjectNotFound:
+            return None
 
     def _strip(self, job_id: str, manifest: Manifest | None) -> list[dict[str, Any]]:
         """A few samples of the job's first finished shard, as data: URLs with their labels."""
@@ -233,15 +249,13 @@ class DashboardData:
 
     # ---- evaluation ----
 
-    def _evaluation(self, record: JobRecord) -> dict[str, Any]:
+    def _evaluation(self, record: JobRecord, errors: list[str]) -> dict[str, Any]:
         job_id = record.job_id
         prefix = report_prefix(job_id)
-        report = self._json(join_key(prefix, "report.json"))
-        try:
-            markdown = self.storage.get_text(join_key(prefix, "report.md"))
-        except ObjectNotFound:
-            markdown = ""
-        images = [key[len(prefix) + 1:] for key in self.storage.list(prefix) if key.endswith(".png")]
+        report = self._stored(errors, lambda: self._json(join_key(prefix, "report.json")))
+        markdown = self._stored(errors, lambda: self._text(join_key(prefix, "report.md"))) or ""
+        keys = self._stored(errors, lambda: self.storage.list(prefix)) or []
+        images = [key[len(prefix) + 1:] for key in keys if key.endswith(".png")]
         return {
             "verdict": verdict(report) if report else None,
             # html=False: any HTML in the report (a class name, a dataset path) is shown as text, never as markup
@@ -251,11 +265,15 @@ class DashboardData:
 
     # ---- storage ----
 
-    def _json(self, key: str) -> dict[str, Any] | None:
+    def _text(self, key: str) -> str:
         try:
-            return json.loads(self.storage.get_text(key))  # type: ignore[no-any-return]
+            return self.storage.get_text(key)
         except ObjectNotFound:
-            return None
+            return ""
+
+    def _json(self, key: str) -> dict[str, Any] | None:
+        text = self._text(key)
+        return json.loads(text) if text else None
 
     def job_file(self, job_id: str, name: str) -> bytes:
         """An image under the job's output prefix; JobNotFound for anything else (the key is checked by storage too)."""

@@ -130,6 +130,8 @@
     $("detail").textContent = job.detail;
     $("rate").textContent = rate(job.images_per_s);
     $("eta").textContent = TERMINAL.has(job.state) || job.eta_s === null ? "" : "ETA " + eta(job.eta_s);
+    $("storage-error").textContent = job.storage_error;
+    $("storage-error").hidden = !job.storage_error;
     $("error").textContent = job.error;
     $("error").hidden = !job.error;
     $("warnings").replaceChildren(...job.warnings.map((warning) => node("li", warning)));
