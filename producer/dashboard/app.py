@@ -16,7 +16,6 @@ import hmac
 import ipaddress
 import json
 import os
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -72,15 +71,6 @@ def session_value(token: str) -> str:
     return hmac.new(token.encode(), b"augment-dashboard-session", hashlib.sha256).hexdigest()
 
 
-def format_eta(seconds: Any) -> str:
-    if seconds is None:
-        return ""
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
 class Security(BaseHTTPMiddleware):
     """Security headers on every response; the token check on every request when a token is set."""
 
@@ -118,8 +108,6 @@ def create_app(data: DashboardData, token: str = "", allow_cancel: bool = False,
     """The dashboard over DATA. LOOPBACK_ONLY also refuses other Host headers, so a web page on another origin
     cannot reach it through DNS rebinding."""
     templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
-    templates.filters["eta"] = format_eta
-    templates.filters["when"] = lambda stamp: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
     templates.filters["pretty"] = lambda value: json.dumps(value, indent=2, sort_keys=True, default=str)
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:

@@ -109,7 +109,8 @@ class DashboardData:
             "detail": "",
             "images_per_s": progress.get("images_per_s"),
             "eta_s": progress.get("eta_s"),
-            "warnings": [str(warning) for warning in progress.get("warnings", [])],
+            # a running job's latest verdict; a finished one keeps its final warnings in its result
+            "warnings": [str(warning) for warning in (progress or status.get("result") or {}).get("warnings", [])],
             "error": str(status.get("error") or ""),
             "cancellable": state not in TERMINAL_STATES,
         }
