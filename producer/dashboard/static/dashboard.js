@@ -135,6 +135,9 @@
     $("error").textContent = job.error;
     $("error").hidden = !job.error;
     $("warnings").replaceChildren(...job.warnings.map((warning) => node("li", warning)));
+    $("warning-count").textContent = String(job.warnings.length);
+    $("warning-first").textContent = job.warnings.length ? job.warnings[0] : "";
+    $("warnings-box").hidden = job.warnings.length === 0;
     const button = $("cancel");
     if (button) button.hidden = !job.cancellable;
   }
