@@ -33,7 +33,9 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from producer.dashboard.data import DashboardData, JobNotFound
+from producer.client import TASK_OF_KIND
+from producer.dashboard.data import DashboardData, JobNotFound, state_name
+from shared.jobs import CANCELLED, FAILURE, PENDING, PROGRESS, REVOKED, STARTED, SUCCESS
 from shared.settings import Settings, SettingsError, _secret
 from shared.storage import StorageError
 
@@ -47,8 +49,8 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-KINDS = ("train", "generate", "evaluate")
-STATES = ("PENDING", "STARTED", "PROGRESS", "SUCCESS", "FAILURE", "CANCELLED", "REVOKED")
+KINDS = tuple(TASK_OF_KIND)
+STATES = tuple(state_name(state) for state in (PENDING, STARTED, PROGRESS, SUCCESS, FAILURE, CANCELLED, REVOKED))
 
 
 def is_loopback(host: str) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from markdown_it import MarkdownIt
 
 from producer.client import Client
-from shared.jobs import KEY_PREFIX, SUCCESS, TERMINAL_STATES, JobRecord, RedisJobStore
+from shared.jobs import CANCELLED, KEY_PREFIX, PENDING, SUCCESS, TERMINAL_STATES, JobRecord, RedisJobStore
 from shared.layout import job_prefix, model_card_key, model_prefix, report_prefix
 from shared.manifest import Manifest
 from shared.settings import Settings
@@ -97,7 +97,7 @@ class DashboardData:
         return rows
 
     def _summary(self, record: JobRecord) -> dict[str, Any]:
-        status = self.client.status(record.job_id) or {"state": "PENDING"}
+        status = self.client.status(record.job_id) or {"state": PENDING}
         state = state_name(status["state"])
         progress = status.get("progress") or {}
         row: dict[str, Any] = {
@@ -124,12 +124,12 @@ class DashboardData:
             if "total" in progress:
                 row["fraction"] = progress["done"] / max(progress["total"], 1)
             row["detail"] = str(progress["stage"])
-        elif state == "CANCELLED":
+        elif state == CANCELLED:
             row["detail"] = str(progress.get("reason", ""))
         if state == SUCCESS:
             row["fraction"] = 1.0
             row["detail"] = outcome(status.get("result") or {})
-        elif row["fraction"] is None and (state in TERMINAL_STATES or state == "PENDING"):
+        elif row["fraction"] is None and (state in TERMINAL_STATES or state == PENDING):
             row["fraction"] = 0.0  # an empty bar: a moving one would say that work is going on
         return row
 
