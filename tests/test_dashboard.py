@@ -358,7 +358,11 @@ def test_a_non_loopback_bind_refuses_requests_without_the_token(stack: Stack) ->
         browser_like = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
         with browser_like.open(guarded.url + "/login", data=f"token={token}".encode()) as logged_in:
             body = logged_in.read().decode()
-        assert 'id="jobs-body"' in body and token not in body
+        assert 'id="jobs-body"' in body and token not in body and 'data-allow-cancel="0"' in body
+        # started without --allow-cancel: no cancel, however authorised
+        cancel = fetch(f"{guarded.url}/api/jobs/t-000000000000/cancel", "POST", Authorization=f"Bearer {token}",
+                       **{"X-Augment-Dashboard": "cancel"})
+        assert cancel.status == 403 and b"--allow-cancel" in cancel.body
         assert [cookie.value for cookie in jar] == [session_value(token)] and token not in session_value(token)
         refused_login = fetch(guarded.url + "/login", "POST")
         assert refused_login.status == 401 and "set-cookie" not in refused_login.headers
@@ -376,7 +380,7 @@ def test_evaluation_page_shows_the_verdict_first_then_the_report(stack: Stack, b
     sections = browser.execute_script("return [...document.querySelectorAll('main > section')].map(s => s.className)")
     assert sections[:2] == ["verdict", "report"], sections
     verdict = browser.find_element("id", "verdict").text
-    assert f"Quality of model {training_job}" in verdict and "fid:" in verdict and "CAS" in verdict
+    assert f"Quality of model {training_job}" in verdict and "FID " in verdict and "CAS" in verdict
     assert browser.execute_script("return document.querySelectorAll('section.report table tr').length") > 3
     images = browser.execute_script(
         "return [...document.querySelectorAll('.report-images img')].map(i => [i.alt, i.complete && i.naturalWidth])")

@@ -381,7 +381,8 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
         headline = "The synthetic data helps" if report["helps"] else "The synthetic data does not help"
         return {"headline": headline, "good": bool(report["helps"]), "lines": lines, "warning": str(report.get("warning") or "")}
     quality = report.get("quality") or {}
-    lines = [f"{name}: {float(quality[name]):.3f}" for name in ("fid", "kid", "precision", "recall") if name in quality]
+    labels = {"fid": "FID", "kid": "KID", "precision": "precision (k=3)", "recall": "recall (k=3)"}
+    lines = [f"{label} {float(quality[name]):.3f}" for name, label in labels.items() if name in quality]
     if "cas" in report:
         lines.append(f"CAS {100 * float(report['cas']):.2f} % vs {100 * float(report.get('real_trained_accuracy', 0)):.2f} % "
                      "for the same classifier trained on real data")
