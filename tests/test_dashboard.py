@@ -27,7 +27,7 @@ from PIL import Image
 
 from producer.client import Client
 from producer.dashboard.app import CSP, dashboard_token, session_value
-from producer.dashboard.data import DashboardData, latest_per_step, thin
+from producer.dashboard.data import DashboardData, latest_per_step, thin, verdict
 from shared.jobs import FAILURE, make_record
 from shared.settings import Settings, SettingsError
 from tests.conftest import _redis_dbs
@@ -58,6 +58,15 @@ def test_curves_keep_the_latest_record_of_each_step_and_stay_small() -> None:
     thinned = thin(records, 500)
     assert len(thinned) == 500 and thinned[0]["step"] == 1 and thinned[-1]["step"] == 2000
     assert thin(records[:10], 500) == records[:10]
+
+
+def test_a_utility_verdict_says_whether_the_synthetic_data_helps() -> None:
+    report = {"helps": False, "delta_c": -0.0123, "delta_d": 0.004, "best": "(d) ratio 0.5", "warning": "within the noise"}
+    said = verdict(report)
+    assert said["headline"] == "The synthetic data does not help" and said["good"] is False
+    assert said["lines"][0].startswith("(c) - (a): -1.23 points") and said["warning"] == "within the noise"
+    assert verdict({**report, "helps": True, "warning": None}) | {"lines": []} == {
+        "headline": "The synthetic data helps", "good": True, "lines": [], "warning": ""}
 
 
 # ---- real servers, real worker, real browser ----
