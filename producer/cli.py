@@ -347,6 +347,23 @@ def worker(queues: str, pool: str, concurrency: int | None, loglevel: str, celer
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; any other than 127.0.0.1, ::1 or localhost needs AUGMENT_DASHBOARD_TOKEN.")
+@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--allow-cancel", is_flag=True, help="Show a cancel button on running and queued jobs.")
+@handle_errors
+def dashboard(host: str, port: int, allow_cancel: bool) -> None:
+    """Serve a read-only web dashboard of the jobs, their samples, curves, shards and reports, and the workers."""
+    import uvicorn
+
+    from producer.dashboard.app import build
+
+    app = build(host, allow_cancel)
+    click.echo(f"dashboard at http://{host}:{port}/ (Ctrl-C stops it)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+@main.command()
 @click.option("--out", "out_dir", default="demo-output", show_default=True, type=click.Path(file_okay=False))
 @click.option("--steps", type=int, default=2500, show_default=True, help="Training steps (a few minutes on a CPU).")
 @click.option("--count", type=int, default=10_000, show_default=True, help="Synthetic images to generate.")

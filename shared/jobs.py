@@ -79,6 +79,14 @@ class JobStore(Protocol):
 
     def release_lease(self, name: str, owner: str) -> None: ...
 
+    def append_history(self, job_id: str, record: dict[str, Any]) -> None:
+        """Add one training progress record (step, loss_d, loss_g, d_x, d_g_z) to the job's history."""
+        ...
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's progress records in the order they came; a resumed job repeats the steps after its checkpoint."""
+        ...
+
 
 class RedisJobStore:
     """Job records in Redis: a hash per job and a sorted set of ids by submission time."""
@@ -163,6 +171,16 @@ class RedisJobStore:
     def release_lease(self, name: str, owner: str) -> None:
         self.client.eval(_DELETE_IF_OWNER, 1, self._lease_key(name), owner)
 
+    def _history_key(self, job_id: str) -> str:
+        return f"{KEY_PREFIX}:job:{job_id}:history"
+
+    def append_history(self, job_id: str, record: dict[str, Any]) -> None:
+        self.client.rpush(self._history_key(job_id), json.dumps(record))
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        raw: list[str] = self.client.lrange(self._history_key(job_id), 0, -1)  # type: ignore[assignment]
+        return [json.loads(record) for record in raw]
+
 
 # A shard's record and the job's image counter change together, in one step on the server.
 _RECORD_SHARD = """
@@ -191,6 +209,7 @@ class MemoryJobStore:
         self._shards: dict[str, dict[int, dict[str, Any]]] = {}
         self._fields: dict[tuple[str, str], str] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expiry on the monotonic clock)
+        self._history: dict[str, list[dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def add(self, record: JobRecord) -> None:
@@ -272,6 +291,14 @@ class MemoryJobStore:
         with self._lock:
             if self._leases.get(name, ("", 0.0))[0] == owner:
                 del self._leases[name]
+
+    def append_history(self, job_id: str, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._history.setdefault(job_id, []).append(dict(record))
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(record) for record in self._history.get(job_id, [])]
 
 
 class Lease:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from producer.cli import main
+from producer.dashboard.app import TOKEN_ENV
 from shared.broker import QUEUES
 from shared.settings import Settings
 
@@ -32,7 +33,7 @@ DOCKERFILE_PATH = ROOT / "Dockerfile"
 ENV_EXAMPLE_PATH = ROOT / ".env.example"
 SETTINGS_PATH = ROOT / "shared" / "settings.py"
 
-SERVICES = {"redis", "minio", "worker", "flower", "producer"}
+SERVICES = {"redis", "minio", "worker", "flower", "producer", "dashboard"}
 PINNED_IMAGE_SERVICES = ("redis", "minio", "flower")
 REQUIRED_WORKER_ENV = (
     "AUGMENT_BROKER_URL",
@@ -52,6 +53,7 @@ VARIABLES = {
     "REDIS_PASSWORD": "redis-pw-0123456789",
     "MINIO_ROOT_USER": "minio-user",
     "MINIO_ROOT_PASSWORD": "minio-pw-0123",
+    "AUGMENT_DASHBOARD_TOKEN": "dashboard-token-0123",
 }
 
 
@@ -87,11 +89,11 @@ def env_example() -> str:
 
 
 def settings_env_names() -> set[str]:
-    """The AUGMENT_* names shared/settings.py reads, plus the NAME_FILE variants of its secrets."""
+    """The AUGMENT_* names shared/settings.py reads, plus the NAME_FILE variants of its secrets, and the dashboard's token."""
     source = SETTINGS_PATH.read_text()
     names = set(re.findall(r'"(AUGMENT_[A-Z0-9_]+)"', source))
     names |= {f"{name}_FILE" for name in re.findall(r'_secret\(env, "(AUGMENT_[A-Z0-9_]+)"\)', source)}
-    return names
+    return names | {TOKEN_ENV, f"{TOKEN_ENV}_FILE"}  # the dashboard's token, read like the settings' secrets
 
 
 def environment(service: Mapping[str, Any]) -> dict[str, str]:
@@ -281,12 +283,13 @@ def test_flower_watches_the_workers_broker(resolved: dict[str, Any]) -> None:
 # ---- the CLI commands ----
 
 
-def test_worker_command_is_a_cli_command_with_accepted_options(resolved: dict[str, Any]) -> None:
-    words = command_words(resolved["worker"])
+@pytest.mark.parametrize("service", ["worker", "dashboard"])
+def test_command_is_a_cli_command_with_accepted_options(resolved: dict[str, Any], service: str) -> None:
+    words = command_words(resolved[service])
     assert words[0] in main.commands, f"{words[0]!r} is not an augment command: {sorted(main.commands)}"
     accepted = {opt for param in main.commands[words[0]].params for opt in param.opts}
     options = [word.split("=", 1)[0] for word in words[1:] if word.startswith("-")]
-    assert options, "the worker command passes no options"
+    assert options, f"the {service} command passes no options"
     for option in options:
         assert option in accepted, f"`augment {words[0]}` has no option {option}; it has {sorted(accepted)}"
 
@@ -308,6 +311,18 @@ def test_producer_runs_the_augment_cli(services: dict[str, Any], compose_text: s
     assert examples, "the compose file shows no `docker compose run --rm producer ...` example"
     for command in examples:
         assert command in main.commands, f"example uses `augment {command}`, which does not exist"
+
+
+def test_dashboard_is_published_on_loopback_with_a_required_token(services: dict[str, Any], resolved: dict[str, Any]) -> None:
+    words = command_words(resolved["dashboard"])
+    port = option_value(words, "--port")
+    assert option_value(words, "--host") == "0.0.0.0"  # reachable through the published port, so the token is required
+    assert resolved["dashboard"]["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert re.fullmatch(r"\$\{AUGMENT_DASHBOARD_TOKEN:\?[^}]+\}", environment(services["dashboard"])[TOKEN_ENV])
+    env = environment(services["dashboard"])
+    del env[TOKEN_ENV]
+    assert env == environment(services["worker"]), "the dashboard must read the broker and storage the workers write"
+    assert services["dashboard"]["image"] == services["worker"]["image"]
 
 
 # ---- worker deployment ----

@@ -15,6 +15,7 @@ sys.modules['torch'] = None          # any `import torch` now raises ImportError
 import producer.cli, shared.storage, shared.datasets, shared.specs
 import shared.settings, shared.shards, shared.manifest, shared.layout, shared.jobs, shared.broker, shared.progress
 import producer.client, producer.follow
+import producer.dashboard.app, producer.dashboard.data  # the dashboard belongs with the producer: torch-free
 assert sys.modules['torch'] is None, 'torch was replaced'
 assert 'torchvision' not in sys.modules
 leaked = sorted(name for name in sys.modules if name.split('.')[0] in ('torch', 'torchvision') and sys.modules[name])

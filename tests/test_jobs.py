@@ -90,3 +90,12 @@ def test_a_holder_learns_when_its_lease_was_taken(store: JobStore) -> None:
     assert lease.lost
     lease.release()
     assert not store.acquire_lease("job:train", "c", ttl_s=1)  # releasing a lost lease leaves the new owner's
+
+
+def test_training_history_keeps_records_in_order_per_job(store: JobStore) -> None:
+    assert store.history("t-job") == []
+    for step in (5, 10, 5):  # a resumed job reports the steps after its checkpoint again
+        store.append_history("t-job", {"step": step, "loss_d": step / 10})
+    store.append_history("t-other", {"step": 1, "loss_d": 0.0})
+    assert store.history("t-job") == [{"step": 5, "loss_d": 0.5}, {"step": 10, "loss_d": 1.0}, {"step": 5, "loss_d": 0.5}]
+    assert len(store.history("t-other")) == 1

@@ -28,7 +28,7 @@ from shared.broker import (
     TRAIN_TASK,
 )
 from shared.jobs import CANCELLED, FAILURE, PROGRESS, SUCCESS, JobCancelled, JobStore, Lease, open_job_store
-from shared.progress import Progress, progress_to_dict
+from shared.progress import Progress, TrainProgress, progress_to_dict
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import Storage, StorageUnavailable, open_storage
@@ -36,13 +36,14 @@ from worker.app import app
 from worker.checkpoint import ModelNotFound, check_model
 from worker.evaluate import run_quality, run_utility
 from worker.generate import GeneratorCache, ShardBusy, finalize_job, plan_job, run_shard
-from worker.train import TrainHooks, pick_device, run_training
+from worker.train import STAT_NAMES, TrainHooks, pick_device, run_training
 
 log = get_task_logger(__name__)
 # A worker rides out a restart of the object store for this long per call before a task gives up (and retries).
 STORAGE_RETRY_WINDOW_S = 60.0
 TASK_RETRIES = 8
 TRAIN_LEASE_TTL_S = 15.0  # renewed every 5 s while the job runs; lapses 15 s after its worker dies
+HISTORY_FIELDS = ("step", *STAT_NAMES)
 # Generators stay loaded between shard tasks: a worker reads each model from storage once.
 GENERATORS = GeneratorCache()
 
@@ -112,7 +113,7 @@ def train(self: Task, spec: Any) -> dict[str, Any]:
         raise _later(self, TRAIN_LEASE_TTL_S)
     try:
         hooks = TrainHooks(
-            progress=lambda info: _report(self, info),
+            progress=lambda info: _report_training(self, store, parsed.job_id, info),
             should_stop=lambda: lease.lost or _cancel_requested(store, parsed.job_id),
         )
         return run_training(parsed, settings, storage, hooks)
@@ -134,6 +135,15 @@ def _report(task: Task, progress: Progress) -> None:
         task.update_state(state=PROGRESS, meta=progress_to_dict(progress))
     except redis.RedisError as exc:  # a progress report lost to a Redis outage is not worth the job
         log.warning("progress report skipped: Redis unreachable (%s)", type(exc).__name__)
+
+
+def _report_training(task: Task, store: JobStore, job_id: str, info: TrainProgress) -> None:
+    """Report progress and keep its vital signs in the job's history, which the dashboard draws its curves from."""
+    _report(task, info)
+    try:
+        store.append_history(job_id, {name: getattr(info, name) for name in HISTORY_FIELDS})
+    except redis.RedisError as exc:
+        log.warning("history record skipped: Redis unreachable (%s)", type(exc).__name__)
 
 
 def _cancel_requested(store: JobStore, job_id: str) -> bool:

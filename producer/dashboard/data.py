@@ -1,0 +1,384 @@
+"""Everything the dashboard reads, in one place: job records, live states and progress, training history, the shard
+ledger, workers, and objects in storage (always through storage's key checks).
+
+The web layer (:mod:`producer.dashboard.app`) only calls this module, so a change to how jobs, progress or outputs
+are kept is adapted here. Every value returned is plain data (str, numbers, lists, dicts) for templates and JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from markdown_it import MarkdownIt
+
+from producer.client import Client
+from shared.jobs import CANCELLED, KEY_PREFIX, PENDING, SUCCESS, TERMINAL_STATES, JobRecord, RedisJobStore
+from shared.layout import job_prefix, model_card_key, model_prefix, report_prefix
+from shared.manifest import Manifest
+from shared.progress import progress_from_dict
+from shared.settings import Settings
+from shared.shards import read_shard
+from shared.specs import GenerateSpec, SpecError, check_job_id
+from shared.storage import ObjectNotFound, Storage, StorageError, join_key, open_storage
+
+SAMPLE_GRID = re.compile(r"^step-(\d+)\.png$")
+# The only files served from a job's prefix: images, by a plain name (sample grids sit one folder down).
+SERVED_FILE = re.compile(r"^(samples/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*\.png$")
+CURVE_POINTS = 500  # a curve of more records is thinned to this many points: more than a chart's width shows
+STRIP_IMAGES = 16
+WORKERS_TTL_S = 3.0  # one inspect broadcast every few seconds at most, however many pages poll
+INSPECT_TIMEOUT_S = 1.0
+STRIP_CACHE_SIZE = 32
+T = TypeVar("T")
+
+
+class JobNotFound(LookupError):
+    """No such job: an unknown id, or not a job id at all."""
+
+
+def state_name(state: Any) -> str:
+    """A state as its plain name, whether a str or a str-valued Enum."""
+    return str(getattr(state, "value", state))
+
+
+@dataclass
+class DashboardData:
+    client: Client
+    settings: Settings
+
+    def __post_init__(self) -> None:
+        self._storage: Storage | None = None
+        self._lock = threading.Lock()
+        self._workers: tuple[float, list[dict[str, Any]]] = (0.0, [])
+        # finished shards never change, so their sample strips are read once (bounded: a dashboard runs for weeks)
+        self._strips: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+    @classmethod
+    def connect(cls, settings: Settings) -> DashboardData:
+        """Connect to Redis now (fails fast with a one-line reason); storage is opened on first use."""
+        return cls(Client.connect(settings), settings)
+
+    @property
+    def storage(self) -> Storage:
+        # Opened lazily and never created: a read-only dashboard may start before any job has made the bucket.
+        if self._storage is None:
+            self._storage = open_storage(self.settings, create_bucket=False)
+        return self._storage
+
+    # ---- jobs ----
+
+    def record(self, job_id: str) -> JobRecord:
+        try:
+            check_job_id(job_id)
+        except SpecError:
+            raise JobNotFound(job_id) from None
+        record = self.client.store.get(job_id)
+        if record is None:
+            raise JobNotFound(job_id)
+        return record
+
+    def jobs(self, limit: int = 500, kind: str = "", state: str = "") -> list[dict[str, Any]]:
+        """Recent jobs, newest first, each a row with its state and progress; KIND and STATE filter when given."""
+        rows = []
+        for record in self.client.store.recent(limit):
+            if kind and record.kind != kind:
+                continue
+            row = self._summary(record)
+            if not state or row["state"] == state:
+                rows.append(row)
+        return rows
+
+    def _summary(self, record: JobRecord) -> dict[str, Any]:
+        status = self.client.status(record.job_id) or {"state": PENDING}
+        state = state_name(status["state"])
+        progress = status.get("progress") or {}
+        row: dict[str, Any] = {
+            "job_id": record.job_id,
+            "kind": record.kind,
+            "state": state,
+            "submitted_at": record.submitted_at,
+            "fraction": None,
+            "detail": "",
+            "images_per_s": progress.get("images_per_s"),
+            "eta_s": progress.get("eta_s"),
+            # a running job's latest verdict; a finished one keeps its final warnings in its result
+            "warnings": [str(warning) for warning in (progress or status.get("result") or {}).get("warnings", [])],
+            "error": str(status.get("error") or ""),
+            "cancellable": state not in TERMINAL_STATES,
+        }
+        record_of_progress = progress_from_dict(progress)
+        if record_of_progress is not None:
+            row["fraction"] = record_of_progress.fraction
+            row["detail"] = record_of_progress.detail()
+        elif state == CANCELLED:
+            row["detail"] = str(progress.get("reason", ""))
+        if state == SUCCESS:
+            row["fraction"] = 1.0
+            row["detail"] = outcome(status.get("result") or {})
+        elif row["fraction"] is None and (state in TERMINAL_STATES or state == PENDING):
+            row["fraction"] = 0.0  # an empty bar: a moving one would say that work is going on
+        return row
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """One job's row plus what its page shows for its kind. What storage holds is left empty, with the reason in
+        ``storage_error``, while storage cannot be read (an outage, or a bucket no job has made yet): the live
+        state and progress come from Redis and still show."""
+        record = self.record(job_id)
+        detail = {**self._summary(record), "spec": record.spec}
+        errors: list[str] = []
+        if record.kind == "train":
+            detail |= self._training(record, errors)
+        elif record.kind == "generate":
+            detail |= self._generation(record, errors)
+        elif record.kind == "evaluate":
+            detail |= self._evaluation(record, errors)
+        detail["storage_error"] = errors[0] if errors else ""
+        return detail
+
+    def _stored(self, errors: list[str], read: Callable[[], T]) -> T | None:
+        """READ's value, or None (noting why in ERRORS) while storage cannot be read."""
+        try:
+            return read()
+        except StorageError as exc:
+            errors.append(str(exc))
+            return None
+
+    def cancel(self, job_id: str) -> str:
+        self.record(job_id)
+        return state_name(self.client.cancel(job_id))
+
+    # ---- training ----
+
+    def _training(self, record: JobRecord, errors: list[str]) -> dict[str, Any]:
+        job_id = record.job_id
+        card = self._stored(errors, lambda: self._json(model_card_key(job_id)))
+        samples: list[dict[str, Any]] = []
+        for key in self._stored(errors, lambda: self.storage.list(join_key(model_prefix(job_id), "samples"))) or []:
+            name = key.rsplit("/", 1)[-1]
+            match = SAMPLE_GRID.match(name)
+            if match:
+                samples.append({"step": int(match.group(1)), "url": f"/jobs/{job_id}/files/samples/{name}"})
+        samples.sort(key=lambda sample: sample["step"])
+        count = 10 * max(len(card.get("class_names", [])), 1) if card else 10_000
+        return {
+            "history": thin(latest_per_step(self.client.store.history(job_id)), CURVE_POINTS),
+            "samples": samples,
+            "model_card": card,
+            "generate_command": f"augment generate --model {job_id} --count {max(count, 1000)} --shard-size 1000",
+        }
+
+    # ---- generation ----
+
+    def _generation(self, record: JobRecord, errors: list[str]) -> dict[str, Any]:
+        job_id = record.job_id
+        shards_done, images_done = self.client.store.shard_totals(job_id)
+        manifest = self._stored(errors, lambda: self._manifest(job_id))
+        info: dict[str, Any] = {
+            "shards_done": shards_done,
+            "images_done": images_done,
+            "shards_total": GenerateSpec.from_dict(record.spec).shard_count,
+            "manifest": None,
+            "strip": self._stored(errors, lambda: self._strip(job_id, manifest)) or [],
+        }
+        if manifest is not None:
+            names = manifest.class_names
+            info["manifest"] = {
+                "total": manifest.total,
+                "model_id": manifest.model_id,
+                "image_size": manifest.image_size,
+                "channels": manifest.channels,
+                "created_at": manifest.created_at,
+                "classes": [
+                    {"label": label, "name": names[int(label)] if int(label) < len(names) else "", "count": count}
+                    for label, count in sorted(manifest.class_counts.items(), key=lambda item: int(item[0]))
+                ],
+                "shards": [
+                    {"name": entry.name, "count": entry.count, "size": entry.size, "sha256": entry.sha256,
+                     "url": self.storage.url_for(manifest.shard_key(entry))}
+                    for entry in manifest.shards
+                ],
+            }
+        return info
+
+    def _manifest(self, job_id: str) -> Manifest | None:
+        try:
+            return Manifest.load(self.storage, job_id)
+        except ObjectNotFound:
+            return None
+
+    def _strip(self, job_id: str, manifest: Manifest | None) -> list[dict[str, Any]]:
+        """A few samples of the job's first finished shard, as data: URLs with their labels."""
+        with self._lock:
+            if job_id in self._strips:
+                self._strips.move_to_end(job_id)
+                return self._strips[job_id]
+        if manifest is not None and manifest.shards:
+            key = manifest.shard_key(manifest.shards[0])
+        else:
+            records = self.client.store.shard_records(job_id)
+            if not records:
+                return []
+            key = join_key(job_prefix("generate", job_id), records[min(records)]["name"])
+        strip = []
+        for sample in read_shard(self.storage.get_bytes(key)):
+            strip.append({
+                "src": "data:image/png;base64," + base64.b64encode(sample.png).decode("ascii"),
+                "label": sample.label,
+                "class_name": str(sample.meta.get("class_name", "")),
+            })
+            if len(strip) == STRIP_IMAGES:
+                break
+        with self._lock:
+            self._strips[job_id] = strip
+            while len(self._strips) > STRIP_CACHE_SIZE:
+                self._strips.popitem(last=False)
+        return strip
+
+    # ---- evaluation ----
+
+    def _evaluation(self, record: JobRecord, errors: list[str]) -> dict[str, Any]:
+        job_id = record.job_id
+        prefix = report_prefix(job_id)
+        report = self._stored(errors, lambda: self._json(join_key(prefix, "report.json")))
+        markdown = self._stored(errors, lambda: self._text(join_key(prefix, "report.md"))) or ""
+        keys = self._stored(errors, lambda: self.storage.list(prefix)) or []
+        images = [key[len(prefix) + 1:] for key in keys if key.endswith(".png")]
+        return {
+            "verdict": verdict(report) if report else None,
+            # html=False: any HTML in the report (a class name, a dataset path) is shown as text, never as markup
+            "report_html": self._markdown.render(markdown) if markdown else "",
+            "report_images": [{"name": name, "url": f"/jobs/{job_id}/files/{name}"} for name in images],
+        }
+
+    # ---- storage ----
+
+    def _text(self, key: str) -> str:
+        try:
+            return self.storage.get_text(key)
+        except ObjectNotFound:
+            return ""
+
+    def _json(self, key: str) -> dict[str, Any] | None:
+        text = self._text(key)
+        return json.loads(text) if text else None
+
+    def job_file(self, job_id: str, name: str) -> bytes:
+        """An image under the job's output prefix; JobNotFound for anything else (the key is checked by storage too)."""
+        record = self.record(job_id)
+        if not SERVED_FILE.match(name):
+            raise JobNotFound(f"{job_id}/{name}")
+        try:
+            return self.storage.get_bytes(join_key(job_prefix(record.kind, job_id), name))
+        except (ObjectNotFound, ValueError):
+            raise JobNotFound(f"{job_id}/{name}") from None
+
+    # ---- workers ----
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Live workers: Celery's inspect replies, plus the job leases that workers renew while they run a task
+        (a solo worker cannot answer inspect while it trains, but its lease shows what it runs)."""
+        with self._lock:
+            fetched_at, cached = self._workers
+            if time.monotonic() - fetched_at < WORKERS_TTL_S:
+                return cached
+        workers = self._inspect_workers()
+        with self._lock:
+            self._workers = (time.monotonic(), workers)
+        return workers
+
+    def _inspect_workers(self) -> list[dict[str, Any]]:
+        inspect = self.client.app.control.inspect(timeout=INSPECT_TIMEOUT_S)
+        stats = inspect.stats() or {}
+        queues = inspect.active_queues() or {}
+        active = inspect.active() or {}
+        found: dict[str, dict[str, Any]] = {}
+
+        def worker(name: str) -> dict[str, Any]:
+            return found.setdefault(name, {"name": name, "answered": False, "pool": "", "concurrency": None,
+                                           "queues": [], "running": []})
+
+        for name, info in stats.items():
+            entry = worker(name)
+            pool = info.get("pool") or {}
+            # "celery.concurrency.solo:TaskPool" -> "solo"
+            implementation = str(pool.get("implementation", "")).split(":", 1)[0].rsplit(".", 1)[-1]
+            entry |= {"answered": True, "pool": implementation,
+                      "concurrency": pool.get("max-concurrency"), "pid": info.get("pid")}
+        for name, declared in queues.items():
+            worker(name)["queues"] = sorted(str(queue.get("name")) for queue in declared)
+        for name, tasks in active.items():
+            worker(name)["running"] += [f"{task.get('name')} {task.get('id')}" for task in tasks]
+        for lease, owner in self._leases().items():
+            worker(owner.split("/", 1)[0])["running"].append(f"lease {lease}")
+        for entry in found.values():
+            entry["running"] = sorted(set(entry["running"]))
+        return sorted(found.values(), key=lambda entry: entry["name"])
+
+    def _leases(self) -> dict[str, str]:
+        """Lease name -> owner ("worker-hostname/nonce") of every lease held now."""
+        store = self.client.store
+        if not isinstance(store, RedisJobStore):
+            return {}
+        prefix = f"{KEY_PREFIX}:lease:"
+        leases = {}
+        for key in store.client.scan_iter(match=f"{prefix}*", count=500):
+            owner = store.client.get(key)
+            if owner is not None:
+                leases[str(key)[len(prefix):]] = str(owner)
+        return leases
+
+
+def outcome(result: dict[str, Any]) -> str:
+    """A finished job's result in a few words."""
+    if "steps" in result:
+        return f"{result['steps']} steps"
+    if "images" in result and "shards" in result:
+        return f"{result['images']} images in {result['shards']} shards"
+    if "fid" in result:
+        return f"FID {float(result['fid']):.2f}, CAS {100 * float(result.get('cas', 0)):.1f} %"
+    if "delta_c" in result:
+        return f"(c)-(a) {100 * float(result['delta_c']):+.2f} points, (d)-(b) {100 * float(result['delta_d']):+.2f} points"
+    return ""
+
+
+def latest_per_step(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A resumed job repeats the steps after its checkpoint: keep the latest record of each step, in step order."""
+    by_step = {int(record["step"]): record for record in history}
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def thin(records: list[dict[str, Any]], points: int) -> list[dict[str, Any]]:
+    """At most POINTS records, evenly spaced, always keeping the last."""
+    if len(records) <= points:
+        return records
+    stride = len(records) / points
+    picked = [records[int(index * stride)] for index in range(points - 1)]
+    return picked + [records[-1]]
+
+
+def verdict(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline of an evaluation report: does the synthetic data help (utility), how good is the model (quality)."""
+    if "helps" in report:
+        lines = [
+            f"(c) - (a): {100 * float(report['delta_c']):+.2f} points (real + GAN vs real)",
+            f"(d) - (b): {100 * float(report['delta_d']):+.2f} points (real + GAN + flip/crop vs real + flip/crop)",
+            f"best setting: {report.get('best', '')}",
+        ]
+        headline = "The synthetic data helps" if report["helps"] else "The synthetic data does not help"
+        return {"headline": headline, "good": bool(report["helps"]), "lines": lines, "warning": str(report.get("warning") or "")}
+    quality = report.get("quality") or {}
+    labels = {"fid": "FID", "kid": "KID", "precision": "precision (k=3)", "recall": "recall (k=3)"}
+    lines = [f"{label} {float(quality[name]):.3f}" for name, label in labels.items() if name in quality]
+    if "cas" in report:
+        lines.append(f"CAS {100 * float(report['cas']):.2f} % vs {100 * float(report.get('real_trained_accuracy', 0)):.2f} % "
+                     "for the same classifier trained on real data")
+    return {"headline": f"Quality of model {report.get('model', '')}", "good": None, "lines": lines, "warning": ""}
