@@ -1,4 +1,5 @@
-"""shared.jobs: the shard ledger, one-shot fields and leases, on a real Redis and on the in-process store."""
+"""shared.jobs and shared.leases: states, the shard ledger, one-shot fields and leases, on a real Redis and on the
+in-process store."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import time
 import pytest
 import redis
 
-from shared.jobs import JobStore, Lease, MemoryJobStore, RedisJobStore, generation_progress
+from shared.jobs import JobField, JobState, JobStore, Keys, MemoryJobStore, RedisJobStore, generation_progress, make_record
+from shared.leases import Lease
 
 _dbs = itertools.count()
 
@@ -41,7 +43,7 @@ def test_the_first_record_of_a_shard_stands_and_counts_once(store: JobStore) -> 
 
 
 def test_progress_comes_from_the_ledger(store: JobStore) -> None:
-    store.set_once("g-job", "started_at", repr(time.time() - 2))
+    store.set_once("g-job", JobField.STARTED_AT, repr(time.time() - 2))
     store.record_shard("g-job", 0, record(100))
     progress = generation_progress(store, "g-job", shards_total=4, images_total=400)
     assert progress["shards_done"] == 1 and progress["images_done"] == 100
@@ -49,11 +51,11 @@ def test_progress_comes_from_the_ledger(store: JobStore) -> None:
 
 
 def test_set_once_lets_one_caller_through(store: JobStore) -> None:
-    assert store.set_once("g-job", "outcome", "SUCCESS")
-    assert not store.set_once("g-job", "outcome", "CANCELLED")
-    assert store.get_field("g-job", "outcome") == "SUCCESS"
-    store.clear_field("g-job", "outcome")
-    assert store.get_field("g-job", "outcome") is None
+    assert store.set_once("g-job", JobField.OUTCOME, JobState.SUCCESS)
+    assert not store.set_once("g-job", JobField.OUTCOME, JobState.CANCELLED)
+    assert store.get_field("g-job", JobField.OUTCOME) == "SUCCESS"
+    store.clear_field("g-job", JobField.OUTCOME)
+    assert store.get_field("g-job", JobField.OUTCOME) is None
 
 
 def test_a_lease_has_one_owner_until_released_or_expired(store: JobStore) -> None:
@@ -89,3 +91,23 @@ def test_a_holder_learns_when_its_lease_was_taken(store: JobStore) -> None:
     assert lease.lost
     lease.release()
     assert not store.acquire_lease("job:train", "c", ttl_s=1)  # releasing a lost lease leaves the new owner's
+
+
+def test_states_and_fields_read_back_from_redis_equal_their_names(store: JobStore) -> None:
+    # Celery hands states back as plain strings: they must compare equal to (and hash like) the members.
+    assert JobState("SUCCESS") is JobState.SUCCESS and "SUCCESS" == JobState.SUCCESS
+    assert {"FAILURE": 1}[JobState.FAILURE] == 1 and f"{JobState.CANCELLED}" == "CANCELLED"
+    store.set_field("g-job", JobField.OUTCOME, JobState.FAILURE)
+    assert store.get_field("g-job", "outcome") == JobState.FAILURE
+
+
+@pytest.mark.integration
+def test_every_redis_key_comes_from_keys(redis_server) -> None:  # type: ignore[no-untyped-def]
+    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + f"/{next(_dbs) % 16}", decode_responses=True)
+    client.flushdb()
+    store = RedisJobStore(client)
+    store.add(make_record("g-job", "generate", {}))
+    store.record_shard("g-job", 0, record(3))
+    store.acquire_lease("g-job:shard:0", "a", ttl_s=5)
+    assert set(client.keys("*")) == {Keys.jobs(), Keys.job("g-job"), Keys.shards("g-job"), Keys.lease("g-job:shard:0")}
+    assert client.hget(Keys.job("g-job"), JobField.IMAGES_DONE) == "3"

@@ -27,7 +27,8 @@ from shared.broker import (
     GENERATE_TASK,
     TRAIN_TASK,
 )
-from shared.jobs import CANCELLED, FAILURE, PROGRESS, SUCCESS, JobCancelled, JobStore, Lease, open_job_store
+from shared.jobs import JobCancelled, JobField, JobState, JobStore, open_job_store
+from shared.leases import Lease
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import Storage, StorageUnavailable, open_storage
@@ -61,11 +62,11 @@ def _clients(settings: Settings) -> tuple[JobStore, Storage]:
     return open_job_store(settings, patient=True), open_storage(settings, retry_window_s=STORAGE_RETRY_WINDOW_S)
 
 
-def _finish(store: JobStore, job_id: str, state: str, result: Any) -> None:
+def _finish(store: JobStore, job_id: str, state: JobState, result: Any) -> None:
     """Give job JOB_ID its final state, unless it has one: a late or duplicated task cannot overwrite it."""
-    if not store.set_once(job_id, "outcome", state):
+    if not store.set_once(job_id, JobField.OUTCOME, state):
         return
-    if state == FAILURE:
+    if state == JobState.FAILURE:
         app.backend.mark_as_failure(job_id, result)
     else:
         app.backend.store_result(job_id, result, state)
@@ -91,7 +92,7 @@ def _retry_or_fail(task: Task, store: JobStore, job_id: str, exc: Exception) -> 
     """Retry a task that met an outage with exponential backoff; after TASK_RETRIES fail its job."""
     if isinstance(exc, StorageUnavailable) and task.request.retries < TASK_RETRIES:
         return _later(task, _backoff(task), exc, TASK_RETRIES)
-    _finish(store, job_id, FAILURE, exc)
+    _finish(store, job_id, JobState.FAILURE, exc)
     return exc
 
 
@@ -129,7 +130,7 @@ def train(self: Task, spec: Any) -> dict[str, Any]:
 
 def _report(task: Task, info: dict[str, Any]) -> None:
     try:
-        task.update_state(state=PROGRESS, meta=info)
+        task.update_state(state=JobState.PROGRESS, meta=info)
     except redis.RedisError as exc:  # a progress report lost to a Redis outage is not worth the job
         log.warning("progress report skipped: Redis unreachable (%s)", type(exc).__name__)
 
@@ -148,7 +149,7 @@ def _check_task_id(task: Task, job_id: str) -> None:
 
 def _cancelled(task: Task, reason: str) -> NoReturn:
     log.info("%s", reason)
-    task.update_state(state=CANCELLED, meta={"reason": reason})
+    task.update_state(state=JobState.CANCELLED, meta={"reason": reason})
     raise Ignore()
 
 
@@ -170,17 +171,17 @@ def generate(self: Task, spec: Any) -> None:
     parsed = GenerateSpec.from_dict(spec)
     _check_task_id(self, parsed.job_id)
     _, store, storage = _open(parsed)
-    if store.get_field(parsed.job_id, "outcome"):
+    if store.get_field(parsed.job_id, JobField.OUTCOME):
         raise Ignore()  # a redelivered planner of a job that has ended
     if store.cancel_requested(parsed.job_id):
         _cancelled(self, f"job {parsed.job_id} was cancelled before it started")
     try:
         check_model(storage, parsed.model)
     except ModelNotFound as exc:
-        _finish(store, parsed.job_id, FAILURE, exc)
+        _finish(store, parsed.job_id, JobState.FAILURE, exc)
         raise
-    if store.get_field(parsed.job_id, "started_at") is None:
-        self.update_state(state=PROGRESS, meta={})  # before any shard runs, so it cannot overwrite the end state
+    if store.get_field(parsed.job_id, JobField.STARTED_AT) is None:
+        self.update_state(state=JobState.PROGRESS, meta={})  # before any shard runs, so it cannot overwrite the end state
     total = plan_job(parsed, store, _dispatcher(parsed))
     log.info("job %s: dispatched %d shard tasks", parsed.job_id, total)
     raise Ignore()  # the job's state is the finaliser's to set
@@ -190,12 +191,12 @@ def generate(self: Task, spec: Any) -> None:
 def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = None) -> None:
     parsed = GenerateSpec.from_dict(spec)
     _, store, storage = _open(parsed)
-    outcome = store.get_field(parsed.job_id, "outcome")
+    outcome = store.get_field(parsed.job_id, JobField.OUTCOME)
     if outcome:
         log.info("job %s has ended (%s): shard %d is left as it is", parsed.job_id, outcome, shard)
         return
     if store.cancel_requested(parsed.job_id):
-        _finish(store, parsed.job_id, CANCELLED, {"reason": f"job {parsed.job_id} was cancelled; its shards are not listed"})
+        _finish(store, parsed.job_id, JobState.CANCELLED, {"reason": f"job {parsed.job_id} was cancelled; its shards are not listed"})
         return
     try:
         _, last = run_shard(parsed, shard, storage, store, GENERATORS, pick_device(), _owner(self), queued_at)
@@ -204,7 +205,7 @@ def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = 
         raise _later(self, 5, exc) from None
     except Exception as exc:
         raise _retry_or_fail(self, store, parsed.job_id, exc) from None
-    if last and store.set_once(parsed.job_id, "finalize_sent", "1"):
+    if last and store.set_once(parsed.job_id, JobField.FINALIZE_SENT, "1"):
         app.send_task(GENERATE_FINALIZE_TASK, kwargs={"spec": spec}, queue=GENERATE_QUEUE)
 
 
@@ -212,17 +213,17 @@ def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = 
 def generate_finalize(self: Task, spec: Any) -> None:
     parsed = GenerateSpec.from_dict(spec)
     _, store, storage = _open(parsed)
-    if store.get_field(parsed.job_id, "outcome"):
+    if store.get_field(parsed.job_id, JobField.OUTCOME):
         return
     if store.cancel_requested(parsed.job_id):
-        _finish(store, parsed.job_id, CANCELLED, {"reason": f"job {parsed.job_id} was cancelled before its manifest"})
+        _finish(store, parsed.job_id, JobState.CANCELLED, {"reason": f"job {parsed.job_id} was cancelled before its manifest"})
         return
     try:
         result = finalize_job(parsed, storage, store, _dispatcher(parsed))
     except Exception as exc:
         raise _retry_or_fail(self, store, parsed.job_id, exc) from None
     if result is not None:
-        _finish(store, parsed.job_id, SUCCESS, result)
+        _finish(store, parsed.job_id, JobState.SUCCESS, result)
 
 
 @app.task(name=EVALUATE_TASK, bind=True)
