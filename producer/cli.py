@@ -208,7 +208,11 @@ def format_duration(seconds: float) -> str:
 
 
 def progress_line(status: dict[str, Any], bar_width: int = 24) -> str:
-    """One line for a person: state, a bar, and the job's vital signs."""
+    """One line for a person: state, a bar, the job's vital signs, and any part waiting for a new worker."""
+    return "; ".join([job_line(status, bar_width), *(stall["note"] for stall in status.get("stalled", []))])
+
+
+def job_line(status: dict[str, Any], bar_width: int) -> str:
     progress = status.get("progress") or {}
     state = status["state"]
     if "step" in progress:

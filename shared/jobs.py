@@ -6,8 +6,9 @@ A job is one Celery task whose task id is the job id. Celery's result backend ho
 - **records**: every submitted job (for ``augment list``), its cancellation flag, and one-shot fields
   (:class:`JobField`) that the tasks of a job coordinate through;
 - **the shard ledger**: a generation job's finished shards, what its manifest is built from;
-- **leases**: the store side of :class:`shared.leases.Lease`, expiring claims that keep two workers from
-  running the same training job or shard at once.
+- **leases and heartbeats**: the store side of :class:`shared.leases.Lease`, expiring claims that keep two
+  workers from running the same training job or shard at once, and the last heartbeat of each running part,
+  which tells a live worker from one that stopped (``augment status`` shows the latter).
 
 Every Redis key is built by :class:`Keys`, and every state and field is named once, here.
 """
@@ -100,6 +101,11 @@ class Keys:
         """A lease: its value is the owner, its expiry the lapse time."""
         return f"{Keys.PREFIX}:lease:{name}"
 
+    @staticmethod
+    def beats(job_id: str) -> str:
+        """The last heartbeat of each running part of a job: part -> {owner, at, every_s} (JSON)."""
+        return f"{Keys.PREFIX}:job:{job_id}:beats"
+
 
 class JobCancelled(Exception):
     """Raised inside a running job when its cancellation was requested."""
@@ -108,6 +114,15 @@ class JobCancelled(Exception):
 def new_job_id(kind: str) -> str:
     """A fresh job id; a kind letter makes ids readable in listings and logs: t-..., g-..., e-..."""
     return f"{kind[0]}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class Beat:
+    """The last heartbeat of a running part of a job: who runs it, when it last beat, how often it beats."""
+
+    owner: str
+    at: float  # time.time() of the beat
+    every_s: float
 
 
 @dataclass(frozen=True)
@@ -197,6 +212,18 @@ class JobStore(Protocol):
         """Give lease NAME up, if OWNER holds it (a lease that lapsed and was taken stays the taker's)."""
         ...
 
+    def beat(self, job_id: str, part: str, beat: Beat) -> None:
+        """Record a heartbeat of PART of the job (``train``, ``shard:8``); it replaces the part's last one."""
+        ...
+
+    def end_beat(self, job_id: str, part: str, owner: str) -> None:
+        """Forget PART's heartbeat, if OWNER made it: the part stopped on purpose (done, failed, handed back)."""
+        ...
+
+    def beats(self, job_id: str) -> dict[str, Beat]:
+        """The last heartbeat of each part of the job that started and did not stop on purpose."""
+        ...
+
 
 class RedisJobStore(JobStore):
     """Job records in Redis: a hash per job and a sorted set of ids by submission time."""
@@ -272,6 +299,19 @@ class RedisJobStore(JobStore):
     def release_lease(self, name: str, owner: str) -> None:
         self.client.eval(_DELETE_IF_OWNER, 1, Keys.lease(name), owner)
 
+    def beat(self, job_id: str, part: str, beat: Beat) -> None:
+        with self.client.pipeline() as pipe:
+            pipe.hset(Keys.beats(job_id), part, json.dumps(asdict(beat)))
+            pipe.expire(Keys.beats(job_id), BEATS_KEPT_S)
+            pipe.execute()
+
+    def end_beat(self, job_id: str, part: str, owner: str) -> None:
+        self.client.eval(_END_BEAT_IF_OWNER, 1, Keys.beats(job_id), part, owner)
+
+    def beats(self, job_id: str) -> dict[str, Beat]:
+        raw: dict[str, str] = self.client.hgetall(Keys.beats(job_id))  # type: ignore[assignment]
+        return {part: Beat(**json.loads(beat)) for part, beat in raw.items()}
+
 
 # A shard's record and the job's image counter change together, in one step on the server.
 _RECORD_SHARD = f"""
@@ -289,6 +329,13 @@ return 0
 # Compare-and-act in one step on the server, so a lease that expired and was taken over is never touched.
 _RENEW_IF_OWNER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 _DELETE_IF_OWNER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_END_BEAT_IF_OWNER = """
+local beat = redis.call('hget', KEYS[1], ARGV[1])
+if beat and cjson.decode(beat)['owner'] == ARGV[2] then return redis.call('hdel', KEYS[1], ARGV[1]) end
+return 0
+"""
+# Heartbeats of parts that never stopped on purpose (their worker died) are kept this long after the last one.
+BEATS_KEPT_S = 7 * 24 * 3600
 
 
 class MemoryJobStore(JobStore):
@@ -300,6 +347,7 @@ class MemoryJobStore(JobStore):
         self._shards: dict[str, dict[int, dict[str, Any]]] = {}
         self._fields: dict[tuple[str, str], str] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expiry on the monotonic clock)
+        self._beats: dict[str, dict[str, Beat]] = {}
         self._lock = threading.Lock()
 
     def add(self, record: JobRecord) -> None:
@@ -382,6 +430,20 @@ class MemoryJobStore(JobStore):
             if self._leases.get(name, ("", 0.0))[0] == owner:
                 del self._leases[name]
 
+    def beat(self, job_id: str, part: str, beat: Beat) -> None:
+        with self._lock:
+            self._beats.setdefault(job_id, {})[part] = beat
+
+    def end_beat(self, job_id: str, part: str, owner: str) -> None:
+        with self._lock:
+            beats = self._beats.get(job_id, {})
+            if part in beats and beats[part].owner == owner:
+                del beats[part]
+
+    def beats(self, job_id: str) -> dict[str, Beat]:
+        with self._lock:
+            return dict(self._beats.get(job_id, {}))
+
 
 _MEMORY_STORE = MemoryJobStore()
 
@@ -393,11 +455,14 @@ def open_job_store(settings: Settings, patient: bool = False) -> JobStore:
     return RedisJobStore(redis_client(settings, patient))
 
 
-def generation_progress(store: JobStore, job_id: str, shards_total: int, images_total: int) -> dict[str, Any]:
+def generation_progress(
+    store: JobStore, job_id: str, shards_total: int, images_total: int, stalled_images: int = 0
+) -> dict[str, Any]:
     """A generation job's progress from its shard ledger: shards and images done, images/s and ETA.
 
     Read from the ledger rather than reported by the shard tasks, so workers finishing shards at the same time
-    never overwrite each other's figures, nor the job's final state.
+    never overwrite each other's figures, nor the job's final state. The ETA counts live work only: the
+    STALLED_IMAGES of shards whose worker stopped wait for their redelivery, which the status shows apart.
     """
     shards_done, images_done = store.shard_totals(job_id)
     started = float(store.get_field(job_id, JobField.STARTED_AT) or time.time())
@@ -408,7 +473,7 @@ def generation_progress(store: JobStore, job_id: str, shards_total: int, images_
         "images_done": images_done,
         "images_total": images_total,
         "images_per_s": rate,
-        "eta_s": (images_total - images_done) / rate if rate > 0 else 0.0,
+        "eta_s": max(images_total - images_done - stalled_images, 0) / rate if rate > 0 else 0.0,
     }
 
 

@@ -221,7 +221,7 @@ def run_shard(
     if shard_is_complete(storage, spec, shard_index, store.shard_record(spec.job_id, shard_index)):
         log.info("job %s: shard %d is already complete; nothing to do", spec.job_id, shard_index)
         return False, False  # done before: a redelivered or duplicated message
-    lease = Lease(store, f"{spec.job_id}:shard:{shard_index}", owner, SHARD_LEASE_TTL_S)
+    lease = Lease(store, spec.job_id, f"shard:{shard_index}", owner, SHARD_LEASE_TTL_S)
     if not lease.acquire():
         raise ShardBusy(f"shard {shard_index} of job {spec.job_id} is being made by another worker")
     try:

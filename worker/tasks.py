@@ -9,6 +9,7 @@ into shard tasks and a finaliser, which give the job its final state; the first 
 from __future__ import annotations
 
 import functools
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,8 @@ from typing import Any, NoReturn
 
 import redis
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
+from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
 
 from shared.broker import (
@@ -44,6 +46,14 @@ TASK_RETRIES = 8
 TRAIN_LEASE_TTL_S = 15.0  # renewed every 5 s while the job runs; lapses 15 s after its worker dies
 # Generators stay loaded between shard tasks: a worker reads each model from storage once.
 GENERATORS = GeneratorCache()
+# Set when the worker is told to stop (SIGTERM: docker stop, Kubernetes, a spot-instance notice): a running
+# training job then checkpoints and hands its message back instead of holding the shutdown for hours.
+PREEMPTED = threading.Event()
+
+
+@worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    PREEMPTED.set()
 
 
 def _owner(task: Task) -> str:
@@ -73,15 +83,19 @@ def _finish(store: JobStore, job_id: str, state: JobState, result: Any) -> None:
 
 
 def _later(task: Task, seconds: float, exc: Exception | None = None, max_retries: int | None = None) -> Exception:
-    """Retry TASK in about SECONDS, but within half the visibility timeout.
+    """Retry TASK in about SECONDS.
 
-    A retry is a message with a countdown that a worker holds unacknowledged until it is due; held past the
-    visibility timeout, Redis hands it out again and two workers share one delivery tag, so a crash of either
-    can lose it. Retries of busy (leased) jobs are unlimited: they end when the holder finishes or dies.
+    A retry is a message with a countdown that a worker holds unacknowledged until it is due; the transport's
+    heartbeat keeps it invisible meanwhile, and it comes back if that worker dies. Retries of busy (leased) jobs
+    are unlimited: they end when the holder finishes or dies.
     """
-    countdown = min(seconds, Settings.from_env().visibility_timeout_s / 2)
     options = {} if max_retries is None else {"max_retries": max_retries}
-    return task.retry(exc=exc, countdown=countdown, **options)  # type: ignore[no-any-return]
+    return task.retry(exc=exc, countdown=seconds, **options)  # type: ignore[no-any-return]
+
+
+def _note_redelivery(task: Task, job_id: str) -> None:
+    if (task.request.delivery_info or {}).get("redelivered"):
+        log.warning("job %s: redelivered (its previous worker stopped or handed it back)", job_id)
 
 
 def _backoff(task: Task) -> float:
@@ -101,21 +115,26 @@ def train(self: Task, spec: Any) -> dict[str, Any]:
     parsed = TrainSpec.from_dict(spec)  # a SpecError fails the task with a one-line reason; retrying cannot fix it
     _check_task_id(self, parsed.job_id)
     settings, store, storage = _open(parsed)
+    _note_redelivery(self, parsed.job_id)
     if store.cancel_requested(parsed.job_id):
         _cancelled(self, f"job {parsed.job_id} was cancelled before it started")
-    # Redis redelivers a task unacknowledged for longer than the visibility timeout even while it still runs;
-    # the lease makes such a second delivery wait instead of training the same job beside the first.
-    lease = Lease(store, f"{parsed.job_id}:train", _owner(self), TRAIN_LEASE_TTL_S)
+    # A second delivery of a running job (a duplicated message, or one handed out again while Redis was
+    # unreachable for longer than the visibility timeout) waits for the lease instead of training beside it.
+    lease = Lease(store, parsed.job_id, "train", _owner(self), TRAIN_LEASE_TTL_S)
     if not lease.acquire():
         log.info("job %s is running on another worker; checking again later", parsed.job_id)
         raise _later(self, TRAIN_LEASE_TTL_S)
     try:
         hooks = TrainHooks(
             progress=lambda info: _report(self, info),
-            should_stop=lambda: lease.lost or _cancel_requested(store, parsed.job_id),
+            should_stop=lambda: PREEMPTED.is_set() or lease.lost or _cancel_requested(store, parsed.job_id),
         )
         return run_training(parsed, settings, storage, hooks)
     except JobCancelled as exc:
+        if PREEMPTED.is_set():
+            # the checkpoint is written: the next worker to take the message resumes from this very step
+            log.warning("job %s: worker shutting down; checkpointed and handed the job back", parsed.job_id)
+            raise Reject(exc, requeue=True) from None
         if lease.lost:
             # Redis lost the lease (a long outage) and another delivery may hold it now: stop, and come back
             # later as a new message, which resumes from the checkpoint if the job is still unfinished.
@@ -191,6 +210,7 @@ def generate(self: Task, spec: Any) -> None:
 def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = None) -> None:
     parsed = GenerateSpec.from_dict(spec)
     _, store, storage = _open(parsed)
+    _note_redelivery(self, parsed.job_id)
     outcome = store.get_field(parsed.job_id, JobField.OUTCOME)
     if outcome:
         log.info("job %s has ended (%s): shard %d is left as it is", parsed.job_id, outcome, shard)
