@@ -87,6 +87,8 @@ class QoS(kombu_redis.QoS):
             with self._held_lock:
                 tags = list(self._held)
             if not tags:
+                if self.channel.closed:
+                    return  # a channel dropped on a lost connection: its tasks have ended, a new one holds the rest
                 continue
             try:
                 with self.channel.conn_or_acquire() as client:
