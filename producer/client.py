@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
 
-from shared.broker import EVALUATE_TASK, GENERATE_TASK, QUEUE_OF_TASK, TRAIN_TASK, check_broker, make_celery
+from shared.broker import (
+    EVALUATE_TASK,
+    GENERATE_TASK,
+    QUEUE_OF_TASK,
+    TRAIN_TASK,
+    check_broker,
+    make_celery,
+    redelivery_after_s,
+)
 from shared.datasets import locate_dataset
 from shared.jobs import (
     CANCELLED,
@@ -26,6 +34,7 @@ from shared.jobs import (
     open_job_store,
 )
 from shared.layout import model_card_key, report_prefix
+from shared.leases import Stall, stalls
 from shared.progress import generation_progress, progress_to_dict
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
@@ -112,10 +121,26 @@ class Client:
         if record is None and state == PENDING:
             return None
         status = describe_status(record, state, result.info)
-        if record is not None and record.kind == "generate" and state not in TERMINAL_STATES | {PENDING}:
+        if record is None or state in TERMINAL_STATES | {PENDING}:
+            return status
+        stalled = self._stalls(record.kind, job_id)
+        if stalled:
+            # what waits for a new worker is shown as such, apart from the work that is running
+            status["stalled"] = [{**asdict(stall), "note": stall.note} for stall in stalled]
+        if record.kind == "generate":
             spec = GenerateSpec.from_dict(record.spec)
-            status["progress"] = progress_to_dict(generation_progress(self.store, job_id, spec.shard_count, spec.count))
+            shards = [int(stall.part.split(":")[1]) for stall in stalled]
+            waiting = sum(min(spec.shard_size, spec.count - index * spec.shard_size) for index in shards)
+            status["progress"] = progress_to_dict(generation_progress(self.store, job_id, spec.shard_count, spec.count, waiting))
+        elif stalled and isinstance(status.get("progress"), dict):
+            status["progress"] = {**status["progress"], "images_per_s": 0.0}  # none of it runs now: no ETA
         return status
+
+    def _stalls(self, kind: str, job_id: str) -> list[Stall]:
+        def finished(part: str) -> bool:  # a shard its worker recorded just before it died is done, not stalled
+            return kind == "generate" and self.store.shard_record(job_id, int(part.split(":")[1])) is not None
+
+        return stalls(self.store, job_id, redelivery_after_s(self.settings), finished)
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         return [

@@ -16,8 +16,9 @@ LOG_LINE_INTERVAL_S = 5.0  # when stderr is a log file, not a terminal: a line e
 
 
 def status_line(status: dict[str, Any]) -> str:
-    """A job status (``Client.status``) as the one line a person reads."""
-    return progress_line(status["state"], progress_from_dict(status.get("progress")))
+    """A job status (``Client.status``) as the one line a person reads, with any part waiting for a new worker."""
+    line = progress_line(status["state"], progress_from_dict(status.get("progress")))
+    return "; ".join([line, *(stall["note"] for stall in status.get("stalled", []))])
 
 
 def follow(client: Client, job_id: str, poll_s: float) -> dict[str, Any]:

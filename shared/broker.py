@@ -38,19 +38,32 @@ QUEUE_OF_TASK = {
 CONNECT_TIMEOUT_S = 3.0
 
 
+def restore_interval_s(visibility_timeout_s: int) -> int:
+    """Seconds between a worker's sweeps for messages whose holder died."""
+    return max(1, min(5, visibility_timeout_s // 4))
+
+
+def redelivery_after_s(settings: Settings) -> float:
+    """At most this long after a holder's last heartbeat, its unfinished message is back in its queue."""
+    return settings.visibility_timeout_s + restore_interval_s(settings.visibility_timeout_s)
+
+
 class BrokerUnreachable(RuntimeError):
     """Redis could not be reached; the message names the URL (password masked) and the fix."""
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     transport = {
-        # Redis redelivers unacknowledged tasks after this; it must exceed the longest task or be paired with
-        # a lease (see docs), and it must be identical in producer and worker.
+        # A message whose holder stopped heartbeating this long ago is handed to another worker; a live holder
+        # keeps its messages invisible however long they run (shared.transport). Producer and worker agree on it.
         "visibility_timeout": settings.visibility_timeout_s,
-        # Look for abandoned (timed-out) messages every few seconds; kombu's defaults sweep every 100 s,
-        # which would leave a dead worker's task waiting long after its visibility timeout.
-        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 2)),
+        # Every worker sweeps for such messages every few seconds; kombu's defaults sweep every 100 s, which
+        # would leave a dead worker's task waiting long after its visibility timeout.
+        "unacked_restore_interval": restore_interval_s(settings.visibility_timeout_s),
         "unacked_restore_throttle": 1,
+        # A worker killed inside a sweep leaves the sweep's lock behind; kombu's 300 s expiry would stop every
+        # sweep for that long. A sweep takes milliseconds, and two at once are safe (each restore is a transaction).
+        "unacked_mutex_expire": 10,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "socket_timeout": 30,
     }

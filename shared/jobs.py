@@ -1,10 +1,16 @@
-"""Job records and job status.
+"""Jobs: the states a job goes through, its record in Redis, and the keys everything about a job lives under.
 
 A job is one Celery task whose task id is the job id. Celery's result backend holds its state and progress
 (``PROGRESS`` meta while it runs, the result on ``SUCCESS``); this module adds what Celery does not keep:
-a record of every submitted job (for ``augment list``), a cancellation flag the worker polls, the ledger of
-a generation job's finished shards (what its manifest is built from), one-shot flags, and leases: expiring,
-heartbeat-renewed claims that keep two workers from running the same training job or shard at once.
+
+- **records**: every submitted job (for ``augment list``), its cancellation flag, and one-shot fields
+  (:class:`JobField`) that the tasks of a job coordinate through;
+- **the shard ledger**: a generation job's finished shards, what its manifest is built from;
+- **leases and heartbeats**: the store side of :class:`shared.leases.Lease`, expiring claims that keep two
+  workers from running the same training job or shard at once, and the last heartbeat of each running part,
+  which tells a live worker from one that stopped (``augment status`` shows the latter).
+
+Every Redis key is built by :class:`Keys`, and every state and field is named once, here.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Any, Protocol
 
 import redis
@@ -21,11 +28,88 @@ import redis
 from shared.broker import redis_client
 from shared.settings import Settings
 
-PENDING, STARTED, PROGRESS, SUCCESS, FAILURE, CANCELLED, REVOKED = (
-    "PENDING", "STARTED", "PROGRESS", "SUCCESS", "FAILURE", "CANCELLED", "REVOKED",
-)
-TERMINAL_STATES = frozenset({SUCCESS, FAILURE, CANCELLED, REVOKED})
-KEY_PREFIX = "augment"
+
+class JobState(str, Enum):
+    """The state of a job, as Celery's result backend stores it (plus ``CANCELLED``, this project's own).
+
+    A ``str`` subclass, so a state read back from Celery (a plain string) compares equal to its member.
+    """
+
+    PENDING = "PENDING"
+    STARTED = "STARTED"
+    PROGRESS = "PROGRESS"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    CANCELLED = "CANCELLED"
+    REVOKED = "REVOKED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.CANCELLED, JobState.REVOKED})
+# The bare names, typed as the plain strings Celery hands back, for callers that compare a state with them.
+PENDING: str = JobState.PENDING
+STARTED: str = JobState.STARTED
+PROGRESS: str = JobState.PROGRESS
+SUCCESS: str = JobState.SUCCESS
+FAILURE: str = JobState.FAILURE
+CANCELLED: str = JobState.CANCELLED
+REVOKED: str = JobState.REVOKED
+
+
+class JobField(str, Enum):
+    """The fields of a job's record (one Redis hash per job, see :meth:`Keys.job`)."""
+
+    KIND = "kind"  # train, generate or evaluate
+    SPEC = "spec"  # the validated spec, as JSON
+    SUBMITTED_AT = "submitted_at"
+    CANCEL_REQUESTED = "cancel_requested"
+    # A generation job's final state, set once by whichever of its tasks ends it; later tasks see it and stop.
+    OUTCOME = "outcome"
+    STARTED_AT = "started_at"  # when a generation job's planner first ran (its images/s is measured from here)
+    DISPATCHED = "dispatched"  # how many shard tasks the planner has sent, so a rerun planner goes on from there
+    FINALIZE_SENT = "finalize_sent"  # the finaliser was dispatched (once)
+    IMAGES_DONE = "images_done"  # images in the shard ledger, kept beside it so progress is one read
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Keys:
+    """Every Redis key of the job system, built in one place."""
+
+    PREFIX = "augment"
+
+    @staticmethod
+    def job(job_id: str) -> str:
+        """The hash of a job's record (fields: :class:`JobField`)."""
+        return f"{Keys.PREFIX}:job:{job_id}"
+
+    @staticmethod
+    def jobs() -> str:
+        """The sorted set of every job id, scored by submission time."""
+        return f"{Keys.PREFIX}:jobs"
+
+    @staticmethod
+    def shards(job_id: str) -> str:
+        """The shard ledger of a generation job: shard index -> its record (JSON)."""
+        return f"{Keys.PREFIX}:job:{job_id}:shards"
+
+    @staticmethod
+    def history(job_id: str) -> str:
+        """A training job's progress records (JSON), in the order they came: the dashboard's curves."""
+        return f"{Keys.PREFIX}:job:{job_id}:history"
+
+    @staticmethod
+    def lease(name: str) -> str:
+        """A lease: its value is the owner, its expiry the lapse time."""
+        return f"{Keys.PREFIX}:lease:{name}"
+
+    @staticmethod
+    def beats(job_id: str) -> str:
+        """The last heartbeat of each running part of a job: part -> {owner, at, every_s} (JSON)."""
+        return f"{Keys.PREFIX}:job:{job_id}:beats"
 
 
 class JobCancelled(Exception):
@@ -33,8 +117,17 @@ class JobCancelled(Exception):
 
 
 def new_job_id(kind: str) -> str:
-    # a kind letter makes ids readable in listings and logs: t-..., g-...
+    """A fresh job id; a kind letter makes ids readable in listings and logs: t-..., g-..., e-..."""
     return f"{kind[0]}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class Beat:
+    """The last heartbeat of a running part of a job: who runs it, when it last beat, how often it beats."""
+
+    owner: str
+    at: float  # time.time() of the beat
+    every_s: float
 
 
 @dataclass(frozen=True)
@@ -45,39 +138,96 @@ class JobRecord:
     submitted_at: float
 
 
+def make_record(job_id: str, kind: str, spec: dict[str, Any]) -> JobRecord:
+    """The record of a job submitted now."""
+    return JobRecord(job_id=job_id, kind=kind, spec=spec, submitted_at=time.time())
+
+
 class JobStore(Protocol):
-    def add(self, record: JobRecord) -> None: ...
-    def get(self, job_id: str) -> JobRecord | None: ...
-    def recent(self, limit: int = 50) -> list[JobRecord]: ...
-    def request_cancel(self, job_id: str) -> None: ...
-    def cancel_requested(self, job_id: str) -> bool: ...
+    """Job records, the shard ledger and leases; in Redis (:class:`RedisJobStore`) or in memory (the demo)."""
 
-    def record_shard(self, job_id: str, index: int, record: dict[str, Any]) -> int:
-        """Record shard INDEX as complete (the first record stands); returns how many shards are recorded."""
+    # records
+    def add(self, record: JobRecord) -> None:
+        """Record a submitted job."""
         ...
 
-    def shard_records(self, job_id: str) -> dict[int, dict[str, Any]]: ...
-    def shard_record(self, job_id: str, index: int) -> dict[str, Any] | None: ...
-
-    def shard_totals(self, job_id: str) -> tuple[int, int]:
-        """(shards, images) recorded so far, kept as counters so that polling a big job stays cheap."""
+    def get(self, job_id: str) -> JobRecord | None:
+        """The record of JOB_ID; None for an unknown job."""
         ...
-    def forget_shard(self, job_id: str, index: int) -> None: ...
+
+    def recent(self, limit: int = 50) -> list[JobRecord]:
+        """The LIMIT most recently submitted jobs, newest first."""
+        ...
+
+    def request_cancel(self, job_id: str) -> None:
+        """Flag the job for cancellation; its tasks check the flag and stop."""
+        ...
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether the job's cancellation was requested."""
+        ...
 
     def set_once(self, job_id: str, name: str, value: str) -> bool:
         """Set the job's field NAME unless it is set; True for the one caller that set it."""
         ...
 
-    def get_field(self, job_id: str, name: str) -> str | None: ...
-    def set_field(self, job_id: str, name: str, value: str) -> None: ...
-    def clear_field(self, job_id: str, name: str) -> None: ...
-    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool: ...
+    def get_field(self, job_id: str, name: str) -> str | None:
+        """The job's field NAME, None when unset."""
+        ...
+
+    def set_field(self, job_id: str, name: str, value: str) -> None:
+        """Set the job's field NAME, whatever it was."""
+        ...
+
+    def clear_field(self, job_id: str, name: str) -> None:
+        """Unset the job's field NAME."""
+        ...
+
+    # the shard ledger
+    def record_shard(self, job_id: str, index: int, record: dict[str, Any]) -> int:
+        """Record shard INDEX as complete (the first record stands); returns how many shards are recorded."""
+        ...
+
+    def shard_records(self, job_id: str) -> dict[int, dict[str, Any]]:
+        """Every recorded shard of the job, by index."""
+        ...
+
+    def shard_record(self, job_id: str, index: int) -> dict[str, Any] | None:
+        """The record of shard INDEX, None if it is not recorded."""
+        ...
+
+    def shard_totals(self, job_id: str) -> tuple[int, int]:
+        """(shards, images) recorded so far, kept as counters so that polling a big job stays cheap."""
+        ...
+
+    def forget_shard(self, job_id: str, index: int) -> None:
+        """Drop shard INDEX from the ledger (its object was lost), taking its images off the count once."""
+        ...
+
+    # leases
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take lease NAME for OWNER for TTL_S seconds, unless someone holds it; True if taken."""
+        ...
 
     def renew_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         """Extend the lease if OWNER still holds it; False when it expired or another owner took it."""
         ...
 
-    def release_lease(self, name: str, owner: str) -> None: ...
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give lease NAME up, if OWNER holds it (a lease that lapsed and was taken stays the taker's)."""
+        ...
+
+    def beat(self, job_id: str, part: str, beat: Beat) -> None:
+        """Record a heartbeat of PART of the job (``train``, ``shard:8``); it replaces the part's last one."""
+        ...
+
+    def end_beat(self, job_id: str, part: str, owner: str) -> None:
+        """Forget PART's heartbeat, if OWNER made it: the part stopped on purpose (done, failed, handed back)."""
+        ...
+
+    def beats(self, job_id: str) -> dict[str, Beat]:
+        """The last heartbeat of each part of the job that started and did not stop on purpose."""
+        ...
 
     def append_history(self, job_id: str, record: dict[str, Any]) -> None:
         """Add one training progress record (step, loss_d, loss_g, d_x, d_g_z) to the job's history."""
@@ -88,119 +238,127 @@ class JobStore(Protocol):
         ...
 
 
-class RedisJobStore:
+class RedisJobStore(JobStore):
     """Job records in Redis: a hash per job and a sorted set of ids by submission time."""
 
     def __init__(self, client: redis.Redis):
         self.client = client
 
-    def _key(self, job_id: str) -> str:
-        return f"{KEY_PREFIX}:job:{job_id}"
-
     def add(self, record: JobRecord) -> None:
         payload: dict[bytes | bytearray | memoryview | str | int | float, str] = {
-            "kind": record.kind, "spec": json.dumps(record.spec), "submitted_at": repr(record.submitted_at),
+            JobField.KIND: record.kind, JobField.SPEC: json.dumps(record.spec), JobField.SUBMITTED_AT: repr(record.submitted_at),
         }
         with self.client.pipeline() as pipe:
-            pipe.hset(self._key(record.job_id), mapping=payload)
-            pipe.zadd(f"{KEY_PREFIX}:jobs", {record.job_id: record.submitted_at})
+            pipe.hset(Keys.job(record.job_id), mapping=payload)
+            pipe.zadd(Keys.jobs(), {record.job_id: record.submitted_at})
             pipe.execute()
 
     def get(self, job_id: str) -> JobRecord | None:
-        data: dict[str, str] = self.client.hgetall(self._key(job_id))  # type: ignore[assignment]
-        if not data or "kind" not in data:
+        data: dict[str, str] = self.client.hgetall(Keys.job(job_id))  # type: ignore[assignment]
+        if not data or JobField.KIND not in data:
             return None
-        return JobRecord(job_id, data["kind"], json.loads(data["spec"]), float(data["submitted_at"]))
+        return JobRecord(job_id, data[JobField.KIND], json.loads(data[JobField.SPEC]), float(data[JobField.SUBMITTED_AT]))
 
     def recent(self, limit: int = 50) -> list[JobRecord]:
-        ids: list[str] = self.client.zrevrange(f"{KEY_PREFIX}:jobs", 0, limit - 1)  # type: ignore[assignment]
+        ids: list[str] = self.client.zrevrange(Keys.jobs(), 0, limit - 1)  # type: ignore[assignment]
         return [record for record in map(self.get, ids) if record is not None]
 
     def request_cancel(self, job_id: str) -> None:
-        self.client.hset(self._key(job_id), "cancel_requested", "1")
+        self.client.hset(Keys.job(job_id), JobField.CANCEL_REQUESTED, "1")
 
     def cancel_requested(self, job_id: str) -> bool:
-        return bool(self.client.hget(self._key(job_id), "cancel_requested"))
+        return bool(self.client.hget(Keys.job(job_id), JobField.CANCEL_REQUESTED))
 
-    def _shards_key(self, job_id: str) -> str:
-        return f"{KEY_PREFIX}:job:{job_id}:shards"
+    def set_once(self, job_id: str, name: str, value: str) -> bool:
+        return bool(self.client.hsetnx(Keys.job(job_id), name, value))
+
+    def get_field(self, job_id: str, name: str) -> str | None:
+        return self.client.hget(Keys.job(job_id), name)  # type: ignore[return-value]
+
+    def set_field(self, job_id: str, name: str, value: str) -> None:
+        self.client.hset(Keys.job(job_id), name, value)
+
+    def clear_field(self, job_id: str, name: str) -> None:
+        self.client.hdel(Keys.job(job_id), name)
 
     def record_shard(self, job_id: str, index: int, record: dict[str, Any]) -> int:
-        keys = (self._shards_key(job_id), self._key(job_id))
+        keys = (Keys.shards(job_id), Keys.job(job_id))
         return int(self.client.eval(_RECORD_SHARD, 2, *keys, str(index), json.dumps(record, sort_keys=True), int(record["count"])))
 
     def shard_records(self, job_id: str) -> dict[int, dict[str, Any]]:
-        raw: dict[str, str] = self.client.hgetall(self._shards_key(job_id))  # type: ignore[assignment]
+        raw: dict[str, str] = self.client.hgetall(Keys.shards(job_id))  # type: ignore[assignment]
         return {int(index): json.loads(record) for index, record in raw.items()}
 
     def shard_record(self, job_id: str, index: int) -> dict[str, Any] | None:
-        record: str | None = self.client.hget(self._shards_key(job_id), str(index))  # type: ignore[assignment]
+        record: str | None = self.client.hget(Keys.shards(job_id), str(index))  # type: ignore[assignment]
         return None if record is None else json.loads(record)
 
     def shard_totals(self, job_id: str) -> tuple[int, int]:
         with self.client.pipeline() as pipe:
-            pipe.hlen(self._shards_key(job_id))
-            pipe.hget(self._key(job_id), "images_done")
+            pipe.hlen(Keys.shards(job_id))
+            pipe.hget(Keys.job(job_id), JobField.IMAGES_DONE)
             shards, images = pipe.execute()
         return int(shards), int(images or 0)
 
     def forget_shard(self, job_id: str, index: int) -> None:
-        self.client.eval(_FORGET_SHARD, 2, self._shards_key(job_id), self._key(job_id), str(index))
-
-    def set_once(self, job_id: str, name: str, value: str) -> bool:
-        return bool(self.client.hsetnx(self._key(job_id), name, value))
-
-    def get_field(self, job_id: str, name: str) -> str | None:
-        return self.client.hget(self._key(job_id), name)  # type: ignore[return-value]
-
-    def set_field(self, job_id: str, name: str, value: str) -> None:
-        self.client.hset(self._key(job_id), name, value)
-
-    def clear_field(self, job_id: str, name: str) -> None:
-        self.client.hdel(self._key(job_id), name)
-
-    def _lease_key(self, name: str) -> str:
-        return f"{KEY_PREFIX}:lease:{name}"
+        self.client.eval(_FORGET_SHARD, 2, Keys.shards(job_id), Keys.job(job_id), str(index))
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
-        return bool(self.client.set(self._lease_key(name), owner, nx=True, px=int(ttl_s * 1000)))
+        return bool(self.client.set(Keys.lease(name), owner, nx=True, px=int(ttl_s * 1000)))
 
     def renew_lease(self, name: str, owner: str, ttl_s: float) -> bool:
-        return bool(self.client.eval(_RENEW_IF_OWNER, 1, self._lease_key(name), owner, int(ttl_s * 1000)))
+        return bool(self.client.eval(_RENEW_IF_OWNER, 1, Keys.lease(name), owner, int(ttl_s * 1000)))
 
     def release_lease(self, name: str, owner: str) -> None:
-        self.client.eval(_DELETE_IF_OWNER, 1, self._lease_key(name), owner)
+        self.client.eval(_DELETE_IF_OWNER, 1, Keys.lease(name), owner)
 
-    def _history_key(self, job_id: str) -> str:
-        return f"{KEY_PREFIX}:job:{job_id}:history"
+    def beat(self, job_id: str, part: str, beat: Beat) -> None:
+        with self.client.pipeline() as pipe:
+            pipe.hset(Keys.beats(job_id), part, json.dumps(asdict(beat)))
+            pipe.expire(Keys.beats(job_id), BEATS_KEPT_S)
+            pipe.execute()
+
+    def end_beat(self, job_id: str, part: str, owner: str) -> None:
+        self.client.eval(_END_BEAT_IF_OWNER, 1, Keys.beats(job_id), part, owner)
+
+    def beats(self, job_id: str) -> dict[str, Beat]:
+        raw: dict[str, str] = self.client.hgetall(Keys.beats(job_id))  # type: ignore[assignment]
+        return {part: Beat(**json.loads(beat)) for part, beat in raw.items()}
 
     def append_history(self, job_id: str, record: dict[str, Any]) -> None:
-        self.client.rpush(self._history_key(job_id), json.dumps(record))
+        self.client.rpush(Keys.history(job_id), json.dumps(record))
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
-        raw: list[str] = self.client.lrange(self._history_key(job_id), 0, -1)  # type: ignore[assignment]
+        raw: list[str] = self.client.lrange(Keys.history(job_id), 0, -1)  # type: ignore[assignment]
         return [json.loads(record) for record in raw]
 
 
 # A shard's record and the job's image counter change together, in one step on the server.
-_RECORD_SHARD = """
-if redis.call('hsetnx', KEYS[1], ARGV[1], ARGV[2]) == 1 then redis.call('hincrby', KEYS[2], 'images_done', ARGV[3]) end
+_RECORD_SHARD = f"""
+if redis.call('hsetnx', KEYS[1], ARGV[1], ARGV[2]) == 1 then redis.call('hincrby', KEYS[2], '{JobField.IMAGES_DONE}', ARGV[3]) end
 return redis.call('hlen', KEYS[1])
 """
-_FORGET_SHARD = """
+_FORGET_SHARD = f"""
 local record = redis.call('hget', KEYS[1], ARGV[1])
 if record then
   redis.call('hdel', KEYS[1], ARGV[1])
-  redis.call('hincrby', KEYS[2], 'images_done', -cjson.decode(record)['count'])
+  redis.call('hincrby', KEYS[2], '{JobField.IMAGES_DONE}', -cjson.decode(record)['count'])
 end
 return 0
 """
 # Compare-and-act in one step on the server, so a lease that expired and was taken over is never touched.
 _RENEW_IF_OWNER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 _DELETE_IF_OWNER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_END_BEAT_IF_OWNER = """
+local beat = redis.call('hget', KEYS[1], ARGV[1])
+if beat and cjson.decode(beat)['owner'] == ARGV[2] then return redis.call('hdel', KEYS[1], ARGV[1]) end
+return 0
+"""
+# Heartbeats of parts that never stopped on purpose (their worker died) are kept this long after the last one.
+BEATS_KEPT_S = 7 * 24 * 3600
 
 
-class MemoryJobStore:
+class MemoryJobStore(JobStore):
     """The same records in process memory, for the embedded demo (broker ``memory://``)."""
 
     def __init__(self) -> None:
@@ -210,6 +368,7 @@ class MemoryJobStore:
         self._fields: dict[tuple[str, str], str] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expiry on the monotonic clock)
         self._history: dict[str, list[dict[str, Any]]] = {}
+        self._beats: dict[str, dict[str, Beat]] = {}
         self._lock = threading.Lock()
 
     def add(self, record: JobRecord) -> None:
@@ -228,6 +387,24 @@ class MemoryJobStore:
 
     def cancel_requested(self, job_id: str) -> bool:
         return job_id in self._cancelled
+
+    def set_once(self, job_id: str, name: str, value: str) -> bool:
+        with self._lock:
+            if (job_id, name) in self._fields:
+                return False
+            self._fields[job_id, name] = value
+            return True
+
+    def get_field(self, job_id: str, name: str) -> str | None:
+        return self._fields.get((job_id, name))
+
+    def set_field(self, job_id: str, name: str, value: str) -> None:
+        with self._lock:
+            self._fields[job_id, name] = value
+
+    def clear_field(self, job_id: str, name: str) -> None:
+        with self._lock:
+            self._fields.pop((job_id, name), None)
 
     def record_shard(self, job_id: str, index: int, record: dict[str, Any]) -> int:
         with self._lock:
@@ -252,24 +429,6 @@ class MemoryJobStore:
     def forget_shard(self, job_id: str, index: int) -> None:
         with self._lock:
             self._shards.get(job_id, {}).pop(index, None)
-
-    def set_once(self, job_id: str, name: str, value: str) -> bool:
-        with self._lock:
-            if (job_id, name) in self._fields:
-                return False
-            self._fields[job_id, name] = value
-            return True
-
-    def get_field(self, job_id: str, name: str) -> str | None:
-        return self._fields.get((job_id, name))
-
-    def set_field(self, job_id: str, name: str, value: str) -> None:
-        with self._lock:
-            self._fields[job_id, name] = value
-
-    def clear_field(self, job_id: str, name: str) -> None:
-        with self._lock:
-            self._fields.pop((job_id, name), None)
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         with self._lock:
@@ -300,45 +459,19 @@ class MemoryJobStore:
         with self._lock:
             return [dict(record) for record in self._history.get(job_id, [])]
 
+    def beat(self, job_id: str, part: str, beat: Beat) -> None:
+        with self._lock:
+            self._beats.setdefault(job_id, {})[part] = beat
 
-class Lease:
-    """An exclusive, expiring claim on NAME, renewed by a heartbeat thread for as long as it is held.
+    def end_beat(self, job_id: str, part: str, owner: str) -> None:
+        with self._lock:
+            beats = self._beats.get(job_id, {})
+            if part in beats and beats[part].owner == owner:
+                del beats[part]
 
-    A worker that dies stops renewing, so the claim lapses after ``ttl_s`` and another worker can take over;
-    a live worker keeps it however long its job runs. ``lost`` turns true if a renewal finds the claim gone
-    (e.g. Redis lost it), so the holder can stop instead of running beside a second owner.
-    """
-
-    def __init__(self, store: JobStore, name: str, owner: str, ttl_s: float = 30.0):
-        self.store, self.name, self.owner, self.ttl_s = store, name, owner, ttl_s
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def acquire(self) -> bool:
-        if not self.store.acquire_lease(self.name, self.owner, self.ttl_s):
-            return False
-        self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{self.name}", daemon=True)
-        self._thread.start()
-        return True
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
-            try:
-                if not self.store.renew_lease(self.name, self.owner, self.ttl_s):
-                    self.lost = True
-                    return
-            except redis.RedisError:
-                continue  # Redis restarting: keep trying until the lease would have lapsed anyway
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        try:
-            self.store.release_lease(self.name, self.owner)
-        except redis.RedisError:
-            pass  # it expires by itself
+    def beats(self, job_id: str) -> dict[str, Beat]:
+        with self._lock:
+            return dict(self._beats.get(job_id, {}))
 
 
 _MEMORY_STORE = MemoryJobStore()
@@ -351,17 +484,13 @@ def open_job_store(settings: Settings, patient: bool = False) -> JobStore:
     return RedisJobStore(redis_client(settings, patient))
 
 
-def make_record(job_id: str, kind: str, spec: dict[str, Any]) -> JobRecord:
-    return JobRecord(job_id=job_id, kind=kind, spec=spec, submitted_at=time.time())
-
-
 def describe_status(record: JobRecord | None, state: str, info: Any) -> dict[str, Any]:
     """Merge a job record with its Celery state into the dict that ``augment status --json`` prints."""
     status: dict[str, Any] = {"state": state}
     if record is not None:
         status.update(asdict(record))
-    if state == FAILURE:
+    if state == JobState.FAILURE:
         status["error"] = f"{type(info).__name__}: {info}" if isinstance(info, BaseException) else str(info)
     elif isinstance(info, dict):
-        status["result" if state == SUCCESS else "progress"] = info
+        status["result" if state == JobState.SUCCESS else "progress"] = info
     return status

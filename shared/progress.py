@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-from shared.jobs import JobStore
+from shared.jobs import JobField, JobStore
 
 
 @dataclass(frozen=True)
@@ -101,18 +101,21 @@ def progress_from_dict(data: object) -> Progress | None:
         return None
 
 
-def generation_progress(store: JobStore, job_id: str, shards_total: int, images_total: int) -> GenerateProgress:
+def generation_progress(
+    store: JobStore, job_id: str, shards_total: int, images_total: int, stalled_images: int = 0
+) -> GenerateProgress:
     """A generation job's progress from its shard ledger: shards and images done, images/s and ETA.
 
     Read from the ledger rather than reported by the shard tasks, so workers finishing shards at the same time
-    never overwrite each other's figures, nor the job's final state.
+    never overwrite each other's figures, nor the job's final state. The ETA counts live work only: the
+    STALLED_IMAGES of shards whose worker stopped wait for their redelivery, which the status shows apart.
     """
     shards_done, images_done = store.shard_totals(job_id)
-    started = float(store.get_field(job_id, "started_at") or time.time())
+    started = float(store.get_field(job_id, JobField.STARTED_AT) or time.time())
     rate = images_done / max(time.time() - started, 1e-9)
     return GenerateProgress(
         shards_done=shards_done, shards_total=shards_total, images_done=images_done, images_total=images_total,
-        images_per_s=rate, eta_s=(images_total - images_done) / rate if rate > 0 else 0.0,
+        images_per_s=rate, eta_s=max(images_total - images_done - stalled_images, 0) / rate if rate > 0 else 0.0,
     )
 
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 DEFAULT_STORAGE_URL = "file://./augment-data"
-DEFAULT_VISIBILITY_TIMEOUT_S = 3600
+DEFAULT_VISIBILITY_TIMEOUT_S = 20
 
 
 class SettingsError(ValueError):
@@ -66,7 +66,8 @@ class Settings:
     s3_secret_key: str = field(default="", repr=False)
     s3_secure: bool = False
     data_dir: str = ""
-    # Redis redelivers a task unacknowledged for this long; producer and worker must agree on it.
+    # Seconds after its worker's last heartbeat that an unfinished task is handed to another worker (the bound
+    # on recovery from a dead worker, see docs/operations.md); producer and worker must agree on it.
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
 
     @classmethod

@@ -48,7 +48,8 @@ class WorkerProcess:
         self.options = options  # more `augment worker` options, e.g. "--pool", "threads"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 90) -> WorkerProcess:
+    def launch(self) -> WorkerProcess:
+        """Start the process and return at once (:meth:`start` also waits until it is ready)."""
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "producer.cli", "worker", "--queues", self.queues, "--loglevel", "INFO", *self.options],
@@ -56,6 +57,11 @@ class WorkerProcess:
             start_new_session=True,
         )
         log.close()
+        return self
+
+    def start(self, timeout: float = 90) -> WorkerProcess:
+        self.launch()
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -80,11 +86,20 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
-    def stop(self, timeout: float = 30) -> None:
-        """Warm shutdown (SIGTERM): finish the current task, then exit; SIGKILL if it hangs."""
+    def terminate(self) -> None:
+        """SIGTERM, as docker stop, Kubernetes or a spot-instance notice sends; returns at once."""
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+
+    def stop(self, timeout: float = 30) -> float | None:
+        """SIGTERM and wait for the worker to exit; returns the seconds it took, or None if it had to be SIGKILLed."""
+        if not self.process or self.process.poll() is not None:
+            return 0.0
+        began = time.monotonic()
+        self.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        return time.monotonic() - began

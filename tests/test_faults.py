@@ -1,6 +1,7 @@
-"""Nothing lost: worker crashes, Redis restarts, S3 outages, hostile messages and input, secrets.
+"""Nothing lost: worker crashes and shutdowns, Redis restarts, S3 outages, hostile messages and input, secrets.
 
-Real processes throughout: redis-server, SeaweedFS S3 and `augment worker` processes that are SIGKILLed.
+Real processes throughout: redis-server, SeaweedFS S3 and `augment worker` processes that are SIGKILLed or
+SIGTERMed, with the shipped visibility timeout (one test shortens it, to show a live task is never handed out).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from shared.manifest import Manifest
 from shared.settings import Settings
 from shared.specs import SpecError
 from shared.storage import open_storage
-from tests.processes import run_cli
+from shared.transport import heartbeat_interval_s
+from tests.processes import WorkerProcess, run_cli
 from tests.servers import RedisServer
 from tests.test_fleet import shard_writes, train_tiny_model, wait_for
 from tests.test_specs import train_dicts
@@ -44,51 +46,104 @@ def assert_manifest_matches_storage(env: dict[str, str], job_id: str, shards: in
     return manifest
 
 
+def job_store(env: dict[str, str]) -> RedisJobStore:
+    return RedisJobStore(redis.Redis.from_url(env["AUGMENT_BROKER_URL"], decode_responses=True))
+
+
+def parts_held_by(worker: WorkerProcess, store: RedisJobStore, job_id: str) -> list[str]:
+    """The parts of JOB_ID whose last heartbeat came from WORKER (the worker is named after its pid)."""
+    return [part for part, beat in store.beats(job_id).items() if beat.owner.startswith(f"augment-{worker.pid}@")]
+
+
 def test_worker_killed_mid_generation_the_job_completes_on_another(augment_env, start_worker):
-    env = dict(augment_env, AUGMENT_VISIBILITY_TIMEOUT="3")  # a dead worker's message comes back after 3 s
-    doomed = start_worker(env=env)
-    model = train_tiny_model(env)
-    job_id = run_cli(env, "generate", "--model", model, "--count", "3000", "--shard-size", "100").stdout.strip()
-    wait_for(lambda: len(shard_writes([doomed], job_id)) >= 3, 120, "three shards on the first worker")
+    # The shipped visibility timeout: the dead worker's shard comes back within it, not after an hour.
+    doomed = start_worker()
+    model = train_tiny_model(augment_env)
+    job_id = run_cli(augment_env, "generate", "--model", model, "--count", "5000", "--shard-size", "500").stdout.strip()
+    store = job_store(augment_env)
+    wait_for(lambda: len(shard_writes([doomed], job_id)) >= 2 and bool(parts_held_by(doomed, store, job_id)), 120,
+             "a shard in the making on the first worker, after two")
     doomed.kill()
-    survivor = start_worker(env=env, queues="generate")
-    watched = run_cli(env, "watch", job_id, "--interval", "0.3", timeout=240)
+    (part,) = parts_held_by(doomed, store, job_id)
+
+    # Honest status: the shard waits for another worker, and the status says so instead of an ETA.
+    def stall_shown() -> bool:
+        shown = run_cli(augment_env, "status", job_id)
+        return f"{part.replace(':', ' ')}: its worker augment-{doomed.pid}@" in shown.stdout and "redelivery pending" in shown.stdout
+
+    wait_for(stall_shown, 60, "the status to show the stalled shard")
+    stalled = json.loads(run_cli(augment_env, "status", job_id, "--json").stdout)["stalled"]
+    assert [stall["part"] for stall in stalled] == [part] and stalled[0]["silent_s"] > 10
+
+    survivor = start_worker(queues="generate")
+    watched = run_cli(augment_env, "watch", job_id, "--interval", "0.3", timeout=240)
     assert watched.returncode == 0, watched.stderr + survivor.log_tail()
-
-    manifest = assert_manifest_matches_storage(env, job_id, 30)
-    assert manifest.total == 3000
+    manifest = assert_manifest_matches_storage(augment_env, job_id, 10)
+    assert manifest.total == 5000
     # The ledger says who made each shard (a SIGKILL can cut a worker's last log line, never its record).
-    ledger = RedisJobStore(redis.Redis.from_url(env["AUGMENT_BROKER_URL"], decode_responses=True)).shard_records(job_id)
-    maker = {index: record["worker"].split("@")[0] for index, record in ledger.items()}
-    assert sorted(maker) == list(range(30))
+    maker = {index: record["worker"].split("@")[0] for index, record in store.shard_records(job_id).items()}
+    assert sorted(maker) == list(range(10))
     assert set(maker.values()) == {f"augment-{doomed.pid}", f"augment-{survivor.pid}"}, "both workers made shards"
+    assert maker[int(part.split(":")[1])] == f"augment-{survivor.pid}", "the survivor made the lost shard"
     writes = shard_writes([doomed, survivor], job_id)
-    assert max(writes.values()) == 1, "no worker wrote a shard twice"
-    written_by = {}
-    for log, index in writes:
-        assert index not in written_by, f"shard {index} was written by both workers"
-        written_by[index] = log
-    survivor_made = {index for index, name in maker.items() if name == f"augment-{survivor.pid}"}
-    assert {index for index, log in written_by.items() if log == survivor.log_path.name} == survivor_made
+    assert sorted(index for _, index in writes) == list(range(10)), "every shard written once, by one worker"
+    assert f"job {job_id}: redelivered" in survivor.log_path.read_text()
+    assert store.beats(job_id) == {}, "no part is left looking stalled"
 
 
-def test_a_redelivered_training_job_never_runs_beside_the_first(augment_env, start_worker):
-    # A visibility timeout far shorter than the job: Redis hands the running job to the idle second worker.
-    env = dict(augment_env, AUGMENT_VISIBILITY_TIMEOUT="2")
+def test_sigterm_a_generation_worker_finishes_its_shards_and_hands_back_the_rest(augment_env, start_worker):
+    start_worker(queues="train")
+    model = train_tiny_model(augment_env)
+    stopping = start_worker(queues="generate")  # two task threads: it runs (and holds) two shards at once
+    job_id = run_cli(augment_env, "generate", "--model", model, "--count", "6000", "--shard-size", "300").stdout.strip()
+    store = job_store(augment_env)
+    wait_for(lambda: len(shard_writes([stopping], job_id)) >= 2 and bool(parts_held_by(stopping, store, job_id)), 120,
+             "shards in the making")
+    exited_in = stopping.stop(timeout=60)
+    assert exited_in is not None, "the worker exited by itself"
+    assert parts_held_by(stopping, store, job_id) == [], "it finished what it had started"
+
+    taker = start_worker(queues="generate")
+    watched = run_cli(augment_env, "watch", job_id, "--interval", "0.3", timeout=240)
+    assert watched.returncode == 0, watched.stderr + taker.log_tail()
+    assert_manifest_matches_storage(augment_env, job_id, 20)
+    writes = shard_writes([stopping, taker], job_id)
+    assert sorted(index for _, index in writes) == list(range(20)), "every shard written once, by one worker"
+    assert writes and {log for log, _ in writes} == {stopping.log_path.name, taker.log_path.name}
+
+
+def test_a_live_worker_keeps_its_task_however_long_it_runs(augment_env, start_worker):
+    # The one test that shortens the visibility timeout, to far below the job's length: Redis used to hand the
+    # running job to the idle second worker every 2 s. Its holder's heartbeat now keeps it from coming due.
+    env = dict(augment_env, AUGMENT_VISIBILITY_TIMEOUT="4")
     workers = [start_worker(env=env, queues="train"), start_worker(env=env, queues="train")]
-    job_id = run_cli(env, "train", "--dataset", "fake", "--steps", "400", "--width", "16", "--batch-size", "32",
+    job_id = run_cli(env, "train", "--dataset", "fake", "--steps", "300", "--width", "8", "--batch-size", "32",
                      "--log-every", "20").stdout.strip()
     watched = run_cli(env, "watch", job_id, "--interval", "0.3", timeout=240)
     assert watched.returncode == 0, watched.stderr
-
-    def trained_steps(log: str) -> list[int]:
-        return [int(step) for step in re.findall(rf"job {job_id} step (\d+)/400 ", log)]
-
     logs = [worker.log_path.read_text() for worker in workers]
-    training = [log for log in logs if trained_steps(log)]
-    assert len(training) == 1, "the job trained on one worker only"
-    assert trained_steps(training[0]) == list(range(20, 401, 20))
-    assert any(f"job {job_id} is running on another worker" in log for log in logs), "the job was redelivered"
+    steps = [re.findall(rf"job {job_id} step (\d+)/300 ", log) for log in logs]
+    assert sorted(map(len, steps)) == [0, 15], "the job trained on one worker, once"
+    assert sum(log.count(f"augment.train[{job_id}] received") for log in logs) == 1, "delivered once"
+    assert not any("redelivered" in log or "running on another worker" in log for log in logs)
+
+
+def test_held_messages_stay_invisible_while_their_holder_lives(augment_env):
+    settings = Settings.from_env(augment_env)
+    index = redis.Redis.from_url(augment_env["AUGMENT_BROKER_URL"])
+    with make_celery(settings).connection_for_read() as connection:
+        queue = connection.SimpleQueue(f"held-{uuid.uuid4().hex[:8]}")
+        queue.put({"n": 1})
+        held = queue.get(timeout=10)
+        delivered = index.zscore("unacked_index", held.delivery_tag)
+        assert delivered is not None
+        time.sleep(heartbeat_interval_s(settings.visibility_timeout_s) + 2)
+        beaten = index.zscore("unacked_index", held.delivery_tag)
+        assert beaten is not None and beaten > delivered, "the heartbeat moved it forward"
+        held.ack()
+        time.sleep(heartbeat_interval_s(settings.visibility_timeout_s) + 1)
+        assert index.zscore("unacked_index", held.delivery_tag) is None, "an acked message is not put back"
+        queue.close()
 
 
 def test_redis_restart_loses_no_job(augment_env, start_worker, redis_server: RedisServer):

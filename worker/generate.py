@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.jobs import JobStore, Lease
+from shared.jobs import JobField, JobStore
 from shared.layout import checkpoint_key, manifest_key, model_card_key, shard_key
+from shared.leases import Lease
 from shared.manifest import Manifest, ShardEntry
 from shared.shards import Sample, ShardWriter, encode_pngs, sample_key, sample_record, sha256_hex, shard_name
 from shared.specs import GenerateSpec, SpecError
@@ -201,12 +202,12 @@ def plan_job(spec: GenerateSpec, store: JobStore, dispatch_shard: Callable[[int]
     goes on from there; the shard it may send twice is harmless, as shard tasks are idempotent.
     """
     total = spec.shard_count
-    store.set_once(spec.job_id, "started_at", repr(time.time()))
-    first = int(store.get_field(spec.job_id, "dispatched") or 0)
+    store.set_once(spec.job_id, JobField.STARTED_AT, repr(time.time()))
+    first = int(store.get_field(spec.job_id, JobField.DISPATCHED) or 0)
     for index in range(first, total):
         dispatch_shard(index)
         if index % 100 == 99 or index == total - 1:
-            store.set_field(spec.job_id, "dispatched", str(index + 1))
+            store.set_field(spec.job_id, JobField.DISPATCHED, str(index + 1))
     return total
 
 
@@ -238,7 +239,7 @@ def run_shard(
     if shard_is_complete(storage, spec, shard_index, store.shard_record(spec.job_id, shard_index)):
         log.info("job %s: shard %d is already complete; nothing to do", spec.job_id, shard_index)
         return False, False  # done before: a redelivered or duplicated message
-    lease = Lease(store, f"{spec.job_id}:shard:{shard_index}", owner, SHARD_LEASE_TTL_S)
+    lease = Lease(store, spec.job_id, f"shard:{shard_index}", owner, SHARD_LEASE_TTL_S)
     if not lease.acquire():
         raise ShardBusy(f"shard {shard_index} of job {spec.job_id} is being made by another worker")
     try:
@@ -265,7 +266,7 @@ def finalize_job(
     missing = [index for index in range(spec.shard_count) if not shard_is_complete(storage, spec, index, records.get(index))]
     if missing:
         log.warning("job %s: %d shards are not complete in storage; making them again", spec.job_id, len(missing))
-        store.clear_field(spec.job_id, "finalize_sent")
+        store.clear_field(spec.job_id, JobField.FINALIZE_SENT)
         for index in missing:
             store.forget_shard(spec.job_id, index)
             dispatch_shard(index)

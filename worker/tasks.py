@@ -9,6 +9,7 @@ into shard tasks and a finaliser, which give the job its final state; the first 
 from __future__ import annotations
 
 import functools
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,8 @@ from typing import Any, NoReturn
 
 import redis
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
+from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
 
 from shared.broker import (
@@ -27,7 +29,8 @@ from shared.broker import (
     GENERATE_TASK,
     TRAIN_TASK,
 )
-from shared.jobs import CANCELLED, FAILURE, PROGRESS, SUCCESS, JobCancelled, JobStore, Lease, open_job_store
+from shared.jobs import JobCancelled, JobField, JobState, JobStore, open_job_store
+from shared.leases import Lease
 from shared.progress import Progress, TrainProgress, progress_to_dict
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
@@ -46,6 +49,14 @@ TRAIN_LEASE_TTL_S = 15.0  # renewed every 5 s while the job runs; lapses 15 s af
 HISTORY_FIELDS = ("step", *STAT_NAMES)
 # Generators stay loaded between shard tasks: a worker reads each model from storage once.
 GENERATORS = GeneratorCache()
+# Set when the worker is told to stop (SIGTERM: docker stop, Kubernetes, a spot-instance notice): a running
+# training job then checkpoints and hands its message back instead of holding the shutdown for hours.
+PREEMPTED = threading.Event()
+
+
+@worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    PREEMPTED.set()
 
 
 def _owner(task: Task) -> str:
@@ -64,26 +75,30 @@ def _clients(settings: Settings) -> tuple[JobStore, Storage]:
     return open_job_store(settings, patient=True), open_storage(settings, retry_window_s=STORAGE_RETRY_WINDOW_S)
 
 
-def _finish(store: JobStore, job_id: str, state: str, result: Any) -> None:
+def _finish(store: JobStore, job_id: str, state: JobState, result: Any) -> None:
     """Give job JOB_ID its final state, unless it has one: a late or duplicated task cannot overwrite it."""
-    if not store.set_once(job_id, "outcome", state):
+    if not store.set_once(job_id, JobField.OUTCOME, state):
         return
-    if state == FAILURE:
+    if state == JobState.FAILURE:
         app.backend.mark_as_failure(job_id, result)
     else:
         app.backend.store_result(job_id, result, state)
 
 
 def _later(task: Task, seconds: float, exc: Exception | None = None, max_retries: int | None = None) -> Exception:
-    """Retry TASK in about SECONDS, but within half the visibility timeout.
+    """Retry TASK in about SECONDS.
 
-    A retry is a message with a countdown that a worker holds unacknowledged until it is due; held past the
-    visibility timeout, Redis hands it out again and two workers share one delivery tag, so a crash of either
-    can lose it. Retries of busy (leased) jobs are unlimited: they end when the holder finishes or dies.
+    A retry is a message with a countdown that a worker holds unacknowledged until it is due; the transport's
+    heartbeat keeps it invisible meanwhile, and it comes back if that worker dies. Retries of busy (leased) jobs
+    are unlimited: they end when the holder finishes or dies.
     """
-    countdown = min(seconds, Settings.from_env().visibility_timeout_s / 2)
     options = {} if max_retries is None else {"max_retries": max_retries}
-    return task.retry(exc=exc, countdown=countdown, **options)  # type: ignore[no-any-return]
+    return task.retry(exc=exc, countdown=seconds, **options)  # type: ignore[no-any-return]
+
+
+def _note_redelivery(task: Task, job_id: str) -> None:
+    if (task.request.delivery_info or {}).get("redelivered"):
+        log.warning("job %s: redelivered (its previous worker stopped or handed it back)", job_id)
 
 
 def _backoff(task: Task) -> float:
@@ -94,7 +109,7 @@ def _retry_or_fail(task: Task, store: JobStore, job_id: str, exc: Exception) -> 
     """Retry a task that met an outage with exponential backoff; after TASK_RETRIES fail its job."""
     if isinstance(exc, StorageUnavailable) and task.request.retries < TASK_RETRIES:
         return _later(task, _backoff(task), exc, TASK_RETRIES)
-    _finish(store, job_id, FAILURE, exc)
+    _finish(store, job_id, JobState.FAILURE, exc)
     return exc
 
 
@@ -103,21 +118,26 @@ def train(self: Task, spec: Any) -> dict[str, Any]:
     parsed = TrainSpec.from_dict(spec)  # a SpecError fails the task with a one-line reason; retrying cannot fix it
     _check_task_id(self, parsed.job_id)
     settings, store, storage = _open(parsed)
+    _note_redelivery(self, parsed.job_id)
     if store.cancel_requested(parsed.job_id):
         _cancelled(self, f"job {parsed.job_id} was cancelled before it started")
-    # Redis redelivers a task unacknowledged for longer than the visibility timeout even while it still runs;
-    # the lease makes such a second delivery wait instead of training the same job beside the first.
-    lease = Lease(store, f"{parsed.job_id}:train", _owner(self), TRAIN_LEASE_TTL_S)
+    # A second delivery of a running job (a duplicated message, or one handed out again while Redis was
+    # unreachable for longer than the visibility timeout) waits for the lease instead of training beside it.
+    lease = Lease(store, parsed.job_id, "train", _owner(self), TRAIN_LEASE_TTL_S)
     if not lease.acquire():
         log.info("job %s is running on another worker; checking again later", parsed.job_id)
         raise _later(self, TRAIN_LEASE_TTL_S)
     try:
         hooks = TrainHooks(
             progress=lambda info: _report_training(self, store, parsed.job_id, info),
-            should_stop=lambda: lease.lost or _cancel_requested(store, parsed.job_id),
+            should_stop=lambda: PREEMPTED.is_set() or lease.lost or _cancel_requested(store, parsed.job_id),
         )
         return run_training(parsed, settings, storage, hooks)
     except JobCancelled as exc:
+        if PREEMPTED.is_set():
+            # the checkpoint is written: the next worker to take the message resumes from this very step
+            log.warning("job %s: worker shutting down; checkpointed and handed the job back", parsed.job_id)
+            raise Reject("worker shutting down: handed to another worker, which resumes from the checkpoint", requeue=True) from None
         if lease.lost:
             # Redis lost the lease (a long outage) and another delivery may hold it now: stop, and come back
             # later as a new message, which resumes from the checkpoint if the job is still unfinished.
@@ -132,7 +152,7 @@ def train(self: Task, spec: Any) -> dict[str, Any]:
 
 def _report(task: Task, progress: Progress) -> None:
     try:
-        task.update_state(state=PROGRESS, meta=progress_to_dict(progress))
+        task.update_state(state=JobState.PROGRESS, meta=progress_to_dict(progress))
     except redis.RedisError as exc:  # a progress report lost to a Redis outage is not worth the job
         log.warning("progress report skipped: Redis unreachable (%s)", type(exc).__name__)
 
@@ -160,7 +180,7 @@ def _check_task_id(task: Task, job_id: str) -> None:
 
 def _cancelled(task: Task, reason: str) -> NoReturn:
     log.info("%s", reason)
-    task.update_state(state=CANCELLED, meta={"reason": reason})
+    task.update_state(state=JobState.CANCELLED, meta={"reason": reason})
     raise Ignore()
 
 
@@ -182,17 +202,17 @@ def generate(self: Task, spec: Any) -> None:
     parsed = GenerateSpec.from_dict(spec)
     _check_task_id(self, parsed.job_id)
     _, store, storage = _open(parsed)
-    if store.get_field(parsed.job_id, "outcome"):
+    if store.get_field(parsed.job_id, JobField.OUTCOME):
         raise Ignore()  # a redelivered planner of a job that has ended
     if store.cancel_requested(parsed.job_id):
         _cancelled(self, f"job {parsed.job_id} was cancelled before it started")
     try:
         check_model(storage, parsed.model)
     except ModelNotFound as exc:
-        _finish(store, parsed.job_id, FAILURE, exc)
+        _finish(store, parsed.job_id, JobState.FAILURE, exc)
         raise
-    if store.get_field(parsed.job_id, "started_at") is None:
-        self.update_state(state=PROGRESS, meta={})  # before any shard runs, so it cannot overwrite the end state
+    if store.get_field(parsed.job_id, JobField.STARTED_AT) is None:
+        self.update_state(state=JobState.PROGRESS, meta={})  # before any shard runs, so it cannot overwrite the end state
     total = plan_job(parsed, store, _dispatcher(parsed))
     log.info("job %s: dispatched %d shard tasks", parsed.job_id, total)
     raise Ignore()  # the job's state is the finaliser's to set
@@ -202,12 +222,13 @@ def generate(self: Task, spec: Any) -> None:
 def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = None) -> None:
     parsed = GenerateSpec.from_dict(spec)
     _, store, storage = _open(parsed)
-    outcome = store.get_field(parsed.job_id, "outcome")
+    _note_redelivery(self, parsed.job_id)
+    outcome = store.get_field(parsed.job_id, JobField.OUTCOME)
     if outcome:
         log.info("job %s has ended (%s): shard %d is left as it is", parsed.job_id, outcome, shard)
         return
     if store.cancel_requested(parsed.job_id):
-        _finish(store, parsed.job_id, CANCELLED, {"reason": f"job {parsed.job_id} was cancelled; its shards are not listed"})
+        _finish(store, parsed.job_id, JobState.CANCELLED, {"reason": f"job {parsed.job_id} was cancelled; its shards are not listed"})
         return
     try:
         _, last = run_shard(parsed, shard, storage, store, GENERATORS, pick_device(), _owner(self), queued_at)
@@ -216,7 +237,7 @@ def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = 
         raise _later(self, 5, exc) from None
     except Exception as exc:
         raise _retry_or_fail(self, store, parsed.job_id, exc) from None
-    if last and store.set_once(parsed.job_id, "finalize_sent", "1"):
+    if last and store.set_once(parsed.job_id, JobField.FINALIZE_SENT, "1"):
         app.send_task(GENERATE_FINALIZE_TASK, kwargs={"spec": spec}, queue=GENERATE_QUEUE)
 
 
@@ -224,17 +245,17 @@ def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = 
 def generate_finalize(self: Task, spec: Any) -> None:
     parsed = GenerateSpec.from_dict(spec)
     _, store, storage = _open(parsed)
-    if store.get_field(parsed.job_id, "outcome"):
+    if store.get_field(parsed.job_id, JobField.OUTCOME):
         return
     if store.cancel_requested(parsed.job_id):
-        _finish(store, parsed.job_id, CANCELLED, {"reason": f"job {parsed.job_id} was cancelled before its manifest"})
+        _finish(store, parsed.job_id, JobState.CANCELLED, {"reason": f"job {parsed.job_id} was cancelled before its manifest"})
         return
     try:
         result = finalize_job(parsed, storage, store, _dispatcher(parsed))
     except Exception as exc:
         raise _retry_or_fail(self, store, parsed.job_id, exc) from None
     if result is not None:
-        _finish(store, parsed.job_id, SUCCESS, result)
+        _finish(store, parsed.job_id, JobState.SUCCESS, result)
 
 
 @app.task(name=EVALUATE_TASK, bind=True)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from markdown_it import MarkdownIt
 
 from producer.client import Client
-from shared.jobs import CANCELLED, KEY_PREFIX, PENDING, SUCCESS, TERMINAL_STATES, JobRecord, RedisJobStore
+from shared.jobs import CANCELLED, PENDING, SUCCESS, TERMINAL_STATES, JobRecord, Keys, RedisJobStore
 from shared.layout import job_prefix, model_card_key, model_prefix, report_prefix
 from shared.manifest import Manifest
 from shared.progress import progress_from_dict
@@ -328,7 +328,7 @@ class DashboardData:
         store = self.client.store
         if not isinstance(store, RedisJobStore):
             return {}
-        prefix = f"{KEY_PREFIX}:lease:"
+        prefix = Keys.lease("")
         leases = {}
         for key in store.client.scan_iter(match=f"{prefix}*", count=500):
             owner = store.client.get(key)
