@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 from producer.client import Client  # noqa: E402
 from shared.jobs import FAILURE, PROGRESS, SUCCESS, make_record, new_job_id  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from tests.processes import service_env  # noqa: E402
-from tests.servers import RedisServer, S3Server, free_port  # noqa: E402
+from shared.testing.processes import service_env  # noqa: E402
+from shared.testing.servers import RedisServer, S3Server, free_port  # noqa: E402
 
 
 def rss_kib(pid: int) -> int:

@@ -30,9 +30,9 @@ from producer.dashboard.app import CSP, dashboard_token, session_value
 from producer.dashboard.data import DashboardData, latest_per_step, thin, verdict
 from shared.jobs import FAILURE, make_record
 from shared.settings import Settings, SettingsError
+from shared.testing.processes import REPO, WorkerProcess, service_env
+from shared.testing.servers import RedisServer, S3Server, free_port
 from tests.conftest import _redis_dbs
-from tests.processes import REPO, WorkerProcess, service_env
-from tests.servers import RedisServer, S3Server, free_port
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 WAIT_S = 120.0

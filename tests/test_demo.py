@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import REPO
+from shared.testing.processes import REPO
 
 pytestmark = pytest.mark.slow
 

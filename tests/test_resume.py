@@ -16,7 +16,7 @@ from shared.progress import TrainProgress
 from shared.settings import Settings
 from shared.specs import TrainSpec
 from shared.storage import FileStorage, open_storage
-from tests.processes import WorkerProcess, run_cli
+from shared.testing.processes import WorkerProcess, run_cli
 from worker import checkpoint
 from worker.train import TrainHooks, run_training
 

@@ -11,7 +11,7 @@ import urllib3
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.servers import RedisServer, S3Server
+from shared.testing.servers import RedisServer, S3Server
 
 pytestmark = pytest.mark.integration
 

