@@ -368,14 +368,15 @@ def dashboard(host: str, port: int, allow_cancel: bool) -> None:
 @click.option("--steps", type=int, default=2500, show_default=True, help="Training steps (a few minutes on a CPU).")
 @click.option("--count", type=int, default=10_000, show_default=True, help="Synthetic images to generate.")
 @click.option("--dataset", default="fashion-mnist", show_default=True)
-def demo(out_dir: str, steps: int, count: int, dataset: str) -> None:
+@click.option("--quality-steps", type=int, help="Steps of the classifiers that score the model (default: augment evaluate's).")
+def demo(out_dir: str, steps: int, count: int, dataset: str, quality_steps: int | None) -> None:
     """Run the whole pipeline on this machine with no servers: train, generate, write shards and grid."""
     try:
         from producer.demo import run_demo
     except ImportError as exc:
         fail(f"the demo runs a worker in-process and needs torch ({exc.name} is missing); pip install '.[worker]'")
     try:
-        run_demo(Path(out_dir), steps=steps, count=count, dataset=dataset)
+        run_demo(Path(out_dir), steps=steps, count=count, dataset=dataset, quality_steps=quality_steps)
     except (SpecError, DatasetNotFound) as exc:
         fail(str(exc), EXIT_BAD_INPUT)
 

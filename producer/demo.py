@@ -28,7 +28,7 @@ def _follow(client: Client, job_id: str) -> dict[str, Any]:
     return final
 
 
-def run_demo(out_dir: Path, steps: int, count: int, dataset: str) -> None:
+def run_demo(out_dir: Path, steps: int, count: int, dataset: str, quality_steps: int | None = None) -> None:
     out = out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     # The worker's app reads its settings at import, so the environment is set before that import.
@@ -50,7 +50,8 @@ def run_demo(out_dir: Path, steps: int, count: int, dataset: str) -> None:
         generate_id = client.submit_generate(model=train_id, count=count, shard_size=1000)
         generated = _follow(client, generate_id)
         click.echo(f"demo: measuring the model's quality against the real {dataset} test split", err=True)
-        evaluate_id = client.submit_evaluate(mode="quality", model=train_id, samples_per_class=QUALITY_SAMPLES_PER_CLASS)
+        budget = {} if quality_steps is None else {"reference_steps": quality_steps, "classifier_steps": quality_steps}
+        evaluate_id = client.submit_evaluate(mode="quality", model=train_id, samples_per_class=QUALITY_SAMPLES_PER_CLASS, **budget)
         quality = _follow(client, evaluate_id)["result"]
 
     click.echo("demo: done. Everything is under " + str(out), err=True)

@@ -19,7 +19,7 @@ def test_the_demo_trains_generates_and_prints_its_quality(tmp_path: Path) -> Non
     env = {key: value for key, value in os.environ.items() if not key.startswith("AUGMENT_")}
     result = subprocess.run(
         [sys.executable, "-m", "producer.cli", "demo", "--out", str(tmp_path / "out"), "--dataset", "fake",
-         "--steps", "4", "--count", "30"],
+         "--steps", "4", "--count", "30", "--quality-steps", "30"],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=280, stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr[-3000:]
