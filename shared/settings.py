@@ -21,7 +21,7 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable and the fix."""
 
 
-def _secret(env: Mapping[str, str], name: str) -> str:
+def secret(env: Mapping[str, str], name: str) -> str:
     """Read a secret from NAME, or from the file named by NAME_FILE (Docker/Kubernetes secrets)."""
     value = env.get(name)
     if value:
@@ -86,8 +86,8 @@ class Settings:
             broker_url=env.get("AUGMENT_BROKER_URL") or DEFAULT_BROKER_URL,
             storage_url=env.get("AUGMENT_STORAGE_URL") or DEFAULT_STORAGE_URL,
             s3_endpoint=env.get("AUGMENT_S3_ENDPOINT", ""),
-            s3_access_key=_secret(env, "AUGMENT_S3_ACCESS_KEY"),
-            s3_secret_key=_secret(env, "AUGMENT_S3_SECRET_KEY"),
+            s3_access_key=secret(env, "AUGMENT_S3_ACCESS_KEY"),
+            s3_secret_key=secret(env, "AUGMENT_S3_SECRET_KEY"),
             s3_secure=_flag(env, "AUGMENT_S3_SECURE", False),
             data_dir=env.get("AUGMENT_DATA_DIR", ""),
             visibility_timeout_s=visibility_timeout_s,

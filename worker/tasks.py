@@ -63,7 +63,7 @@ def _owner(task: Task) -> str:
     return f"{task.request.hostname}/{uuid.uuid4().hex[:8]}"
 
 
-def _open(spec: TrainSpec | GenerateSpec | EvaluateSpec) -> tuple[Settings, JobStore, Storage]:
+def _open() -> tuple[Settings, JobStore, Storage]:
     settings = Settings.from_env()
     return (settings, *_clients(settings))
 
@@ -117,7 +117,7 @@ def _retry_or_fail(task: Task, store: JobStore, job_id: str, exc: Exception) -> 
 def train(self: Task, spec: Any) -> dict[str, Any]:
     parsed = TrainSpec.from_dict(spec)  # a SpecError fails the task with a one-line reason; retrying cannot fix it
     _check_task_id(self, parsed.job_id)
-    settings, store, storage = _open(parsed)
+    settings, store, storage = _open()
     _note_redelivery(self, parsed.job_id)
     if store.cancel_requested(parsed.job_id):
         _cancelled(self, f"job {parsed.job_id} was cancelled before it started")
@@ -201,7 +201,7 @@ def generate(self: Task, spec: Any) -> None:
     """Plan a generation job: check its model, dispatch its shard tasks. The finaliser ends the job."""
     parsed = GenerateSpec.from_dict(spec)
     _check_task_id(self, parsed.job_id)
-    _, store, storage = _open(parsed)
+    _, store, storage = _open()
     if store.get_field(parsed.job_id, JobField.OUTCOME):
         raise Ignore()  # a redelivered planner of a job that has ended
     if store.cancel_requested(parsed.job_id):
@@ -221,7 +221,7 @@ def generate(self: Task, spec: Any) -> None:
 @app.task(name=GENERATE_SHARD_TASK, bind=True, ignore_result=True, max_retries=None)
 def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = None) -> None:
     parsed = GenerateSpec.from_dict(spec)
-    _, store, storage = _open(parsed)
+    _, store, storage = _open()
     _note_redelivery(self, parsed.job_id)
     outcome = store.get_field(parsed.job_id, JobField.OUTCOME)
     if outcome:
@@ -244,7 +244,7 @@ def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = 
 @app.task(name=GENERATE_FINALIZE_TASK, bind=True, ignore_result=True)
 def generate_finalize(self: Task, spec: Any) -> None:
     parsed = GenerateSpec.from_dict(spec)
-    _, store, storage = _open(parsed)
+    _, store, storage = _open()
     if store.get_field(parsed.job_id, JobField.OUTCOME):
         return
     if store.cancel_requested(parsed.job_id):
@@ -263,7 +263,7 @@ def evaluate(self: Task, spec: Any) -> dict[str, Any]:
     """A quality or utility evaluation; its report lands under reports/<job>/."""
     parsed = EvaluateSpec.from_dict(spec)
     _check_task_id(self, parsed.job_id)
-    settings, store, storage = _open(parsed)
+    settings, store, storage = _open()
     if store.cancel_requested(parsed.job_id):
         _cancelled(self, f"job {parsed.job_id} was cancelled before it started")
     run = run_quality if parsed.mode == "quality" else run_utility

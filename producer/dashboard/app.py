@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 from producer.client import TASK_OF_KIND
 from producer.dashboard.data import DashboardData, JobNotFound, state_name
 from shared.jobs import CANCELLED, FAILURE, PENDING, PROGRESS, REVOKED, STARTED, SUCCESS
-from shared.settings import Settings, SettingsError, _secret
+from shared.settings import Settings, SettingsError, secret
 from shared.storage import StorageError
 
 TOKEN_ENV = "AUGMENT_DASHBOARD_TOKEN"
@@ -60,7 +60,7 @@ def is_loopback(host: str) -> bool:
 
 def dashboard_token(host: str, env: dict[str, str] | None = None) -> str:
     """The token HOST needs: "" on loopback; elsewhere the configured one, or SettingsError saying how to set it."""
-    token = _secret(os.environ if env is None else env, TOKEN_ENV)
+    token = secret(os.environ if env is None else env, TOKEN_ENV)
     if not is_loopback(host) and not token:
         raise SettingsError(
             f"binding {host} exposes the dashboard beyond this machine; set {TOKEN_ENV} (or {TOKEN_ENV}_FILE) to a "
