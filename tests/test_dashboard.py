@@ -117,7 +117,7 @@ class Stack:
     tmp: Path
 
     def submit_train(self, **fields: Any) -> str:
-        return self.client.submit_train(dataset="fake", width=8, batch_size=16, **fields)
+        return self.client.submit_train(**{"dataset": "fake", "width": 8, "batch_size": 16, **fields})
 
     def wait(self, job_id: str, timeout_s: float = WAIT_S) -> dict[str, Any]:
         return self.client.wait(job_id, poll_s=0.3, timeout_s=timeout_s)
@@ -141,8 +141,10 @@ def stack(redis_server: RedisServer, s3_server: S3Server, tmp_path_factory: pyte
 
 @pytest.fixture(scope="module")
 def training_job(stack: Stack) -> str:
-    """A small training job: 28 px fake data, a sample grid every 20 steps, a progress record every 5."""
-    return stack.submit_train(steps=100, log_every=5, sample_every=20)
+    """A small training job: 28 px fake data, a sample grid every 20 steps, a progress record every 5. Its batches
+    are large enough that it runs for several seconds on an idle machine (width 8 and batch 16 took 2 s, over before
+    the page's first poll), so that the page sees it running."""
+    return stack.submit_train(steps=100, log_every=5, sample_every=20, width=32, batch_size=512)
 
 
 @pytest.fixture(scope="module")
