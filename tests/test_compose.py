@@ -92,7 +92,7 @@ def settings_env_names() -> set[str]:
     """The AUGMENT_* names shared/settings.py reads, plus the NAME_FILE variants of its secrets, and the dashboard's token."""
     source = SETTINGS_PATH.read_text()
     names = set(re.findall(r'"(AUGMENT_[A-Z0-9_]+)"', source))
-    names |= {f"{name}_FILE" for name in re.findall(r'_secret\(env, "(AUGMENT_[A-Z0-9_]+)"\)', source)}
+    names |= {f"{name}_FILE" for name in re.findall(r'\bsecret\(env, "(AUGMENT_[A-Z0-9_]+)"\)', source)}
     return names | {TOKEN_ENV, f"{TOKEN_ENV}_FILE"}  # the dashboard's token, read like the settings' secrets
 
 
