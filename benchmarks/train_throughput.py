@@ -28,7 +28,17 @@ from shared.datasets import FASHION_MNIST_SYSTEM_DIR
 from shared.settings import Settings
 from shared.specs import PRECISIONS, TrainSpec
 from worker.data import load_dataset
-from worker.train import BatchSchedule, gan_config, memory_format, new_state, pick_device, real_batch, step_functions, train_step
+from worker.train import (
+    BatchSchedule,
+    gan_config,
+    job_recipe,
+    memory_format,
+    new_state,
+    pick_device,
+    real_batch,
+    step_functions,
+    train_step,
+)
 
 
 # ---- the reference: pytorch/examples dcgan, with the image size as a parameter of its Sequential stacks ----
@@ -148,7 +158,7 @@ def ours_images_per_s(size: int, batch: int, width: int, steps: int, warmup: int
     data = load_dataset(spec.dataset, Settings.from_env(), "train", image_size=size)
     images = data.images.to(device)
     state = new_state(spec, gan_config(spec, data), device)
-    fns = step_functions(spec, state, device, len(images))
+    fns = step_functions(spec, job_recipe(spec, data), state, device)
     layout = memory_format(spec, device)
     schedule = BatchSchedule(len(images), batch, spec.seed, device)
     stats = torch.zeros(4, device=device)

@@ -93,6 +93,8 @@ def main() -> None:
               "translation,cutout below 10,000 training images, none above).")
 @click.option("--grad-clip", type=float, help="Max gradient norm for G and D; 0 disables (default: 0).")
 @click.option("--ema", type=float, help="Decay of a moving average of G used for sampling, e.g. 0.999; 0 disables (default: 0).")
+@click.option("--mode-seeking", type=float, help="Weight of the mode-seeking term that rewards G for turning different "
+              "noise into different images of a class; 0 disables.")
 @click.option("--checkpoint-every", type=int, help="Steps between checkpoints (default: 500).")
 @click.option("--log-every", type=int, help="Steps between progress reports (default: 50).")
 @click.option("--sample-every", type=int, help="Steps between sample grids (default: once per epoch).")
@@ -102,6 +104,8 @@ def main() -> None:
 @click.option("--teacher", type=int, help="Train a teacher of this many classifiers on the same images; generated samples then "
               "carry its class probabilities as soft labels (3 measured well; default: 0, none).")
 @click.option("--teacher-steps", type=int, help="Training steps of each teacher classifier (default: 1000).")
+@click.option("--guidance", type=float, help="Weight of the teacher's cross-entropy on G's samples while training: samples "
+              "look more like their class; needs --teacher; 0 disables.")
 @handle_errors
 def train(**options: Any) -> None:
     """Enqueue a GAN training job; prints the job id."""
@@ -130,12 +134,16 @@ def parse_class_counts(value: str | None) -> dict[str, int] | None:
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Images per tar shard.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--class-counts", help="Per-class counts instead of a balance, e.g. 0=500,3=200 (must add up to --count).")
+@click.option("--noise-scale", type=float, default=1.0, show_default=True,
+              help="Scale of the latent noise: above 1 trades label accuracy for coverage (1.25 measured recall 0.28 -> "
+              "0.37, label accuracy 0.92 -> 0.86 on the small-data recipe).")
 @handle_errors
-def generate(model: str, count: int, shard_size: int, seed: int, class_counts: str | None) -> None:
+def generate(model: str, count: int, shard_size: int, seed: int, class_counts: str | None, noise_scale: float) -> None:
     """Enqueue a generation job from a trained model; prints the job id."""
     client = connect()
     job_id = client.submit_generate(
-        model=model, count=count, shard_size=shard_size, seed=seed, class_counts=parse_class_counts(class_counts)
+        model=model, count=count, shard_size=shard_size, seed=seed, class_counts=parse_class_counts(class_counts),
+        noise_scale=noise_scale,
     )
     click.echo(f"submitted generation job {job_id} on queue {GENERATE_QUEUE}", err=True)
     click.echo(job_id)

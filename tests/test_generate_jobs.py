@@ -173,3 +173,14 @@ def test_the_cache_loads_each_model_once(storage: CountingStorage) -> None:
     assert storage.reads["models/t-model/checkpoint.pt"] == 1
     run_all(job(), storage, MemoryJobStore(), models)
     assert storage.reads["models/t-model/checkpoint.pt"] == 1 and models.loads == 1
+
+
+def test_the_noise_scale_changes_the_samples_and_is_recorded_in_the_manifest(storage: CountingStorage) -> None:
+    run_all(job(count=8, shard_size=8), storage, MemoryJobStore(), GeneratorCache())
+    plain = list(read_shard(storage.get_bytes("synthetic/g-job/shard-000000.tar")))
+    wide_spec = GenerateSpec(job_id="g-wide", model="t-model", count=8, shard_size=8, batch_size=4, noise_scale=1.5)
+    run_all(wide_spec, storage, MemoryJobStore(), GeneratorCache())
+    wide = list(read_shard(storage.get_bytes("synthetic/g-wide/shard-000000.tar")))
+    assert [s.label for s in plain] == [s.label for s in wide]  # the same plan of classes
+    assert all(a.png != b.png for a, b in zip(plain, wide, strict=True))  # drawn from the same noise, scaled
+    assert Manifest.load(storage, "g-wide").spec["noise_scale"] == 1.5

@@ -19,7 +19,7 @@ from shared.storage import FileStorage
 from worker import checkpoint
 from worker.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KIND, CheckpointError
 from worker.model import Discriminator, GANConfig, Generator, LatentProjection
-from worker.train import new_state, step_functions, train_step
+from worker.train import mode_seeking_penalty, new_state, step_functions, train_step
 
 BATCH = 3
 
@@ -175,6 +175,30 @@ def test_spectral_norm_bounds_the_discriminator_layers() -> None:
             assert sigma == pytest.approx(1.0, abs=0.05)
 
 
+def test_mode_seeking_penalises_generators_that_ignore_their_noise() -> None:
+    noise_a, noise_b = torch.randn(4, 16), torch.randn(4, 16)
+    image = torch.rand(4, 1, 28, 28)
+    collapsed = mode_seeking_penalty(image, image.clone(), noise_a, noise_b)
+    nearly = mode_seeking_penalty(image, image + 0.01, noise_a, noise_b)
+    diverse = mode_seeking_penalty(image, torch.rand(4, 1, 28, 28), noise_a, noise_b)
+    assert collapsed > nearly > diverse > 0
+
+
+def test_mode_seeking_steps_pair_fakes_of_one_class_and_train_both_networks() -> None:
+    spec = TrainSpec(job_id="t-abc", dataset="fake", nz=16, width=8, mode_seeking=1.0, precision="fp32")
+    config = GANConfig(image_size=28, channels=1, nz=16, width=8, num_classes=10)
+    cpu = torch.device("cpu")
+    state = new_state(spec, config, cpu)
+    before = {name: p.detach().clone() for name, p in state.generator.named_parameters()}
+    seen: list[torch.Tensor] = []
+    state.generator.register_forward_hook(lambda module, inputs, output: seen.append(inputs[1]))
+    labels = torch.arange(8)
+    train_step(state, step_functions(spec, spec.recipe(1000, 10, 15), state, cpu), torch.rand(8, 1, 28, 28) * 2 - 1, labels,
+               torch.zeros(4))
+    assert torch.equal(seen[0][:4], seen[0][4:]) and torch.equal(seen[0][:4], labels[:4])
+    assert all(not torch.equal(before[name], p) for name, p in state.generator.named_parameters())
+
+
 # ---- checkpoints ----
 
 
@@ -212,7 +236,7 @@ def make_state(config: GANConfig, ema: float = 0.0) -> dict[str, Any]:
     cpu = torch.device("cpu")
     state = new_state(spec, config, cpu)
     real = torch.rand(BATCH, config.channels, config.image_size, config.image_size) * 2 - 1
-    train_step(state, step_functions(spec, state, cpu, num_images=1000), real, labels_for(config), torch.zeros(4))
+    train_step(state, step_functions(spec, spec.recipe(1000, 10, 15), state, cpu), real, labels_for(config), torch.zeros(4))
     state.step = 1
     return state.to_checkpoint(spec, ["a", "b"])
 

@@ -44,6 +44,7 @@ def generate(**changes: Any) -> dict[str, Any]:
         train(dataset="imagefolder:/data/cats", lr=1e-6, beta1=0.0, beta2=0.9999, limit=1, width=4, nz=1),
         train(dataset="imagefolder:s3://bucket/images", lr=1, seed=2**31 - 1, log_every=1, checkpoint_every=1),
         train(lr=1, beta1=0),  # ints are fine for float fields
+        train(mode_seeking=0.5, teacher=2, guidance=0.5, teacher_steps=10, ema=0.999),
         train(version=SPEC_VERSION),
     ],
 )
@@ -73,6 +74,7 @@ def test_train_defaults() -> None:
         generate(count=100_000_000, shard_size=100_000, seed=2**31 - 1, batch_size=8192),
         generate(count=10, class_counts={"0": 3, "1": 0, "9": 7}),
         generate(count=5, class_counts={"9999": 5}),
+        generate(noise_scale=1.25),
     ],
 )
 def test_valid_generate_spec_round_trips(data: dict[str, Any]) -> None:
@@ -148,6 +150,8 @@ def assert_spec_error(kind: Any, data: Any, field: str, *mentions: str) -> SpecE
         (train(loss="x"), "loss", ("'x'", "bce, hinge")),
         (train(loss="BCE"), "loss", ("bce, hinge",)),
         (train(epochs=1, steps=1), "steps", ("epochs", "steps", "not both")),
+        (train(mode_seeking=-0.1), "mode_seeking", ("-0.1",)),
+        (train(guidance=1.0), "guidance", ("needs a teacher", "teacher=3")),
         (train(dataset="mnist"), "dataset", ("'mnist'", "fashion-mnist, cifar10, fake", "imagefolder:")),
         (train(dataset="imagefolder:"), "dataset", ("imagefolder:",)),
         (train(dataset=None), "dataset", ("None",)),
@@ -187,6 +191,7 @@ def test_invalid_train_spec(data: Any, field: str, mentions: tuple[str, ...]) ->
         (generate(count=1.5), "count", ("an integer",)),
         (generate(count="100"), "count", ("an integer",)),
         (generate(shard_size=0), "shard_size", ("out of range",)),
+        (generate(noise_scale=0), "noise_scale", ("out of range",)),
         (generate(shard_size=100_001), "shard_size", ("out of range",)),
         (generate(batch_size=8193), "batch_size", ("out of range",)),
         (generate(seed=-5), "seed", ("out of range",)),

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from shared.jobs import MemoryJobStore
+from shared.jobs import JobCancelled, MemoryJobStore
 from shared.manifest import Manifest
 from shared.reader import SyntheticJob
 from shared.settings import Settings
@@ -22,7 +22,7 @@ from worker.data import load_dataset
 from worker.generate import GeneratorCache, finalize_job, plan_job, run_shard
 from worker.mixing import MixedDataset
 from worker.teacher import load_teacher
-from worker.train import run_training
+from worker.train import TrainHooks, run_training
 
 
 def test_classic_augmentation_draws_a_crop_and_a_flip_for_every_sample() -> None:
@@ -116,7 +116,7 @@ def test_generated_shards_carry_the_teachers_probabilities(taught_model: Path, t
 
 def test_filtering_by_confidence_needs_a_teacher(tmp_path: Path) -> None:
     storage = FileStorage(tmp_path)
-    run_training(TrainSpec(job_id="t-plain", dataset="fake", steps=1, width=8, batch_size=16), Settings(), storage)
+    run_training(TrainSpec(job_id="t-plain", dataset="fake", steps=1, width=8, batch_size=16, teacher=0), Settings(), storage)
     spec = GenerateSpec(job_id="g-plain", model="t-plain", count=4, shard_size=4)
     store, dispatched = MemoryJobStore(), []
     plan_job(spec, store, dispatched.append)
@@ -126,3 +126,40 @@ def test_filtering_by_confidence_needs_a_teacher(tmp_path: Path) -> None:
     assert all(sample.probs is None for sample in SyntheticJob(storage, "g-plain"))
     with pytest.raises(ValueError, match="no teacher probabilities to filter by"):
         SyntheticJob(storage, "g-plain", min_confidence=0.5)
+
+
+def test_the_teacher_guides_a_generator_towards_the_class_it_was_asked_for(taught_model: Path) -> None:
+    teacher = load_teacher(FileStorage(taught_model), "t-taught")
+    assert teacher is not None
+    guide = teacher.frozen(torch.device("cpu"))
+    real = load_dataset("fake", Settings(), "train", limit=64)
+    images = (real.images.float() / 127.5 - 1).requires_grad_(True)  # (N, C, H, W) in [-1, 1], as G makes them
+    right, wrong = guide.guidance_loss(images, real.labels), guide.guidance_loss(images, (real.labels + 1) % real.info.num_classes)
+    assert right < wrong  # the teacher learned the fake dataset: true labels cost less than swapped ones
+    right.backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0  # G gets a gradient through the teacher
+    assert all(not p.requires_grad for member in guide.members for p in member.parameters())  # the teacher stays fixed
+
+
+def test_guided_training_trains_its_teacher_first_and_leaves_it_stored(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    spec = TrainSpec(job_id="t-guided", dataset="fake", steps=4, width=8, batch_size=16, teacher=1, teacher_steps=20,
+                     teacher_width=8, guidance=1.0, mode_seeking=1.0)
+    result = run_training(spec, Settings(), storage)
+    assert result["steps"] == 4
+    teacher = load_teacher(storage, "t-guided")
+    assert teacher is not None and teacher.meta["members"] == 1
+
+
+def test_a_job_cancelled_while_its_teacher_trains_stops_there(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    spec = TrainSpec(job_id="t-cancel", dataset="fake", steps=100_000, width=8, batch_size=16, teacher_width=8)
+    asked: list[bool] = []
+
+    def stop_on_second_question() -> bool:
+        asked.append(True)
+        return len(asked) >= 2
+
+    with pytest.raises(JobCancelled, match="while training its teacher"):
+        run_training(spec, Settings(), storage, TrainHooks(should_stop=stop_on_second_question, stop_check_interval_s=0))
+    assert len(asked) == 2 and load_teacher(storage, "t-cancel") is None  # nothing half-trained is stored

@@ -11,7 +11,14 @@ from PIL import Image
 from producer.follow import status_line
 from shared.progress import TrainProgress
 from shared.settings import Settings
-from shared.specs import TrainSpec
+from shared.specs import (
+    AUTO_TEACHER_MEMBERS,
+    SMALL_DATA_GUIDANCE,
+    SMALL_DATA_MODE_SEEKING,
+    SMALL_DATA_STEPS,
+    TEACHER_STEPS,
+    TrainSpec,
+)
 from shared.storage import FileStorage
 from worker.collapse_guard import collapse_warnings, diversity_warnings
 from worker.train import STAT_NAMES, TrainHooks, resolve_precision, run_training
@@ -86,10 +93,31 @@ def test_watch_line_shows_the_vital_signs():
 def test_diffaugment_auto_is_on_for_small_training_sets_only():
     spec = TrainSpec(job_id="t-auto", dataset="fake")
     assert spec.diffaugment == "auto"
-    assert spec.augmentations(1_000) == ("translation", "cutout")
-    assert spec.augmentations(60_000) == ()
-    assert TrainSpec(job_id="t-none", dataset="fake", diffaugment="none").augmentations(100) == ()
-    assert TrainSpec(job_id="t-some", dataset="fake", diffaugment="color").augmentations(60_000) == ("color",)
+    assert spec.recipe(1_000, 10, 15).augmentations == ("translation", "cutout")
+    assert spec.recipe(60_000, 10, 937).augmentations == ()
+    assert TrainSpec(job_id="t-none", dataset="fake", diffaugment="none").recipe(100, 10, 1).augmentations == ()
+    assert TrainSpec(job_id="t-some", dataset="fake", diffaugment="color").recipe(60_000, 10, 937).augmentations == ("color",)
+
+
+def test_a_small_labelled_dataset_gets_the_small_data_recipe_and_a_large_one_the_plain_gan():
+    spec = TrainSpec(job_id="t-auto", dataset="fake")
+    small, large = spec.recipe(1_000, 10, 15), spec.recipe(60_000, 10, 937)
+    assert (small.steps, small.mode_seeking, small.teacher, small.teacher_steps, small.guidance) == (
+        SMALL_DATA_STEPS, SMALL_DATA_MODE_SEEKING, AUTO_TEACHER_MEMBERS, TEACHER_STEPS, SMALL_DATA_GUIDANCE)
+    assert (large.steps, large.mode_seeking, large.teacher, large.guidance) == (937, 0.0, 0, 0.0)  # one epoch
+    unlabelled = spec.recipe(1_000, 0, 15)
+    assert (unlabelled.teacher, unlabelled.guidance) == (0, 0.0)  # nothing for a teacher to tell apart
+
+
+def test_what_a_spec_gives_overrides_the_automatic_recipe():
+    chosen = TrainSpec(job_id="t-own", dataset="fake", steps=40, mode_seeking=0.3, teacher=2, guidance=0.5)
+    recipe = chosen.recipe(1_000, 10, 15)
+    assert (recipe.steps, recipe.mode_seeking, recipe.teacher, recipe.guidance) == (40, 0.3, 2, 0.5)
+    assert recipe.teacher_steps == 40  # a short job's teacher trains no longer than its GAN
+    assert TrainSpec(job_id="t-own", dataset="fake", teacher=0).recipe(1_000, 10, 15).guidance == 0.0
+    guided = TrainSpec(job_id="t-own", dataset="fake", guidance=1.0).recipe(60_000, 10, 937)
+    assert (guided.teacher, guided.guidance) == (AUTO_TEACHER_MEMBERS, 1.0)  # guidance asked for brings its teacher
+    assert TrainSpec(job_id="t-own", dataset="fake", epochs=2).recipe(1_000, 10, 15).steps == 30
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):

@@ -48,7 +48,10 @@ class Classifier(nn.Module):
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) of any size and 1 or 3 channels -> float input this network expects."""
-        x = images.float() / 127.5 - 1.0
+        return self.conform(images.float() / 127.5 - 1.0)
+
+    def conform(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images in [-1, 1] (a generator's output) -> this network's channels and size, differentiably."""
         if x.shape[1] != self.config.channels:
             x = x.mean(dim=1, keepdim=True) if self.config.channels == 1 else x.expand(-1, 3, -1, -1)
         if x.shape[-1] != self.config.image_size:
@@ -110,13 +113,15 @@ def train_classifier(
     images: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 1500, batch_size: int = 128,
     seed: int = 0, lr: float = 1e-3, weights: torch.Tensor | None = None, augment: bool = False,
     init: Classifier | None = None, width: int = 32, extra: ExtraBatch | None = None, extra_weight: float = 1.0,
+    after_step: Callable[[int], None] = lambda step: None,
 ) -> Classifier:
     """Train a classifier on uint8 IMAGES (N, C, H, W) with labels (N,).
 
     WEIGHTS (N,) scale each sample's loss (e.g. less for synthetic samples); AUGMENT applies
     :func:`classic_augment` to every input; INIT starts from another classifier's weights (fine-tuning).
     EXTRA adds a batch per step with target probabilities (soft labels from a teacher, or one-hot ones), whose mean
-    soft cross-entropy is added to the real batch's loss with weight EXTRA_WEIGHT.
+    soft cross-entropy is added to the real batch's loss with weight EXTRA_WEIGHT. AFTER_STEP is called with each
+    finished step's number (a job's cancellation check).
     """
     torch.manual_seed(seed)
     config = ClassifierConfig(image_size=images.shape[-1], channels=images.shape[1], num_classes=num_classes, width=width)
@@ -131,7 +136,7 @@ def train_classifier(
         return model.head(model.body(classic_augment(inputs, rng) if augment else inputs))
 
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
         index = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=rng).to(images.device)
         losses = F.cross_entropy(logits_of(images[index]), labels[index], reduction="none")  # (B,)
         if weights is not None:
@@ -145,6 +150,7 @@ def train_classifier(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        after_step(step + 1)
     return model.eval()
 
 

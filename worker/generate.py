@@ -143,7 +143,7 @@ def render_shard(spec: GenerateSpec, model: LoadedModel, shard_index: int) -> tu
     plan = labels_plan(spec, config.num_classes)
     labels = labels_for_range(plan, start, stop) if config.conditional else np.full(stop - start, -1)
     rng = torch.Generator().manual_seed(shard_seed(spec.seed, shard_index))
-    noise = torch.randn(stop - start, config.nz, generator=rng)  # (S, nz), drawn on CPU: same bytes on any device
+    noise = torch.randn(stop - start, config.nz, generator=rng) * spec.noise_scale  # (S, nz), drawn on CPU: same bytes on any device
     class_names = card.get("class_names") or []
 
     def records(offset: int, pixels: np.ndarray, probs: np.ndarray | None) -> list[bytes]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import torch
 
 from shared.layout import checkpoint_key, grid_key, loss_curve_key, model_card_key, teacher_key
-from shared.specs import TrainSpec
+from shared.specs import Recipe, TrainSpec
 from shared.storage import Storage
 from worker import checkpoint
 from worker.data import ImageData
@@ -57,6 +57,7 @@ class TrainedModel:
     device: torch.device
     precision: str  # what the job trained in: fp32 or bf16
     teacher: dict[str, Any] | None  # how its teacher was trained (worker.teacher), or None
+    recipe: Recipe  # what the job ran, with the spec's automatic choices made
 
 
 def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: ImageData) -> dict[str, Any]:
@@ -77,6 +78,7 @@ def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: 
         "class_names": list(data.info.class_names) if config.conditional else [],
         "config": checkpoint.config_dict(config),
         "spec": spec.to_dict(),
+        "recipe": asdict(model.recipe),
         "steps": model.steps,
         "final": model.history[-1] if model.history else {},
         "warnings": model.warnings,

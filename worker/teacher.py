@@ -9,6 +9,7 @@ images, GAN samples with hard labels scored 81.96 %, with the teacher's soft lab
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.layout import teacher_key
-from shared.specs import TrainSpec
+from shared.specs import Recipe, TrainSpec
 from shared.storage import Storage
 from worker.classifier import TEACHER_KIND, Classifier, classifiers_from_bytes, classifiers_to_bytes, train_classifier
 from worker.data import ImageData
@@ -36,28 +37,42 @@ class Teacher:
             chunks.append(torch.stack([F.softmax(member(batch), dim=1) for member in self.members]).mean(0))
         return torch.cat(chunks)
 
+    def guidance_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """How far generated IMAGES (B, C, H, W) in [-1, 1] are from looking like their LABELS (B,) to the teacher:
+        the members' mean cross-entropy, differentiable in IMAGES (the generator learns from it)."""
+        losses = [F.cross_entropy(member.head(member.body(member.conform(images))).float(), labels) for member in self.members]
+        return torch.stack(losses).mean()
 
-def train_teacher(spec: TrainSpec, data: ImageData) -> Teacher:
-    """SPEC's teacher, trained on DATA (the job's real images), each member with its own seed and classic augmentation."""
+    def frozen(self, device: torch.device) -> Teacher:
+        """The teacher on DEVICE, in eval mode, without gradients of its own: a fixed guide for a generator."""
+        members = [member.to(device).eval().requires_grad_(False) for member in self.members]
+        return Teacher(members, self.meta)
+
+
+def train_teacher(spec: TrainSpec, recipe: Recipe, data: ImageData, after_step: Callable[[int], None] = lambda step: None) -> Teacher:
+    """The teacher of SPEC's RECIPE, trained on DATA (the job's real images), each member with its own seed and
+    classic augmentation; AFTER_STEP is called after every classifier step (it may raise to cancel)."""
     members = [
-        train_classifier(data.images, data.labels, data.info.num_classes, steps=spec.teacher_steps, seed=spec.seed * 100 + member,
-                         augment=True, width=spec.teacher_width)
-        for member in range(spec.teacher)
+        train_classifier(data.images, data.labels, data.info.num_classes, steps=recipe.teacher_steps,
+                         seed=spec.seed * 100 + member, augment=True, width=spec.teacher_width, after_step=after_step)
+        for member in range(recipe.teacher)
     ]
-    meta = {"members": len(members), "width": spec.teacher_width, "steps": spec.teacher_steps, "train_images": len(data),
+    meta = {"members": len(members), "width": spec.teacher_width, "steps": recipe.teacher_steps, "train_images": len(data),
             "augmentation": "random crop after 2-pixel padding and horizontal flip, per sample"}
     return Teacher(members, meta)
 
 
-def ensure_teacher(spec: TrainSpec, data: ImageData, storage: Storage) -> Teacher | None:
-    """The job's teacher: None when SPEC asks for none; loaded when a previous run of the job stored it (training is
+def ensure_teacher(
+    spec: TrainSpec, recipe: Recipe, data: ImageData, storage: Storage, after_step: Callable[[int], None] = lambda step: None
+) -> Teacher | None:
+    """The job's teacher: None when its RECIPE has none; loaded when a previous run of the job stored it (training is
     seeded, so it would come out the same); else trained and stored."""
-    if spec.teacher == 0 or data.info.num_classes < 2:  # nothing to tell apart
+    if recipe.teacher == 0:
         return None
     stored = load_teacher(storage, spec.job_id)
-    if stored is not None and stored.meta["members"] == spec.teacher:
+    if stored is not None and stored.meta["members"] == recipe.teacher:
         return stored
-    teacher = train_teacher(spec, data)
+    teacher = train_teacher(spec, recipe, data, after_step)
     storage.put_bytes(teacher_key(spec.job_id), classifiers_to_bytes(TEACHER_KIND, teacher.members, teacher.meta))
     return teacher
 

@@ -26,7 +26,7 @@ from shared.jobs import JobCancelled
 from shared.layout import sample_grid_key
 from shared.progress import TrainProgress
 from shared.settings import Settings
-from shared.specs import TrainSpec
+from shared.specs import Recipe, TrainSpec
 from shared.storage import Storage
 from worker import checkpoint
 from worker.collapse_guard import DIVERSITY_WARMUP, collapse_warnings, diversity_warnings
@@ -35,7 +35,7 @@ from worker.diffaugment import diff_augment
 from worker.images import fixed_grid_inputs, grid_png, real_grid_images, sample_fixed, to_unit_range
 from worker.model import Discriminator, GANConfig, Generator
 from worker.publish import TrainedModel, publish_model
-from worker.teacher import ensure_teacher
+from worker.teacher import Teacher, ensure_teacher
 
 log = logging.getLogger("augment.train")
 STAT_NAMES = ("loss_d", "loss_g", "d_x", "d_g_z")
@@ -52,10 +52,6 @@ class TrainHooks:
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-
-
 
 
 @dataclass
@@ -155,14 +151,23 @@ def new_state(spec: TrainSpec, config: GANConfig, device: torch.device) -> Train
     )
 
 
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+    # the ragged last batch is dropped: a tiny final batch destabilises BatchNorm statistics
+    return max(1, num_images // min(batch_size, num_images))
+
+
+def job_recipe(spec: TrainSpec, data: ImageData) -> Recipe:
+    """What SPEC trains on DATA, with its automatic choices made (the small-data recipe below SMALL_DATASET images)."""
+    return spec.recipe(len(data), data.info.num_classes, steps_per_epoch(len(data), spec.batch_size))
+
+
 class BatchSchedule:
     """Batch indices as a pure function of the step: epoch e uses a permutation seeded by (seed, e)."""
 
     def __init__(self, num_images: int, batch_size: int, seed: int, device: torch.device):
         self.num_images = num_images
         self.batch_size = min(batch_size, num_images)
-        # drop the ragged last batch: a tiny final batch destabilises BatchNorm statistics
-        self.steps_per_epoch = max(1, num_images // self.batch_size)
+        self.steps_per_epoch = steps_per_epoch(num_images, batch_size)
         self.seed = seed
         self.device = device
         self._epoch = -1
@@ -178,14 +183,6 @@ class BatchSchedule:
         return self._permutation[start : start + self.batch_size]
 
 
-def total_steps(spec: TrainSpec, schedule: BatchSchedule) -> int:
-    if spec.steps is not None:
-        return spec.steps
-    if spec.epochs is not None:
-        return spec.epochs * schedule.steps_per_epoch
-    return spec.default_steps(schedule.num_images, schedule.steps_per_epoch)
-
-
 def discriminator_loss(kind: str, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
     if kind == "hinge":
         return F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean()
@@ -197,6 +194,13 @@ def generator_loss(kind: str, logits_gen: torch.Tensor) -> torch.Tensor:
     if kind == "hinge":
         return -logits_gen.mean()
     return F.binary_cross_entropy_with_logits(logits_gen, torch.ones_like(logits_gen))
+
+
+def mode_seeking_penalty(fake_a: torch.Tensor, fake_b: torch.Tensor, noise_a: torch.Tensor, noise_b: torch.Tensor) -> torch.Tensor:
+    """MSGAN's term (Mao et al. 2019): small when images differ as much as their noise does, large when G maps
+    different noise to the same image (mode collapse)."""
+    ratio = (fake_a.float() - fake_b.float()).abs().mean() / (noise_a - noise_b).abs().mean()
+    return 1.0 / (ratio + 1e-5)
 
 
 @torch.no_grad()
@@ -218,6 +222,9 @@ class StepFunctions:
     augmentations: tuple[str, ...]
     grad_clip: float
     ema: float
+    mode_seeking: float
+    guide: Teacher | None  # the frozen teacher whose cross-entropy G also minimises
+    guidance: float
     autocast: Callable[[], AbstractContextManager[Any]]
 
 
@@ -238,16 +245,21 @@ def resolve_precision(spec: TrainSpec, device: torch.device) -> str:
     return "bf16" if native_bf16(device) else "fp32"
 
 
-def step_functions(spec: TrainSpec, state: TrainState, device: torch.device, num_images: int) -> StepFunctions:
+def step_functions(
+    spec: TrainSpec, recipe: Recipe, state: TrainState, device: torch.device, teacher: Teacher | None = None
+) -> StepFunctions:
     use_bf16 = resolve_precision(spec, device) == "bf16"
     compile_fn: Callable[[nn.Module], Any] = torch.compile if spec.compile else (lambda module: module)
     return StepFunctions(
         generator=compile_fn(state.generator),
         discriminator=compile_fn(state.discriminator),
         loss=spec.loss,
-        augmentations=spec.augmentations(num_images),
+        augmentations=recipe.augmentations,
         grad_clip=spec.grad_clip,
         ema=spec.ema,
+        mode_seeking=recipe.mode_seeking,
+        guide=teacher.frozen(device) if teacher is not None and recipe.guidance > 0 else None,
+        guidance=recipe.guidance,
         autocast=(lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext,
     )
 
@@ -258,15 +270,20 @@ def train_step(
     """One "(1) update D, (2) update G" step; adds loss_D, loss_G, D(x), D(G(z)) to STATS (on the device)."""
     batch = real.shape[0]
     noise = torch.randn(batch, state.config.nz, device=real.device, generator=state.noise_rng)  # (B, nz)
+    half = batch // 2
+    labels_fake: torch.Tensor | None = labels
+    if fns.mode_seeking > 0 and labels is not None:
+        # fakes i and i + B/2 share a class, so that their distance measures diversity within a class
+        labels_fake = torch.cat([labels[:half], labels[:half], labels[2 * half :]])  # (B,)
 
     def augment(images: torch.Tensor) -> torch.Tensor:
         return diff_augment(images, fns.augmentations, state.noise_rng) if fns.augmentations else images
 
     with fns.autocast():
-        fake = fns.generator(noise, labels)  # (B, C, H, W)
+        fake = fns.generator(noise, labels_fake)  # (B, C, H, W)
         # (1) Update D: real -> high, fake -> low
         logits_real = fns.discriminator(augment(real), labels)
-        logits_fake = fns.discriminator(augment(fake.detach()), labels)
+        logits_fake = fns.discriminator(augment(fake.detach()), labels_fake)
         loss_d = discriminator_loss(fns.loss, logits_real.float(), logits_fake.float())
     state.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
@@ -278,8 +295,13 @@ def train_step(
     # they are not computed at all: about a third of D's backward cost saved, with the same result.
     state.discriminator.requires_grad_(False)
     with fns.autocast():
-        logits_gen = fns.discriminator(augment(fake), labels)
+        logits_gen = fns.discriminator(augment(fake), labels_fake)
         loss_g = generator_loss(fns.loss, logits_gen.float())
+        if fns.guide is not None and labels_fake is not None:
+            loss_g = loss_g + fns.guidance * fns.guide.guidance_loss(fake, labels_fake)
+    if fns.mode_seeking > 0 and half > 0:
+        pairs = (fake[:half], fake[half : 2 * half], noise[:half], noise[half : 2 * half])
+        loss_g = loss_g + fns.mode_seeking * mode_seeking_penalty(*pairs)
     state.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     state.discriminator.requires_grad_(True)
@@ -297,24 +319,6 @@ def train_step(
         ])
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: TrainHooks | None = None) -> dict[str, Any]:
     """Train (or resume) the GAN of SPEC and write checkpoint, model card and images under ``models/<job_id>/``."""
     # GAN weights and Adam moments drift into denormal floats, which x86 CPUs compute many times slower.
@@ -324,13 +328,30 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
         device = pick_device()
         data = load_dataset(spec.dataset, settings, "train", image_size=spec.image_size, channels=spec.channels,
                             limit=spec.limit, per_class=spec.per_class, seed=spec.seed)
-        state = train_gan(spec, data, storage, device, hooks or TrainHooks())
-        teacher = ensure_teacher(spec, data, storage)
+        recipe = job_recipe(spec, data)
+        hooks = hooks or TrainHooks()
+        # the teacher first: it may guide the generator
+        teacher = ensure_teacher(spec, recipe, data, storage, cancellation_check(spec.job_id, hooks, "training its teacher"))
+        state = train_gan(spec, recipe, data, storage, device, hooks, teacher)
         trained = TrainedModel(state.sampler, state.step, state.history, state.warnings, device, resolve_precision(spec, device),
-                               teacher.meta if teacher is not None else None)
+                               teacher.meta if teacher is not None else None, recipe)
         return publish_model(storage, spec, trained, data)
     finally:
         torch.set_flush_denormal(False)
+
+
+def cancellation_check(job_id: str, hooks: TrainHooks, doing: str) -> Callable[[int], None]:
+    """A per-step callback that asks HOOKS whether to stop (at most once per check interval) and raises if so."""
+    last_check = time.perf_counter()
+
+    def check(step: int) -> None:
+        nonlocal last_check
+        if time.perf_counter() - last_check >= hooks.stop_check_interval_s:
+            last_check = time.perf_counter()
+            if hooks.should_stop():
+                raise JobCancelled(f"job {job_id} cancelled while {doing} (step {step})")
+
+    return check
 
 
 def resume_or_start(spec: TrainSpec, config: GANConfig, storage: Storage, device: torch.device) -> TrainState:
@@ -359,17 +380,20 @@ class CollapseGuard:
         state.warnings = self.alerts["collapse"] + self.alerts["diversity"]
 
 
-def train_gan(spec: TrainSpec, data: ImageData, storage: Storage, device: torch.device, hooks: TrainHooks) -> TrainState:
+def train_gan(
+    spec: TrainSpec, recipe: Recipe, data: ImageData, storage: Storage, device: torch.device, hooks: TrainHooks,
+    teacher: Teacher | None = None,
+) -> TrainState:
     """The training loop: steps until SPEC's total, with checkpoints, sample grids and progress along the way."""
     config = gan_config(spec, data)
     images = data.images.to(device)  # (N, C, H, W) uint8, decoded once
     labels_all = data.labels.to(device)
     class_names = list(data.info.class_names) if config.conditional else []
     state = resume_or_start(spec, config, storage, device)
-    fns = step_functions(spec, state, device, len(images))
+    fns = step_functions(spec, recipe, state, device, teacher)
     layout = memory_format(spec, device)
     schedule = BatchSchedule(len(images), spec.batch_size, spec.seed, device)
-    steps = total_steps(spec, schedule)
+    steps = recipe.steps
     sample_every = spec.sample_every or schedule.steps_per_epoch
     grid_noise, grid_labels = fixed_grid_inputs(config, spec.seed, device)
     real_grid, real_grid_labels = real_grid_images(data, config)
