@@ -169,7 +169,7 @@ def test_the_cache_loads_each_model_once(storage: CountingStorage) -> None:
     models = GeneratorCache(capacity=1)
     first = models.get(storage, "t-model", CPU)
     again = models.get(storage, "t-model", CPU)
-    assert first is again and models.loads == 1 and first.card["job_id"] == "t-model" and first.teacher is None
+    assert first is again and models.loads == 1 and first.card["job_id"] == "t-model" and first.teacher is not None  # small data: a teacher by default
     assert storage.reads["models/t-model/checkpoint.pt"] == 1
     run_all(job(), storage, MemoryJobStore(), models)
     assert storage.reads["models/t-model/checkpoint.pt"] == 1 and models.loads == 1
@@ -179,7 +179,9 @@ def test_the_noise_scale_changes_the_samples_and_is_recorded_in_the_manifest(sto
     run_all(job(count=8, shard_size=8), storage, MemoryJobStore(), GeneratorCache())
     plain = list(read_shard(storage.get_bytes("synthetic/g-job/shard-000000.tar")))
     wide_spec = GenerateSpec(job_id="g-wide", model="t-model", count=8, shard_size=8, batch_size=4, noise_scale=1.5)
-    run_all(wide_spec, storage, MemoryJobStore(), GeneratorCache())
+    store = MemoryJobStore()
+    run_all(wide_spec, storage, store, GeneratorCache())
+    finalize_job(wide_spec, storage, store, lambda index: None)
     wide = list(read_shard(storage.get_bytes("synthetic/g-wide/shard-000000.tar")))
     assert [s.label for s in plain] == [s.label for s in wide]  # the same plan of classes
     assert all(a.png != b.png for a, b in zip(plain, wide, strict=True))  # drawn from the same noise, scaled
