@@ -279,7 +279,7 @@ class GenerateSpec(_Spec, frozen=True):
     class_counts: ClassCounts | None = None  # overrides COUNT's balance
     # the latent noise's standard deviation: above 1 reaches further from the modes G learned, trading label
     # accuracy for coverage (docs/training.md measures it); below 1 the reverse (truncation)
-    noise_scale: Annotated[float, Meta(gt=0.0, le=10.0)] = 1.0
+    noise_scale: Annotated[float, Meta(ge=0.01, le=10.0)] = 1.0
     version: int = SPEC_VERSION
 
     def _check_fields_together(self) -> None:

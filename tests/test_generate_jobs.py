@@ -169,7 +169,8 @@ def test_the_cache_loads_each_model_once(storage: CountingStorage) -> None:
     models = GeneratorCache(capacity=1)
     first = models.get(storage, "t-model", CPU)
     again = models.get(storage, "t-model", CPU)
-    assert first is again and models.loads == 1 and first.card["job_id"] == "t-model" and first.teacher is not None  # small data: a teacher by default
+    assert first is again and models.loads == 1 and first.card["job_id"] == "t-model"
+    assert first.teacher is not None  # small data: a teacher by default
     assert storage.reads["models/t-model/checkpoint.pt"] == 1
     run_all(job(), storage, MemoryJobStore(), models)
     assert storage.reads["models/t-model/checkpoint.pt"] == 1 and models.loads == 1

@@ -4,6 +4,7 @@ uninterrupted run."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -100,7 +101,10 @@ def test_training_preempted_then_killed_resumes_exactly(augment_env, start_worke
     assert holder.stop(timeout=60) is not None, "the preempted worker exited by itself"
     assert f"job {job_id}: worker shutting down; checkpointed and handed the job back" in holder.log_path.read_text()
     storage = open_storage(Settings.from_env(env))
-    preempted_at = checkpoint.from_bytes(storage.get_bytes(f"models/{job_id}/checkpoint.pt"), "checkpoint")["step"]
+    # the step it stopped at, from its own log: the taker may have resumed and checkpointed again already
+    stopped = re.search(rf"job {job_id} cancelled at step (\d+)", holder.log_path.read_text())
+    assert stopped is not None, holder.log_tail()
+    preempted_at = int(stopped.group(1))
     wait_for_log(taker, f"job {job_id}: resuming from step {preempted_at}")  # the step it stopped at, not an older one
 
     wait_for_step(env, job_id, preempted_at + 40)

@@ -151,7 +151,7 @@ def assert_spec_error(kind: Any, data: Any, field: str, *mentions: str) -> SpecE
         (train(loss="BCE"), "loss", ("bce, hinge",)),
         (train(epochs=1, steps=1), "steps", ("epochs", "steps", "not both")),
         (train(mode_seeking=-0.1), "mode_seeking", ("-0.1",)),
-        (train(guidance=1.0), "guidance", ("needs a teacher", "teacher=3")),
+        (train(guidance=1.0, teacher=0), "guidance", ("needs a teacher", "teacher=3")),
         (train(dataset="mnist"), "dataset", ("'mnist'", "fashion-mnist, cifar10, fake", "imagefolder:")),
         (train(dataset="imagefolder:"), "dataset", ("imagefolder:",)),
         (train(dataset=None), "dataset", ("None",)),

@@ -51,7 +51,7 @@ def test_run_training_reports_progress_and_writes_grids_curve_and_card(tmp_path)
 
 def test_cancel_hook_stops_training_with_a_checkpoint(tmp_path):
     storage = FileStorage(tmp_path)
-    spec = TrainSpec(job_id="t-cancel", dataset="fake", steps=1000, width=8, batch_size=16)
+    spec = TrainSpec(job_id="t-cancel", dataset="fake", steps=1000, width=8, batch_size=16, teacher=0)  # test_teacher: with one
     hooks = TrainHooks(should_stop=lambda: True, stop_check_interval_s=0.0)
     try:
         run_training(spec, Settings(), storage, hooks)

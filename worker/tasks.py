@@ -136,7 +136,7 @@ def train(self: Task, spec: Any) -> dict[str, Any]:
     except JobCancelled as exc:
         if PREEMPTED.is_set():
             # the checkpoint is written: the next worker to take the message resumes from this very step
-            log.warning("job %s: worker shutting down; checkpointed and handed the job back", parsed.job_id)
+            log.warning("job %s: worker shutting down; checkpointed and handed the job back (%s)", parsed.job_id, exc)
             raise Reject("worker shutting down: handed to another worker, which resumes from the checkpoint", requeue=True) from None
         if lease.lost:
             # Redis lost the lease (a long outage) and another delivery may hold it now: stop, and come back

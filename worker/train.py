@@ -296,7 +296,8 @@ def train_step(
     state.discriminator.requires_grad_(False)
     with fns.autocast():
         logits_gen = fns.discriminator(augment(fake), labels_fake)
-        loss_g = generator_loss(fns.loss, logits_gen.float())
+        loss_adversarial = generator_loss(fns.loss, logits_gen.float())  # what loss_G reports: comparable across recipes
+        loss_g = loss_adversarial
         if fns.guide is not None and labels_fake is not None:
             loss_g = loss_g + fns.guidance * fns.guide.guidance_loss(fake, labels_fake)
     if fns.mode_seeking > 0 and half > 0:
@@ -314,7 +315,7 @@ def train_step(
 
     with torch.no_grad():
         stats += torch.stack([
-            loss_d.detach(), loss_g.detach(),
+            loss_d.detach(), loss_adversarial.detach(),
             torch.sigmoid(logits_real.float()).mean(), torch.sigmoid(logits_fake.float()).mean(),
         ])
 
