@@ -64,6 +64,10 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))  # (N, K) logits
 
+    def logits_of_float(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, K) logits of float images in [-1, 1] (a generator's output), differentiable in X."""
+        return self.head(self.body(self.conform(x)))
+
 
 class FeatureExtractor(nn.Module):
     """The classifier's feature layer in the shape torchmetrics wants (``num_features``, uint8 input)."""

@@ -40,7 +40,7 @@ class Teacher:
     def guidance_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """How far generated IMAGES (B, C, H, W) in [-1, 1] are from looking like their LABELS (B,) to the teacher:
         the members' mean cross-entropy, differentiable in IMAGES (the generator learns from it)."""
-        losses = [F.cross_entropy(member.head(member.body(member.conform(images))).float(), labels) for member in self.members]
+        losses = [F.cross_entropy(member.logits_of_float(images).float(), labels) for member in self.members]
         return torch.stack(losses).mean()
 
     def frozen(self, device: torch.device) -> Teacher:

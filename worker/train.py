@@ -331,8 +331,13 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
                             limit=spec.limit, per_class=spec.per_class, seed=spec.seed)
         recipe = job_recipe(spec, data)
         hooks = hooks or TrainHooks()
-        # the teacher first: it may guide the generator
-        teacher = ensure_teacher(spec, recipe, data, storage, cancellation_check(spec.job_id, hooks, "training its teacher"))
+        stop_requested = StopPoll(hooks)
+
+        def stop_teacher(step: int) -> None:
+            if stop_requested():
+                raise JobCancelled(f"job {spec.job_id} cancelled while training its teacher (step {step})")
+
+        teacher = ensure_teacher(spec, recipe, data, storage, stop_teacher)  # first: it may guide the generator
         state = train_gan(spec, recipe, data, storage, device, hooks, teacher)
         trained = TrainedModel(state.sampler, state.step, state.history, state.warnings, device, resolve_precision(spec, device),
                                teacher.meta if teacher is not None else None, recipe)
@@ -341,18 +346,18 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
         torch.set_flush_denormal(False)
 
 
-def cancellation_check(job_id: str, hooks: TrainHooks, doing: str) -> Callable[[int], None]:
-    """A per-step callback that asks HOOKS whether to stop (at most once per check interval) and raises if so."""
-    last_check = time.perf_counter()
+class StopPoll:
+    """HOOKS.should_stop (a Redis round trip in a worker), asked at most once per check interval."""
 
-    def check(step: int) -> None:
-        nonlocal last_check
-        if time.perf_counter() - last_check >= hooks.stop_check_interval_s:
-            last_check = time.perf_counter()
-            if hooks.should_stop():
-                raise JobCancelled(f"job {job_id} cancelled while {doing} (step {step})")
+    def __init__(self, hooks: TrainHooks):
+        self.hooks = hooks
+        self.last_check = time.perf_counter()
 
-    return check
+    def __call__(self) -> bool:
+        if time.perf_counter() - self.last_check < self.hooks.stop_check_interval_s:
+            return False
+        self.last_check = time.perf_counter()
+        return self.hooks.should_stop()
 
 
 def resume_or_start(spec: TrainSpec, config: GANConfig, storage: Storage, device: torch.device) -> TrainState:
@@ -400,7 +405,8 @@ def train_gan(
     real_grid, real_grid_labels = real_grid_images(data, config)
     guard = CollapseGuard(spec.job_id)
     stats = torch.zeros(len(STAT_NAMES), device=device)
-    window_start, window_steps, last_stop_check = time.perf_counter(), 0, time.perf_counter()
+    window_start, window_steps = time.perf_counter(), 0
+    stop_requested = StopPoll(hooks)
     state.generator.train()
     state.discriminator.train()
 
@@ -414,11 +420,9 @@ def train_gan(
         state.step += 1
         window_steps += 1
 
-        if time.perf_counter() - last_stop_check >= hooks.stop_check_interval_s:
-            last_stop_check = time.perf_counter()
-            if hooks.should_stop():
-                save_checkpoint()
-                raise JobCancelled(f"job {spec.job_id} cancelled at step {state.step}")
+        if stop_requested():
+            save_checkpoint()
+            raise JobCancelled(f"job {spec.job_id} cancelled at step {state.step}")
         if state.step % sample_every == 0 or state.step == steps:
             fake = sample_fixed(state.sampler, grid_noise, grid_labels)
             storage.put_bytes(sample_grid_key(spec.job_id, state.step), grid_png(fake), "image/png")
