@@ -133,7 +133,9 @@ class Client:
             waiting = sum(min(spec.shard_size, spec.count - index * spec.shard_size) for index in shards)
             status["progress"] = progress_to_dict(generation_progress(self.store, job_id, spec.shard_count, spec.count, waiting))
         elif stalled and isinstance(status.get("progress"), dict):
-            status["progress"] = {**status["progress"], "images_per_s": 0.0}  # none of it runs now: no ETA
+            # none of it runs now: no rate, so no ETA
+            progress = status["progress"]
+            status["progress"] = {**progress, **{rate: 0.0 for rate in ("images_per_s", "per_s") if rate in progress}}
         return status
 
     def _stalls(self, kind: str, job_id: str) -> list[Stall]:

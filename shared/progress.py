@@ -9,7 +9,7 @@ the keys it happens to have. ``augment status``, ``augment watch``, the demo and
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -40,6 +40,9 @@ class TrainProgress:
         return (f"step {self.step}/{self.total_steps} epoch {self.epoch} loss_D {self.loss_d:.3f} loss_G {self.loss_g:.3f} "
                 f"D(x) {self.d_x:.3f} D(G(z)) {self.d_g_z:.3f}")
 
+    def rate_text(self) -> str:
+        return f"{self.images_per_s:.0f} img/s" if self.images_per_s > 0 else ""
+
 
 @dataclass(frozen=True)
 class GenerateProgress:
@@ -61,26 +64,64 @@ class GenerateProgress:
     def detail(self) -> str:
         return f"shards {self.shards_done}/{self.shards_total} images {self.images_done}/{self.images_total}"
 
+    def rate_text(self) -> str:
+        return f"{self.images_per_s:.0f} img/s" if self.images_per_s > 0 else ""
+
 
 @dataclass(frozen=True)
-class EvaluateProgress:
-    """An evaluation's current stage, with a count where the stage has one (GAN steps, settings trained)."""
+class StageProgress:
+    """A stage that is not the GAN's own loop (a teacher, a reference or scoring classifier, the study's arms, a
+    sampling pass), with its step count, rate and ETA where the stage counts steps."""
 
-    kind: ClassVar[str] = "evaluate"
+    kind: ClassVar[str] = "stage"
     stage: str
     done: int | None = None
     total: int | None = None
+    per_s: float = 0.0  # steps (or UNIT) per second since the stage began
+    eta_s: float = 0.0
+    unit: str = "steps"
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def fraction(self) -> float | None:
         return None if self.total is None or self.done is None else self.done / max(self.total, 1)
 
     def detail(self) -> str:
-        return self.stage + (f" ({self.done}/{self.total})" if self.total is not None else "")
+        return self.stage + (f" {self.done}/{self.total} {self.unit}" if self.total is not None else "")
+
+    def rate_text(self) -> str:
+        return f"{self.per_s:.0f} {self.unit}/s" if self.per_s > 0 else ""
 
 
-Progress = TrainProgress | GenerateProgress | EvaluateProgress
-PROGRESS_TYPES: dict[str, type[Progress]] = {kind.kind: kind for kind in (TrainProgress, GenerateProgress, EvaluateProgress)}
+class StageMeter:
+    """Turns a stage's step callbacks into :class:`StageProgress` reports with rate and ETA, at most one per
+    INTERVAL_S (a report is a Redis write; a classifier step takes milliseconds), plus the first and the last."""
+
+    def __init__(self, stage: str, total: int, report: Callable[[StageProgress], None], interval_s: float = 1.0,
+                 unit: str = "steps"):
+        self.stage, self.total, self.report, self.interval_s, self.unit = stage, total, report, interval_s, unit
+        self.started = time.perf_counter()
+        self.last_report = -float("inf")
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last_report < self.interval_s and done < self.total:
+            return
+        self.last_report = now
+        per_s = done / max(now - self.started, 1e-9)
+        self.report(StageProgress(self.stage, done, self.total, per_s, max(self.total - done, 0) / max(per_s, 1e-9), self.unit))
+
+
+def shifted(after_step: Callable[[int], None], before: int) -> Callable[[int], None]:
+    """AFTER_STEP for a part of a stage that starts BEFORE steps into it (the second of a teacher's members)."""
+    return lambda step: after_step(before + step)
+
+
+Progress = TrainProgress | GenerateProgress | StageProgress
+PROGRESS_TYPES: dict[str, type[Progress]] = {
+    **{kind.kind: kind for kind in (TrainProgress, GenerateProgress, StageProgress)},
+    "evaluate": StageProgress,  # what workers before the stage records reported: a stage name and a count
+}
 
 
 def progress_to_dict(progress: Progress) -> dict[str, Any]:
@@ -130,10 +171,11 @@ def progress_line(state: str, progress: Progress | None, bar_width: int = 24) ->
     """One line for a person: the state, a bar, the job's vital signs, its rate and ETA, and any warnings."""
     if progress is None:
         return state
-    if isinstance(progress, EvaluateProgress):
+    if progress.fraction is None:  # a stage without a count: its name says all there is
         return f"{state} {progress.detail()}"
-    filled = int(bar_width * (progress.fraction or 0.0))
+    filled = int(bar_width * progress.fraction)
     bar = "#" * filled + "." * (bar_width - filled)
-    eta = format_duration(progress.eta_s) if progress.images_per_s > 0 else "?"
-    line = f"{state} [{bar}] {progress.detail()} {progress.images_per_s:.0f} img/s ETA {eta}"
+    rate = progress.rate_text()
+    eta = format_duration(progress.eta_s) if rate else "?"
+    line = f"{state} [{bar}] {progress.detail()} {rate or '-'} ETA {eta}"
     return "".join([line, *(f" WARNING: {warning}" for warning in progress.warnings)])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from shared.progress import StageProgress
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, SpecError, TrainSpec
 from shared.storage import FileStorage
@@ -57,9 +58,15 @@ def test_utility_report_end_to_end(tmp_path: Path):
     spec = EvaluateSpec(job_id="e-utility", mode="utility", dataset="fake", per_class=8, seeds=2, gan_steps=6, gan_width=8,
                         samples_per_class=10, sweep=True, ratios="0.5,1", synthetic_weights="0.5", min_confidences="0.5",
                         **SMOKE)  # type: ignore[arg-type]
-    stages: list[str] = []
-    result = run_utility(spec, Settings(), storage, lambda info: stages.append(info.stage))
-    assert stages[0] == "training the GAN and its teacher on the real subset" and stages[-1] == "setting: done"
+    reports: list[StageProgress] = []
+    result = run_utility(spec, Settings(), storage, reports.append)
+    stages = list(dict.fromkeys(report.stage for report in reports))  # in order, once each
+    assert stages == ["training the GAN on the real subset", "training the teacher (3 classifiers)", "confidence filter",
+                      "training the reference classifier", "the study's classifiers (17 settings x 2 seeds)"]
+    arms = [report for report in reports if report.stage == stages[-1]]
+    # every setting x seed x classifier step, pre-training twice: one bar from 0 to its end, with a rate
+    assert arms[-1].done == arms[-1].total == 2 * 20 * (17 + 2) and arms[-1].per_s > 0
+    assert [report.done for report in arms] == sorted(report.done for report in arms)
     assert sorted(storage.list("reports/e-utility")) == [
         f"reports/e-utility/{name}" for name in ("accuracy.png", "grid.png", "losses.png", "report.json", "report.md")
     ]
@@ -94,7 +101,10 @@ def test_quality_report_end_to_end(tmp_path: Path):
     storage = FileStorage(tmp_path)
     run_training(TrainSpec(job_id="t-scored", dataset="fake", steps=5, width=8, batch_size=32), Settings(), storage)
     spec = EvaluateSpec(job_id="e-quality", mode="quality", model="t-scored", samples_per_class=10, **SMOKE)  # type: ignore[arg-type]
-    result = run_quality(spec, Settings(), storage)
+    reports: list[StageProgress] = []
+    result = run_quality(spec, Settings(), storage, reports.append)
+    scoring = [report for report in reports if report.stage.startswith("classification accuracy score")]
+    assert scoring[-1].done == scoring[-1].total == 2 * SMOKE["classifier_steps"]
     report = json.loads(storage.get_text("reports/e-quality/report.json"))
     assert report["quality"]["fid"] == result["fid"] > 0 and 0 <= report["cas"] <= 1
     assert set(report["quality"]["per_class_fid"]) == {f"class{label}" for label in range(10)}

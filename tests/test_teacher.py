@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from shared.jobs import JobCancelled, MemoryJobStore
 from shared.manifest import Manifest
+from shared.progress import StageProgress, progress_line
 from shared.reader import SyntheticJob
 from shared.settings import Settings
 from shared.specs import GenerateSpec, TrainSpec
@@ -48,12 +49,29 @@ def test_soft_cross_entropy_is_cross_entropy_for_one_hot_targets_and_lowest_at_t
 
 
 @pytest.fixture(scope="module")
-def taught_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def teacher_stages() -> list[StageProgress]:
+    """What the taught model's job reported while its teacher trained."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def taught_model(tmp_path_factory: pytest.TempPathFactory, teacher_stages: list[StageProgress]) -> Path:
     root = tmp_path_factory.mktemp("taught")
     spec = TrainSpec(job_id="t-taught", dataset="fake", steps=3, width=8, batch_size=16, teacher=2, teacher_steps=60,
                      teacher_width=8)
-    run_training(spec, Settings(), FileStorage(root))
+    run_training(spec, Settings(), FileStorage(root), TrainHooks(stage=teacher_stages.append))
     return root
+
+
+def test_a_training_job_reports_its_teachers_steps_rate_and_eta(taught_model: Path, teacher_stages: list[StageProgress]) -> None:
+    assert teacher_stages, "the teacher's stage reported nothing"
+    assert {stage.stage for stage in teacher_stages} == {"training the teacher (2 classifiers)"}
+    assert {stage.total for stage in teacher_stages} == {120}  # both members' steps, one bar
+    done = [stage.done for stage in teacher_stages]
+    assert done == sorted(done) and done[0] >= 1 and done[-1] == 120
+    assert all(stage.per_s > 0 for stage in teacher_stages) and teacher_stages[-1].eta_s == 0
+    line = progress_line("PROGRESS", teacher_stages[-1])
+    assert "[########################]" in line and "120/120 steps" in line and "steps/s ETA 0m00s" in line
 
 
 def test_a_training_job_stores_its_teacher_and_names_it_in_the_model_card(taught_model: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from shared.progress import shifted
 from worker.classifier import Classifier, ExtraBatch, accuracy, label_confidence, train_classifier
 from worker.teacher import Teacher
 
@@ -135,17 +136,24 @@ def extra_batches(data: ExperimentData, sources: tuple[str, ...]) -> ExtraBatch:
     return draw
 
 
-def run_setting(data: ExperimentData, setting: Setting, seed: int, steps: int) -> float:
-    """Train SETTING's classifier with SEED; returns its accuracy on the held-out images."""
+def setting_steps(setting: Setting, steps: int) -> int:
+    """Classifier steps SETTING trains for one seed: pre-training trains twice."""
+    return 2 * steps if setting.pretrain else steps
+
+
+def run_setting(data: ExperimentData, setting: Setting, seed: int, steps: int,
+                after_step: Callable[[int], None] = lambda done: None) -> float:
+    """Train SETTING's classifier with SEED; returns its accuracy on the held-out images. AFTER_STEP gets the steps
+    done of :func:`setting_steps`."""
     synthetic, synthetic_labels = synthetic_subset(data, setting, seed)
-    def train(images: torch.Tensor, labels: torch.Tensor, **options: Any) -> Classifier:
+    def train(images: torch.Tensor, labels: torch.Tensor, before: int = 0, **options: Any) -> Classifier:
         return train_classifier(images, labels, data.num_classes, steps=steps, seed=seed, augment=setting.classic,
-                                **SMALL_CNN, **options)
+                                after_step=shifted(after_step, before), **SMALL_CNN, **options)
 
     if setting.extra:
         model = train(data.real_images, data.real_labels, extra=extra_batches(data, setting.extra))
     elif setting.pretrain and len(synthetic):
-        model = train(data.real_images, data.real_labels, init=train(synthetic, synthetic_labels))
+        model = train(data.real_images, data.real_labels, before=steps, init=train(synthetic, synthetic_labels))
     elif len(synthetic):
         images = torch.cat([data.real_images, synthetic])
         labels = torch.cat([data.real_labels, synthetic_labels])
@@ -176,15 +184,23 @@ class Outcome:
         return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
 
 
+def sweep_steps(settings: list[Setting], seeds: int, steps: int) -> int:
+    """Classifier steps of a whole sweep: what its progress counts."""
+    return seeds * sum(setting_steps(setting, steps) for setting in settings)
+
+
 def run_sweep(
     data: ExperimentData, settings: list[Setting], seeds: int, steps: int,
-    progress: Callable[[int, int, str], None] = lambda done, total, name: None,
+    after_step: Callable[[int], None] = lambda done: None,
 ) -> list[Outcome]:
-    outcomes = []
-    for number, setting in enumerate(settings):
-        progress(number, len(settings), setting.name)
-        outcomes.append(Outcome(setting, [run_setting(data, setting, seed, steps) for seed in range(seeds)]))
-    progress(len(settings), len(settings), "done")
+    """Every setting with every seed; AFTER_STEP gets the classifier steps done of :func:`sweep_steps`."""
+    outcomes, done = [], 0
+    for setting in settings:
+        accuracies = []
+        for seed in range(seeds):
+            accuracies.append(run_setting(data, setting, seed, steps, shifted(after_step, done)))
+            done += setting_steps(setting, steps)
+        outcomes.append(Outcome(setting, accuracies))
     return outcomes
 
 

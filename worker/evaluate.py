@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from shared.layout import model_prefix, reference_key, report_prefix
-from shared.progress import EvaluateProgress
+from shared.progress import StageMeter, StageProgress, shifted
 from shared.settings import Settings
 from shared.specs import AUTO_TEACHER_MEMBERS, EvaluateSpec, TrainSpec
 from shared.storage import Storage, join_key
@@ -34,6 +34,7 @@ from worker.augmentation_study import (
     gan_share,
     run_sweep,
     sweep,
+    sweep_steps,
     verdict,
 )
 from worker.checkpoint import load_model
@@ -55,11 +56,12 @@ from worker.teacher import load_teacher
 from worker.train import TrainHooks, run_training
 
 log = logging.getLogger("augment.evaluate")
-Progress = Callable[[EvaluateProgress], None]
+Progress = Callable[[StageProgress], None]
 
 
 def reference_classifier(
     storage: Storage, settings: Settings, dataset: str, image_size: int, channels: int, steps: int, seed: int = 0,
+    progress: Progress = lambda info: None,
 ) -> tuple[Classifier, dict[str, Any]]:
     """The dataset's reference classifier: loaded from storage, or trained on the real training split and stored."""
     key = reference_key(dataset, image_size, channels)
@@ -72,7 +74,8 @@ def reference_classifier(
     train = load_dataset(dataset, settings, "train", image_size=image_size, channels=channels)
     test = load_dataset(dataset, settings, "test", image_size=image_size, channels=channels)
     started = time.perf_counter()
-    model = train_classifier(train.images, train.labels, len(train.info.class_names), steps=steps, seed=seed)
+    model = train_classifier(train.images, train.labels, len(train.info.class_names), steps=steps, seed=seed,
+                             after_step=StageMeter("training the reference classifier", steps, progress))
     meta = {
         "dataset": dataset, "image_size": image_size, "channels": channels, "train_images": len(train),
         "steps": steps, "test_accuracy": accuracy(model, test.images, test.labels),
@@ -155,22 +158,22 @@ def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     if not config.conditional:
         raise ValueError(f"model {spec.model} is unconditional: per-class metrics and CAS need a conditional model")
     dataset = spec.dataset or card["dataset"]
-    progress(EvaluateProgress("reference classifier"))
     reference, reference_meta = reference_classifier(storage, settings, dataset, config.image_size, config.channels,
-                                                     spec.reference_steps, spec.seed)
+                                                     spec.reference_steps, spec.seed, progress)
     feature_space, inception = _feature_space(spec, reference_meta)
     test = _test_split(spec, settings, dataset, config.image_size, config.channels)
-    progress(EvaluateProgress("sampling"))
+    progress(StageProgress("sampling"))
     fake, fake_labels = sample_balanced(generator, spec.samples_per_class, spec.seed)
-    progress(EvaluateProgress("metrics"))
+    progress(StageProgress("metrics: FID, KID, precision, recall"))
     quality = measure_quality(reference, test.images, test.labels, fake, fake_labels, list(card["class_names"]),
                               feature_space, inception)
-    progress(EvaluateProgress("classification accuracy score"))
-    synthetic_trained = train_classifier(fake, fake_labels, config.num_classes, steps=spec.classifier_steps,
-                                         seed=spec.seed, **SMALL_CNN)
+    steps = spec.classifier_steps
+    meter = StageMeter("classification accuracy score: on synthetic, then on real images", 2 * steps, progress)
+    synthetic_trained = train_classifier(fake, fake_labels, config.num_classes, steps=steps, seed=spec.seed,
+                                         after_step=meter, **SMALL_CNN)
     cas = accuracy(synthetic_trained, test.images, test.labels)
-    real_trained = train_classifier(*_real_train(dataset, settings, config.image_size, config.channels),
-                                    config.num_classes, steps=spec.classifier_steps, seed=spec.seed, **SMALL_CNN)
+    real_trained = train_classifier(*_real_train(dataset, settings, config.image_size, config.channels), config.num_classes,
+                                    steps=steps, seed=spec.seed, after_step=shifted(meter, steps), **SMALL_CNN)
     real_accuracy = accuracy(real_trained, test.images, test.labels)
     images = {"grid.png": _class_grid(test, fake, fake_labels, config.num_classes)}
     _copy_loss_curve(storage, spec.model, images)
@@ -286,9 +289,13 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     image_size, channels = subset.images.shape[-1], subset.images.shape[1]
     num_classes = len(subset.info.class_names)
     gan_spec = _gan_spec(spec, f"{spec.job_id}-gan"[:64])
-    stage = "training the GAN and its teacher on the real subset"
-    progress(EvaluateProgress(stage, 0, gan_spec.steps))
-    hooks = TrainHooks(progress=lambda info: progress(EvaluateProgress(stage, info.step, info.total_steps)))
+    stage = "training the GAN on the real subset"
+    progress(StageProgress(stage, 0, gan_spec.steps))
+    hooks = TrainHooks(
+        progress=lambda info: progress(StageProgress(stage, info.step, info.total_steps, info.images_per_s / gan_spec.batch_size,
+                                                     info.eta_s)),
+        stage=progress,  # its teacher, first
+    )
     run_training(gan_spec, settings, storage, hooks)  # resumes from its checkpoint if this job was interrupted
     generator, card = load_model(storage, gan_spec.job_id, torch.device("cpu"))
     teacher = load_teacher(storage, gan_spec.job_id)
@@ -301,13 +308,12 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
                           extra_batch=SMALL_CNN["batch_size"])
     settings_list = list(STUDY_ARMS)
     if spec.sweep:
-        progress(EvaluateProgress("confidence filter"))
+        progress(StageProgress("confidence filter"))
         filter_by_confidence(data, spec.classifier_steps, spec.seed)
         settings_list += sweep(spec.ratio_list, spec.weight_list, spec.confidence_list)
 
-    progress(EvaluateProgress("reference classifier"))
     reference, reference_meta = reference_classifier(storage, settings, spec.dataset, image_size, channels,
-                                                     spec.reference_steps, spec.seed)
+                                                     spec.reference_steps, spec.seed, progress)
     feature_space, inception = _feature_space(spec, reference_meta)
     quality = measure_quality(reference, held_out.images, held_out.labels, synthetic, synthetic_labels,
                               list(subset.info.class_names), feature_space, inception)
@@ -317,8 +323,9 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
                     f"{min(quality.per_class_fid.values()):.1f}-{quality.per_class_fid[worst]:.1f} (worst: {worst}) "
                     f"(feature space: {feature_space}; report.json has every class).")
 
-    outcomes = run_sweep(data, settings_list, spec.seeds, spec.classifier_steps,
-                         lambda done, total, name: progress(EvaluateProgress(f"setting: {name}", done, total)))
+    arms = StageMeter(f"the study's classifiers ({len(settings_list)} settings x {spec.seeds} seeds)",
+                      sweep_steps(settings_list, spec.seeds, spec.classifier_steps), progress)
+    outcomes = run_sweep(data, settings_list, spec.seeds, spec.classifier_steps, arms)
     share = gan_share(outcomes)
     sweep_result = verdict([o for o in outcomes if o.setting.arm in "abcd"]) if spec.sweep else None
     seconds = time.perf_counter() - started

@@ -130,6 +130,7 @@ def train(self: Task, spec: Any) -> dict[str, Any]:
     try:
         hooks = TrainHooks(
             progress=lambda info: _report_training(self, store, parsed.job_id, info),
+            stage=lambda info: _report(self, info),
             should_stop=lambda: PREEMPTED.is_set() or lease.lost or _cancel_requested(store, parsed.job_id),
         )
         return run_training(parsed, settings, storage, hooks)

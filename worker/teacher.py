@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.layout import teacher_key
+from shared.progress import shifted
 from shared.specs import Recipe, TrainSpec
 from shared.storage import Storage
 from worker.classifier import TEACHER_KIND, Classifier, classifiers_from_bytes, classifiers_to_bytes, train_classifier
@@ -51,10 +52,12 @@ class Teacher:
 
 def train_teacher(spec: TrainSpec, recipe: Recipe, data: ImageData, after_step: Callable[[int], None] = lambda step: None) -> Teacher:
     """The teacher of SPEC's RECIPE, trained on DATA (the job's real images), each member with its own seed and
-    classic augmentation; AFTER_STEP is called after every classifier step (it may raise to cancel)."""
+    classic augmentation; AFTER_STEP is called after every classifier step with the steps done over all members, of
+    ``recipe.teacher * recipe.teacher_steps`` (it may raise to cancel)."""
     members = [
         train_classifier(data.images, data.labels, data.info.num_classes, steps=recipe.teacher_steps,
-                         seed=spec.seed * 100 + member, augment=True, width=spec.teacher_width, after_step=after_step)
+                         seed=spec.seed * 100 + member, augment=True, width=spec.teacher_width,
+                         after_step=shifted(after_step, member * recipe.teacher_steps))
         for member in range(recipe.teacher)
     ]
     meta = {"members": len(members), "width": spec.teacher_width, "steps": recipe.teacher_steps, "train_images": len(data),

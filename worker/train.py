@@ -24,7 +24,7 @@ from torch import nn
 
 from shared.jobs import JobCancelled
 from shared.layout import sample_grid_key
-from shared.progress import TrainProgress
+from shared.progress import StageMeter, StageProgress, TrainProgress
 from shared.settings import Settings
 from shared.specs import Recipe, TrainSpec
 from shared.storage import Storage
@@ -46,6 +46,7 @@ class TrainHooks:
     """How a running job talks to the outside: progress reports and a cancellation check."""
 
     progress: Callable[[TrainProgress], None] = lambda info: None
+    stage: Callable[[StageProgress], None] = lambda info: None  # the stages before the GAN's loop (the teacher)
     should_stop: Callable[[], bool] = lambda: False
     stop_check_interval_s: float = 1.0
 
@@ -332,8 +333,11 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
         recipe = job_recipe(spec, data)
         hooks = hooks or TrainHooks()
         stop_requested = StopPoll(hooks)
+        teacher_meter = StageMeter(f"training the teacher ({recipe.teacher} classifiers)", recipe.teacher * recipe.teacher_steps,
+                                   hooks.stage)
 
         def stop_teacher(step: int) -> None:
+            teacher_meter(step)
             if stop_requested():
                 raise JobCancelled(f"job {spec.job_id} cancelled while training its teacher (step {step})")
 

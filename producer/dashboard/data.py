@@ -108,8 +108,8 @@ class DashboardData:
             "submitted_at": record.submitted_at,
             "fraction": None,
             "detail": "",
-            "images_per_s": progress.get("images_per_s"),
-            "eta_s": progress.get("eta_s"),
+            "rate": "",
+            "eta_s": None,
             # a running job's latest verdict; a finished one keeps its final warnings in its result
             "warnings": [str(warning) for warning in (progress or status.get("result") or {}).get("warnings", [])],
             "error": str(status.get("error") or ""),
@@ -119,6 +119,8 @@ class DashboardData:
         if record_of_progress is not None:
             row["fraction"] = record_of_progress.fraction
             row["detail"] = record_of_progress.detail()
+            row["rate"] = record_of_progress.rate_text()
+            row["eta_s"] = record_of_progress.eta_s if row["rate"] else None
         elif state == CANCELLED:
             row["detail"] = str(progress.get("reason", ""))
         if state == SUCCESS:

@@ -24,7 +24,6 @@
     return h ? h + "h" + mm + "m" + ss + "s" : m + "m" + ss + "s";
   }
 
-  function rate(value) { return value ? Math.round(value) + " img/s" : ""; }
 
   async function api(path, options) {
     const response = await fetch(path, Object.assign({ credentials: "same-origin", cache: "no-store" }, options || {}));
@@ -93,7 +92,7 @@
       progress.appendChild(node("span", " " + (job.error || job.detail)));
       for (const warning of job.warnings) progress.appendChild(node("div", warning, "warning"));
       tr.appendChild(progress);
-      tr.appendChild(node("td", rate(job.images_per_s)));
+      tr.appendChild(node("td", job.rate));
       tr.appendChild(node("td", TERMINAL.has(job.state) ? "" : eta(job.eta_s)));
       tr.appendChild(node("td", new Date(job.submitted_at * 1000).toLocaleString()));
       const actions = node("td");
@@ -128,7 +127,7 @@
     const bar = $("progress");
     if (job.fraction !== null && job.fraction !== undefined) bar.value = job.fraction; else bar.removeAttribute("value");
     $("detail").textContent = job.detail;
-    $("rate").textContent = rate(job.images_per_s);
+    $("rate").textContent = job.rate;
     $("eta").textContent = TERMINAL.has(job.state) || job.eta_s === null ? "" : "ETA " + eta(job.eta_s);
     $("storage-error").textContent = job.storage_error;
     $("storage-error").hidden = !job.storage_error;
