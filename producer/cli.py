@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 import time
@@ -366,6 +367,8 @@ def dashboard(host: str, port: int, allow_cancel: bool) -> None:
 
     from producer.dashboard.app import build
 
+    # a page that fails is logged with its traceback (uvicorn's own loggers stay at warning)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build(host, allow_cancel)
     click.echo(f"dashboard at http://{host}:{port}/ (Ctrl-C stops it)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
@@ -373,18 +376,26 @@ def dashboard(host: str, port: int, allow_cancel: bool) -> None:
 
 @main.command()
 @click.option("--out", "out_dir", default="demo-output", show_default=True, type=click.Path(file_okay=False))
-@click.option("--steps", type=int, default=2500, show_default=True, help="Training steps (a few minutes on a CPU).")
-@click.option("--count", type=int, default=10_000, show_default=True, help="Synthetic images to generate.")
+@click.option("--minutes", type=click.FloatRange(min=1.0, max=600.0), default=5.0, show_default=True,
+              help="Time budget of the whole demo; the GAN's steps are sized to fit it from a speed probe on this machine.")
+@click.option("--per-class", type=click.IntRange(min=2), default=100, show_default=True,
+              help="Labelled real images of each class the GAN learns from (the small-data path).")
+@click.option("--steps", type=click.IntRange(min=1), help="GAN training steps, instead of what the budget allows.")
+@click.option("--count", type=click.IntRange(min=1), default=10_000, show_default=True, help="Synthetic images to generate.")
 @click.option("--dataset", default="fashion-mnist", show_default=True)
-@click.option("--quality-steps", type=int, help="Steps of the classifiers that score the model (default: augment evaluate's).")
-def demo(out_dir: str, steps: int, count: int, dataset: str, quality_steps: int | None) -> None:
-    """Run the whole pipeline on this machine with no servers: train, generate, write shards and grid."""
+@click.option("--quality-steps", type=click.IntRange(min=1),
+              help="Steps of the classifiers that score the model (default: augment evaluate's).")
+def demo(out_dir: str, minutes: float, per_class: int, steps: int | None, count: int, dataset: str,
+         quality_steps: int | None) -> None:
+    """Run the whole pipeline on this machine with no servers, in about --minutes: a small labelled set in, a
+    teacher and a GAN trained on it, soft-labelled shards out, and their quality."""
     try:
         from producer.demo import run_demo
     except ImportError as exc:
         fail(f"the demo runs a worker in-process and needs torch ({exc.name} is missing); pip install '.[worker]'")
     try:
-        run_demo(Path(out_dir), steps=steps, count=count, dataset=dataset, quality_steps=quality_steps)
+        run_demo(Path(out_dir), minutes=minutes, count=count, dataset=dataset, per_class=per_class, steps=steps,
+                 quality_steps=quality_steps)
     except (SpecError, DatasetNotFound) as exc:
         fail(str(exc), EXIT_BAD_INPUT)
 

@@ -1,12 +1,17 @@
-"""``augment demo``: the whole pipeline in one process, with no servers.
+"""``augment demo``: the whole pipeline in one process, with no servers, on a time budget.
 
 The broker is Celery's in-process ``memory://`` transport and storage is ``file://``; a real Celery worker runs
 in a thread of this process, so the demo exercises the same tasks, specs and storage code as a fleet does.
+
+It shows what the product is for: a small labelled set in (PER_CLASS images of each class), the small-data recipe
+(a teacher, then a GAN it guides), labelled shards with the teacher's soft labels out, and their quality. The GAN's
+step budget is sized from a throughput probe on this machine (:mod:`worker.budget`) so that the whole run fits.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +20,16 @@ import click
 from producer.client import Client
 from producer.follow import follow
 from shared.jobs import SUCCESS
+from shared.progress import format_duration
 from shared.settings import Settings
 
 # Enough samples for stable precision and recall, few enough that scoring takes well under a minute on a CPU.
 QUALITY_SAMPLES_PER_CLASS = 200
+PER_CLASS = 100  # the small labelled set: 1,000 Fashion-MNIST images, the size the evaluation docs measure
+# Loading the splits, the metrics' features and k-NN, and the in-process worker's overheads, measured at 20-30 s
+FIXED_S = 30.0
+# Below this a GAN draws noise; the small-data recipe's own budget is the most the demo trains
+MIN_GAN_STEPS = 300
 
 
 def _follow(client: Client, job_id: str) -> dict[str, Any]:
@@ -28,7 +39,9 @@ def _follow(client: Client, job_id: str) -> dict[str, Any]:
     return final
 
 
-def run_demo(out_dir: Path, steps: int, count: int, dataset: str, quality_steps: int | None = None) -> None:
+def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class: int = PER_CLASS,
+             steps: int | None = None, quality_steps: int | None = None) -> None:
+    started = time.perf_counter()
     out = out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     # The worker's app reads its settings at import, so the environment is set before that import.
@@ -38,13 +51,44 @@ def run_demo(out_dir: Path, steps: int, count: int, dataset: str, quality_steps:
 
     from celery.contrib.testing.worker import start_worker
 
+    from shared.layout import reference_key
+    from shared.specs import SMALL_DATA_STEPS, EvaluateSpec, TrainSpec
+    from shared.storage import open_storage
     from worker.app import app
+    from worker.budget import measure_rates, plan_budget
+    from worker.data import load_dataset
+    from worker.train import job_recipe, pick_device, resolve_precision
+
+    train_fields: dict[str, Any] = {"dataset": dataset, "per_class": per_class, "log_every": 25}
+    probe = TrainSpec(job_id="t-demo-probe", **train_fields)
+    data = load_dataset(dataset, settings, "train", per_class=per_class, seed=probe.seed)
+    recipe = job_recipe(probe, data)
+    evaluate_defaults = EvaluateSpec(job_id="e-demo-probe", mode="quality", model="t-demo-probe")
+    scorer_steps = quality_steps or evaluate_defaults.classifier_steps
+    reference_steps = quality_steps or evaluate_defaults.reference_steps
+    reference_stored = open_storage(settings).exists(reference_key(dataset, data.images.shape[-1], data.images.shape[1]))
+    click.echo(f"demo: measuring this machine's training speed ({os.cpu_count()} CPU cores, "
+               f"{resolve_precision(probe, pick_device())})", err=True)
+    rates = measure_rates(probe, settings)
+    plan = plan_budget(60 * minutes, rates, recipe.teacher * recipe.teacher_steps, 0 if reference_stored else reference_steps,
+                       scorer_steps, count, FIXED_S, MIN_GAN_STEPS, SMALL_DATA_STEPS)
+    gan_steps = steps or plan.gan_steps
+    # what the job will run: below TEACHER_STEPS GAN steps, the teacher trains as long as the GAN
+    recipe = job_recipe(TrainSpec(job_id="t-demo-probe", **train_fields, steps=gan_steps), data)
+    click.echo(
+        f"demo: {len(data)} labelled {dataset} images ({per_class} per class) in. A teacher of {recipe.teacher} classifiers "
+        f"({recipe.teacher_steps} steps each) learns them, then a conditional DCGAN trains for {gan_steps} steps "
+        f"({rates.gan:.1f} steps/s here) with mode seeking {recipe.mode_seeking:g} and the teacher's guidance "
+        f"{recipe.guidance:g}; {count} generated images go into shards with the teacher's soft labels, and are scored "
+        f"against the real test split.", err=True)
+    expected = plan.total_s if steps is None else plan.total_s + (gan_steps - plan.gan_steps) / rates.gan
+    stages = ", ".join(f"{name} {format_duration(seconds)}" for name, seconds in plan.seconds.items() if seconds >= 1)
+    click.echo(f"demo: expected to take about {format_duration(expected)} (budget {format_duration(60 * minutes)}: {stages})",
+               err=True)
 
     client = Client.connect(settings, app=app)
     with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=60):
-        click.echo(f"demo: training a conditional DCGAN on {dataset} for {steps} steps (CPU: a few minutes)", err=True)
-        # width 64 (the default): width 32 measured FID 190 / recall 0.02 in the same time class as 64's 90 / 0.23
-        train_id = client.submit_train(dataset=dataset, steps=steps, log_every=25)
+        train_id = client.submit_train(**train_fields, steps=gan_steps)
         trained = _follow(client, train_id)
         click.echo(f"demo: generating {count} labelled images from model {train_id}", err=True)
         generate_id = client.submit_generate(model=train_id, count=count, shard_size=1000)
@@ -54,12 +98,18 @@ def run_demo(out_dir: Path, steps: int, count: int, dataset: str, quality_steps:
         evaluate_id = client.submit_evaluate(mode="quality", model=train_id, samples_per_class=QUALITY_SAMPLES_PER_CLASS, **budget)
         quality = _follow(client, evaluate_id)["result"]
 
-    click.echo("demo: done. Everything is under " + str(out), err=True)
+    took = time.perf_counter() - started
+    click.echo(f"demo: done in {format_duration(took)} (budget {format_duration(60 * minutes)}). Everything is under {out}", err=True)
     click.echo(f"  model checkpoint : {trained['result']['checkpoint']}", err=True)
     click.echo(f"  model card       : {trained['result']['model_card']}", err=True)
     click.echo(f"  real | generated : {trained['result']['grid']}", err=True)
     click.echo(f"  shards manifest  : {generated['result']['manifest']} ({generated['result']['images']} images)", err=True)
     click.echo(f"  quality report   : {quality['report']}", err=True)
+    click.echo("  read the shards  : AUGMENT_STORAGE_URL=" + out.as_uri() + " python -c \"from shared.reader import "
+               f"SyntheticJob; s = next(iter(SyntheticJob.open('{generate_id}'))); print(s.label, s.probs, s.image.shape)\"",
+               err=True)
+    click.echo("  on a fleet       : start redis-server and `augment worker`, submit with `augment train`, and "
+               "`augment dashboard` shows every job live at http://127.0.0.1:8765", err=True)
     click.echo(f"demo: quality: FID {quality['fid']:.1f}, precision {quality['precision']:.3f}, recall {quality['recall']:.3f}, "
                f"label accuracy {quality['label_accuracy']:.3f}, CAS {quality['cas']:.3f} "
                "(in the feature space of a classifier trained on the real training split; lower FID, higher others are better)",

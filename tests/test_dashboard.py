@@ -27,9 +27,10 @@ from PIL import Image
 
 from producer.client import Client
 from producer.dashboard.app import CSP, dashboard_token, session_value
-from producer.dashboard.data import DashboardData, latest_per_step, thin, verdict
-from shared.jobs import FAILURE, make_record
+from producer.dashboard.data import DashboardData, latest_per_step, thin
+from shared.jobs import FAILURE, SUCCESS, make_record
 from shared.settings import Settings, SettingsError
+from shared.storage import open_storage
 from shared.testing.processes import REPO, WorkerProcess, service_env
 from shared.testing.servers import RedisServer, S3Server, free_port
 from tests.conftest import _redis_dbs
@@ -58,15 +59,6 @@ def test_curves_keep_the_latest_record_of_each_step_and_stay_small() -> None:
     thinned = thin(records, 500)
     assert len(thinned) == 500 and thinned[0]["step"] == 1 and thinned[-1]["step"] == 2000
     assert thin(records[:10], 500) == records[:10]
-
-
-def test_a_utility_verdict_says_whether_the_synthetic_data_helps() -> None:
-    report = {"helps": False, "delta_c": -0.0123, "delta_d": 0.004, "best": "(d) ratio 0.5", "warning": "within the noise"}
-    said = verdict(report)
-    assert said["headline"] == "The synthetic data does not help" and said["good"] is False
-    assert said["lines"][0].startswith("(c) - (a): -1.23 points") and said["warning"] == "within the noise"
-    assert verdict({**report, "helps": True, "warning": None}) | {"lines": []} == {
-        "headline": "The synthetic data helps", "good": True, "lines": [], "warning": ""}
 
 
 # ---- real servers, real worker, real browser ----
@@ -380,6 +372,36 @@ def test_a_non_loopback_bind_refuses_requests_without_the_token(stack: Stack) ->
         assert refused_login.status == 401 and "set-cookie" not in refused_login.headers
     finally:
         guarded.stop()
+
+
+@pytest.mark.integration
+def test_a_utility_evaluations_page_and_row_show_its_verdict(stack: Stack, browser: Any) -> None:
+    # through the worker, as a user makes one: the report is the one run_utility writes, not a shape built here
+    job_id = stack.client.submit_evaluate(mode="utility", dataset="fake", per_class=8, seeds=2, gan_steps=2, gan_width=8,
+                                          samples_per_class=4, classifier_steps=10, reference_steps=10, test_limit=100)
+    assert stack.wait(job_id, timeout_s=240)["state"] == "SUCCESS"
+    assert fetch(f"{stack.dashboard.url}/jobs/{job_id}").status == 200
+    browser.get(f"{stack.dashboard.url}/jobs/{job_id}")
+    verdict = browser.find_element("id", "verdict").text
+    assert "The synthetic data" in verdict and "the GAN's own share: " in verdict and "minus best without" in verdict
+    assert browser.execute_script("return document.querySelectorAll('section.report table tr').length") > 5
+    browser.get(stack.dashboard.url + "/?kind=evaluate")
+    wait_for(lambda: job_row_state(browser, job_id) == "SUCCESS", what="the utility job's row")
+    assert "the GAN's own share" in browser.find_element("css selector", f"tr[data-job-id='{job_id}']").text
+
+
+@pytest.mark.integration
+def test_a_page_that_fails_says_so_in_one_line_and_logs_its_traceback(stack: Stack) -> None:
+    job_id = f"e-broken{uuid.uuid4().hex[:8]}"
+    stack.client.store.add(make_record(job_id, "evaluate", {"mode": "utility", "dataset": "fake"}))
+    stack.client.app.backend.store_result(job_id, {}, SUCCESS)
+    open_storage(Settings.from_env(stack.env)).put_text(f"reports/{job_id}/report.json", '{"helps": true}')  # fields missing
+    page = fetch(f"{stack.dashboard.url}/jobs/{job_id}")
+    assert page.status == 500 and "the dashboard failed to build this page (KeyError" in page.body.decode()
+    api = fetch(f"{stack.dashboard.url}/api/jobs/{job_id}")
+    assert api.status == 500 and json.loads(api.body)["error"].startswith("the dashboard failed to build this page")
+    logged = stack.dashboard.log_path.read_text()
+    assert f"GET /jobs/{job_id} failed" in logged and "Traceback (most recent call last)" in logged and "KeyError" in logged
 
 
 @pytest.mark.integration

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -50,6 +51,7 @@ CSP = (
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 KINDS = tuple(TASK_OF_KIND)
+log = logging.getLogger("augment.dashboard")
 STATES = tuple(state_name(state) for state in (PENDING, STARTED, PROGRESS, SUCCESS, FAILURE, CANCELLED, REVOKED))
 
 
@@ -171,6 +173,17 @@ def create_app(data: DashboardData, token: str = "", allow_cancel: bool = False,
         return page(request, "missing.html", status_code=404, heading="Not found",
                     what=f"no job {exc}: the jobs page lists the known ones")
 
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # logged with its traceback, shown as one line: a page that fails says so, and the log says where
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        message = f"the dashboard failed to build this page ({type(exc).__name__}: {exc}); its log has the traceback"
+        if request.url.path.startswith("/api/"):
+            response: Response = JSONResponse({"error": message}, status_code=500)
+        else:
+            response = page(request, "missing.html", status_code=500, heading="Server error", what=message)
+        response.headers["Content-Security-Policy"] = CSP  # outside the Security middleware, which did not finish
+        return response
+
     async def unavailable(request: Request, exc: Exception) -> Response:
         message = f"{type(exc).__name__}: {exc}" if isinstance(exc, StorageError) else "Redis is unreachable"
         if request.url.path.startswith("/api/"):
@@ -193,7 +206,7 @@ def create_app(data: DashboardData, token: str = "", allow_cancel: bool = False,
     if loopback_only:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=sorted(LOOPBACK_NAMES)))
     handlers: dict[Any, Callable[..., Any]] = {
-        JobNotFound: not_found, StorageError: unavailable, redis.RedisError: unavailable,
+        JobNotFound: not_found, StorageError: unavailable, redis.RedisError: unavailable, Exception: server_error,
     }
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
 

@@ -347,8 +347,8 @@ def outcome(result: dict[str, Any]) -> str:
         return f"{result['images']} images in {result['shards']} shards"
     if "fid" in result:
         return f"FID {float(result['fid']):.2f}, CAS {100 * float(result.get('cas', 0)):.1f} %"
-    if "delta_c" in result:
-        return f"(c)-(a) {100 * float(result['delta_c']):+.2f} points, (d)-(b) {100 * float(result['delta_d']):+.2f} points"
+    if "gan_share" in result:
+        return f"the GAN's own share {100 * float(result['gan_share']):+.2f} points (best: {result.get('best', '')})"
     return ""
 
 
@@ -371,10 +371,13 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
     """The headline of an evaluation report: does the synthetic data help (utility), how good is the model (quality)."""
     if "helps" in report:
         lines = [
-            f"(c) - (a): {100 * float(report['delta_c']):+.2f} points (real + GAN vs real)",
-            f"(d) - (b): {100 * float(report['delta_d']):+.2f} points (real + GAN + flip/crop vs real + flip/crop)",
-            f"best setting: {report.get('best', '')}",
+            f"the GAN's own share: {100 * float(report['gan_share']):+.2f} points (best with GAN samples, "
+            f"{report['best_with_gan']}, minus best without, {report['best_without_gan']})",
+            f"best with GAN samples over the real-only baseline: {100 * float(report['gan_over_real']):+.2f} points",
         ]
+        if report.get("sweep"):
+            lines.append(f"sweep: (c) - (a) {100 * float(report['sweep']['delta_c']):+.2f} points, (d) - (b) "
+                         f"{100 * float(report['sweep']['delta_d']):+.2f} points")
         headline = "The synthetic data helps" if report["helps"] else "The synthetic data does not help"
         return {"headline": headline, "good": bool(report["helps"]), "lines": lines, "warning": str(report.get("warning") or "")}
     quality = report.get("quality") or {}
