@@ -383,10 +383,11 @@ def dashboard(host: str, port: int, allow_cancel: bool) -> None:
 @click.option("--steps", type=click.IntRange(min=1), help="GAN training steps, instead of what the budget allows.")
 @click.option("--count", type=click.IntRange(min=1), default=10_000, show_default=True, help="Synthetic images to generate.")
 @click.option("--dataset", default="fashion-mnist", show_default=True)
-@click.option("--quality-steps", type=click.IntRange(min=1),
-              help="Steps of the classifiers that score the model (default: augment evaluate's).")
-def demo(out_dir: str, minutes: float, per_class: int, steps: int | None, count: int, dataset: str,
-         quality_steps: int | None) -> None:
+@click.option("--width", type=click.IntRange(min=8, max=256), default=64, show_default=True, help="The GAN's width.")
+@click.option("--quality-steps", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Steps of the classifiers that score the model (augment evaluate's are 1,500 and 1,000).")
+def demo(out_dir: str, minutes: float, per_class: int, steps: int | None, count: int, dataset: str, width: int,
+         quality_steps: int) -> None:
     """Run the whole pipeline on this machine with no servers, in about --minutes: a small labelled set in, a
     teacher and a GAN trained on it, soft-labelled shards out, and their quality."""
     try:
@@ -394,7 +395,7 @@ def demo(out_dir: str, minutes: float, per_class: int, steps: int | None, count:
     except ImportError as exc:
         fail(f"the demo runs a worker in-process and needs torch ({exc.name} is missing); pip install '.[worker]'")
     try:
-        run_demo(Path(out_dir), minutes=minutes, count=count, dataset=dataset, per_class=per_class, steps=steps,
+        run_demo(Path(out_dir), minutes=minutes, count=count, dataset=dataset, per_class=per_class, width=width, steps=steps,
                  quality_steps=quality_steps)
     except (SpecError, DatasetNotFound) as exc:
         fail(str(exc), EXIT_BAD_INPUT)

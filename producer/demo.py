@@ -30,6 +30,11 @@ PER_CLASS = 100  # the small labelled set: 1,000 Fashion-MNIST images, the size 
 FIXED_S = 30.0
 # Below this a GAN draws noise; the small-data recipe's own budget is the most the demo trains
 MIN_GAN_STEPS = 300
+# A 5-minute budget on a 2-core CPU cannot hold the full recipe's teacher (3 x 1,000 steps: 3m42s on an fp32 Ice
+# Lake) nor augment evaluate's scoring classifiers (1,500 + 2 x 1,000 steps: 2m23s) beside a GAN worth looking at
+TEACHER_STEPS = 300
+QUALITY_STEPS = 500
+WIDTH = 64
 
 
 def _follow(client: Client, job_id: str) -> dict[str, Any]:
@@ -39,8 +44,8 @@ def _follow(client: Client, job_id: str) -> dict[str, Any]:
     return final
 
 
-def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class: int = PER_CLASS,
-             steps: int | None = None, quality_steps: int | None = None) -> None:
+def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class: int = PER_CLASS, width: int = WIDTH,
+             steps: int | None = None, quality_steps: int = QUALITY_STEPS) -> None:
     started = time.perf_counter()
     out = out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -52,26 +57,24 @@ def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class:
     from celery.contrib.testing.worker import start_worker
 
     from shared.layout import reference_key
-    from shared.specs import SMALL_DATA_STEPS, EvaluateSpec, TrainSpec
+    from shared.specs import SMALL_DATA_STEPS, TrainSpec
     from shared.storage import open_storage
     from worker.app import app
     from worker.budget import measure_rates, plan_budget
     from worker.data import load_dataset
     from worker.train import job_recipe, pick_device, resolve_precision
 
-    train_fields: dict[str, Any] = {"dataset": dataset, "per_class": per_class, "log_every": 25}
+    train_fields: dict[str, Any] = {"dataset": dataset, "per_class": per_class, "width": width, "log_every": 25,
+                                    "teacher_steps": TEACHER_STEPS}
     probe = TrainSpec(job_id="t-demo-probe", **train_fields)
     data = load_dataset(dataset, settings, "train", per_class=per_class, seed=probe.seed)
     recipe = job_recipe(probe, data)
-    evaluate_defaults = EvaluateSpec(job_id="e-demo-probe", mode="quality", model="t-demo-probe")
-    scorer_steps = quality_steps or evaluate_defaults.classifier_steps
-    reference_steps = quality_steps or evaluate_defaults.reference_steps
     reference_stored = open_storage(settings).exists(reference_key(dataset, data.images.shape[-1], data.images.shape[1]))
     click.echo(f"demo: measuring this machine's training speed ({os.cpu_count()} CPU cores, "
                f"{resolve_precision(probe, pick_device())})", err=True)
     rates = measure_rates(probe, settings)
-    plan = plan_budget(60 * minutes, rates, recipe.teacher * recipe.teacher_steps, 0 if reference_stored else reference_steps,
-                       scorer_steps, count, FIXED_S, MIN_GAN_STEPS, SMALL_DATA_STEPS)
+    plan = plan_budget(60 * minutes, rates, recipe.teacher * recipe.teacher_steps, 0 if reference_stored else quality_steps,
+                       quality_steps, count, FIXED_S, MIN_GAN_STEPS, SMALL_DATA_STEPS)
     gan_steps = steps or plan.gan_steps
     # what the job will run: below TEACHER_STEPS GAN steps, the teacher trains as long as the GAN
     recipe = job_recipe(TrainSpec(job_id="t-demo-probe", **train_fields, steps=gan_steps), data)
@@ -94,8 +97,8 @@ def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class:
         generate_id = client.submit_generate(model=train_id, count=count, shard_size=1000)
         generated = _follow(client, generate_id)
         click.echo(f"demo: measuring the model's quality against the real {dataset} test split", err=True)
-        budget = {} if quality_steps is None else {"reference_steps": quality_steps, "classifier_steps": quality_steps}
-        evaluate_id = client.submit_evaluate(mode="quality", model=train_id, samples_per_class=QUALITY_SAMPLES_PER_CLASS, **budget)
+        evaluate_id = client.submit_evaluate(mode="quality", model=train_id, samples_per_class=QUALITY_SAMPLES_PER_CLASS,
+                                             reference_steps=quality_steps, classifier_steps=quality_steps)
         quality = _follow(client, evaluate_id)["result"]
 
     took = time.perf_counter() - started

@@ -45,6 +45,9 @@ class Classifier(nn.Module):
             nn.Linear(width * 2 * (config.image_size // 4) ** 2, self.num_features), nn.ReLU(True),
         )
         self.head = nn.Linear(self.num_features, config.num_classes)
+        # NHWC: oneDNN's convolutions and their backward measured 1.6x faster per training step at width 32, batch
+        # 128, 28 px (121 vs 193 ms on one core); what a CPU's teacher, reference and study arms spend most time on
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) of any size and 1 or 3 channels -> float input this network expects."""
@@ -56,7 +59,7 @@ class Classifier(nn.Module):
             x = x.mean(dim=1, keepdim=True) if self.config.channels == 1 else x.expand(-1, 3, -1, -1)
         if x.shape[-1] != self.config.image_size:
             x = F.interpolate(x, size=self.config.image_size, mode="bilinear", antialias=True, align_corners=False)
-        return x
+        return x.contiguous(memory_format=torch.channels_last)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(self.prepare(images))  # (N, 128)
@@ -137,7 +140,9 @@ def train_classifier(
 
     def logits_of(batch: torch.Tensor) -> torch.Tensor:
         inputs = model.prepare(batch)
-        return model.head(model.body(classic_augment(inputs, rng) if augment else inputs))
+        if augment:
+            inputs = classic_augment(inputs, rng).contiguous(memory_format=torch.channels_last)
+        return model.head(model.body(inputs))
 
     model.train()
     for step in range(steps):

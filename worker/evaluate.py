@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from shared.jobs import JobCancelled
 from shared.layout import model_prefix, reference_key, report_prefix
 from shared.progress import StageMeter, StageProgress, shifted
 from shared.settings import Settings
@@ -57,6 +58,17 @@ from worker.train import TrainHooks, run_training
 
 log = logging.getLogger("augment.evaluate")
 Progress = Callable[[StageProgress], None]
+StopCheck = Callable[[], bool]
+
+
+def _stopping(progress: Progress, should_stop: StopCheck, job_id: str) -> Progress:
+    """PROGRESS that also asks SHOULD_STOP after every report (at most one a second while a stage counts steps) and
+    raises JobCancelled when it says so: an evaluation stops within seconds, as a training job does."""
+    def report(info: StageProgress) -> None:
+        progress(info)
+        if should_stop():
+            raise JobCancelled(f"job {job_id} stopped during its stage: {info.stage}")
+    return report
 
 
 def reference_classifier(
@@ -150,8 +162,11 @@ def _quality_table(quality: Quality, cas: float, real_accuracy: float) -> str:
     return "\n".join(lines)
 
 
-def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None) -> dict[str, Any]:
-    """Score a trained model against the real test split: FID, KID, precision/recall, per-class FID, score, CAS."""
+def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None,
+                should_stop: StopCheck = lambda: False) -> dict[str, Any]:
+    """Score a trained model against the real test split: FID, KID, precision/recall, per-class FID, score, CAS.
+    SHOULD_STOP is asked along the way; JobCancelled ends the run when it says so."""
+    progress = _stopping(progress, should_stop, spec.job_id)
     assert spec.model is not None  # the spec requires it for this mode
     generator, card = load_model(storage, spec.model, torch.device("cpu"))
     config = generator.config
@@ -281,8 +296,12 @@ def _held_out(spec: EvaluateSpec, settings: Settings, image_size: int, channels:
     return _test_split(spec, settings, spec.dataset, image_size, channels)
 
 
-def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None) -> dict[str, Any]:
-    """The augmentation study (see :mod:`worker.augmentation_study`) on SPEC's dataset; writes its report."""
+def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None,
+                should_stop: StopCheck = lambda: False) -> dict[str, Any]:
+    """The augmentation study (see :mod:`worker.augmentation_study`) on SPEC's dataset; writes its report. SHOULD_STOP
+    is asked along the way: JobCancelled ends the run when it says so, with the GAN's checkpoint written, so that a
+    run of the same job resumes the GAN where it stopped."""
+    progress = _stopping(progress, should_stop, spec.job_id)
     assert spec.dataset is not None  # the spec requires it for this mode
     started = time.perf_counter()
     subset = load_dataset(spec.dataset, settings, "train", per_class=spec.per_class, seed=spec.seed)
@@ -295,6 +314,7 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
         progress=lambda info: progress(StageProgress(stage, info.step, info.total_steps, info.images_per_s / gan_spec.batch_size,
                                                      info.eta_s)),
         stage=progress,  # its teacher, first
+        should_stop=should_stop,
     )
     run_training(gan_spec, settings, storage, hooks)  # resumes from its checkpoint if this job was interrupted
     generator, card = load_model(storage, gan_spec.job_id, torch.device("cpu"))

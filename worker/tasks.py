@@ -269,6 +269,14 @@ def evaluate(self: Task, spec: Any) -> dict[str, Any]:
         _cancelled(self, f"job {parsed.job_id} was cancelled before it started")
     run = run_quality if parsed.mode == "quality" else run_utility
     try:
-        return run(parsed, settings, storage, lambda info: _report(self, info))
+        return run(parsed, settings, storage, lambda info: _report(self, info),
+                   lambda: PREEMPTED.is_set() or _cancel_requested(store, parsed.job_id))
+    except JobCancelled as exc:
+        if PREEMPTED.is_set():
+            # a utility study's GAN has its checkpoint and the reference classifier is stored: the next worker
+            # to take the message resumes the GAN from there
+            log.warning("job %s: worker shutting down; handed the evaluation back (%s)", parsed.job_id, exc)
+            raise Reject("worker shutting down: handed to another worker", requeue=True) from None
+        _cancelled(self, str(exc))
     except StorageUnavailable as exc:  # the GAN's checkpoint and the stored reference classifier make a retry cheap
         raise _later(self, _backoff(self), exc, TASK_RETRIES) from None

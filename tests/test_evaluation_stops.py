@@ -1,0 +1,83 @@
+"""A running evaluation stops as a training job does: `augment cancel` within seconds, SIGTERM hands it back, and the
+next worker resumes its GAN from the checkpoint. Real CLI processes, Redis, S3 and worker processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import pytest
+
+from shared.testing.processes import WorkerProcess, run_cli
+
+pytestmark = pytest.mark.integration
+
+CANCEL_WITHIN_S = 20.0  # the worker asks once a second; the rest is the CLI's and the backend's round trips
+
+
+def status_of(env: dict[str, str], job_id: str) -> dict[str, Any]:
+    return json.loads(run_cli(env, "status", job_id, "--json").stdout)
+
+
+def wait_for_stage(env: dict[str, str], job_id: str, stage: str, worker: WorkerProcess, timeout_s: float = 240) -> None:
+    """Until JOB_ID reports progress in a stage that starts with STAGE, past its first step."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = status_of(env, job_id)
+        progress = status.get("progress") or {}
+        if str(progress.get("stage", "")).startswith(stage) and (progress.get("done") or 0) > 0:
+            return
+        assert status["state"] not in {"SUCCESS", "FAILURE", "CANCELLED"}, status
+        time.sleep(0.3)
+    raise AssertionError(f"{job_id} never reached {stage!r}:\n{worker.log_tail()}")
+
+
+def assert_cancelled_within_seconds(env: dict[str, str], job_id: str, worker: WorkerProcess) -> None:
+    asked = time.monotonic()
+    assert run_cli(env, "cancel", job_id).returncode in (0, 3)
+    while status_of(env, job_id)["state"] != "CANCELLED":
+        assert time.monotonic() - asked < CANCEL_WITHIN_S, f"{job_id} still running:\n{worker.log_tail()}"
+        time.sleep(0.2)
+    watched = run_cli(env, "watch", job_id, "--interval", "0.3", timeout=60)
+    assert watched.returncode == 3, watched.stderr  # the CLI's exit code for a cancelled job
+
+
+def test_cancel_stops_a_running_quality_evaluation_within_seconds(augment_env, start_worker):
+    worker = start_worker(queues="train,evaluate")
+    model = run_cli(augment_env, "train", "--dataset", "fake", "--steps", "2", "--width", "8", "--teacher", "0").stdout.strip()
+    assert run_cli(augment_env, "watch", model, "--interval", "0.3", timeout=180).returncode == 0
+    job_id = run_cli(augment_env, "evaluate", "quality", "--model", model, "--reference-steps", "1000000",
+                     "--samples-per-class", "4", "--test-limit", "50").stdout.strip()
+    wait_for_stage(augment_env, job_id, "training the reference classifier", worker)
+    assert_cancelled_within_seconds(augment_env, job_id, worker)
+
+
+def test_cancel_stops_a_utility_evaluation_while_its_gan_trains(augment_env, start_worker):
+    worker = start_worker(queues="evaluate")
+    job_id = run_cli(augment_env, "evaluate", "utility", "--dataset", "fake", "--per-class", "6", "--seeds", "1",
+                     "--gan-steps", "1000000", "--gan-width", "8", "--classifier-steps", "10", "--reference-steps", "10",
+                     "--samples-per-class", "4", "--test-limit", "50").stdout.strip()
+    wait_for_stage(augment_env, job_id, "training the GAN", worker)
+    assert_cancelled_within_seconds(augment_env, job_id, worker)
+    assert f"job {job_id}-gan cancelled at step" in worker.log_path.read_text()
+
+
+def test_sigterm_hands_a_utility_evaluation_back_and_the_next_worker_resumes_its_gan(augment_env, start_worker):
+    holder = start_worker(queues="evaluate")
+    job_id = run_cli(augment_env, "evaluate", "utility", "--dataset", "fake", "--per-class", "6", "--seeds", "1",
+                     "--gan-steps", "2000", "--gan-width", "8", "--classifier-steps", "10", "--reference-steps", "10",
+                     "--samples-per-class", "4", "--test-limit", "50").stdout.strip()
+    wait_for_stage(augment_env, job_id, "training the GAN", holder)
+    assert holder.stop(timeout=60) is not None, "the worker exited by itself"
+    logged = holder.log_path.read_text()
+    assert f"job {job_id}: worker shutting down; handed the evaluation back" in logged, holder.log_tail()
+    stopped = re.search(rf"job {job_id}-gan cancelled at step (\d+)", logged)
+    assert stopped is not None, holder.log_tail()
+
+    taker = start_worker(queues="evaluate")
+    watched = run_cli(augment_env, "watch", job_id, "--interval", "0.3", timeout=300)
+    assert watched.returncode == 0, watched.stderr + taker.log_tail()
+    assert f"job {job_id}-gan: resuming from step {stopped.group(1)}" in taker.log_path.read_text()
+    assert status_of(augment_env, job_id)["state"] == "SUCCESS"
