@@ -76,8 +76,9 @@ def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class:
     plan = plan_budget(60 * minutes, rates, recipe.teacher * recipe.teacher_steps, 0 if reference_stored else quality_steps,
                        quality_steps, count, FIXED_S, MIN_GAN_STEPS, SMALL_DATA_STEPS)
     gan_steps = steps or plan.gan_steps
-    # what the job will run: below TEACHER_STEPS GAN steps, the teacher trains as long as the GAN
-    recipe = job_recipe(TrainSpec(job_id="t-demo-probe", **train_fields, steps=gan_steps), data)
+    # what the job will run: below TEACHER_STEPS GAN steps (a smoke run), the teacher trains as long as the GAN
+    train_fields |= {"steps": gan_steps, "teacher_steps": min(TEACHER_STEPS, gan_steps)}
+    recipe = job_recipe(TrainSpec(job_id="t-demo-probe", **train_fields), data)
     click.echo(
         f"demo: {len(data)} labelled {dataset} images ({per_class} per class) in. A teacher of {recipe.teacher} classifiers "
         f"({recipe.teacher_steps} steps each) learns them, then a conditional DCGAN trains for {gan_steps} steps "
@@ -91,7 +92,7 @@ def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class:
 
     client = Client.connect(settings, app=app)
     with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=60):
-        train_id = client.submit_train(**train_fields, steps=gan_steps)
+        train_id = client.submit_train(**train_fields)
         trained = _follow(client, train_id)
         click.echo(f"demo: generating {count} labelled images from model {train_id}", err=True)
         generate_id = client.submit_generate(model=train_id, count=count, shard_size=1000)

@@ -67,7 +67,7 @@ def test_cancel_stops_a_utility_evaluation_while_its_gan_trains(augment_env, sta
 def test_sigterm_hands_a_utility_evaluation_back_and_the_next_worker_resumes_its_gan(augment_env, start_worker):
     holder = start_worker(queues="evaluate")
     job_id = run_cli(augment_env, "evaluate", "utility", "--dataset", "fake", "--per-class", "6", "--seeds", "1",
-                     "--gan-steps", "2000", "--gan-width", "8", "--classifier-steps", "10", "--reference-steps", "10",
+                     "--gan-steps", "150", "--gan-width", "8", "--classifier-steps", "10", "--reference-steps", "10",
                      "--samples-per-class", "4", "--test-limit", "50").stdout.strip()
     wait_for_stage(augment_env, job_id, "training the GAN", holder)
     assert holder.stop(timeout=60) is not None, "the worker exited by itself"
