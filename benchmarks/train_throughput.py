@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.optim as optim
 import torchvision.datasets as dset
 import torchvision.transforms as transforms
+from torch.utils.flop_counter import FlopCounterMode
 
 from shared.datasets import FASHION_MNIST_SYSTEM_DIR
 from shared.settings import Settings
@@ -151,7 +152,9 @@ def reference_images_per_s(size: int, batch: int, width: int, steps: int, warmup
                 return steps * batch / (time.perf_counter() - started)
 
 
-def ours_images_per_s(size: int, batch: int, width: int, steps: int, warmup: int, extra: dict) -> float:
+def ours_images_per_s(size: int, batch: int, width: int, steps: int, warmup: int, extra: dict) -> tuple[float, float]:
+    """Our trainer's images/s, and the floating-point operations of one of its steps (torch's FLOP counter: the
+    convolutions and matrix products, forward and backward, which are nearly all of a step's work)."""
     device = pick_device()
     spec = TrainSpec(job_id="bench", dataset="fashion-mnist", image_size=size, batch_size=batch, width=width,
                      conditional=False, steps=steps + warmup, **extra)
@@ -171,7 +174,24 @@ def ours_images_per_s(size: int, batch: int, width: int, steps: int, warmup: int
         train_step(state, fns, real_batch(images, schedule.indices(step), layout), None, stats)
         state.step += 1
     stats.tolist()  # one sync at the end, as the trainer does once per log window
-    return steps * batch / (time.perf_counter() - started)
+    images_per_s = steps * batch / (time.perf_counter() - started)
+    with FlopCounterMode(display=False) as counter:
+        train_step(state, fns, real_batch(images, schedule.indices(0), layout), None, stats)
+    return images_per_s, float(counter.get_total_flops())
+
+
+def sgemm_flops_per_s(device: torch.device, size: int = 4096, repeats: int = 5) -> float:
+    """What this device's fp32 matrix product reaches: the practical peak a convolution could approach."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return repeats * 2 * size**3 / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -198,8 +218,11 @@ def main() -> None:
     reference = reference_images_per_s(args.image_size, args.batch_size, args.width, args.steps, args.warmup,
                                        args.workers)
     print(f"reference (pytorch/examples dcgan, DataLoader x{args.workers} workers): {reference:.1f} images/s")
-    ours = ours_images_per_s(args.image_size, args.batch_size, args.width, args.steps, args.warmup, extra)
+    ours, step_flops = ours_images_per_s(args.image_size, args.batch_size, args.width, args.steps, args.warmup, extra)
     print(f"ours ({args.ours}, compile={args.compile}, precision={args.precision}): {ours:.1f} images/s")
+    achieved, peak = step_flops * ours / args.batch_size, sgemm_flops_per_s(device)
+    print(f"ours: {step_flops / 1e9:.1f} GFLOP per step, {achieved / 1e9:.1f} GFLOP/s; this device's fp32 matrix "
+          f"product (4096^2): {peak / 1e9:.1f} GFLOP/s; ours reaches {100 * achieved / peak:.0f} % of it")
     print(f"ratio={ours / reference:.3f}")
 
 

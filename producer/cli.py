@@ -131,21 +131,33 @@ def parse_class_counts(value: str | None) -> dict[str, int] | None:
 
 @main.command()
 @click.option("--model", required=True, metavar="TRAIN_JOB_ID", help="The job id printed by `augment train`.")
-@click.option("--count", type=int, required=True, help="Images to generate (balanced over classes).")
+@click.option("--count", type=int, help="Images to generate (balanced over classes); required unless --rebalance.")
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Images per tar shard.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--class-counts", help="Per-class counts instead of a balance, e.g. 0=500,3=200 (must add up to --count).")
+@click.option("--rebalance", is_flag=True,
+              help="Plan per-class counts from the model card that bring every class of its training set to its largest "
+              "class (or --to), real plus synthetic; the manifest records the plan.")
+@click.option("--to", "rebalance_to", type=click.IntRange(min=1), help="With --rebalance: images per class to reach.")
 @click.option("--noise-scale", type=float, default=1.0, show_default=True,
               help="Scale of the latent noise: above 1 trades label accuracy for coverage (1.25 measured recall 0.28 -> "
               "0.37, label accuracy 0.92 -> 0.86 on the small-data recipe).")
 @handle_errors
-def generate(model: str, count: int, shard_size: int, seed: int, class_counts: str | None, noise_scale: float) -> None:
+def generate(model: str, count: int | None, shard_size: int, seed: int, class_counts: str | None, rebalance: bool,
+             rebalance_to: int | None, noise_scale: float) -> None:
     """Enqueue a generation job from a trained model; prints the job id."""
+    if rebalance and (count is not None or class_counts):
+        fail("--rebalance plans the counts itself; leave out --count and --class-counts", EXIT_BAD_INPUT)
+    if rebalance_to is not None and not rebalance:
+        fail("--to goes with --rebalance: add --rebalance, or give --count", EXIT_BAD_INPUT)
+    if not rebalance and count is None:
+        fail("give --count N (images to generate), or --rebalance to plan them from the model card", EXIT_BAD_INPUT)
     client = connect()
-    job_id = client.submit_generate(
-        model=model, count=count, shard_size=shard_size, seed=seed, class_counts=parse_class_counts(class_counts),
-        noise_scale=noise_scale,
-    )
+    fields = {"shard_size": shard_size, "seed": seed, "noise_scale": noise_scale}
+    if rebalance:
+        job_id = client.submit_rebalance(model, rebalance_to, **fields)
+    else:
+        job_id = client.submit_generate(model=model, count=count, class_counts=parse_class_counts(class_counts), **fields)
     click.echo(f"submitted generation job {job_id} on queue {GENERATE_QUEUE}", err=True)
     click.echo(job_id)
 

@@ -5,6 +5,7 @@ Nothing here imports torch or the worker's task code: tasks are sent by name.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,7 +38,7 @@ from shared.layout import model_card_key, report_prefix
 from shared.leases import Stall, stalls
 from shared.progress import generation_progress, progress_to_dict
 from shared.settings import Settings
-from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
+from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec, rebalance_counts
 from shared.storage import ObjectNotFound, join_key, open_storage
 
 TASK_OF_KIND = {"train": TRAIN_TASK, "generate": GENERATE_TASK, "evaluate": EVALUATE_TASK}
@@ -90,6 +91,23 @@ class Client:
         spec = GenerateSpec.from_dict({"job_id": new_job_id("generate"), **fields})
         self._check_model(spec.model)
         return self._enqueue("generate", spec)
+
+    def submit_rebalance(self, model: str, to: int | None = None, **fields: Any) -> str:
+        """A generation job that brings every class of MODEL's training set to TO images, real plus synthetic (None:
+        to its largest class), planned from the model card's per-class counts; returns the job id."""
+        self._check_model(model)
+        card = json.loads(open_storage(self.settings).get_text(model_card_key(model)))
+        real_counts = card.get("class_counts")
+        if not real_counts:
+            raise SubmitError(f"model {model}'s card has no per-class counts (an unconditional model, or one trained "
+                              "before they were recorded); give --class-counts instead, or train it again")
+        target = max(real_counts.values()) if to is None else to
+        class_counts = rebalance_counts(real_counts, target)
+        if sum(class_counts.values()) == 0:
+            raise SubmitError(f"every class of model {model} has {target} or more training images already: nothing to "
+                              f"generate; give --to above {min(real_counts.values())}")
+        return self.submit_generate(model=model, count=sum(class_counts.values()), class_counts=class_counts,
+                                    real_counts=real_counts, rebalance_to=target, **fields)
 
     def submit_evaluate(self, **fields: Any) -> str:
         """Validate an evaluate spec, check its model or dataset exists, enqueue; returns the job id."""

@@ -265,6 +265,11 @@ class TrainSpec(_Spec, frozen=True):
         )
 
 
+def rebalance_counts(real_counts: Mapping[str, int], to: int) -> dict[str, int]:
+    """Synthetic images per class that bring every class of REAL_COUNTS (class index -> real images) to TO."""
+    return {label: max(to - count, 0) for label, count in sorted(real_counts.items(), key=lambda item: int(item[0]))}
+
+
 class GenerateSpec(_Spec, frozen=True):
     """What to generate: COUNT images from a trained model, balanced over classes unless CLASS_COUNTS is given."""
 
@@ -280,11 +285,21 @@ class GenerateSpec(_Spec, frozen=True):
     # the latent noise's standard deviation: above 1 reaches further from the modes G learned, trading label
     # accuracy for coverage (docs/training.md measures it); below 1 the reverse (truncation)
     noise_scale: Annotated[float, Meta(ge=0.01, le=10.0)] = 1.0
+    # a rebalancing plan (`augment generate --rebalance`): the model's training images per class (from its card)
+    # and the per-class total real + synthetic that CLASS_COUNTS brings every class to
+    real_counts: ClassCounts | None = None
+    rebalance_to: Annotated[int, Meta(ge=1, le=100_000_000)] | None = None
     version: int = SPEC_VERSION
 
     def _check_fields_together(self) -> None:
         if self.class_counts is not None and sum(self.class_counts.values()) != self.count:
             raise self._fail("class_counts", f"counts add up to {sum(self.class_counts.values())}, not count={self.count}")
+        if (self.real_counts is None) != (self.rebalance_to is None):
+            raise self._fail("rebalance_to", "a rebalancing plan needs both real_counts and rebalance_to")
+        if self.real_counts is not None and self.rebalance_to is not None and \
+                self.class_counts != rebalance_counts(self.real_counts, self.rebalance_to):
+            raise self._fail("class_counts", f"they are not the rebalancing plan to {self.rebalance_to} per class; "
+                             "leave them out and let `augment generate --rebalance` plan them")
 
     @property
     def shard_count(self) -> int:

@@ -177,3 +177,38 @@ def test_evaluations_refuse_bad_input_at_submit(augment_env):
     result = run_cli(augment_env, "report", "e-000000000000")
     assert result.returncode == 2 and "has no report" in result.stderr
     assert queued_messages(augment_env) == 0
+
+
+def test_rebalance_brings_every_class_of_an_imbalanced_set_to_its_largest(augment_env, start_worker, tmp_path: Path):
+    for name, count in (("common", 12), ("middling", 5), ("rare", 2)):
+        for index in range(count):
+            (tmp_path / "shapes" / name).mkdir(parents=True, exist_ok=True)
+            Image.new("L", (28, 28), 20 * len(name) + index).save(tmp_path / "shapes" / name / f"{index}.png")
+    start_worker()
+    trained = run_cli(augment_env, "train", "--dataset", f"imagefolder:{tmp_path / 'shapes'}", "--image-size", "32",
+                      "--channels", "1", "--steps", "2", "--width", "8", "--batch-size", "8", "--teacher", "0")
+    assert trained.returncode == 0, trained.stderr
+    model = trained.stdout.strip()
+    assert run_cli(augment_env, "watch", model, "--interval", "0.2", timeout=180).returncode == 0
+    storage = storage_for(augment_env)
+    card = json.loads(storage.get_text(f"models/{model}/model.json"))
+    # the training split's counts (every tenth file of a class is the test split), in the card's class order
+    assert card["class_counts"] == {"0": 11, "1": 5, "2": 2}
+
+    submitted = run_cli(augment_env, "generate", "--model", model, "--rebalance", "--shard-size", "4")
+    assert submitted.returncode == 0, submitted.stderr
+    assert run_cli(augment_env, "watch", submitted.stdout.strip(), "--interval", "0.2", timeout=180).returncode == 0
+    manifest = Manifest.load(storage, submitted.stdout.strip())
+    assert manifest.class_counts == {"1": 6, "2": 9}  # the largest class gets none
+    assert manifest.total == 15 and manifest.spec["rebalance_to"] == 11
+    assert manifest.spec["real_counts"] == card["class_counts"]  # the plan, recorded with what it started from
+
+    to_twenty = run_cli(augment_env, "generate", "--model", model, "--rebalance", "--to", "20")
+    assert to_twenty.returncode == 0, to_twenty.stderr
+    assert run_cli(augment_env, "watch", to_twenty.stdout.strip(), "--interval", "0.2", timeout=180).returncode == 0
+    assert Manifest.load(storage, to_twenty.stdout.strip()).class_counts == {"0": 9, "1": 15, "2": 18}
+
+    nothing = run_cli(augment_env, "generate", "--model", model, "--rebalance", "--to", "2")
+    assert nothing.returncode == 2 and "nothing to generate; give --to above 2" in nothing.stderr
+    both = run_cli(augment_env, "generate", "--model", model, "--rebalance", "--count", "5")
+    assert both.returncode == 2 and "leave out --count" in both.stderr and both.stderr.count("\n") == 1

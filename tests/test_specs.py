@@ -18,6 +18,7 @@ from shared.specs import (
     SpecError,
     TrainSpec,
     check_job_id,
+    rebalance_counts,
 )
 
 TRAIN = {"job_id": "t-0123456789ab", "dataset": "fake"}
@@ -379,3 +380,15 @@ def test_any_json_only_raises_spec_error(data: Any) -> None:
             kind.from_dict(data)
         except SpecError:
             pass
+
+
+def test_a_rebalancing_plan_brings_every_class_to_the_target_and_the_spec_keeps_it_whole():
+    assert rebalance_counts({"0": 500, "1": 120, "2": 10}, 500) == {"0": 0, "1": 380, "2": 490}
+    assert rebalance_counts({"10": 3, "2": 7}, 5) == {"2": 0, "10": 2}  # in class order, not string order
+    plan = dict(model="t-abc", count=870, class_counts={"0": 0, "1": 380, "2": 490}, real_counts={"0": 500, "1": 120, "2": 10},
+                rebalance_to=500)
+    assert GenerateSpec.from_dict({"job_id": "g-abc", **plan}).rebalance_to == 500
+    with pytest.raises(SpecError, match="not the rebalancing plan to 400"):
+        GenerateSpec.from_dict({"job_id": "g-abc", **plan, "rebalance_to": 400})
+    with pytest.raises(SpecError, match="needs both real_counts and rebalance_to"):
+        GenerateSpec.from_dict({"job_id": "g-abc", **{**plan, "rebalance_to": None}})

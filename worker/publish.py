@@ -76,6 +76,9 @@ def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: 
         "dataset_location": data.info.location,
         "num_train_images": len(data),
         "class_names": list(data.info.class_names) if config.conditional else [],
+        # real training images per class: what `augment generate --rebalance` plans from
+        "class_counts": {str(label): int(count) for label, count in
+                         enumerate(torch.bincount(data.labels, minlength=config.num_classes).tolist())} if config.conditional else {},
         "config": checkpoint.config_dict(config),
         "spec": spec.to_dict(),
         "recipe": asdict(model.recipe),
