@@ -57,7 +57,7 @@ def connect() -> Client:
 
 
 def job_id_argument(command: F) -> F:
-    def validate(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    def validate(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
         try:
             return check_job_id(value)
         except SpecError:

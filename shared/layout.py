@@ -46,7 +46,7 @@ def synthetic_prefix(job_id: str) -> str:
 
 
 def shard_key(job_id: str, index: int) -> str:
-    return join_key("synthetic", job_id, shard_name(index))
+    return join_key(synthetic_prefix(job_id), shard_name(index))
 
 
 def manifest_key(job_id: str) -> str:

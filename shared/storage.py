@@ -42,6 +42,15 @@ class StorageUnavailable(StorageError):
 
 
 SHA256_METADATA = "sha256"
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of the file at PATH, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
@@ -216,13 +225,7 @@ class FileStorage(Storage):
 
     def checksum(self, key: str) -> str | None:
         path = self._path(key)
-        if not path.is_file():
-            return None
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return file_sha256(path) if path.is_file() else None
 
     def list(self, prefix: str = "") -> builtins.list[str]:
         base = self._path(_prefix_key(prefix)) if prefix else self.root
@@ -336,11 +339,12 @@ class S3Storage(Storage):
         )
 
     def put_file(self, key: str, path: str | Path, content_type: str = "application/octet-stream") -> None:
-        self._put_file(self._object(key), str(path), content_type)
+        # the same digest metadata as put_bytes writes: checksum() of an uploaded file is a HEAD too
+        self._put_file(self._object(key), str(path), content_type, {SHA256_METADATA: file_sha256(Path(path))})
 
     @retried
-    def _put_file(self, name: str, path: str, content_type: str) -> None:
-        self.client.fput_object(self.bucket, name, path, content_type=content_type)
+    def _put_file(self, name: str, path: str, content_type: str, metadata: dict[str, str]) -> None:
+        self.client.fput_object(self.bucket, name, path, content_type=content_type, metadata=metadata)  # type: ignore[arg-type]
 
     def get_bytes(self, key: str) -> bytes:
         return self._get_object(self._object(key), key)

@@ -109,6 +109,10 @@ def test_put_file(storage: Storage, tmp_path: Path) -> None:
     assert storage.get_bytes("files/source.bin") == payload
     assert storage.get_bytes("files/source-str.bin") == payload
     assert storage.size("files/source.bin") == len(payload)
+    assert storage.checksum("files/source.bin") == hashlib.sha256(payload).hexdigest()
+    if isinstance(storage, S3Storage):  # recorded at upload, as put_bytes records it: checksum() is a HEAD
+        stat = storage.client.stat_object(storage.bucket, storage._object("files/source.bin"))
+        assert stat.metadata["x-amz-meta-sha256"] == hashlib.sha256(payload).hexdigest()
 
 
 def test_missing_object(storage: Storage) -> None:

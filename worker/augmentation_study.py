@@ -34,11 +34,6 @@ from worker.teacher import Teacher
 SMALL_CNN: dict[str, Any] = {"width": 16, "batch_size": 64}
 
 
-# Where a step's second batch comes from: GAN samples with their conditioning labels, GAN samples with the teacher's
-# probabilities, or mixtures of two real images with the teacher's probabilities.
-EXTRA_SOURCES = ("gan_hard", "gan_soft", "mixup")
-
-
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -48,7 +43,9 @@ class Setting:
     min_confidence: float = 0.0  # sweep: keep synthetic samples the real-subset classifier gives their label at least this
     pretrain: bool = False  # sweep: train on synthetic only, then fine-tune on real
     classic: bool = False  # per-sample random crop and flip
-    extra: tuple[str, ...] = ()  # study: sources of the second batch each step, sharing it equally
+    # study: sources of the second batch each step, sharing it equally: "gan_hard" (GAN samples with their
+    # conditioning labels), "gan_soft" (with the teacher's probabilities), "mixup" (two real images mixed, teacher-labelled)
+    extra: tuple[str, ...] = ()
 
     @property
     def baseline(self) -> str:
@@ -211,8 +208,6 @@ class Verdict:
     best_d: Outcome  # the best (d) setting, compared with (b)
     delta_c: float  # best (c) - (a), in accuracy points (fractions of 1)
     delta_d: float  # best (d) - (b)
-    naive_delta_c: float  # (c) at ratio 1, weight 1, no filter - (a): plain mixing
-    naive_delta_d: float
     helps: bool  # does any GAN setting beat its baseline by more than the seeds' noise?
     warning: str | None
 
@@ -222,10 +217,6 @@ def verdict(outcomes: list[Outcome]) -> Verdict:
     baseline = {arm: by_arm[arm][0] for arm in "ab"}
     best_c = max(by_arm["c"], key=lambda o: o.mean)
     best_d = max(by_arm["d"], key=lambda o: o.mean)
-
-    def plain(arm: str) -> Outcome:
-        return next(o for o in by_arm[arm] if o.setting.ratio == 1 and o.setting.weight == 1
-                    and not o.setting.min_confidence and not o.setting.pretrain)
 
     def beats(candidate: Outcome, base: Outcome) -> bool:
         noise = max(candidate.std, base.std)  # one standard deviation of either: below that it is a coin toss
@@ -239,7 +230,6 @@ def verdict(outcomes: list[Outcome]) -> Verdict:
     return Verdict(
         best=max(outcomes, key=lambda o: o.mean), best_c=best_c, best_d=best_d,
         delta_c=best_c.mean - baseline["a"].mean, delta_d=best_d.mean - baseline["b"].mean,
-        naive_delta_c=plain("c").mean - baseline["a"].mean, naive_delta_d=plain("d").mean - baseline["b"].mean,
         helps=helps, warning=warning,
     )
 

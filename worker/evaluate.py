@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from shared.jobs import JobCancelled
-from shared.layout import model_prefix, reference_key, report_prefix
+from shared.layout import loss_curve_key, reference_key, report_prefix
 from shared.progress import StageMeter, StageProgress, shifted
 from shared.settings import Settings
 from shared.specs import AUTO_TEACHER_MEMBERS, EvaluateSpec, TrainSpec
@@ -139,7 +139,7 @@ def _write_report(storage: Storage, job_id: str, markdown: str, data: dict[str, 
 
 
 def _copy_loss_curve(storage: Storage, model_id: str, images: dict[str, bytes]) -> None:
-    curve = join_key(model_prefix(model_id), "losses.png")
+    curve = loss_curve_key(model_id)
     if storage.exists(curve):
         images["losses.png"] = storage.get_bytes(curve)
 
