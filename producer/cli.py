@@ -77,7 +77,8 @@ def main() -> None:
 
 @main.command()
 @click.option("--dataset", required=True, help="fashion-mnist, cifar10, fake, or imagefolder:<path or s3://bucket/prefix>")
-@click.option("--epochs", type=int, help="Passes over the dataset (exclusive with --steps; default 1).")
+@click.option("--epochs", type=int, help="Passes over the dataset (exclusive with --steps; default 1, and at least "
+              "6,000 steps below 10,000 images).")
 @click.option("--steps", type=int, help="Optimizer steps (exclusive with --epochs).")
 @click.option("--image-size", type=int, help="28, 32 or 64 (default: the dataset's own).")
 @click.option("--channels", type=int, help="1 or 3 (default: the dataset's own).")
@@ -95,7 +96,7 @@ def main() -> None:
 @click.option("--grad-clip", type=float, help="Max gradient norm for G and D; 0 disables (default: 0).")
 @click.option("--ema", type=float, help="Decay of a moving average of G used for sampling, e.g. 0.999; 0 disables (default: 0).")
 @click.option("--mode-seeking", type=float, help="Weight of the mode-seeking term that rewards G for turning different "
-              "noise into different images of a class; 0 disables.")
+              "noise into different images of a class; 0 disables (default: 1 below 10,000 training images, else 0).")
 @click.option("--checkpoint-every", type=int, help="Steps between checkpoints (default: 500).")
 @click.option("--log-every", type=int, help="Steps between progress reports (default: 50).")
 @click.option("--sample-every", type=int, help="Steps between sample grids (default: once per epoch).")
@@ -103,10 +104,11 @@ def main() -> None:
               help="auto: bf16 autocast where the hardware has bf16 (CUDA, CPUs with AVX512-BF16 or AMX), else fp32.")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the networks.")
 @click.option("--teacher", type=int, help="Train a teacher of this many classifiers on the same images; generated samples then "
-              "carry its class probabilities as soft labels (3 measured well; default: 0, none).")
-@click.option("--teacher-steps", type=int, help="Training steps of each teacher classifier (default: 1000).")
+              "carry its class probabilities as soft labels (default: 3 for labelled data below 10,000 images, else 0).")
+@click.option("--teacher-steps", type=int, help="Training steps of each teacher classifier (default: 1000, or the GAN's "
+              "steps when fewer).")
 @click.option("--guidance", type=float, help="Weight of the teacher's cross-entropy on G's samples while training: samples "
-              "look more like their class; needs --teacher; 0 disables.")
+              "look more like their class; needs --teacher; 0 disables (default: 1 below 10,000 images with a teacher).")
 @handle_errors
 def train(**options: Any) -> None:
     """Enqueue a GAN training job; prints the job id."""

@@ -51,13 +51,13 @@ AUGMENTATIONS = ("translation", "cutout", "color")
 SMALL_DATASET = 10_000
 AUTO_AUGMENTATIONS = ("translation", "cutout")
 # The small-data recipe: what `augment train` runs below SMALL_DATASET images unless told otherwise, chosen on a
-# validation split at 1,000 Fashion-MNIST images (docs/training.md): 6,000 steps (3,000 measured FID 91 -> 60 at
-# 6,000), the mode-seeking term (recall 0.003 -> 0.33) and a teacher that guides G (label accuracy 0.69 -> 0.93).
+# validation split at 1,000 Fashion-MNIST images: 6,000 steps, the mode-seeking term and a teacher that guides G
+# (docs/training.md has the measurements).
 SMALL_DATA_STEPS = 6000
 SMALL_DATA_MODE_SEEKING = 1.0
 SMALL_DATA_GUIDANCE = 1.0
-# The teacher measured in docs/evaluation.md: 3 classifiers of width 32 (84.5-85.0 % each on 1,000 real images),
-# trained TEACHER_STEPS steps each, but never longer than the GAN (a 40-step smoke job stays one).
+# The teacher measured in docs/evaluation.md: 3 classifiers of width 32, trained TEACHER_STEPS steps each, but
+# never longer than the GAN (a 40-step smoke job stays one).
 AUTO_TEACHER_MEMBERS = 3
 TEACHER_STEPS = 1000
 JOB_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{2,63}")
