@@ -18,11 +18,11 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
+# vulture at 100 % confidence only (unused imports, variables, unreachable code): lower levels flag click commands
+# and protocol methods that are used by name
 lint: setup
 	$(VENV)/bin/ruff check producer worker shared tests benchmarks
 	$(VENV)/bin/mypy
-	# dead code: at 100 % confidence only (unused imports, variables, unreachable code); lower levels flag click
-	# commands and protocol methods that are used by name
 	$(VENV)/bin/vulture producer worker shared tests benchmarks --min-confidence 100
 
 bench: setup
