@@ -34,6 +34,13 @@ def wait_for_stage(env: dict[str, str], job_id: str, stage: str, worker: WorkerP
     raise AssertionError(f"{job_id} never reached {stage!r}:\n{worker.log_tail()}")
 
 
+def submit_small_utility(env: dict[str, str], gan_steps: int) -> str:
+    """A utility evaluation on fake data whose GAN trains GAN_STEPS steps and whose other stages take seconds."""
+    return run_cli(env, "evaluate", "utility", "--dataset", "fake", "--per-class", "6", "--seeds", "1",
+                   "--gan-steps", str(gan_steps), "--gan-width", "8", "--classifier-steps", "10", "--reference-steps", "10",
+                   "--samples-per-class", "4", "--test-limit", "50").stdout.strip()
+
+
 def assert_cancelled_within_seconds(env: dict[str, str], job_id: str, worker: WorkerProcess) -> None:
     asked = time.monotonic()
     assert run_cli(env, "cancel", job_id).returncode in (0, 3)
@@ -56,9 +63,7 @@ def test_cancel_stops_a_running_quality_evaluation_within_seconds(augment_env, s
 
 def test_cancel_stops_a_utility_evaluation_while_its_gan_trains(augment_env, start_worker):
     worker = start_worker(queues="evaluate")
-    job_id = run_cli(augment_env, "evaluate", "utility", "--dataset", "fake", "--per-class", "6", "--seeds", "1",
-                     "--gan-steps", "1000000", "--gan-width", "8", "--classifier-steps", "10", "--reference-steps", "10",
-                     "--samples-per-class", "4", "--test-limit", "50").stdout.strip()
+    job_id = submit_small_utility(augment_env, gan_steps=1_000_000)
     wait_for_stage(augment_env, job_id, "training the GAN", worker)
     assert_cancelled_within_seconds(augment_env, job_id, worker)
     assert f"job {job_id}-gan cancelled at step" in worker.log_path.read_text()
@@ -66,9 +71,7 @@ def test_cancel_stops_a_utility_evaluation_while_its_gan_trains(augment_env, sta
 
 def test_sigterm_hands_a_utility_evaluation_back_and_the_next_worker_resumes_its_gan(augment_env, start_worker):
     holder = start_worker(queues="evaluate")
-    job_id = run_cli(augment_env, "evaluate", "utility", "--dataset", "fake", "--per-class", "6", "--seeds", "1",
-                     "--gan-steps", "150", "--gan-width", "8", "--classifier-steps", "10", "--reference-steps", "10",
-                     "--samples-per-class", "4", "--test-limit", "50").stdout.strip()
+    job_id = submit_small_utility(augment_env, gan_steps=150)
     wait_for_stage(augment_env, job_id, "training the GAN", holder)
     assert holder.stop(timeout=60) is not None, "the worker exited by itself"
     logged = holder.log_path.read_text()
