@@ -11,6 +11,7 @@ step budget is sized from a throughput probe on this machine (:mod:`worker.budge
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,8 @@ def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class:
     click.echo(f"  real | generated : {trained['result']['grid']}", err=True)
     click.echo(f"  shards manifest  : {generated['result']['manifest']} ({generated['result']['images']} images)", err=True)
     click.echo(f"  quality report   : {quality['report']}", err=True)
-    click.echo("  read the shards  : AUGMENT_STORAGE_URL=" + out.as_uri() + " python -c \"from shared.reader import "
+    # the interpreter that has this project installed: a bare "python" may be another one
+    click.echo(f"  read the shards  : AUGMENT_STORAGE_URL={out.as_uri()} {sys.executable} -c \"from shared.reader import "
                f"SyntheticJob; s = next(iter(SyntheticJob.open('{generate_id}'))); print(s.label, s.probs, s.image.shape)\"",
                err=True)
     click.echo("  on a fleet       : start redis-server and `augment worker`, submit with `augment train`, and "
