@@ -25,7 +25,7 @@ from shared.datasets import DatasetNotFound
 from shared.jobs import CANCELLED, FAILURE, SUCCESS
 from shared.layout import job_prefix
 from shared.settings import Settings, SettingsError
-from shared.specs import CONDITIONINGS, HOLDOUTS, LOSSES, PRECISIONS, SpecError, check_job_id
+from shared.specs import CONDITIONINGS, HOLDOUTS, LOSSES, PRECISIONS, TARGET_RULES, SpecError, check_job_id
 from shared.storage import StorageError, open_storage
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3
@@ -88,6 +88,8 @@ def main() -> None:
 @click.option("--width", type=int, default=64, show_default=True, help="Base channel width of G and D (ngf = ndf).")
 @click.option("--limit", type=int, help="Train on the first LIMIT images only.")
 @click.option("--per-class", type=int, help="Train on PER_CLASS images of each class (small-data runs).")
+@click.option("--imbalance", type=float, help="With --per-class: a long-tailed subset, PER_CLASS images of the commonest "
+              "class down to PER_CLASS / IMBALANCE of the rarest (exponential profile; class order drawn by --seed).")
 @click.option("--loss", type=click.Choice(LOSSES), help="GAN loss (default: bce, the seed's).")
 @click.option("--spectral-norm/--no-spectral-norm", default=None, help="Spectral norm in D (default: off).")
 @click.option("--conditioning", type=click.Choice(CONDITIONINGS), help="How D sees labels (default: concat, one-hot planes).")
@@ -144,9 +146,12 @@ def parse_class_counts(value: str | None) -> dict[str, int] | None:
 @click.option("--noise-scale", type=float, default=1.0, show_default=True,
               help="Scale of the latent noise: above 1 trades label accuracy for coverage (1.25 measured recall 0.28 -> "
               "0.37, label accuracy 0.92 -> 0.86 on the small-data recipe).")
+@click.option("--targets", type=click.Choice(TARGET_RULES), default="agree", show_default=True,
+              help="Each sample's training target, for a model with a teacher: hard (its label), teacher (the teacher's "
+              "probabilities), agree (its label where the teacher's top class agrees, else the teacher's).")
 @handle_errors
 def generate(model: str, count: int | None, shard_size: int, seed: int, class_counts: str | None, rebalance: bool,
-             rebalance_to: int | None, noise_scale: float) -> None:
+             rebalance_to: int | None, noise_scale: float, targets: str) -> None:
     """Enqueue a generation job from a trained model; prints the job id."""
     if rebalance and (count is not None or class_counts):
         fail("--rebalance plans the counts itself; leave out --count and --class-counts", EXIT_BAD_INPUT)
@@ -155,7 +160,7 @@ def generate(model: str, count: int | None, shard_size: int, seed: int, class_co
     if not rebalance and count is None:
         fail("give --count N (images to generate), or --rebalance to plan them from the model card", EXIT_BAD_INPUT)
     client = connect()
-    fields = {"shard_size": shard_size, "seed": seed, "noise_scale": noise_scale}
+    fields = {"shard_size": shard_size, "seed": seed, "noise_scale": noise_scale, "targets": targets}
     if rebalance:
         job_id = client.submit_rebalance(model, rebalance_to, **fields)
     else:
@@ -187,7 +192,10 @@ def evaluate() -> None:
 
 @evaluate.command("utility")
 @click.option("--dataset", required=True, help="The dataset whose small subset is augmented, e.g. fashion-mnist.")
-@click.option("--per-class", type=int, default=100, show_default=True, help="Real images of each class in the subset.")
+@click.option("--per-class", type=int, default=100, show_default=True, help="Real images of each class in the subset "
+              "(with --imbalance: of its commonest class).")
+@click.option("--imbalance", type=float, help="The long-tail scenario: PER_CLASS images of the commonest class down to "
+              "PER_CLASS / IMBALANCE of the rarest, scored by balanced accuracy and the rarest third's (default: 1, balanced).")
 @click.option("--seeds", type=int, default=5, show_default=True, help="Classifier trainings per setting.")
 @click.option("--gan-steps", type=int, help="Steps of the GAN trained on the subset (default: augment train's budget).")
 @click.option("--gan-width", type=int, help="Base channel width of that GAN (default: augment train's).")
@@ -203,7 +211,8 @@ def evaluate() -> None:
 @common_evaluate_options
 @handle_errors
 def evaluate_utility(**options: Any) -> None:
-    """Does the GAN add anything? The same CNN on real images, + GAN samples (hard or teacher labels), + mixup (no GAN), + both."""
+    """Does the GAN add anything? The same CNN on real images, + mixup (no GAN), + GAN samples (hard, teacher or
+    per-sample chosen labels), and ceiling arms with real held-out images in the GAN's place."""
     submit_evaluation("utility", options)
 
 

@@ -62,5 +62,13 @@ class Manifest:
     def load(cls, storage: Storage, job_id: str) -> Manifest:
         return cls.from_json(storage.get_text(manifest_key(job_id)))
 
+    @property
+    def target_rule(self) -> str:
+        """How each sample's ``target`` was chosen (shared/specs.py TargetRule); jobs of older versions carried the
+        teacher's probabilities only, and a job without a teacher trains on its labels."""
+        if self.teacher is None:
+            return "hard"
+        return str(self.spec.get("targets", "teacher"))
+
     def shard_key(self, entry: ShardEntry) -> str:
         return join_key(synthetic_prefix(self.job_id), entry.name)

@@ -27,16 +27,26 @@ class ShardCorrupt(ValueError):
 class SyntheticSample:
     image: np.ndarray  # (H, W) uint8 grey or (H, W, 3) uint8 RGB
     label: int  # the class it was generated for; -1 for an unconditional model
-    meta: dict[str, Any]  # class, class_name, model, job, seed, shard, index, and probs when the model has a teacher
+    meta: dict[str, Any]  # class, class_name, model, job, seed, shard, index; probs and target when the model has a teacher
 
     @property
     def probs(self) -> np.ndarray | None:
-        """The teacher's class probabilities (K,) float32, summing to 1: soft targets; None without a teacher."""
-        probs = self.meta.get("probs")
-        if probs is None:
-            return None
-        array = np.asarray(probs, dtype=np.float32)
-        return array / array.sum()  # undo the rounding in the shard, so the targets sum to 1 exactly
+        """The teacher's class probabilities (K,) float32, summing to 1; None without a teacher."""
+        return _distribution(self.meta.get("probs"))
+
+    @property
+    def target(self) -> np.ndarray | None:
+        """What to train on (K,) float32, summing to 1: the target the generation job chose for this sample by its
+        rule (``Manifest.target_rule``); for a job of an older version, the teacher's probabilities; None without a
+        teacher (train on the one-hot LABEL)."""
+        return _distribution(self.meta.get("target", self.meta.get("probs")))
+
+
+def _distribution(values: list[float] | None) -> np.ndarray | None:
+    if values is None:
+        return None
+    array = np.asarray(values, dtype=np.float32)
+    return array / array.sum()  # undo the rounding in the shard, so the targets sum to 1 exactly
 
 
 def teacher_confidence(label: int, meta: dict[str, Any]) -> float:

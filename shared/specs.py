@@ -17,6 +17,7 @@ field's declaration: the value, then the range, choices or form that is allowed.
 import dataclasses
 import functools
 import math
+import random
 import re
 import reprlib
 from collections.abc import Mapping
@@ -38,6 +39,11 @@ EvaluationMode = Literal["quality", "utility"]
 # utility: where the classifiers are scored. "validation" holds out images of the training split that the small
 # subset leaves out, for choosing recipes and settings; "test" is for final figures only.
 Holdout = Literal["test", "validation"]
+# a synthetic sample's training target (shards and the study): "hard" the one-hot conditioning label; "teacher" the
+# teacher's probabilities; "agree" the one-hot label where the teacher's top class is that label, the teacher's
+# probabilities where it is not (the conditioning label is trusted only where a second opinion backs it)
+TargetRule = Literal["hard", "teacher", "agree"]
+TARGET_RULES: tuple[str, ...] = get_args(TargetRule)
 IMAGE_SIZES: tuple[int, ...] = get_args(ImageSize)
 LOSSES: tuple[str, ...] = get_args(Loss)
 CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
@@ -60,6 +66,9 @@ SMALL_DATA_GUIDANCE = 1.0
 # never longer than the GAN (a 40-step smoke job stays one).
 AUTO_TEACHER_MEMBERS = 3
 TEACHER_STEPS = 1000
+# A long-tailed subset: class counts fall exponentially from per_class to per_class / imbalance (Cao et al. 2019's
+# CIFAR-10-LT profile); 1 is balanced.
+Imbalance = Annotated[float, Meta(ge=1.0, le=1000.0)]
 JOB_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{2,63}")
 _JOB_ID_RULE = "3-64 characters of a-z, 0-9 and '-' (as printed by augment)"
 
@@ -212,6 +221,9 @@ class TrainSpec(_Spec, frozen=True):
     mode_seeking: Annotated[float, Meta(ge=0.0, le=100.0)] | None = None
     limit: Annotated[int, Meta(ge=1, le=100_000_000)] | None = None  # train on the first LIMIT images only
     per_class: Steps | None = None  # train on PER_CLASS images of each class (small-data experiments)
+    # with per_class: a long-tailed subset, PER_CLASS images of the commonest class down to PER_CLASS / IMBALANCE of
+    # the rarest (see long_tail_counts); None or 1: balanced
+    imbalance: Imbalance | None = None
     log_every: Annotated[int, Meta(ge=1, le=1_000_000)] = 50
     checkpoint_every: Steps = 500
     sample_every: Steps | None = None  # steps between sample grids; None: once per epoch
@@ -236,6 +248,8 @@ class TrainSpec(_Spec, frozen=True):
             raise self._fail("guidance", "guidance needs a teacher to guide with; give teacher=3 (--teacher 3) or guidance=0")
         if self.limit is not None and self.per_class is not None:
             raise self._fail("per_class", "give either limit or per_class, not both")
+        if self.imbalance is not None and self.per_class is None:
+            raise self._fail("imbalance", "a long-tailed subset needs per_class, the count of its commonest class")
 
     def recipe(self, num_images: int, num_classes: int, steps_per_epoch: int) -> Recipe:
         """What this spec trains on NUM_IMAGES images of NUM_CLASSES classes (0 or 1: unlabelled)."""
@@ -265,6 +279,15 @@ class TrainSpec(_Spec, frozen=True):
         )
 
 
+def long_tail_counts(per_class: int, imbalance: float, num_classes: int, seed: int) -> list[int]:
+    """Images of each class (indexed by class) in a long-tailed subset: PER_CLASS * IMBALANCE ** (-r / (K - 1)) for
+    the class of rank r, from PER_CLASS down to PER_CLASS / IMBALANCE; which class gets which rank is drawn by SEED."""
+    ranks = list(range(num_classes))
+    random.Random(seed).shuffle(ranks)
+    steps = max(num_classes - 1, 1)
+    return [max(1, round(per_class * imbalance ** (-rank / steps))) for rank in ranks]
+
+
 def rebalance_counts(real_counts: Mapping[str, int], to: int) -> dict[str, int]:
     """Synthetic images per class that bring every class of REAL_COUNTS (class index -> real images) to TO."""
     return {label: max(to - count, 0) for label, count in sorted(real_counts.items(), key=lambda item: int(item[0]))}
@@ -289,6 +312,8 @@ class GenerateSpec(_Spec, frozen=True):
     # and the per-class total real + synthetic that CLASS_COUNTS brings every class to
     real_counts: ClassCounts | None = None
     rebalance_to: Annotated[int, Meta(ge=1, le=100_000_000)] | None = None
+    # each sample's training target, written to its metadata when the model has a teacher (TargetRule above)
+    targets: TargetRule = "agree"
     version: int = SPEC_VERSION
 
     def _check_fields_together(self) -> None:
@@ -317,6 +342,9 @@ class EvaluateSpec(_Spec, frozen=True):
     dataset: Dataset | None = None  # utility: the dataset; quality: the model's own unless given
     model: JobId | None = None  # quality: the training job whose generator is scored
     per_class: Annotated[int, Meta(ge=2, le=100_000)] = 100  # utility: real images of each class in the small subset
+    # utility: 1 is the balanced scenario; above 1 the long-tail one, PER_CLASS images of the commonest class down to
+    # PER_CLASS / IMBALANCE of the rarest, scored on the balanced held-out images (balanced accuracy, rarest third)
+    imbalance: Imbalance = 1.0
     # utility: classifier trainings per setting (mean and standard deviation; seed noise is ~0.5 points at 1,000 images)
     seeds: Annotated[int, Meta(ge=1, le=20)] = 5
     seed: Seed = 0
@@ -455,8 +483,11 @@ __all__ = [
     "CONDITIONINGS",
     "LOSSES",
     "PRECISIONS",
+    "TARGET_RULES",
     "SpecError",
     "Recipe",
+    "long_tail_counts",
+    "rebalance_counts",
     "TrainSpec",
     "GenerateSpec",
     "EvaluateSpec",

@@ -75,10 +75,15 @@ def test_train_generate_and_read_back_with_webdataset(augment_env, start_worker,
     image, label, meta, key = samples[0]
     assert np.asarray(image).shape == (32, 32, 3) and "." not in key
     assert meta["class"] == int(label) and meta["model"] == train_id and meta["seed"] == 5
-    for _, _, meta, _ in samples:  # the teacher's soft labels, rounded in the shard
+    for _, label, meta, _ in samples:  # the teacher's soft labels and the chosen target, rounded in the shard
         assert len(meta["probs"]) == 10 and abs(sum(meta["probs"]) - 1) < 2e-3 and min(meta["probs"]) >= 0
-    checked = list(SyntheticJob(storage, generate_id))  # the checked reader hands them over as soft targets
+        # the default rule: the label where the teacher's top class is the label, the teacher's view elsewhere
+        agrees = max(range(10), key=meta["probs"].__getitem__) == int(label)
+        assert meta["target"] == ([float(k == int(label)) for k in range(10)] if agrees else meta["probs"])
+    assert manifest.target_rule == "agree"
+    checked = list(SyntheticJob(storage, generate_id))  # the checked reader hands them over as targets summing to 1
     assert len(checked) == 250 and all(abs(float(sample.probs.sum()) - 1) < 1e-6 for sample in checked)  # type: ignore[union-attr]
+    assert all(abs(float(sample.target.sum()) - 1) < 1e-6 for sample in checked)  # type: ignore[union-attr]
     confident = list(SyntheticJob(storage, generate_id, min_confidence=0.2))
     assert all(float(sample.probs[sample.label]) >= 0.2 - 1e-3 for sample in confident)  # type: ignore[index]
 
@@ -147,9 +152,10 @@ def test_cancel_queued_job_is_skipped_by_worker(augment_env, start_worker):
     assert storage_for(augment_env).list(f"models/{job_id}") == []
 
 
-def test_utility_evaluation_through_a_worker_and_its_report(augment_env, start_worker, tmp_path: Path):
+def test_long_tail_utility_evaluation_through_a_worker_and_its_report(augment_env, start_worker, tmp_path: Path):
     start_worker(queues="evaluate")
-    submitted = run_cli(augment_env, "evaluate", "utility", "--dataset", "fake", "--per-class", "6", "--seeds", "2",
+    submitted = run_cli(augment_env, "evaluate", "utility", "--dataset", "fake", "--per-class", "9", "--imbalance", "3",
+                        "--seeds", "2",
                         "--gan-steps", "4", "--gan-width", "8", "--classifier-steps", "10", "--reference-steps", "10",
                         "--samples-per-class", "10", "--test-limit", "50", "--sweep", "--ratios", "1",
                         "--synthetic-weights", "0.5", "--min-confidences", "0.5")
@@ -160,10 +166,18 @@ def test_utility_evaluation_through_a_worker_and_its_report(augment_env, start_w
     assert watched.returncode == 0, watched.stderr
     printed = run_cli(augment_env, "report", job_id)
     assert printed.returncode == 0, printed.stderr
-    for arm in ("real", "real + GAN, hard labels", "real + mixup, teacher labels (no GAN)", "real + GAN, teacher labels",
-                "real + mixup + GAN, teacher labels", "(a) real"):
+    for arm in ("real", "real, class-balanced loss weights", "real + mixup, teacher labels (no GAN)",
+                "real + GAN, hard labels", "real + GAN, teacher labels", "real + GAN, label where the teacher agrees, else teacher",
+                "ceiling: real held-out images, teacher labels", "ceiling: real held-out images, true labels", "(a) real"):
         assert f"| {arm} |" in printed.stdout
     assert "The GAN's own share" in printed.stdout and "Sweep: (c) - (a)" in printed.stdout
+    assert "The rarest third's accuracy" in printed.stdout and "Ceiling (real held-out images" in printed.stdout
+    report = json.loads(storage_for(augment_env).get_text(f"reports/{job_id}/report.json"))
+    # 9 images of the commonest class down to 3 of the rarest, as the GAN's model card records too
+    assert sorted(report["class_counts"]) == [3, 3, 4, 4, 5, 6, 6, 7, 8, 9] and report["imbalance"] == 3
+    card = json.loads(storage_for(augment_env).get_text(f"models/{report['gan']}/model.json"))
+    assert sorted(card["class_counts"].values()) == sorted(report["class_counts"])
+    assert sorted(report["class_counts"][label] for label in report["rarest_third"]) == [3, 3, 4]
     fetched = run_cli(augment_env, "fetch", job_id, "--out", str(tmp_path / "report"))
     assert fetched.returncode == 0, fetched.stderr
     assert {"accuracy.png", "grid.png", "report.md", "report.json"} <= {path.name for path in (tmp_path / "report").iterdir()}

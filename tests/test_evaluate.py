@@ -62,16 +62,17 @@ def test_utility_report_end_to_end(tmp_path: Path):
     result = run_utility(spec, Settings(), storage, reports.append)
     stages = list(dict.fromkeys(report.stage for report in reports))  # in order, once each
     assert stages == ["training the GAN on the real subset", "training the teacher (3 classifiers)", "confidence filter",
-                      "training the reference classifier", "the study's classifiers (17 settings x 2 seeds)"]
+                      "training the reference classifier", "the study's classifiers (19 settings x 2 seeds)"]
     arms = [report for report in reports if report.stage == stages[-1]]
     # every setting x seed x classifier step, pre-training twice: one bar from 0 to its end, with a rate
-    assert arms[-1].done == arms[-1].total == 2 * 20 * (17 + 2) and arms[-1].per_s > 0
+    assert arms[-1].done == arms[-1].total == 2 * 20 * (19 + 2) and arms[-1].per_s > 0
     assert [report.done for report in arms] == sorted(report.done for report in arms)
     assert sorted(storage.list("reports/e-utility")) == [
         f"reports/e-utility/{name}" for name in ("accuracy.png", "grid.png", "losses.png", "report.json", "report.md")
     ]
     report = json.loads(storage.get_text("reports/e-utility/report.json"))
-    assert len(report["outcomes"]) == 5 + 2 + 2 * 5 and all(len(o["accuracies"]) == 2 for o in report["outcomes"])
+    assert len(report["outcomes"]) == 7 + 2 + 2 * 5 and all(len(o["accuracies"]) == 2 for o in report["outcomes"])
+    assert report["ceiling"] is not None and report["imbalance"] == 1 and report["class_counts"] == [8] * 10
     assert report["real_images"] == 80 and report["gan_share"] == result["gan_share"] and report["holdout"] == "test"
     assert report["teacher"]["members"] == 3 and report["teacher"]["steps"] == SMOKE["classifier_steps"]
     markdown = storage.get_text("reports/e-utility/report.md")

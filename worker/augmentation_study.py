@@ -2,18 +2,26 @@
 
 Every arm trains the same small CNN for the same steps and seeds on the same real subset, with the same classic
 augmentation (per-sample random crop and flip), and is tested on the same held-out images. The arms differ only in
-a second batch of inputs each step (the same number of them in every arm that has one):
+a second batch of inputs each step (the same number of them in every arm that has one), or in the real images' loss
+weights:
 
   real                               no second batch
-  + GAN, hard labels                 GAN samples with the label they were generated for (cross-entropy)
+  real, class-balanced loss weights  each real image weighs 1 / its class's count (long-tailed subsets only)
   + mixup, teacher labels (no GAN)   mixtures of two real images, labelled by the teacher's probabilities
-  + GAN, teacher labels              GAN samples labelled by the teacher's probabilities
-  + mixup + GAN, teacher labels      half of each
+  + GAN, hard labels                 GAN samples, drawn class-balanced, with the label they were generated for
+  + GAN, teacher labels              the same samples with the teacher's probabilities
+  + GAN, label where teacher agrees  the label where the teacher's top class is that label, else the teacher's view
+  ceiling arms                       real held-out images in the GAN's place (a perfect generator), with the
+                                     teacher's and with their true labels: shown, counted on neither side
 
-The teacher is the GAN training job's own (classifiers trained on the same real images, worker/teacher.py). The
-verdict names the GAN's own share: the best arm with GAN samples minus the best arm without them. The earlier sweep
-over how GAN samples are mixed in (ratio, loss weight, confidence filter, pre-training; arms (a)-(d)) stays
-available as an option.
+The subset is balanced (PER_CLASS images of every class) or long-tailed (an exponential profile, shared/specs.py
+``long_tail_counts``); the held-out images are balanced either way. Every arm is scored plainly and with post-hoc
+logit adjustment (Menon et al. ICLR 2021: logits minus the log of the label prior the classifier was trained on),
+by balanced accuracy (the mean of per-class accuracies) and by the accuracy of the rarest third of classes. The
+teacher is the GAN training job's own (classifiers trained on the same real images, worker/teacher.py). The verdict
+names the GAN's own share: the best arm with GAN samples minus the best arm without them, each side with its better
+scoring, and which part of the true-label ceiling's gain that is. The earlier sweep over how GAN samples are mixed
+in (ratio, loss weight, confidence filter, pre-training; arms (a)-(d)) stays available as an option.
 """
 
 from __future__ import annotations
@@ -24,28 +32,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from shared.progress import shifted
-from worker.classifier import Classifier, ExtraBatch, accuracy, label_confidence, train_classifier
-from worker.teacher import Teacher
+from shared.specs import TargetRule
+from worker.classifier import Classifier, ExtraBatch, label_confidence, logits_of_images, train_classifier
+from worker.teacher import Teacher, sample_targets
 
 # The classifier every setting trains: small, so that a sweep of ~20 settings x seeds fits minutes on a CPU.
 SMALL_CNN: dict[str, Any] = {"width": 16, "batch_size": 64}
+# second-batch sources that draw from a pool of images: the pool ("gan": the GAN's samples, "held_out": real
+# held-out images) and the rule that makes each drawn image's target from its label and the teacher's view
+POOL_SOURCES: dict[str, tuple[str, TargetRule]] = {
+    "gan_hard": ("gan", "hard"), "gan_soft": ("gan", "teacher"), "gan_agree": ("gan", "agree"),
+    "held_out_teacher": ("held_out", "teacher"), "held_out_true": ("held_out", "hard"),
+}
 
 
 @dataclass(frozen=True)
 class Setting:
     name: str
-    arm: str  # the study's arms: real, gan-hard, mixup, gan-soft, both; the optional sweep's: a, b, c, d
+    arm: str  # the study's arms: real, balanced, mixup, gan-hard, gan-soft, gan-agree, ceiling-*; the sweep's: a-d
     ratio: float = 0.0  # sweep: synthetic images per real image, pooled with the real ones
     weight: float = 1.0  # sweep: loss weight of a synthetic sample (a real one weighs 1)
     min_confidence: float = 0.0  # sweep: keep synthetic samples the real-subset classifier gives their label at least this
     pretrain: bool = False  # sweep: train on synthetic only, then fine-tune on real
     classic: bool = False  # per-sample random crop and flip
-    # study: sources of the second batch each step, sharing it equally: "gan_hard" (GAN samples with their
-    # conditioning labels), "gan_soft" (with the teacher's probabilities), "mixup" (two real images mixed, teacher-labelled)
+    # study: sources of the second batch each step, sharing it equally: "mixup" (two real images mixed,
+    # teacher-labelled) or one of POOL_SOURCES
     extra: tuple[str, ...] = ()
+    class_balanced: bool = False  # each real image's loss weighs 1 / its class's count in the subset
 
     @property
     def baseline(self) -> str:
@@ -56,14 +71,31 @@ class Setting:
     def uses_gan(self) -> bool:
         return self.ratio > 0 or any(source.startswith("gan") for source in self.extra)
 
+    @property
+    def ceiling(self) -> bool:
+        """Real held-out images stand where GAN samples go: what a perfect generator would add."""
+        return any(source.startswith("held_out") for source in self.extra)
 
-STUDY_ARMS = [
-    Setting("real", "real", classic=True),
-    Setting("real + GAN, hard labels", "gan-hard", classic=True, extra=("gan_hard",)),
-    Setting("real + mixup, teacher labels (no GAN)", "mixup", classic=True, extra=("mixup",)),
-    Setting("real + GAN, teacher labels", "gan-soft", classic=True, extra=("gan_soft",)),
-    Setting("real + mixup + GAN, teacher labels", "both", classic=True, extra=("mixup", "gan_soft")),
-]
+
+def study_arms(imbalanced: bool, ceiling: bool) -> list[Setting]:
+    """The study's arms: class-balanced weighting where the subset is IMBALANCED, the ceiling arms where there is
+    a pool of held-out real images for them."""
+    arms = [Setting("real", "real", classic=True)]
+    if imbalanced:
+        arms.append(Setting("real, class-balanced loss weights", "balanced", classic=True, class_balanced=True))
+    arms += [
+        Setting("real + mixup, teacher labels (no GAN)", "mixup", classic=True, extra=("mixup",)),
+        Setting("real + GAN, hard labels", "gan-hard", classic=True, extra=("gan_hard",)),
+        Setting("real + GAN, teacher labels", "gan-soft", classic=True, extra=("gan_soft",)),
+        Setting("real + GAN, label where the teacher agrees, else teacher", "gan-agree", classic=True, extra=("gan_agree",)),
+    ]
+    if ceiling:
+        arms += [
+            Setting("ceiling: real held-out images, teacher labels", "ceiling-teacher", classic=True,
+                    extra=("held_out_teacher",)),
+            Setting("ceiling: real held-out images, true labels", "ceiling-true", classic=True, extra=("held_out_true",)),
+        ]
+    return arms
 
 
 def sweep(ratios: list[float], weights: list[float], confidences: list[float]) -> list[Setting]:
@@ -91,6 +123,21 @@ class ExperimentData:
     teacher: Teacher | None = None  # labels mixup images on the fly
     synthetic_probs: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (M, K): the teacher's, per GAN sample
     extra_batch: int = 64  # second-batch inputs per step, in every arm that has a second batch
+    # real training-split images outside the subset and the scored images, balanced over classes: the ceiling arms'
+    ceiling_images: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))
+    ceiling_labels: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    ceiling_probs: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (P, K): the teacher's
+
+    def pool(self, source: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images, labels and teacher probabilities that SOURCE (one of POOL_SOURCES) draws from."""
+        if POOL_SOURCES[source][0] == "gan":
+            return self.synthetic_images, self.synthetic_labels, self.synthetic_probs
+        return self.ceiling_images, self.ceiling_labels, self.ceiling_probs
+
+    def rarest_third(self) -> list[int]:
+        """The third of the classes (at least one) with the fewest real images; ties go to the lower index."""
+        counts = torch.bincount(self.real_labels, minlength=self.num_classes).tolist()
+        return sorted(sorted(range(self.num_classes), key=lambda label: counts[label])[: max(1, self.num_classes // 3)])
 
 
 def synthetic_subset(data: ExperimentData, setting: Setting, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,13 +171,73 @@ def extra_batches(data: ExperimentData, sources: tuple[str, ...]) -> ExtraBatch:
                 images.append(mixed)
                 targets.append(data.teacher.probs(mixed))
                 continue
-            chosen = torch.randint(0, len(data.synthetic_images), (each,), generator=rng)
-            images.append(data.synthetic_images[chosen])
-            targets.append(data.synthetic_probs[chosen] if source == "gan_soft"
-                           else F.one_hot(data.synthetic_labels[chosen], data.num_classes).float())
+            pool_images, pool_labels, pool_probs = data.pool(source)
+            chosen = torch.randint(0, len(pool_images), (each,), generator=rng)
+            images.append(pool_images[chosen])
+            targets.append(sample_targets(POOL_SOURCES[source][1], pool_labels[chosen], pool_probs[chosen]))
         return torch.cat(images), torch.cat(targets)
 
     return draw
+
+
+def label_prior(labels: torch.Tensor, num_classes: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The share of each class (K,) among LABELS, each counted with its weight."""
+    counts = torch.bincount(labels, weights=weights, minlength=num_classes).double()
+    return (counts / counts.sum()).float()
+
+
+def class_balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """1 / the count of each sample's class (N,): every class weighs the same in the loss."""
+    return 1.0 / torch.bincount(labels, minlength=num_classes).clamp_min(1).float()[labels]
+
+
+def source_prior(data: ExperimentData, source: str) -> torch.Tensor:
+    """The mean target (K,) of what SOURCE draws: its share of the label prior a classifier trained on it learns."""
+    if source == "mixup":
+        assert data.teacher is not None, "mixup arms need a teacher"
+        return data.teacher.probs(mix_real_pairs(data.real_images, 1024, torch.Generator().manual_seed(0))).mean(0)
+    _, labels, probs = data.pool(source)
+    return sample_targets(POOL_SOURCES[source][1], labels, probs).mean(0)
+
+
+def training_prior(data: ExperimentData, setting: Setting, batch: int) -> torch.Tensor:
+    """The label prior (K,) SETTING's classifier is trained on, real batches of BATCH plus its second batches:
+    what post-hoc logit adjustment takes out."""
+    weights = class_balanced_weights(data.real_labels, data.num_classes) if setting.class_balanced else None
+    real = label_prior(data.real_labels, data.num_classes, weights)
+    if not setting.extra:
+        return real
+    extra = torch.stack([source_prior(data, source) for source in setting.extra]).mean(0)
+    return (batch * real + data.extra_batch * extra) / (batch + data.extra_batch)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One trained classifier on the held-out images: per class, by its argmax and after logit adjustment."""
+
+    accuracy: float
+    class_accuracy: list[float]  # by class index
+    class_accuracy_adjusted: list[float]  # argmax of logits - log(training prior)
+
+    def balanced(self, adjusted: bool) -> float:
+        return statistics.fmean(self.class_accuracy_adjusted if adjusted else self.class_accuracy)
+
+    def of_classes(self, classes: list[int], adjusted: bool) -> float:
+        per_class = self.class_accuracy_adjusted if adjusted else self.class_accuracy
+        return statistics.fmean(per_class[label] for label in classes)
+
+
+def score(model: Classifier, images: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor) -> Scores:
+    logits = logits_of_images(model, images)  # (N, K)
+    classes = logits.shape[1]
+
+    def per_class(predicted: torch.Tensor) -> list[float]:
+        right = (predicted == labels).float()
+        return [float(right[labels == label].mean()) if bool((labels == label).any()) else 0.0 for label in range(classes)]
+
+    plain = logits.argmax(1)
+    adjusted = (logits - prior.clamp_min(1e-12).log()).argmax(1)
+    return Scores(float((plain == labels).float().mean()), per_class(plain), per_class(adjusted))
 
 
 def setting_steps(setting: Setting, steps: int) -> int:
@@ -139,16 +246,21 @@ def setting_steps(setting: Setting, steps: int) -> int:
 
 
 def run_setting(data: ExperimentData, setting: Setting, seed: int, steps: int,
-                after_step: Callable[[int], None] = lambda done: None) -> float:
-    """Train SETTING's classifier with SEED; returns its accuracy on the held-out images. AFTER_STEP gets the steps
+                after_step: Callable[[int], None] = lambda done: None) -> Scores:
+    """Train SETTING's classifier with SEED; returns its scores on the held-out images. AFTER_STEP gets the steps
     done of :func:`setting_steps`."""
     synthetic, synthetic_labels = synthetic_subset(data, setting, seed)
+    batch = min(SMALL_CNN["batch_size"], len(data.real_images))
+
     def train(images: torch.Tensor, labels: torch.Tensor, before: int = 0, **options: Any) -> Classifier:
         return train_classifier(images, labels, data.num_classes, steps=steps, seed=seed, augment=setting.classic,
                                 after_step=shifted(after_step, before), **SMALL_CNN, **options)
 
+    prior = training_prior(data, setting, batch)
     if setting.extra:
         model = train(data.real_images, data.real_labels, extra=extra_batches(data, setting.extra))
+    elif setting.class_balanced:
+        model = train(data.real_images, data.real_labels, weights=class_balanced_weights(data.real_labels, data.num_classes))
     elif setting.pretrain and len(synthetic):
         model = train(data.real_images, data.real_labels, before=steps, init=train(synthetic, synthetic_labels))
     elif len(synthetic):
@@ -156,9 +268,10 @@ def run_setting(data: ExperimentData, setting: Setting, seed: int, steps: int,
         labels = torch.cat([data.real_labels, synthetic_labels])
         weights = torch.cat([torch.ones(len(data.real_images)), torch.full((len(synthetic),), setting.weight)])
         model = train(images, labels, weights=weights)
+        prior = label_prior(labels, data.num_classes, weights)
     else:
         model = train(data.real_images, data.real_labels)
-    return accuracy(model, data.test_images, data.test_labels)
+    return score(model, data.test_images, data.test_labels, prior)
 
 
 def filter_by_confidence(data: ExperimentData, steps: int, seed: int) -> None:
@@ -170,7 +283,11 @@ def filter_by_confidence(data: ExperimentData, steps: int, seed: int) -> None:
 @dataclass(frozen=True)
 class Outcome:
     setting: Setting
-    accuracies: list[float]
+    scores: list[Scores]  # one per seed
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [scores.accuracy for scores in self.scores]
 
     @property
     def mean(self) -> float:
@@ -178,7 +295,40 @@ class Outcome:
 
     @property
     def std(self) -> float:
-        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+        return _std(self.accuracies)
+
+    def scored(self, adjusted: bool, rare: list[int]) -> Scored:
+        """Balanced accuracy (and the RARE classes' accuracy) over seeds, plainly or with logit adjustment."""
+        balanced = [scores.balanced(adjusted) for scores in self.scores]
+        rare_accuracy = [scores.of_classes(rare, adjusted) for scores in self.scores]
+        return Scored(self, adjusted, statistics.fmean(balanced), _std(balanced), statistics.fmean(rare_accuracy),
+                      _std(rare_accuracy))
+
+    def best_scored(self, rare: list[int]) -> Scored:
+        """The better of the plain and the logit-adjusted scoring, by balanced accuracy."""
+        return max((self.scored(False, rare), self.scored(True, rare)), key=lambda scored: scored.mean)
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class Scored:
+    outcome: Outcome
+    adjusted: bool  # with post-hoc logit adjustment
+    mean: float  # balanced accuracy, mean over seeds
+    std: float
+    rare_mean: float  # the rarest third's accuracy
+    rare_std: float
+
+    @property
+    def setting(self) -> Setting:
+        return self.outcome.setting
+
+    @property
+    def label(self) -> str:
+        return f"{self.setting.name}{', logit-adjusted' if self.adjusted else ''}"
 
 
 def sweep_steps(settings: list[Setting], seeds: int, steps: int) -> int:
@@ -193,11 +343,11 @@ def run_sweep(
     """Every setting with every seed; AFTER_STEP gets the classifier steps done of :func:`sweep_steps`."""
     outcomes, done = [], 0
     for setting in settings:
-        accuracies = []
+        scores = []
         for seed in range(seeds):
-            accuracies.append(run_setting(data, setting, seed, steps, shifted(after_step, done)))
+            scores.append(run_setting(data, setting, seed, steps, shifted(after_step, done)))
             done += setting_steps(setting, steps)
-        outcomes.append(Outcome(setting, accuracies))
+        outcomes.append(Outcome(setting, scores))
     return outcomes
 
 
@@ -236,29 +386,42 @@ def verdict(outcomes: list[Outcome]) -> Verdict:
 
 @dataclass(frozen=True)
 class GanShare:
-    """What the GAN's samples add: the best setting that uses them against the best that does not."""
+    """What the GAN's samples add: the best setting that uses them against the best that does not, by balanced
+    accuracy, each with its better scoring (logit-adjusted or not); the ceiling arms count on neither side."""
 
-    with_gan: Outcome
-    without_gan: Outcome
-    share: float  # with_gan.mean - without_gan.mean, in accuracy (fractions of 1)
-    over_real: float  # with_gan.mean - the "real" arm's (or (b)'s) mean: the gain over the fair classic baseline
+    with_gan: Scored
+    without_gan: Scored
+    share: float  # with_gan.mean - without_gan.mean, in balanced accuracy (fractions of 1)
+    rare_share: float  # the same for the rarest third's accuracy
+    over_real: float  # with_gan.mean - the "real" arm's (or (b)'s) best: the gain over the fair classic baseline
     helps: bool  # share positive and larger than one standard deviation of either
     warning: str | None
+    ceiling: Scored | None  # the true-label ceiling arm (a perfect generator), when the study has one
+    captured: float | None  # share / the ceiling's gain over without_gan: the part of it the GAN captures
+
+    @property
+    def ceiling_gain(self) -> float | None:
+        return None if self.ceiling is None else self.ceiling.mean - self.without_gan.mean
 
 
-def gan_share(outcomes: list[Outcome]) -> GanShare:
-    with_gan = max((o for o in outcomes if o.setting.uses_gan), key=lambda o: o.mean)
-    without_gan = max((o for o in outcomes if not o.setting.uses_gan), key=lambda o: o.mean)
-    baseline = next(o for o in outcomes if o.setting.arm in ("real", "b"))
+def gan_share(outcomes: list[Outcome], rare: list[int]) -> GanShare:
+    counted = [o for o in outcomes if not o.setting.ceiling]
+    with_gan = max((o.best_scored(rare) for o in counted if o.setting.uses_gan), key=lambda scored: scored.mean)
+    without_gan = max((o.best_scored(rare) for o in counted if not o.setting.uses_gan), key=lambda scored: scored.mean)
+    baseline = next(o for o in outcomes if o.setting.arm in ("real", "b")).best_scored(rare)
+    ceiling = next((o.best_scored(rare) for o in outcomes if o.setting.arm == "ceiling-true"), None)
     share = with_gan.mean - without_gan.mean
     noise = max(with_gan.std, without_gan.std)
     helps = share > noise
     warning = None
     if share <= 0:
-        warning = (f"The GAN's samples add nothing here: the best setting with them ({with_gan.setting.name}) is "
-                   f"{-100 * share:.2f} points below the best without them ({without_gan.setting.name}). Train without "
+        warning = (f"The GAN's samples add nothing here: the best setting with them ({with_gan.label}) is "
+                   f"{-100 * share:.2f} points below the best without them ({without_gan.label}). Train without "
                    "them, or train a better GAN.")
     elif not helps:
         warning = (f"The GAN's share (+{100 * share:.2f} points) is within the seed-to-seed noise "
                    f"(std {100 * with_gan.std:.2f} and {100 * without_gan.std:.2f}): not shown to help.")
-    return GanShare(with_gan, without_gan, share, with_gan.mean - baseline.mean, helps, warning)
+    ceiling_gain = None if ceiling is None else ceiling.mean - without_gan.mean
+    captured = share / ceiling_gain if ceiling_gain is not None and ceiling_gain > 0 else None
+    return GanShare(with_gan, without_gan, share, with_gan.rare_mean - without_gan.rare_mean,
+                    with_gan.mean - baseline.mean, helps, warning, ceiling, captured)

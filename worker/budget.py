@@ -93,7 +93,7 @@ def measure_rates(spec: TrainSpec, settings: Settings) -> Rates:
     the guide: what a guidance step costs does not depend on what the teacher learned. Nothing is stored."""
     device = pick_device()
     data = load_dataset(spec.dataset, settings, "train", image_size=spec.image_size, channels=spec.channels,
-                        limit=spec.limit, per_class=spec.per_class, seed=spec.seed)
+                        limit=spec.limit, per_class=spec.per_class, seed=spec.seed, imbalance=spec.imbalance)
     recipe = job_recipe(spec, data)
     config = gan_config(spec, data)
     state = new_state(spec, config, device)

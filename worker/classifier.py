@@ -164,11 +164,15 @@ def train_classifier(
 
 
 @torch.no_grad()
+def logits_of_images(model: Classifier, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """MODEL's logits (N, K) of uint8 IMAGES (N, C, H, W), in float32."""
+    return torch.cat([model(images[start : start + batch_size]).float() for start in range(0, len(images), batch_size)])
+
+
 def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        correct += int((model(images[start : start + batch_size]).argmax(1) == labels[start : start + batch_size]).sum())
-    return correct / max(len(images), 1)
+    if not len(images):
+        return 0.0
+    return float((logits_of_images(model, images, batch_size).argmax(1) == labels).float().mean())
 
 
 @torch.no_grad()

@@ -40,6 +40,7 @@ from shared.datasets import (
     scan_image_folder,
 )
 from shared.settings import Settings
+from shared.specs import long_tail_counts
 
 SPLITS = ("train", "test")
 FAKE_TRAIN_SIZE = 640
@@ -76,12 +77,14 @@ def load_dataset(
     limit: int | None = None,
     per_class: int | None = None,
     seed: int = 0,
+    imbalance: float | None = None,
 ) -> ImageData:
     """Decode SPLIT of dataset NAME into uint8 tensors at IMAGE_SIZE x IMAGE_SIZE with CHANNELS channels.
 
     IMAGE_SIZE and CHANNELS default to the dataset's own. PER_CLASS keeps, for every class, the first PER_CLASS
-    images of a permutation seeded by SEED (classes with fewer keep them all); LIMIT then keeps the first LIMIT
-    images. Kept images stay in dataset order. ``fake`` images are generated from SEED.
+    images of a permutation seeded by SEED (classes with fewer keep them all); with IMBALANCE, the subset is
+    long-tailed instead: class c keeps ``long_tail_counts(PER_CLASS, IMBALANCE, K, SEED)[c]``. LIMIT then keeps the
+    first LIMIT images. Kept images stay in dataset order. ``fake`` images are generated from SEED.
     Raises DatasetNotFound when the dataset is missing, ValueError for bad arguments or corrupt files, and
     pickle.UnpicklingError (naming the file) for a CIFAR-10 batch that holds anything but arrays.
     """
@@ -90,7 +93,8 @@ def load_dataset(
         folder = scan_image_folder(name, settings)
         info = folder.info
         size = image_size or info.native_size
-        images, labels = _load_image_folder(folder, split, size, channels or info.channels, limit, per_class, seed)
+        images, labels = _load_image_folder(folder, split, size, channels or info.channels, limit, per_class, seed,
+                                            imbalance)
     else:
         info = locate_dataset(name, settings)
         if name == "fake":
@@ -99,7 +103,7 @@ def load_dataset(
             images, labels = _load_fashion_mnist(Path(info.location), split)
         else:
             images, labels = _load_cifar10(Path(info.location), split, info.num_classes)
-        keep = _select(labels, limit, per_class, seed)
+        keep = _select(labels, limit, per_class, seed, imbalance)
         if keep is not None:
             images, labels = images[keep], labels[keep]
     images = _convert(images, image_size or info.native_size, channels or info.channels)
@@ -118,7 +122,8 @@ def _check_arguments(
             raise ValueError(f"{argument}={value!r} must be a positive integer")
 
 
-def _select(labels: torch.Tensor, limit: int | None, per_class: int | None, seed: int) -> torch.Tensor | None:
+def _select(labels: torch.Tensor, limit: int | None, per_class: int | None, seed: int,
+            imbalance: float | None = None) -> torch.Tensor | None:
     """Indices to keep (sorted), or None to keep everything."""
     if limit is None and per_class is None:
         return None
@@ -127,7 +132,9 @@ def _select(labels: torch.Tensor, limit: int | None, per_class: int | None, seed
         # A seeded permutation first, so that files sorted by source or date do not bias the sample.
         order = torch.randperm(labels.shape[0], generator=torch.Generator().manual_seed(seed))
         shuffled = labels[order]
-        keep = torch.cat([order[shuffled == label][:per_class] for label in labels.unique()]).sort().values
+        counts = (long_tail_counts(per_class, imbalance, int(labels.max()) + 1, seed) if imbalance
+                  else [per_class] * (int(labels.max()) + 1))
+        keep = torch.cat([order[shuffled == label][: counts[label]] for label in labels.unique().tolist()]).sort().values
     return keep[:limit] if limit is not None else keep
 
 
@@ -241,7 +248,8 @@ def _make_fake(split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _load_image_folder(
-    folder: ImageFolder, split: str, size: int, channels: int, limit: int | None, per_class: int | None, seed: int
+    folder: ImageFolder, split: str, size: int, channels: int, limit: int | None, per_class: int | None, seed: int,
+    imbalance: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     pairs = folder.split(split)
     if not pairs:
@@ -251,7 +259,7 @@ def _load_image_folder(
         )
     labels = torch.tensor([label for _, label in pairs], dtype=torch.int64)
     # Select before decoding: decoding is the expensive part of an image folder.
-    keep = _select(labels, limit, per_class, seed)
+    keep = _select(labels, limit, per_class, seed, imbalance)
     if keep is not None:
         pairs, labels = [pairs[index] for index in keep.tolist()], labels[keep]
     mode = "L" if channels == 1 else "RGB"
@@ -288,15 +296,24 @@ __all__ = ["ImageData", "load_dataset", "read_idx", "LUMA_WEIGHTS", "SPLITS"]
 
 def held_out_split(
     name: str, settings: Settings, per_class: int, seed: int, size: int, image_size: int | None = None,
-    channels: int | None = None,
-) -> ImageData:
-    """SIZE images of the training split that the PER_CLASS/SEED subset (:func:`load_dataset`) leaves out: a validation
-    split for choosing recipes and settings, so that the test split is touched by final figures only."""
+    channels: int | None = None, imbalance: float | None = None, pool_per_class: int = 0,
+) -> tuple[ImageData, ImageData]:
+    """Two disjoint sets of training-split images that the PER_CLASS/SEED/IMBALANCE subset (:func:`load_dataset`)
+    leaves out: SIZE images as a validation split, for choosing recipes and settings so that the test split is
+    touched by final figures only; and up to POOL_PER_CLASS further images of every class, real images that can
+    stand where a generator's samples go (the study's ceiling: a perfect generator)."""
     full = load_dataset(name, settings, "train", image_size=image_size, channels=channels)
-    subset = _select(full.labels, None, per_class, seed)
+    subset = _select(full.labels, None, per_class, seed, imbalance)
     outside = torch.ones(len(full), dtype=torch.bool)
     if subset is not None:
         outside[subset] = False
     candidates = torch.nonzero(outside).flatten()
-    chosen = candidates[torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed + 1))[:size]].sort().values
-    return ImageData(images=full.images[chosen], labels=full.labels[chosen], info=full.info)
+    shuffled = candidates[torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed + 1))]
+    validation, rest = shuffled[:size].sort().values, shuffled[size:]
+    pool = torch.cat([rest[full.labels[rest] == label][:pool_per_class] for label in full.labels.unique().tolist()])
+    pool = pool.sort().values
+
+    def part(indices: torch.Tensor) -> ImageData:
+        return ImageData(images=full.images[indices], labels=full.labels[indices], info=full.info)
+
+    return part(validation), part(pool)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -26,14 +27,15 @@ from shared.specs import AUTO_TEACHER_MEMBERS, EvaluateSpec, TrainSpec
 from shared.storage import Storage, join_key
 from worker.augmentation_study import (
     SMALL_CNN,
-    STUDY_ARMS,
     ExperimentData,
     GanShare,
     Outcome,
+    Scored,
     Verdict,
     filter_by_confidence,
     gan_share,
     run_sweep,
+    study_arms,
     sweep,
     sweep_steps,
     verdict,
@@ -156,9 +158,10 @@ def _quality_table(quality: Quality, cas: float, real_accuracy: float) -> str:
         f"| CAS: trained on synthetic only, tested on real | {cas:.4f} |",
         f"| the same classifier trained on real data | {real_accuracy:.4f} |",
         f"| CAS / real | {cas / max(real_accuracy, 1e-9):.3f} |",
-        "", "| class | FID |", "|---|---|",
+        "", "| class | FID | recall | label accuracy |", "|---|---|---|---|",
     ]
-    lines += [f"| {name} | {value:.2f} |" for name, value in quality.per_class_fid.items()]
+    lines += [f"| {name} | {value:.2f} | {quality.per_class_recall.get(name, float('nan')):.3f} | "
+              f"{quality.per_class_label_accuracy.get(name, float('nan')):.3f} |" for name, value in quality.per_class_fid.items()]
     return "\n".join(lines)
 
 
@@ -222,7 +225,8 @@ def accuracy_chart(outcomes: list[Outcome]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"real": "#4c72b0", "mixup": "#8172b3", "gan-hard": "#dd8452", "gan-soft": "#c44e52", "both": "#55a868",
+    colours = {"real": "#4c72b0", "balanced": "#64b5cd", "mixup": "#8172b3", "gan-hard": "#dd8452", "gan-soft": "#c44e52",
+               "gan-agree": "#55a868", "ceiling-teacher": "#bbbbbb", "ceiling-true": "#999999",
                "a": "#888888", "b": "#4c72b0", "c": "#dd8452", "d": "#55a868"}
     figure, axes = plt.subplots(figsize=(10, 0.32 * len(outcomes) + 1.2))
     positions = range(len(outcomes))[::-1]
@@ -239,23 +243,49 @@ def accuracy_chart(outcomes: list[Outcome]) -> bytes:
     return buffer.getvalue()
 
 
+def _plus_minus(values: tuple[float, float]) -> str:
+    return f"{100 * values[0]:.2f} +- {100 * values[1]:.2f}"
+
+
+def _utility_rows(outcomes: list[Outcome], rare: list[int]) -> list[str]:
+    """One row per setting: accuracy, balanced accuracy and the rarest third's, plain and logit-adjusted."""
+    rows = ["| setting | accuracy | balanced accuracy | with logit adjustment | rarest third | rarest third, adjusted |",
+            "|---|---|---|---|---|---|"]
+    for outcome in outcomes:
+        plain, adjusted = outcome.scored(False, rare), outcome.scored(True, rare)
+        rows.append(f"| {outcome.setting.name} | {_plus_minus((outcome.mean, outcome.std))} | "
+                    f"{_plus_minus((plain.mean, plain.std))} | {_plus_minus((adjusted.mean, adjusted.std))} | "
+                    f"{_plus_minus((plain.rare_mean, plain.rare_std))} | {_plus_minus((adjusted.rare_mean, adjusted.rare_std))} |")
+    return rows
+
+
+def _share_lines(share: GanShare, imbalanced: bool) -> list[str]:
+    def side(scored: Scored) -> str:
+        return f"{scored.label} ({_plus_minus((scored.mean, scored.std))})"
+
+    lines = [
+        f"- The GAN's own share: **{100 * share.share:+.2f} points** of balanced accuracy: best with GAN samples, "
+        f"{side(share.with_gan)}, minus best without, {side(share.without_gan)}.",
+        f"- Best with GAN samples over the real arm (its better scoring): **{100 * share.over_real:+.2f} points**.",
+    ]
+    if imbalanced:
+        lines.append(f"- The rarest third's accuracy, the same two arms: **{100 * share.rare_share:+.2f} points** "
+                     f"({100 * share.with_gan.rare_mean:.2f} against {100 * share.without_gan.rare_mean:.2f}).")
+    if share.ceiling is not None and share.ceiling_gain is not None:
+        captured = "nothing of it" if share.captured is None else f"{100 * max(share.captured, 0.0):.0f} % of it"
+        lines.append(f"- Ceiling (real held-out images with their true labels in the GAN's place): "
+                     f"{100 * share.ceiling.mean:.2f}, {100 * share.ceiling_gain:+.2f} points over the best arm without "
+                     f"the GAN; the GAN captures {captured}.")
+    if share.warning:
+        lines.append(f"- **WARNING: {share.warning}**")
+    return lines
+
+
 def _utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[Outcome], share: GanShare,
                       sweep_result: Verdict | None, gan: dict[str, Any], feature_note: str, seconds: float) -> str:
-    means = {o.setting.arm: o.mean for o in outcomes if o.setting.arm in ("real", "a", "b")}
-    rows = ["| setting | accuracy (mean) | std | vs its baseline | per seed |", "|---|---|---|---|---|"]
-    for outcome in outcomes:
-        baseline = means.get(outcome.setting.baseline)
-        versus = "" if outcome.setting.arm in ("real", "a", "b") or baseline is None else f"{100 * (outcome.mean - baseline):+.2f}"
-        seeds = ", ".join(f"{100 * value:.2f}" for value in outcome.accuracies)
-        rows.append(f"| {outcome.setting.name} | {100 * outcome.mean:.2f} | {100 * outcome.std:.2f} | {versus} | {seeds} |")
-    verdict_lines = [
-        f"- The GAN's own share: **{100 * share.share:+.2f} points**: best with GAN samples, {share.with_gan.setting.name} "
-        f"({100 * share.with_gan.mean:.2f} +- {100 * share.with_gan.std:.2f}), minus best without, "
-        f"{share.without_gan.setting.name} ({100 * share.without_gan.mean:.2f} +- {100 * share.without_gan.std:.2f}).",
-        f"- Best with GAN samples over the classic-augmentation baseline: **{100 * share.over_real:+.2f} points**.",
-    ]
-    if share.warning:
-        verdict_lines.append(f"- **WARNING: {share.warning}**")
+    imbalanced = spec.imbalance > 1
+    rare = data.rarest_third()
+    verdict_lines = _share_lines(share, imbalanced)
     if sweep_result is not None:
         verdict_lines += [
             f"- Sweep: (c) - (a), best setting: {100 * sweep_result.delta_c:+.2f} points ({sweep_result.best_c.setting.name}); "
@@ -263,16 +293,23 @@ def _utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[O
         ]
     held_out = f"{len(data.test_images)} real {'test' if spec.holdout == 'test' else 'validation (training-split)'} images"
     teacher = gan.get("teacher") or {}
+    counts = torch.bincount(data.real_labels, minlength=data.num_classes).tolist()
+    subset = (f"a long-tailed subset of {len(data.real_images)} real images ({spec.per_class} of the commonest class "
+              f"down to {min(counts)} of the rarest, imbalance {spec.imbalance:g}; per class: "
+              f"{', '.join(map(str, counts))}; rarest third: classes {', '.join(map(str, rare))})"
+              if imbalanced else f"{spec.per_class} real images per class")
     return "\n".join([
-        f"# Does synthetic data help? {spec.dataset}, {spec.per_class} real images per class", "",
+        f"# Does synthetic data help? {spec.dataset}, {subset}", "",
         *verdict_lines, "",
         f"The GAN (`{gan['job_id']}`, {gan['steps']} steps, width {gan['config']['width']}) and its teacher "
         f"({teacher.get('members', 0)} classifiers of width {teacher.get('width', '-')}) were trained on the same "
         f"{len(data.real_images)} real images as the classifiers and on nothing else. Every setting trains the same "
         f"small CNN for {spec.classifier_steps} steps with per-sample random crop and flip (unless it says otherwise), "
-        f"{spec.seeds} seeds, tested on {held_out}; settings with a second batch see {data.extra_batch} extra inputs per "
-        "step. Accuracies in %.", "",
-        *rows, "",
+        f"{spec.seeds} seeds, tested on {held_out} (balanced over classes); settings with a second batch see "
+        f"{data.extra_batch} extra inputs per step, drawn class-balanced from their pool. Logit adjustment subtracts "
+        "the log of the label prior each classifier was trained on. Accuracies in %, mean +- std over seeds; "
+        "ceiling arms are shown, not counted.", "",
+        *_utility_rows(outcomes, rare), "",
         f"Sample quality of the GAN: {feature_note}", "",
         "Images: `accuracy.png` (bars with one-standard-deviation error bars), `grid.png` (real left, generated "
         "right, one row per class), `losses.png` (the GAN's training).", "",
@@ -284,16 +321,50 @@ def _gan_spec(spec: EvaluateSpec, gan_id: str) -> TrainSpec:
     """The study's GAN: augment train's defaults on the real subset only, with a teacher for the soft labels whose
     classifiers train as long as the study's."""
     assert spec.dataset is not None
-    chosen = {name: value for name, value in (("steps", spec.gan_steps), ("width", spec.gan_width)) if value is not None}
+    chosen: dict[str, Any] = {name: value for name, value in (("steps", spec.gan_steps), ("width", spec.gan_width))
+                              if value is not None}
+    if spec.imbalance > 1:
+        chosen["imbalance"] = spec.imbalance
     return TrainSpec.from_dict({"job_id": gan_id, "dataset": spec.dataset, "per_class": spec.per_class, "seed": spec.seed,
                                 "teacher": AUTO_TEACHER_MEMBERS, "teacher_steps": spec.classifier_steps, **chosen})
 
 
-def _held_out(spec: EvaluateSpec, settings: Settings, image_size: int, channels: int) -> ImageData:
+def _subset_imbalance(spec: EvaluateSpec) -> float | None:
+    return spec.imbalance if spec.imbalance > 1 else None
+
+
+def _held_out(spec: EvaluateSpec, settings: Settings, image_size: int, channels: int) -> tuple[ImageData, ImageData]:
+    """The images every classifier is scored on, and the ceiling arms' pool of real images outside them and the subset."""
     assert spec.dataset is not None
-    if spec.holdout == "validation":
-        return held_out_split(spec.dataset, settings, spec.per_class, spec.seed, spec.validation_size, image_size, channels)
-    return _test_split(spec, settings, spec.dataset, image_size, channels)
+    validating = spec.holdout == "validation"
+    validation, pool = held_out_split(spec.dataset, settings, spec.per_class, spec.seed,
+                                      spec.validation_size if validating else 0, image_size, channels,
+                                      _subset_imbalance(spec), spec.samples_per_class)
+    return (validation if validating else _test_split(spec, settings, spec.dataset, image_size, channels)), pool
+
+
+def _quality_note(quality: Quality, feature_space: str, rare_names: list[str]) -> str:
+    """The GAN's sample quality in one paragraph: overall, per class, and the rarest third's."""
+    worst = max(quality.per_class_fid, key=quality.per_class_fid.__getitem__)
+
+    def rare_mean(per_class: dict[str, float]) -> str:
+        values = [per_class[name] for name in rare_names if name in per_class]
+        return f"{statistics.fmean(values):.3f}" if values else "-"
+
+    return (f"FID {quality.fid:.2f}, precision {quality.precision:.3f}, recall {quality.recall:.3f}, "
+            f"label accuracy {quality.label_accuracy:.3f}; per-class FID "
+            f"{min(quality.per_class_fid.values()):.1f}-{quality.per_class_fid[worst]:.1f} (worst: {worst}); the "
+            f"rarest third ({', '.join(rare_names)}): FID {rare_mean(quality.per_class_fid)}, recall "
+            f"{rare_mean(quality.per_class_recall)}, label accuracy {rare_mean(quality.per_class_label_accuracy)} "
+            f"(feature space: {feature_space}; report.json has every class).")
+
+
+def _outcome_record(outcome: Outcome, rare: list[int]) -> dict[str, Any]:
+    plain, adjusted = outcome.scored(False, rare), outcome.scored(True, rare)
+    return {"setting": asdict(outcome.setting), "accuracies": outcome.accuracies, "mean": outcome.mean, "std": outcome.std,
+            "scores": [asdict(scores) for scores in outcome.scores],
+            "balanced": plain.mean, "balanced_std": plain.std, "balanced_adjusted": adjusted.mean,
+            "balanced_adjusted_std": adjusted.std, "rare": plain.rare_mean, "rare_adjusted": adjusted.rare_mean}
 
 
 def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None,
@@ -304,7 +375,8 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     progress = _stopping(progress, should_stop, spec.job_id)
     assert spec.dataset is not None  # the spec requires it for this mode
     started = time.perf_counter()
-    subset = load_dataset(spec.dataset, settings, "train", per_class=spec.per_class, seed=spec.seed)
+    subset = load_dataset(spec.dataset, settings, "train", per_class=spec.per_class, seed=spec.seed,
+                          imbalance=_subset_imbalance(spec))
     image_size, channels = subset.images.shape[-1], subset.images.shape[1]
     num_classes = len(subset.info.class_names)
     gan_spec = _gan_spec(spec, f"{spec.job_id}-gan"[:64])
@@ -322,11 +394,12 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     assert teacher is not None  # the spec asks for one
     pool_per_class = max(spec.samples_per_class, round(max(spec.ratio_list) * spec.per_class) if spec.sweep else 0)
     synthetic, synthetic_labels = sample_balanced(generator, pool_per_class, spec.seed + 1)
-    held_out = _held_out(spec, settings, image_size, channels)
+    held_out, pool = _held_out(spec, settings, image_size, channels)
     data = ExperimentData(subset.images, subset.labels, synthetic, synthetic_labels, held_out.images, held_out.labels,
                           num_classes, teacher=teacher, synthetic_probs=teacher.probs(synthetic),
-                          extra_batch=SMALL_CNN["batch_size"])
-    settings_list = list(STUDY_ARMS)
+                          extra_batch=SMALL_CNN["batch_size"], ceiling_images=pool.images, ceiling_labels=pool.labels,
+                          ceiling_probs=teacher.probs(pool.images))
+    settings_list = study_arms(spec.imbalance > 1, ceiling=len(pool) > 0)
     if spec.sweep:
         progress(StageProgress("confidence filter"))
         filter_by_confidence(data, spec.classifier_steps, spec.seed)
@@ -337,16 +410,13 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     feature_space, inception = _feature_space(spec, reference_meta)
     quality = measure_quality(reference, held_out.images, held_out.labels, synthetic, synthetic_labels,
                               list(subset.info.class_names), feature_space, inception)
-    worst = max(quality.per_class_fid, key=quality.per_class_fid.__getitem__)
-    feature_note = (f"FID {quality.fid:.2f}, precision {quality.precision:.3f}, recall {quality.recall:.3f}, "
-                    f"label accuracy {quality.label_accuracy:.3f}; per-class FID "
-                    f"{min(quality.per_class_fid.values()):.1f}-{quality.per_class_fid[worst]:.1f} (worst: {worst}) "
-                    f"(feature space: {feature_space}; report.json has every class).")
+    rare = data.rarest_third()
+    feature_note = _quality_note(quality, feature_space, [subset.info.class_names[label] for label in rare])
 
     arms = StageMeter(f"the study's classifiers ({len(settings_list)} settings x {spec.seeds} seeds)",
                       sweep_steps(settings_list, spec.seeds, spec.classifier_steps), progress)
     outcomes = run_sweep(data, settings_list, spec.seeds, spec.classifier_steps, arms)
-    share = gan_share(outcomes)
+    share = gan_share(outcomes, rare)
     sweep_result = verdict([o for o in outcomes if o.setting.arm in "abcd"]) if spec.sweep else None
     seconds = time.perf_counter() - started
     images = {"accuracy.png": accuracy_chart(outcomes), "grid.png": _class_grid(held_out, synthetic, synthetic_labels, num_classes)}
@@ -355,13 +425,17 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     report = {
         "spec": spec.to_dict(), "gan": gan_spec.job_id, "gan_steps": card["steps"], "teacher": card.get("teacher"),
         "real_images": len(subset), "held_out_images": len(held_out), "holdout": spec.holdout,
-        "outcomes": [{"setting": asdict(o.setting), "accuracies": o.accuracies, "mean": o.mean, "std": o.std} for o in outcomes],
-        "gan_share": share.share, "gan_over_real": share.over_real, "best_with_gan": share.with_gan.setting.name,
-        "best_without_gan": share.without_gan.setting.name, "helps": share.helps, "warning": share.warning,
+        "imbalance": spec.imbalance, "class_counts": torch.bincount(subset.labels, minlength=num_classes).tolist(),
+        "rarest_third": rare,
+        "outcomes": [_outcome_record(o, rare) for o in outcomes],
+        "gan_share": share.share, "gan_over_real": share.over_real, "best_with_gan": share.with_gan.label,
+        "best_without_gan": share.without_gan.label, "helps": share.helps, "warning": share.warning,
+        "rare_share": share.rare_share, "ceiling": None if share.ceiling is None else share.ceiling.mean,
+        "ceiling_gain": share.ceiling_gain, "captured": share.captured,
         "sweep": None if sweep_result is None else {"delta_c": sweep_result.delta_c, "delta_d": sweep_result.delta_d,
                                                     "best": sweep_result.best.setting.name},
         "quality": asdict(quality), "reference": reference_meta, "seconds": seconds, "created_at": _now(),
     }
     written = _write_report(storage, spec.job_id, markdown, report, images)
-    return written | {"gan_share": share.share, "gan_over_real": share.over_real, "best": share.with_gan.setting.name,
+    return written | {"gan_share": share.share, "gan_over_real": share.over_real, "best": share.with_gan.label,
                       "warning": share.warning}

@@ -41,7 +41,7 @@ from shared.storage import Storage
 from worker.checkpoint import load_model
 from worker.images import to_uint8
 from worker.model import Generator
-from worker.teacher import Teacher, load_teacher
+from worker.teacher import Teacher, load_teacher, sample_targets
 
 log = logging.getLogger("augment.generate")
 # PNG encoding runs in these threads while the generator samples the next batch (zlib and torch release the GIL).
@@ -133,7 +133,8 @@ def render_shard(spec: GenerateSpec, model: LoadedModel, shard_index: int) -> tu
 
     Batch k's PNG encoding and tar members are made in worker threads while batch k+1 is sampled (torch and
     zlib release the GIL); the tar is assembled in order. A model with a teacher adds each sample's class
-    probabilities to its metadata (``probs``), rounded to PROBS_DECIMALS.
+    probabilities (``probs``) and its training target by SPEC's rule (``target``) to its metadata, rounded to
+    PROBS_DECIMALS.
     """
     generator, card, teacher = model.generator, model.card, model.teacher
     config = generator.config
@@ -146,7 +147,7 @@ def render_shard(spec: GenerateSpec, model: LoadedModel, shard_index: int) -> tu
     noise = torch.randn(stop - start, config.nz, generator=rng) * spec.noise_scale  # (S, nz), drawn on CPU: same bytes on any device
     class_names = card.get("class_names") or []
 
-    def records(offset: int, pixels: np.ndarray, probs: np.ndarray | None) -> list[bytes]:
+    def records(offset: int, pixels: np.ndarray, probs: np.ndarray | None, targets: np.ndarray | None) -> list[bytes]:
         made = []
         for row, png in enumerate(encode_pngs(pixels)):
             index, label = start + offset + row, int(labels[offset + row])
@@ -159,8 +160,9 @@ def render_shard(spec: GenerateSpec, model: LoadedModel, shard_index: int) -> tu
                 "shard": shard_index,
                 "index": index,
             }
-            if probs is not None:
+            if probs is not None and targets is not None:
                 meta["probs"] = [round(float(p), PROBS_DECIMALS) for p in probs[row]]
+                meta["target"] = [round(float(p), PROBS_DECIMALS) for p in targets[row]]
             made.append(sample_record(Sample(sample_key(index), png, label, meta)))
         return made
 
@@ -170,8 +172,13 @@ def render_shard(spec: GenerateSpec, model: LoadedModel, shard_index: int) -> tu
             batch_labels = torch.from_numpy(labels[offset : offset + spec.batch_size]).to(device) if config.conditional else None
             images = to_uint8(generator(noise[offset : offset + spec.batch_size].to(device), batch_labels))
             pixels = images.permute(0, 2, 3, 1).cpu().numpy()  # (b, H, W, C) uint8
-            probs = teacher.probs(images).numpy() if teacher is not None else None  # (b, K)
-            batches.append((offset, encoder.submit(records, offset, pixels, probs)))
+            probs = targets = None
+            if teacher is not None:
+                teacher_probs = teacher.probs(images)  # (b, K)
+                probs = teacher_probs.numpy()
+                # an unconditional sample has no label of its own: the teacher's view is its only target
+                targets = probs if batch_labels is None else sample_targets(spec.targets, batch_labels.cpu(), teacher_probs).numpy()
+            batches.append((offset, encoder.submit(records, offset, pixels, probs, targets)))
         writer = ShardWriter()
         for offset, made in batches:
             for row, record in enumerate(made.result()):

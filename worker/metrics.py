@@ -122,6 +122,9 @@ class Quality:
     real_classifier_score: float  # the same score on real test images: the ceiling to compare with
     label_accuracy: float  # the reference classifier agrees with the label each sample was generated for
     per_class_fid: dict[str, float]
+    # by class name, as per_class_fid: recall among the class's own real images, and label accuracy of its samples
+    per_class_recall: dict[str, float]
+    per_class_label_accuracy: dict[str, float]
 
 
 def measure_quality(
@@ -132,11 +135,16 @@ def measure_quality(
     extractor = inception if inception is not None else FeatureExtractor(classifier)
     kid, kid_std = kernel_distance(extractor, real, fake)
     precision, recall = precision_recall(extractor, real, fake)
-    per_class = {
-        name: frechet_distance(extractor, real[real_labels == label], fake[fake_labels == label])
-        for label, name in enumerate(class_names)
-        if int((real_labels == label).sum()) > 1 and int((fake_labels == label).sum()) > 1
-    }
+    def present(label: int, least: int) -> bool:
+        return int((real_labels == label).sum()) >= least and int((fake_labels == label).sum()) >= least
+
+    scored = [(label, name) for label, name in enumerate(class_names) if present(label, 2)]
+    per_class = {name: frechet_distance(extractor, real[real_labels == label], fake[fake_labels == label])
+                 for label, name in scored}
+    per_class_recall = {name: precision_recall(extractor, real[real_labels == label], fake[fake_labels == label])[1]
+                        for label, name in scored if present(label, 4)}  # k=3 neighbours and the point itself
+    per_class_label_accuracy = {name: accuracy(classifier, fake[fake_labels == label], fake_labels[fake_labels == label])
+                                for label, name in scored}
     return Quality(
         feature_space=feature_space,
         fid=frechet_distance(extractor, real, fake),
@@ -148,4 +156,6 @@ def measure_quality(
         real_classifier_score=classifier_score(classifier, real),
         label_accuracy=accuracy(classifier, fake, fake_labels),
         per_class_fid=per_class,
+        per_class_recall=per_class_recall,
+        per_class_label_accuracy=per_class_label_accuracy,
     )

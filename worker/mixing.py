@@ -26,8 +26,8 @@ class MixedSample(NamedTuple):
 
     image: torch.Tensor  # (C, H, W) uint8
     label: int  # the real label, or the class a synthetic sample was generated for
-    target: torch.Tensor  # (K,) float32 class probabilities: the teacher's for synthetic samples of a job that has
-    # one (soft targets), else one-hot of LABEL; train with cross-entropy against it (see the README)
+    target: torch.Tensor  # (K,) float32 class probabilities: for a synthetic sample of a job with a teacher, the
+    # target its job chose (SyntheticSample.target), else one-hot of LABEL; train with cross-entropy against it
     synthetic: bool
     key: str  # names the sample: "real/17", "<job>/000000042"
 
@@ -116,8 +116,8 @@ class MixedDataset(IterableDataset[MixedSample]):
         for sample, _ in zip(samples, range(unit.limit), strict=False):
             pixels = sample.image[:, :, None] if sample.image.ndim == 2 else sample.image
             image = torch.from_numpy(pixels.transpose(2, 0, 1).copy())  # (C, H, W); the decoded array is read-only
-            probs = sample.probs
-            target = torch.from_numpy(probs) if probs is not None else self._one_hot(sample.label)
+            chosen = sample.target
+            target = torch.from_numpy(chosen) if chosen is not None else self._one_hot(sample.label)
             yield MixedSample(image, sample.label, target, True, f"{job.manifest.job_id}/{sample.meta['index']:09d}")
 
     def _one_hot(self, label: int) -> torch.Tensor:

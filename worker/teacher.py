@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from shared.layout import teacher_key
 from shared.progress import shifted
-from shared.specs import Recipe, TrainSpec
+from shared.specs import Recipe, TargetRule, TrainSpec
 from shared.storage import Storage
 from worker.classifier import TEACHER_KIND, Classifier, classifiers_from_bytes, classifiers_to_bytes, train_classifier
 from worker.data import ImageData
@@ -48,6 +48,19 @@ class Teacher:
         """The teacher on DEVICE, in eval mode, without gradients of its own: a fixed guide for a generator."""
         members = [member.to(device).eval().requires_grad_(False) for member in self.members]
         return Teacher(members, self.meta)
+
+
+def sample_targets(rule: TargetRule, labels: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """The training targets (N, K) of synthetic samples generated for LABELS (N,), whose teacher probabilities are
+    PROBS (N, K), by RULE (shared/specs.py TargetRule): the conditioning label, the teacher, or the label where the
+    teacher's top class agrees with it and the teacher where it does not."""
+    hard = F.one_hot(labels, probs.shape[1]).to(probs.dtype)
+    if rule == "hard":
+        return hard
+    if rule == "teacher":
+        return probs
+    agrees = probs.argmax(1) == labels
+    return torch.where(agrees[:, None], hard, probs)
 
 
 def train_teacher(spec: TrainSpec, recipe: Recipe, data: ImageData, after_step: Callable[[int], None] = lambda step: None) -> Teacher:

@@ -329,7 +329,7 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
     try:
         device = pick_device()
         data = load_dataset(spec.dataset, settings, "train", image_size=spec.image_size, channels=spec.channels,
-                            limit=spec.limit, per_class=spec.per_class, seed=spec.seed)
+                            limit=spec.limit, per_class=spec.per_class, seed=spec.seed, imbalance=spec.imbalance)
         recipe = job_recipe(spec, data)
         hooks = hooks or TrainHooks()
         stop_requested = StopPoll(hooks)
