@@ -111,6 +111,8 @@ def main() -> None:
               "steps when fewer).")
 @click.option("--guidance", type=float, help="Weight of the teacher's cross-entropy on G's samples while training: samples "
               "look more like their class; needs --teacher; 0 disables (default: 1 below 10,000 images with a teacher).")
+@click.option("--class-balanced/--no-class-balanced", default=None, help="Draw D's real batches, and so the labels G is "
+              "asked for, class-balanced, a rare class's images repeating (for long-tailed data; default: off).")
 @handle_errors
 def train(**options: Any) -> None:
     """Enqueue a GAN training job; prints the job id."""

@@ -181,6 +181,7 @@ class Recipe:
     teacher: int  # classifiers in the teacher; 0: none
     teacher_steps: int
     guidance: float
+    class_balanced: bool = False  # D's real batches, and so G's labels, drawn class-balanced
 
 
 class TrainSpec(_Spec, frozen=True):
@@ -239,6 +240,9 @@ class TrainSpec(_Spec, frozen=True):
     # to make samples that look like the class they were asked for; 0 disables; needs a teacher; None:
     # SMALL_DATA_GUIDANCE below SMALL_DATASET images when there is a teacher, else 0
     guidance: Annotated[float, Meta(ge=0.0, le=100.0)] | None = None
+    # draw D's real batches, and so the labels G is asked for, class-balanced: a rare class's images repeat so that
+    # every class gets the same share of the updates (for long-tailed data)
+    class_balanced: bool = False
     version: int = SPEC_VERSION
 
     def _check_fields_together(self) -> None:
@@ -276,6 +280,7 @@ class TrainSpec(_Spec, frozen=True):
             teacher=teacher,
             teacher_steps=self.teacher_steps if self.teacher_steps is not None else min(TEACHER_STEPS, steps),
             guidance=guidance if teacher > 0 else 0.0,
+            class_balanced=self.class_balanced,
         )
 
 
@@ -350,6 +355,7 @@ class EvaluateSpec(_Spec, frozen=True):
     seed: Seed = 0
     gan_steps: Steps | None = None  # utility: steps of the GAN trained on the subset (None: augment train's budget)
     gan_width: Width | None = None  # utility: its width (None: augment train's default; smaller for smoke runs)
+    gan_class_balanced: bool | None = None  # utility: its class_balanced (None: augment train's default)
     holdout: Holdout = "test"  # utility: score on the test split, or on a validation split of training images
     validation_size: Annotated[int, Meta(ge=10, le=1_000_000)] = 10_000  # utility: images in that validation split
     sweep: bool = False  # utility: also run the earlier sweep (ratios, weights, confidence filters, pre-training)

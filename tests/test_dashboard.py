@@ -384,6 +384,7 @@ def test_a_utility_evaluations_page_and_row_show_its_verdict(stack: Stack, brows
     browser.get(f"{stack.dashboard.url}/jobs/{job_id}")
     verdict = browser.find_element("id", "verdict").text
     assert "The synthetic data" in verdict and "the GAN's own share: " in verdict and "minus best without" in verdict
+    assert "the true-label ceiling adds" in verdict  # real held-out images in the GAN's place
     assert browser.execute_script("return document.querySelectorAll('section.report table tr').length") > 5
     browser.get(stack.dashboard.url + "/?kind=evaluate")
     wait_for(lambda: job_row_state(browser, job_id) == "SUCCESS", what="the utility job's row")

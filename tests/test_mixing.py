@@ -17,20 +17,23 @@ from shared.storage import FileStorage
 from worker.mixing import MixedDataset
 
 
-def write_job(storage: FileStorage, job_id: str, shards: list[int], size: int = 8) -> SyntheticJob:
-    """A committed generation job whose image I is filled with I % 256 and labelled I % 10."""
-    entries, index = [], 0
+def write_job(storage: FileStorage, job_id: str, shards: list[int], size: int = 8,
+              labels: list[int] | None = None) -> SyntheticJob:
+    """A committed generation job whose image I is filled with I % 256 and labelled LABELS[I] (default I % 10)."""
+    entries, index, class_counts = [], 0, Counter[str]()
     for number, count in enumerate(shards):
         writer = ShardWriter()
         for _ in range(count):
             image = np.full((size, size), index % 256, dtype=np.uint8)
-            sample = Sample(sample_key(index), encode_png(image), index % 10, {"index": index, "job": job_id})
+            label = labels[index] if labels is not None else index % 10
+            sample = Sample(sample_key(index), encode_png(image), label, {"index": index, "job": job_id})
             writer.add_record(sample_record(sample), sample.label)
             index += 1
         data = writer.finish()
+        class_counts.update({str(label): number for label, number in writer.class_counts.items()})
         storage.put_bytes(f"synthetic/{job_id}/{shard_name(number)}", data)
         entries.append(ShardEntry(shard_name(number), count, len(data), sha256_hex(data)))
-    manifest = Manifest(job_id, "t-model", entries, {}, [], size, 1, {}, "2026-11-27T00:00:00+00:00")
+    manifest = Manifest(job_id, "t-model", entries, dict(class_counts), [], size, 1, {}, "2026-11-27T00:00:00+00:00")
     storage.put_text(f"synthetic/{job_id}/manifest.json", manifest.to_json())
     return SyntheticJob(storage, job_id)
 
@@ -106,3 +109,26 @@ def test_a_ratio_beyond_the_synthetic_supply_is_refused(tmp_path: Path) -> None:
     images, labels = real_set(20)
     with pytest.raises(ValueError, match="needs 40 synthetic images but the jobs hold 10"):
         MixedDataset(images, labels, [job], ratio=2.0)
+
+
+def test_a_rebalancing_job_makes_every_epoch_class_balanced_and_anything_else_is_refused(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    images = torch.zeros(9, 1, 8, 8, dtype=torch.uint8)
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2])  # 5, 3 and 1 real images
+    job = write_job(storage, "g-fill", [3, 3], labels=[1, 1, 2, 2, 2, 2])  # the deficits: 0, 2 and 4
+    dataset = MixedDataset.class_balanced(images, labels, [job], chunk_size=4, shuffle_buffer=4)
+    assert Counter(sample.label for sample in dataset) == {0: 5, 1: 5, 2: 5} and len(dataset) == 15
+    lopsided = write_job(storage, "g-lop", [6], labels=[1, 1, 1, 2, 2, 2])
+    with pytest.raises(ValueError, match=r"per class are \[5, 6, 4\], not one count; generate with .*--rebalance"):
+        MixedDataset.class_balanced(images, labels, [lopsided])
+
+
+def test_the_reader_hands_the_chosen_target_and_falls_back_to_the_teacher_for_older_shards() -> None:
+    from shared.reader import SyntheticSample
+
+    image = np.zeros((2, 2), dtype=np.uint8)
+    chosen = SyntheticSample(image, 1, {"probs": [0.3, 0.6, 0.1], "target": [0.0, 1.0, 0.0]})
+    assert chosen.target.tolist() == [0.0, 1.0, 0.0] and chosen.probs.tolist() == pytest.approx([0.3, 0.6, 0.1])  # type: ignore[union-attr]
+    older = SyntheticSample(image, 1, {"probs": [0.3, 0.6, 0.1]})  # written before targets were chosen per sample
+    assert older.target.tolist() == pytest.approx([0.3, 0.6, 0.1])  # type: ignore[union-attr]
+    assert SyntheticSample(image, 1, {}).target is None  # no teacher: train on the label

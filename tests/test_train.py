@@ -141,3 +141,17 @@ def test_model_card_says_which_precision_trained(tmp_path):
     run_training(spec, Settings(), storage)
     card = json.loads(storage.get_text("models/t-bf16/model.json"))
     assert card["precision"] == "bf16" and card["final"]["loss_d"] > 0
+
+
+def test_a_class_balanced_schedule_gives_every_class_the_same_share_and_is_a_function_of_the_step():
+    from worker.train import BatchSchedule
+
+    labels = torch.tensor([0] * 40 + [1] * 8 + [2] * 2)  # a long tail: 40, 8 and 2 images
+    schedule = BatchSchedule(50, 10, seed=3, device=torch.device("cpu"), labels=labels)
+    epoch = torch.cat([schedule.indices(step) for step in range(schedule.steps_per_epoch)])
+    shares = torch.bincount(labels[epoch], minlength=3).tolist()
+    assert len(epoch) == 50 and max(shares) - min(shares) <= 1  # 17, 17, 16: the rare class's 2 images repeat
+    again = BatchSchedule(50, 10, seed=3, device=torch.device("cpu"), labels=labels)
+    assert torch.equal(again.indices(7), schedule.indices(7))  # resume-safe: the same batch for the same step
+    plain = BatchSchedule(50, 10, seed=3, device=torch.device("cpu"))
+    assert sorted(torch.cat([plain.indices(step) for step in range(5)]).tolist()) == list(range(50))

@@ -321,7 +321,8 @@ def _gan_spec(spec: EvaluateSpec, gan_id: str) -> TrainSpec:
     """The study's GAN: augment train's defaults on the real subset only, with a teacher for the soft labels whose
     classifiers train as long as the study's."""
     assert spec.dataset is not None
-    chosen: dict[str, Any] = {name: value for name, value in (("steps", spec.gan_steps), ("width", spec.gan_width))
+    chosen: dict[str, Any] = {name: value for name, value in (("steps", spec.gan_steps), ("width", spec.gan_width),
+                                                              ("class_balanced", spec.gan_class_balanced))
                               if value is not None}
     if spec.imbalance > 1:
         chosen["imbalance"] = spec.imbalance

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -71,6 +71,27 @@ class MixedDataset(IterableDataset[MixedSample]):
         self.num_classes = num_classes or (len(self.synthetic[0].manifest.class_names) if self.synthetic else 0) or (
             int(real_labels.max()) + 1 if len(real_labels) else 1)
         self.epoch = 0
+
+    @classmethod
+    def class_balanced(
+        cls, real_images: torch.Tensor, real_labels: torch.Tensor, synthetic: Sequence[SyntheticJob], **options: Any
+    ) -> MixedDataset:
+        """Real images plus every sample of SYNTHETIC, which must bring every class to the same count: the jobs of
+        ``augment generate --rebalance`` on the model trained on these real images. Each epoch is class-balanced."""
+        classes = max([int(real_labels.max()) + 1 if len(real_labels) else 0] +
+                      [int(label) + 1 for job in synthetic for label in job.manifest.class_counts])
+        totals = torch.bincount(real_labels, minlength=classes).tolist()
+        for job in synthetic:
+            if job.min_confidence > 0:
+                raise ValueError(f"job {job.manifest.job_id} is read with min_confidence, so its class counts are upper "
+                                 "bounds; open it without min_confidence to balance with it")
+            for label, count in job.manifest.class_counts.items():
+                totals[int(label)] += count
+        if len(set(totals)) > 1:
+            raise ValueError(f"real plus synthetic images per class are {totals}, not one count; generate with "
+                             "`augment generate --model <the model trained on these images> --rebalance`")
+        ratio = sum(len(job) for job in synthetic) / max(len(real_images), 1)
+        return cls(real_images, real_labels, synthetic, ratio, **options)
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for EPOCH (call it on every rank before each epoch, as with DistributedSampler)."""

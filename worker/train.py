@@ -163,22 +163,39 @@ def job_recipe(spec: TrainSpec, data: ImageData) -> Recipe:
 
 
 class BatchSchedule:
-    """Batch indices as a pure function of the step: epoch e uses a permutation seeded by (seed, e)."""
+    """Batch indices as a pure function of the step: epoch e uses an order seeded by (seed, e). With LABELS, each
+    epoch is class-balanced: every class fills the same share of it, a rare class's images repeating (a long-tailed
+    set's rare classes then get as many of D's real images and of G's labels as its common ones)."""
 
-    def __init__(self, num_images: int, batch_size: int, seed: int, device: torch.device):
+    def __init__(self, num_images: int, batch_size: int, seed: int, device: torch.device,
+                 labels: torch.Tensor | None = None):
         self.num_images = num_images
         self.batch_size = min(batch_size, num_images)
         self.steps_per_epoch = steps_per_epoch(num_images, batch_size)
         self.seed = seed
         self.device = device
+        self.labels = None if labels is None else labels.cpu()
         self._epoch = -1
         self._permutation = torch.empty(0, dtype=torch.long)
+
+    def _order(self, rng: torch.Generator) -> torch.Tensor:
+        if self.labels is None:
+            return torch.randperm(self.num_images, generator=rng)
+        classes = self.labels.unique().tolist()
+        share = -(-self.num_images // len(classes))
+        picks = []
+        for label in classes:
+            members = torch.nonzero(self.labels == label).flatten()
+            rounds = -(-share // len(members))
+            picks.append(torch.cat([members[torch.randperm(len(members), generator=rng)] for _ in range(rounds)])[:share])
+        balanced = torch.cat(picks)
+        return balanced[torch.randperm(len(balanced), generator=rng)][: self.num_images]
 
     def indices(self, step: int) -> torch.Tensor:
         epoch, position = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             rng = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._permutation = torch.randperm(self.num_images, generator=rng).to(self.device)
+            self._permutation = self._order(rng).to(self.device)
             self._epoch = epoch
         start = position * self.batch_size
         return self._permutation[start : start + self.batch_size]
@@ -402,7 +419,8 @@ def train_gan(
     state = resume_or_start(spec, config, storage, device)
     fns = step_functions(spec, recipe, state, device, teacher)
     layout = memory_format(spec, device)
-    schedule = BatchSchedule(len(images), spec.batch_size, spec.seed, device)
+    schedule = BatchSchedule(len(images), spec.batch_size, spec.seed, device,
+                             data.labels if recipe.class_balanced and config.conditional else None)
     steps = recipe.steps
     sample_every = spec.sample_every or schedule.steps_per_epoch
     grid_noise, grid_labels = fixed_grid_inputs(config, spec.seed, device)

@@ -375,6 +375,13 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
             f"{report['best_with_gan']}, minus best without, {report['best_without_gan']})",
             f"best with GAN samples over the real-only baseline: {100 * float(report['gan_over_real']):+.2f} points",
         ]
+        if float(report.get("imbalance") or 1) > 1:
+            lines.append(f"the rarest third's accuracy, the same two arms: {100 * float(report['rare_share']):+.2f} points")
+        if report.get("ceiling_gain") is not None:
+            captured = report.get("captured")
+            lines.append(f"the true-label ceiling adds {100 * float(report['ceiling_gain']):+.2f} points over the best arm "
+                         "without the GAN; the GAN captures "
+                         f"{'nothing of it' if captured is None else f'{100 * max(float(captured), 0.0):.0f} %'}")
         if report.get("sweep"):
             lines.append(f"sweep: (c) - (a) {100 * float(report['sweep']['delta_c']):+.2f} points, (d) - (b) "
                          f"{100 * float(report['sweep']['delta_d']):+.2f} points")
