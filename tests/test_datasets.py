@@ -383,3 +383,24 @@ def test_imagefolder_s3_on_a_real_s3_server(tmp_path: Path, s3_server) -> None:
     with pytest.raises(DatasetNotFound, match="does not exist"):
         locate_dataset(f"imagefolder:s3://missing-{bucket}/pets", settings)
     assert not s3_server.client().bucket_exists(f"missing-{bucket}")  # looking never creates a bucket
+
+
+def test_a_long_tailed_subset_follows_its_profile_and_nests_in_the_balanced_one() -> None:
+    from shared.specs import long_tail_counts
+
+    tail = load_dataset("fake", Settings(), per_class=40, imbalance=10, seed=2)
+    assert torch.bincount(tail.labels, minlength=10).tolist() == long_tail_counts(40, 10, 10, seed=2)
+    balanced = load_dataset("fake", Settings(), per_class=40, seed=2)
+    # the same seeded draw, cut shorter per class: a rare class's images are among its balanced ones
+    balanced_rows = {bytes(image.numpy().tobytes()) for image in balanced.images}
+    assert all(bytes(image.numpy().tobytes()) in balanced_rows for image in tail.images)
+
+
+def test_the_validation_split_and_the_ceiling_pool_are_disjoint_from_the_subset_and_each_other() -> None:
+    from worker.data import held_out_split
+
+    subset = load_dataset("fake", Settings(), per_class=20, imbalance=4, seed=1)
+    validation, pool = held_out_split("fake", Settings(), 20, 1, 100, imbalance=4, pool_per_class=5)
+    keys = [{image.numpy().tobytes() for image in part.images} for part in (subset, validation, pool)]
+    assert len(validation) == 100 and torch.bincount(pool.labels, minlength=10).tolist() == [5] * 10
+    assert not keys[0] & keys[1] and not keys[0] & keys[2] and not keys[1] & keys[2]

@@ -168,6 +168,9 @@ def assert_spec_error(kind: Any, data: Any, field: str, *mentions: str) -> SpecE
         (train(job_id="abc/def"), "job_id", ()),
         (train(job_id=123), "job_id", ("123",)),
         (train(job_id=None), "job_id", ()),
+        # a long tail
+        (train(imbalance=10), "imbalance", ("needs per_class",)),
+        (train(per_class=50, imbalance=0.5), "imbalance", ("0.5", "out of range", "use 1 to 1000")),
         # versions
         (train(version=2), "version", ("2", "not supported", "version 1")),
         (train(version=0), "version", ("not supported",)),
@@ -202,6 +205,7 @@ def test_invalid_train_spec(data: Any, field: str, mentions: tuple[str, ...]) ->
         (generate(model="/models/t-abc"), "model", ()),
         (generate(job_id="a" * 65), "job_id", ()),
         (generate(version=2), "version", ("not supported",)),
+        (generate(targets="soft"), "targets", ("'soft'", "agree, hard, teacher")),
         # class_counts
         (generate(count=10, class_counts={"0": 5, "1": 4}), "class_counts", ("add up to 9", "count=10")),
         (generate(count=10, class_counts={"0": 11, "1": -1}), "class_counts", ("-1", "non-negative")),
