@@ -7,7 +7,6 @@ which feature space it used.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import statistics
@@ -25,6 +24,7 @@ from shared.progress import StageMeter, StageProgress, shifted
 from shared.settings import Settings
 from shared.specs import AUTO_TEACHER_MEMBERS, EvaluateSpec, TrainSpec
 from shared.storage import Storage, join_key
+from worker import charts
 from worker.augmentation_study import (
     SMALL_CNN,
     ExperimentData,
@@ -218,29 +218,22 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def accuracy_chart(outcomes: list[Outcome]) -> bytes:
-    """Mean test accuracy per setting with one-standard-deviation error bars, coloured by arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def accuracy_chart(outcomes: list[Outcome], rare: list[int]) -> bytes:
+    """Balanced accuracy per setting (its better scoring: logit-adjusted or not) with one-standard-deviation error
+    bars, coloured by arm."""
     colours = {"real": "#4c72b0", "balanced": "#64b5cd", "mixup": "#8172b3", "gan-hard": "#dd8452", "gan-soft": "#c44e52",
                "gan-agree": "#55a868", "ceiling-teacher": "#bbbbbb", "ceiling-true": "#999999",
                "a": "#888888", "b": "#4c72b0", "c": "#dd8452", "d": "#55a868"}
-    figure, axes = plt.subplots(figsize=(10, 0.32 * len(outcomes) + 1.2))
+    scored = [outcome.best_scored(rare) for outcome in outcomes]
+    figure, axes = charts.subplots(figsize=(10, 0.32 * len(outcomes) + 1.2))
     positions = range(len(outcomes))[::-1]
-    axes.barh(list(positions), [100 * o.mean for o in outcomes], xerr=[100 * o.std for o in outcomes],
-              color=[colours[o.setting.arm] for o in outcomes], capsize=3)
-    axes.set_yticks(list(positions), [o.setting.name for o in outcomes], fontsize=8)
-    low = min(100 * (o.mean - o.std) for o in outcomes)
-    axes.set_xlim(max(0.0, low - 2), min(100.0, max(100 * (o.mean + o.std) for o in outcomes) + 1))
-    axes.set_xlabel("test accuracy (%), mean +- std over seeds")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
+    axes.barh(list(positions), [100 * s.mean for s in scored], xerr=[100 * s.std for s in scored],
+              color=[colours[s.setting.arm] for s in scored], capsize=3)
+    axes.set_yticks(list(positions), [s.label for s in scored], fontsize=8)
+    low = min(100 * (s.mean - s.std) for s in scored)
+    axes.set_xlim(max(0.0, low - 2), min(100.0, max(100 * (s.mean + s.std) for s in scored) + 1))
+    axes.set_xlabel("balanced accuracy on the held-out images (%), mean +- std over seeds")
+    return charts.png(figure)
 
 
 def _plus_minus(values: tuple[float, float]) -> str:
@@ -420,7 +413,8 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     share = gan_share(outcomes, rare)
     sweep_result = verdict([o for o in outcomes if o.setting.arm in "abcd"]) if spec.sweep else None
     seconds = time.perf_counter() - started
-    images = {"accuracy.png": accuracy_chart(outcomes), "grid.png": _class_grid(held_out, synthetic, synthetic_labels, num_classes)}
+    images = {"accuracy.png": accuracy_chart(outcomes, rare),
+              "grid.png": _class_grid(held_out, synthetic, synthetic_labels, num_classes)}
     _copy_loss_curve(storage, gan_spec.job_id, images)
     markdown = _utility_markdown(spec, data, outcomes, share, sweep_result, card, feature_note, seconds)
     report = {

@@ -3,7 +3,6 @@ the loss curve and the model card (written last: a model card means the model is
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -14,7 +13,7 @@ import torch
 from shared.layout import checkpoint_key, grid_key, loss_curve_key, model_card_key, teacher_key
 from shared.specs import Recipe, TrainSpec
 from shared.storage import Storage
-from worker import checkpoint
+from worker import charts, checkpoint
 from worker.data import ImageData
 from worker.images import fixed_grid_inputs, grid_png, real_grid_images, sample_fixed
 from worker.model import Generator
@@ -23,13 +22,8 @@ MODEL_CARD_FORMAT = 1
 
 
 def loss_curve_png(history: list[dict[str, float]]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [record["step"] for record in history]
-    figure, (losses, outputs) = plt.subplots(1, 2, figsize=(10, 3.5))
+    figure, (losses, outputs) = charts.subplots(1, 2, figsize=(10, 3.5))
     losses.plot(steps, [r["loss_d"] for r in history], label="loss_D")
     losses.plot(steps, [r["loss_g"] for r in history], label="loss_G")
     losses.set_xlabel("step")
@@ -39,11 +33,7 @@ def loss_curve_png(history: list[dict[str, float]]) -> bytes:
     outputs.set_xlabel("step")
     outputs.set_ylim(0, 1)
     outputs.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
+    return charts.png(figure)
 
 
 @dataclass(frozen=True)
