@@ -132,6 +132,24 @@ def test_generated_shards_carry_the_teachers_probabilities(taught_model: Path, t
         assert torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("rule", ["hard", "teacher", "agree"])
+def test_each_samples_target_follows_the_jobs_rule(taught_model: Path, tmp_path: Path, rule: str) -> None:
+    shutil.copytree(taught_model, tmp_path / "store")
+    storage = FileStorage(tmp_path / "store")
+    spec = GenerateSpec(job_id="g-ruled", model="t-taught", count=20, shard_size=20, targets=rule)  # type: ignore[arg-type]
+    store, dispatched = MemoryJobStore(), []
+    plan_job(spec, store, dispatched.append)
+    run_shard(spec, 0, storage, store, GeneratorCache(), torch.device("cpu"), "worker/1")
+    finalize_job(spec, storage, store, dispatched.append)
+    assert Manifest.load(storage, "g-ruled").target_rule == rule
+    for sample in SyntheticJob(storage, "g-ruled"):
+        assert sample.probs is not None and sample.target is not None
+        one_hot = [float(k == sample.label) for k in range(10)]
+        agrees = int(sample.probs.argmax()) == sample.label
+        expected = {"hard": one_hot, "teacher": sample.probs.tolist(), "agree": one_hot if agrees else sample.probs.tolist()}
+        assert sample.target.tolist() == pytest.approx(expected[rule], abs=1e-6)
+
+
 def test_filtering_by_confidence_needs_a_teacher(tmp_path: Path) -> None:
     storage = FileStorage(tmp_path)
     run_training(TrainSpec(job_id="t-plain", dataset="fake", steps=1, width=8, batch_size=16, teacher=0), Settings(), storage)
