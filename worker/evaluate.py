@@ -341,14 +341,14 @@ def _quality_note(quality: Quality, feature_space: str, rare_names: list[str]) -
     """The GAN's sample quality in one paragraph: overall, per class, and the rarest third's."""
     worst = max(quality.per_class_fid, key=quality.per_class_fid.__getitem__)
 
-    def rare_mean(per_class: dict[str, float]) -> str:
+    def rare_mean(per_class: dict[str, float], digits: int = 3) -> str:
         values = [per_class[name] for name in rare_names if name in per_class]
-        return f"{statistics.fmean(values):.3f}" if values else "-"
+        return f"{statistics.fmean(values):.{digits}f}" if values else "-"
 
     return (f"FID {quality.fid:.2f}, precision {quality.precision:.3f}, recall {quality.recall:.3f}, "
             f"label accuracy {quality.label_accuracy:.3f}; per-class FID "
             f"{min(quality.per_class_fid.values()):.1f}-{quality.per_class_fid[worst]:.1f} (worst: {worst}); the "
-            f"rarest third ({', '.join(rare_names)}): FID {rare_mean(quality.per_class_fid)}, recall "
+            f"rarest third ({', '.join(rare_names)}): FID {rare_mean(quality.per_class_fid, 1)}, recall "
             f"{rare_mean(quality.per_class_recall)}, label accuracy {rare_mean(quality.per_class_label_accuracy)} "
             f"(feature space: {feature_space}; report.json has every class).")
 
