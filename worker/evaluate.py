@@ -317,7 +317,7 @@ def _gan_spec(spec: EvaluateSpec, gan_id: str) -> TrainSpec:
     chosen: dict[str, Any] = {name: value for name, value in (("steps", spec.gan_steps), ("width", spec.gan_width),
                                                               ("class_balanced", spec.gan_class_balanced))
                               if value is not None}
-    if spec.imbalance > 1:
+    if _subset_imbalance(spec) is not None:
         chosen["imbalance"] = spec.imbalance
     return TrainSpec.from_dict({"job_id": gan_id, "dataset": spec.dataset, "per_class": spec.per_class, "seed": spec.seed,
                                 "teacher": AUTO_TEACHER_MEMBERS, "teacher_steps": spec.classifier_steps, **chosen})
