@@ -71,7 +71,9 @@ def test_cancel_stops_a_utility_evaluation_while_its_gan_trains(augment_env, sta
 
 def test_sigterm_hands_a_utility_evaluation_back_and_the_next_worker_resumes_its_gan(augment_env, start_worker):
     holder = start_worker(queues="evaluate")
-    job_id = submit_small_utility(augment_env, gan_steps=150)
+    # 400 steps: on this machine's slowest CPU the SIGTERM lands near step 50; a CPU three times faster must still be
+    # training when it does
+    job_id = submit_small_utility(augment_env, gan_steps=400)
     wait_for_stage(augment_env, job_id, "training the GAN", holder)
     assert holder.stop(timeout=60) is not None, "the worker exited by itself"
     logged = holder.log_path.read_text()

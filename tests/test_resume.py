@@ -16,7 +16,7 @@ from shared.jobs import RedisJobStore
 from shared.progress import TrainProgress
 from shared.settings import Settings
 from shared.specs import TrainSpec
-from shared.storage import FileStorage, open_storage
+from shared.storage import FileStorage, Storage, open_storage
 from shared.testing.processes import WorkerProcess, run_cli
 from worker import checkpoint
 from worker.train import TrainHooks, run_training
@@ -85,6 +85,18 @@ def wait_for_step(env: dict[str, str], job_id: str, step: int, timeout_s: float 
     raise AssertionError(f"{job_id} never reached step {step}")
 
 
+def wait_for_checkpoint_past(storage: Storage, job_id: str, step: int, timeout_s: float = 120) -> int:
+    """The step of the first checkpoint written after ``step``, polled straight from storage: the CLI's status takes
+    long enough that a fast CPU trains to the end in between."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        saved = checkpoint.from_bytes(storage.get_bytes(f"models/{job_id}/checkpoint.pt"), "checkpoint")["step"]
+        if saved > step:
+            return int(saved)
+        time.sleep(0.02)
+    raise AssertionError(f"{job_id} wrote no checkpoint past step {step}")
+
+
 @pytest.mark.integration
 def test_training_preempted_then_killed_resumes_exactly(augment_env, start_worker):
     # The shipped visibility timeout. SIGTERM first (docker stop, a spot notice): the job checkpoints and is
@@ -92,7 +104,8 @@ def test_training_preempted_then_killed_resumes_exactly(augment_env, start_worke
     # Without a teacher: its 3 x 200 steps ran before step 1 and outlasted the wait on a slower CPU, and resuming
     # the GAN is what is tested here (tests/test_teacher.py covers the teacher's resume).
     env = augment_env
-    args = ["train", "--dataset", "fake", "--steps", "200", "--width", "8", "--batch-size", "32",
+    # 400 steps: the taker must not finish between its first checkpoint after the resume and the kill, on a fast CPU
+    args = ["train", "--dataset", "fake", "--steps", "400", "--width", "8", "--batch-size", "32",
             "--checkpoint-every", "50", "--seed", "5", "--ema", "0.999", "--log-every", "10", "--teacher", "0"]
     workers = [start_worker(queues="train"), start_worker(queues="train")]
     job_id = run_cli(env, *args).stdout.strip()
@@ -109,10 +122,9 @@ def test_training_preempted_then_killed_resumes_exactly(augment_env, start_worke
     preempted_at = int(stopped.group(1))
     wait_for_log(taker, f"job {job_id}: resuming from step {preempted_at}")  # the step it stopped at, not an older one
 
-    wait_for_step(env, job_id, preempted_at + 40)
+    killed_at = wait_for_checkpoint_past(storage, job_id, preempted_at)
     taker.kill()
-    killed_at = checkpoint.from_bytes(storage.get_bytes(f"models/{job_id}/checkpoint.pt"), "checkpoint")["step"]
-    assert preempted_at < killed_at < 200 and not storage.exists(f"models/{job_id}/model.json")
+    assert preempted_at < killed_at < 400 and not storage.exists(f"models/{job_id}/model.json")
     last = start_worker(queues="train")
     watched = run_cli(env, "watch", job_id, "--interval", "0.3", timeout=300)
     assert watched.returncode == 0, watched.stderr + last.log_tail()
