@@ -32,7 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from producer.client import Client  # noqa: E402
-from shared.jobs import FAILURE, PROGRESS, SUCCESS, make_record, new_job_id  # noqa: E402
+from shared.contracts import GenerateResult, QualityResult, TrainResult  # noqa: E402
+from shared.jobs import make_record, new_job_id  # noqa: E402
+from shared.progress import TrainProgress  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.testing.processes import service_env  # noqa: E402
 from shared.testing.servers import RedisServer, S3Server, free_port  # noqa: E402
@@ -63,19 +65,27 @@ def populate(client: Client, jobs: int) -> list[str]:
             for shard in range(4):
                 record = {"name": f"shard-{shard:06d}.tar", "count": 1000, "size": 1, "sha256": "0" * 64}
                 client.store.record_shard(job_id, shard, record)
-            client.app.backend.store_result(job_id, {}, PROGRESS)
+            client.states.progress(job_id)
         elif fate == 1:
-            client.app.backend.store_result(job_id, {"exc_type": "ValueError", "exc_message": "bad input"}, FAILURE)
+            client.states.failed(job_id, ValueError("bad input"))
         elif fate != 4:  # fate 4 stays queued (PENDING)
-            client.app.backend.store_result(job_id, {"model": job_id, "steps": 1000}, SUCCESS)
+            client.states.succeeded(job_id, finished(kind, job_id))
     return running
 
 
+def finished(kind: str, job_id: str) -> TrainResult | GenerateResult | QualityResult:
+    """A finished job's result of KIND, with made-up figures and URLs: the dashboard renders it as any other."""
+    url = f"s3://bench/{job_id}"
+    if kind == "train":
+        return TrainResult(model=job_id, steps=1000, model_card=url, checkpoint=url, grid=url, loss_curve=url, final={})
+    if kind == "generate":
+        return GenerateResult(manifest=url, images=10_000, shards=10)
+    return QualityResult(report=url, files=[], fid=12.5, precision=0.7, recall=0.3, label_accuracy=0.9, cas=0.8)
+
+
 def progress(client: Client, job_id: str, step: int) -> None:
-    client.app.backend.store_result(job_id, {
-        "step": step, "total_steps": 100_000, "epoch": step // 100, "loss_d": 1.2, "loss_g": 0.8, "d_x": 0.6,
-        "d_g_z": 0.4, "images_per_s": 900.0, "eta_s": 300.0, "warnings": [],
-    }, PROGRESS)
+    client.states.progress(job_id, TrainProgress(step=step, total_steps=100_000, epoch=step // 100, loss_d=1.2, loss_g=0.8,
+                                                 d_x=0.6, d_g_z=0.4, images_per_s=900.0, eta_s=300.0))
 
 
 def timed_get(url: str) -> float:

@@ -21,9 +21,9 @@ import click
 from producer.client import Client, SubmitError
 from producer.follow import follow, status_line
 from shared.broker import EVALUATE_QUEUE, GENERATE_QUEUE, QUEUES, TRAIN_QUEUE, BrokerUnreachable
+from shared.contracts import KINDS, kind_of
 from shared.datasets import DatasetNotFound
 from shared.jobs import CANCELLED, FAILURE, SUCCESS
-from shared.layout import job_prefix
 from shared.settings import Settings, SettingsError
 from shared.specs import CONDITIONINGS, HOLDOUTS, LOSSES, PRECISIONS, TARGET_RULES, SpecError, check_job_id
 from shared.storage import StorageError, open_storage
@@ -319,9 +319,10 @@ def fetch(job_id: str, out_dir: str) -> None:
     client = connect()
     record = client.store.get(job_id)
     storage = open_storage(client.settings)
-    kinds = [record.kind] if record else ["train", "generate"]
+    # a job this broker does not know may still have outputs: a model's, or a generation job's shards
+    kinds = [kind_of(record.kind, record.spec)] if record else [KINDS["train"], KINDS["generate"]]
     for kind in kinds:
-        written = storage.download_prefix(job_prefix(kind, job_id), out_dir)
+        written = storage.download_prefix(kind.prefix(job_id), out_dir)
         if written:
             click.echo(f"fetched {len(written)} files into {out_dir}", err=True)
             return

@@ -5,27 +5,17 @@ Nothing here imports torch or the worker's task code: tasks are sent by name.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from celery import Celery
-from celery.result import AsyncResult
 
-from shared.broker import (
-    EVALUATE_TASK,
-    GENERATE_TASK,
-    QUEUE_OF_TASK,
-    TRAIN_TASK,
-    check_broker,
-    make_celery,
-    redelivery_after_s,
-)
+from shared.broker import check_broker, make_celery, redelivery_after_s
+from shared.contracts import ContractError, Result, kind_of, read_model_card
 from shared.datasets import locate_dataset
 from shared.jobs import (
-    CANCELLED,
     PENDING,
     TERMINAL_STATES,
     JobStore,
@@ -34,14 +24,13 @@ from shared.jobs import (
     new_job_id,
     open_job_store,
 )
-from shared.layout import model_card_key, report_prefix
+from shared.layout import model_card_key, report_markdown_key
 from shared.leases import Stall, stalls
+from shared.lifecycle import JobStates
 from shared.progress import generation_progress, progress_to_dict
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec, rebalance_counts
-from shared.storage import ObjectNotFound, join_key, open_storage
-
-TASK_OF_KIND = {"train": TRAIN_TASK, "generate": GENERATE_TASK, "evaluate": EVALUATE_TASK}
+from shared.storage import ObjectNotFound, open_storage
 
 
 class SubmitError(RuntimeError):
@@ -65,8 +54,8 @@ class Client:
     def _enqueue(self, kind: str, spec: TrainSpec | GenerateSpec | EvaluateSpec) -> str:
         spec_dict = spec.to_dict()
         self.store.add(make_record(spec.job_id, kind, spec_dict))
-        task = TASK_OF_KIND[kind]
-        self.app.send_task(task, kwargs={"spec": spec_dict}, task_id=spec.job_id, queue=QUEUE_OF_TASK[task])
+        contract = kind_of(kind, spec_dict)
+        self.app.send_task(contract.task, kwargs={"spec": spec_dict}, task_id=spec.job_id, queue=contract.queue)
         return spec.job_id
 
     def submit_train(self, **fields: Any) -> str:
@@ -96,8 +85,11 @@ class Client:
         """A generation job that brings every class of MODEL's training set to TO images, real plus synthetic (None:
         to its largest class), planned from the model card's per-class counts; returns the job id."""
         self._check_model(model)
-        card = json.loads(open_storage(self.settings).get_text(model_card_key(model)))
-        real_counts = card.get("class_counts")
+        try:
+            card = read_model_card(open_storage(self.settings).get_text(model_card_key(model)), model)
+        except ContractError as exc:
+            raise SubmitError(str(exc)) from None
+        real_counts = card.class_counts
         if not real_counts:
             raise SubmitError(f"model {model}'s card has no per-class counts (an unconditional model, or one trained "
                               "before they were recorded); give --class-counts instead, or train it again")
@@ -121,24 +113,31 @@ class Client:
     def report(self, job_id: str) -> str:
         """The markdown report of a finished evaluation job."""
         try:
-            return open_storage(self.settings).get_text(join_key(report_prefix(job_id), "report.md"))
+            return open_storage(self.settings).get_text(report_markdown_key(job_id))
         except ObjectNotFound:
             raise SubmitError(f"job {job_id} has no report (yet); `augment status {job_id}` shows where it is") from None
 
-    def result(self, job_id: str) -> AsyncResult:
-        return AsyncResult(job_id, app=self.app)
+    def finished(self, job_id: str, result: object) -> Result:
+        """RESULT, a finished job's result as its status holds it, decoded as the result type of the job's kind."""
+        record = self.store.get(job_id)
+        if record is None:
+            raise SubmitError(f"unknown job {job_id}: `augment list` shows the jobs this broker knows")
+        return kind_of(record.kind, record.spec).decode_result(result, job_id)
+
+    @property
+    def states(self) -> JobStates:
+        return JobStates(self.app.backend, self.store)
 
     def state(self, job_id: str) -> str:
-        return str(self.result(job_id).state)
+        return self.states.read(job_id)[0]
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         """The job's record merged with its live state; None for an unknown job id."""
         record = self.store.get(job_id)
-        result = self.result(job_id)
-        state = str(result.state)
+        state, info = self.states.read(job_id)
         if record is None and state == PENDING:
             return None
-        status = describe_status(record, state, result.info)
+        status = describe_status(record, state, info)
         if record is None or state in TERMINAL_STATES | {PENDING}:
             return status
         stalled = self._stalls(record.kind, job_id)
@@ -173,9 +172,9 @@ class Client:
         self.store.request_cancel(job_id)
         state = self.state(job_id)
         if state == PENDING:
-            # No worker has it yet: mark it now. A worker that later receives it sees the flag and skips it.
-            self.app.backend.store_result(job_id, {"reason": "cancelled before it started"}, CANCELLED)
-            return CANCELLED
+            # No worker has it now (queued, or handed back): mark it now. A worker that later receives it skips it.
+            self.states.cancelled(job_id, "cancelled before it started")
+            return self.state(job_id)
         return state
 
     def wait(

@@ -14,12 +14,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from producer.client import Client
 from producer.follow import follow
+from shared.contracts import GenerateResult, QualityResult, Result, TrainResult
 from shared.jobs import SUCCESS
 from shared.progress import format_duration
 from shared.settings import Settings
@@ -36,13 +37,16 @@ MIN_GAN_STEPS = 300
 TEACHER_STEPS = 300
 QUALITY_STEPS = 500
 WIDTH = 64
+R = TypeVar("R", bound=Result)
 
 
-def _follow(client: Client, job_id: str) -> dict[str, Any]:
+def _follow(client: Client, job_id: str, kind: type[R]) -> R:
     final = follow(client, job_id, poll_s=1.0)
     if final["state"] != SUCCESS:
         raise click.ClickException(f"job {job_id} ended {final['state']}: {final.get('error', '')}")
-    return final
+    result = client.finished(job_id, final.get("result"))
+    assert isinstance(result, kind), result
+    return result
 
 
 def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class: int = PER_CLASS, width: int = WIDTH,
@@ -94,29 +98,29 @@ def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class:
     client = Client.connect(settings, app=app)
     with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=60):
         train_id = client.submit_train(**train_fields)
-        trained = _follow(client, train_id)
+        trained = _follow(client, train_id, TrainResult)
         click.echo(f"demo: generating {count} labelled images from model {train_id}", err=True)
         generate_id = client.submit_generate(model=train_id, count=count, shard_size=1000)
-        generated = _follow(client, generate_id)
+        generated = _follow(client, generate_id, GenerateResult)
         click.echo(f"demo: measuring the model's quality against the real {dataset} test split", err=True)
         evaluate_id = client.submit_evaluate(mode="quality", model=train_id, samples_per_class=QUALITY_SAMPLES_PER_CLASS,
                                              reference_steps=quality_steps, classifier_steps=quality_steps)
-        quality = _follow(client, evaluate_id)["result"]
+        quality = _follow(client, evaluate_id, QualityResult)
 
     took = time.perf_counter() - started
     click.echo(f"demo: done in {format_duration(took)} (budget {format_duration(60 * minutes)}). Everything is under {out}", err=True)
-    click.echo(f"  model checkpoint : {trained['result']['checkpoint']}", err=True)
-    click.echo(f"  model card       : {trained['result']['model_card']}", err=True)
-    click.echo(f"  real | generated : {trained['result']['grid']}", err=True)
-    click.echo(f"  shards manifest  : {generated['result']['manifest']} ({generated['result']['images']} images)", err=True)
-    click.echo(f"  quality report   : {quality['report']}", err=True)
+    click.echo(f"  model checkpoint : {trained.checkpoint}", err=True)
+    click.echo(f"  model card       : {trained.model_card}", err=True)
+    click.echo(f"  real | generated : {trained.grid}", err=True)
+    click.echo(f"  shards manifest  : {generated.manifest} ({generated.images} images)", err=True)
+    click.echo(f"  quality report   : {quality.report}", err=True)
     # the interpreter that has this project installed: a bare "python" may be another one
     click.echo(f"  read the shards  : AUGMENT_STORAGE_URL={out.as_uri()} {sys.executable} -c \"from shared.reader import "
                f"SyntheticJob; s = next(iter(SyntheticJob.open('{generate_id}'))); print(s.label, s.probs, s.image.shape)\"",
                err=True)
     click.echo("  on a fleet       : start redis-server and `augment worker`, submit with `augment train`, and "
                "`augment dashboard` shows every job live at http://127.0.0.1:8765", err=True)
-    click.echo(f"demo: quality: FID {quality['fid']:.1f}, precision {quality['precision']:.3f}, recall {quality['recall']:.3f}, "
-               f"label accuracy {quality['label_accuracy']:.3f}, CAS {quality['cas']:.3f} "
+    click.echo(f"demo: quality: FID {quality.fid:.1f}, precision {quality.precision:.3f}, recall {quality.recall:.3f}, "
+               f"label accuracy {quality.label_accuracy:.3f}, CAS {quality.cas:.3f} "
                "(in the feature space of a classifier trained on the real training split; lower FID, higher others are better)",
                err=True)

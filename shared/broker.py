@@ -91,8 +91,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_track_started": True,
-        "result_extended": True,
+        # Tasks keep no results (ignore_result): a job's state is written by shared.lifecycle alone, into this backend.
         "result_expires": 30 * 24 * 3600,
         "broker_connection_max_retries": 3,
         # Job state and progress writes ride out a Redis restart (seconds) instead of failing the job.

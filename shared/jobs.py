@@ -38,6 +38,7 @@ class JobState(str, Enum):
     PENDING = "PENDING"
     STARTED = "STARTED"
     PROGRESS = "PROGRESS"
+    RETRY = "RETRY"
     SUCCESS = "SUCCESS"
     FAILURE = "FAILURE"
     CANCELLED = "CANCELLED"
@@ -110,10 +111,6 @@ class Keys:
     def beats(job_id: str) -> str:
         """The last heartbeat of each running part of a job: part -> {owner, at, every_s} (JSON)."""
         return f"{Keys.PREFIX}:job:{job_id}:beats"
-
-
-class JobCancelled(Exception):
-    """Raised inside a running job when its cancellation was requested."""
 
 
 def new_job_id(kind: str) -> str:

@@ -57,12 +57,16 @@ def report_prefix(job_id: str) -> str:
     return join_key("reports", job_id)
 
 
+def report_json_key(job_id: str) -> str:
+    """An evaluation's report as data (shared.contracts); report.md beside it is the same for a person."""
+    return join_key(report_prefix(job_id), "report.json")
+
+
+def report_markdown_key(job_id: str) -> str:
+    return join_key(report_prefix(job_id), "report.md")
+
+
 def reference_key(dataset: str, image_size: int, channels: int) -> str:
     # a dataset name may hold a path (imagefolder:/data/x): keep it readable but key-safe
     safe = "".join(char if char.isalnum() or char in "-_" else "_" for char in dataset)
     return join_key("references", f"{safe}-{image_size}px-{channels}ch", "classifier.pt")
-
-
-def job_prefix(kind: str, job_id: str) -> str:
-    """The prefix holding a job's outputs: models/ for training, synthetic/ for generation, reports/ for evaluation."""
-    return {"train": model_prefix, "generate": synthetic_prefix, "evaluate": report_prefix}[kind](job_id)

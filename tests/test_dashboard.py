@@ -393,16 +393,24 @@ def test_a_utility_evaluations_page_and_row_show_its_verdict(stack: Stack, brows
 
 @pytest.mark.integration
 def test_a_page_that_fails_says_so_in_one_line_and_logs_its_traceback(stack: Stack) -> None:
-    job_id = f"e-broken{uuid.uuid4().hex[:8]}"
-    stack.client.store.add(make_record(job_id, "evaluate", {"mode": "utility", "dataset": "fake"}))
+    # a report this version cannot read is not a server error: the page says why where its verdict goes
+    unreadable = f"e-unread{uuid.uuid4().hex[:8]}"
+    stack.client.store.add(make_record(unreadable, "evaluate", {"mode": "utility", "dataset": "fake"}))
+    stack.client.app.backend.store_result(unreadable, {}, SUCCESS)
+    open_storage(Settings.from_env(stack.env)).put_text(f"reports/{unreadable}/report.json", '{"helps": true}')
+    page = fetch(f"{stack.dashboard.url}/jobs/{unreadable}")
+    assert page.status == 200 and "The report cannot be read" in page.body.decode()
+    assert "report.json of evaluate-utility job" in page.body.decode() and "(unversioned) cannot be read" in page.body.decode()
+    # a job record no version wrote (a generation spec without its count) fails the page: said in one line, logged whole
+    job_id = f"g-broken{uuid.uuid4().hex[:8]}"
+    stack.client.store.add(make_record(job_id, "generate", {"model": "t-000000000000"}))
     stack.client.app.backend.store_result(job_id, {}, SUCCESS)
-    open_storage(Settings.from_env(stack.env)).put_text(f"reports/{job_id}/report.json", '{"helps": true}')  # fields missing
     page = fetch(f"{stack.dashboard.url}/jobs/{job_id}")
-    assert page.status == 500 and "the dashboard failed to build this page (KeyError" in page.body.decode()
+    assert page.status == 500 and "the dashboard failed to build this page (SpecError" in page.body.decode()
     api = fetch(f"{stack.dashboard.url}/api/jobs/{job_id}")
     assert api.status == 500 and json.loads(api.body)["error"].startswith("the dashboard failed to build this page")
     logged = stack.dashboard.log_path.read_text()
-    assert f"GET /jobs/{job_id} failed" in logged and "Traceback (most recent call last)" in logged and "KeyError" in logged
+    assert f"GET /jobs/{job_id} failed" in logged and "Traceback (most recent call last)" in logged and "SpecError" in logged
 
 
 @pytest.mark.integration

@@ -73,7 +73,7 @@ def test_utility_report_end_to_end(tmp_path: Path):
     report = json.loads(storage.get_text("reports/e-utility/report.json"))
     assert len(report["outcomes"]) == 7 + 2 + 2 * 5 and all(len(o["accuracies"]) == 2 for o in report["outcomes"])
     assert report["ceiling"] is not None and report["imbalance"] == 1 and report["class_counts"] == [8] * 10
-    assert report["real_images"] == 80 and report["gan_share"] == result["gan_share"] and report["holdout"] == "test"
+    assert report["real_images"] == 80 and report["gan_share"] == result.gan_share and report["holdout"] == "test"
     assert report["teacher"]["members"] == 3 and report["teacher"]["steps"] == SMOKE["classifier_steps"]
     markdown = storage.get_text("reports/e-utility/report.md")
     assert markdown.index("The GAN's own share") < markdown.index("| setting |")  # the verdict first
@@ -107,7 +107,7 @@ def test_quality_report_end_to_end(tmp_path: Path):
     scoring = [report for report in reports if report.stage.startswith("classification accuracy score")]
     assert scoring[-1].done == scoring[-1].total == 2 * SMOKE["classifier_steps"]
     report = json.loads(storage.get_text("reports/e-quality/report.json"))
-    assert report["quality"]["fid"] == result["fid"] > 0 and 0 <= report["cas"] <= 1
+    assert report["quality"]["fid"] == result.fid > 0 and 0 <= report["cas"] <= 1
     assert set(report["quality"]["per_class_fid"]) == {f"class{label}" for label in range(10)}
     markdown = storage.get_text("reports/e-quality/report.md")
     assert "Feature space: penultimate layer" in markdown and "| CAS: trained on synthetic only" in markdown

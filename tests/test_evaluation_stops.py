@@ -66,7 +66,7 @@ def test_cancel_stops_a_utility_evaluation_while_its_gan_trains(augment_env, sta
     job_id = submit_small_utility(augment_env, gan_steps=1_000_000)
     wait_for_stage(augment_env, job_id, "training the GAN", worker)
     assert_cancelled_within_seconds(augment_env, job_id, worker)
-    assert f"job {job_id}-gan cancelled at step" in worker.log_path.read_text()
+    assert f"job {job_id}-gan stopped at step" in worker.log_path.read_text()
 
 
 def test_sigterm_hands_a_utility_evaluation_back_and_the_next_worker_resumes_its_gan(augment_env, start_worker):
@@ -78,7 +78,7 @@ def test_sigterm_hands_a_utility_evaluation_back_and_the_next_worker_resumes_its
     assert holder.stop(timeout=60) is not None, "the worker exited by itself"
     logged = holder.log_path.read_text()
     assert f"job {job_id}: worker shutting down; handed the evaluation back" in logged, holder.log_tail()
-    stopped = re.search(rf"job {job_id}-gan cancelled at step (\d+)", logged)
+    stopped = re.search(rf"job {job_id}-gan stopped at step (\d+) \(preempted\)", logged)
     assert stopped is not None, holder.log_tail()
 
     taker = start_worker(queues="evaluate")

@@ -77,7 +77,7 @@ def test_job_runs_shard_by_shard_and_the_manifest_matches_storage(storage: Count
     assert not storage.exists("synthetic/g-job/manifest.json")  # only the finaliser writes it
 
     result = finalize_job(spec, storage, store, lambda index: pytest.fail(f"shard {index} redispatched"))
-    assert result is not None and result["images"] == 25 and result["shards"] == 3
+    assert result is not None and result.images == 25 and result.shards == 3
     manifest = Manifest.load(storage, "g-job")
     assert [shard.count for shard in manifest.shards] == [10, 10, 5]
     for shard in manifest.shards:
@@ -169,7 +169,7 @@ def test_the_cache_loads_each_model_once(storage: CountingStorage) -> None:
     models = GeneratorCache(capacity=1)
     first = models.get(storage, "t-model", CPU)
     again = models.get(storage, "t-model", CPU)
-    assert first is again and models.loads == 1 and first.card["job_id"] == "t-model"
+    assert first is again and models.loads == 1 and first.class_names == [f"class{label}" for label in range(10)]
     assert first.teacher is not None  # small data: a teacher by default
     assert storage.reads["models/t-model/checkpoint.pt"] == 1
     run_all(job(), storage, MemoryJobStore(), models)

@@ -202,12 +202,12 @@ def test_render_shard(class_counts: dict[str, int] | None) -> None:
     torch.manual_seed(0)
     config = GANConfig(image_size=28, channels=1, nz=8, width=8, num_classes=3, embed_dim=4)
     generator = Generator(config).eval()
-    card = {"class_names": ["zero", "one", "two"]}
+    class_names = ["zero", "one", "two"]
     job = spec(25, shard_size=10, batch_size=4, seed=3, class_counts=class_counts)
     plan = labels_plan(job, 3)
     all_labels = []
     for index in range(job.shard_count):
-        data, counts = render_shard(job, LoadedModel(generator, card, None), index)
+        data, counts = render_shard(job, LoadedModel(generator, class_names, None), index)
         samples = list(read_shard(data))
         start, stop = index * 10, min(25, index * 10 + 10)
         assert [s.key for s in samples] == [sample_key(i) for i in range(start, stop)]
@@ -217,7 +217,7 @@ def test_render_shard(class_counts: dict[str, int] | None) -> None:
         for offset, sample in enumerate(samples):
             assert sample.meta == {
                 "class": sample.label,
-                "class_name": card["class_names"][sample.label],
+                "class_name": class_names[sample.label],
                 "model": job.model,
                 "job": job.job_id,
                 "seed": 3,
@@ -225,7 +225,7 @@ def test_render_shard(class_counts: dict[str, int] | None) -> None:
                 "index": start + offset,
             }
         all_labels += labels
-        assert render_shard(job, LoadedModel(generator, card, None), index)[0] == data  # re-rendering gives identical bytes
+        assert render_shard(job, LoadedModel(generator, class_names, None), index)[0] == data  # re-rendering gives identical bytes
     assert np.bincount(all_labels, minlength=3).tolist() == plan
 
 
@@ -234,7 +234,7 @@ def test_render_shard_unconditional() -> None:
     torch.manual_seed(0)
     config = GANConfig(image_size=28, channels=1, nz=8, width=8)
     generator = Generator(config).eval()
-    data, counts = render_shard(spec(6, shard_size=4, batch_size=3), LoadedModel(generator, {}, None), 1)
+    data, counts = render_shard(spec(6, shard_size=4, batch_size=3), LoadedModel(generator, [], None), 1)
     samples = list(read_shard(data))
     assert [s.key for s in samples] == [sample_key(4), sample_key(5)]
     assert [s.label for s in samples] == [-1, -1]

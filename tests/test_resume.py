@@ -117,7 +117,7 @@ def test_training_preempted_then_killed_resumes_exactly(augment_env, start_worke
     assert f"job {job_id}: worker shutting down; checkpointed and handed the job back" in holder.log_path.read_text()
     storage = open_storage(Settings.from_env(env))
     # the step it stopped at, from its own log: the taker may have resumed and checkpointed again already
-    stopped = re.search(rf"job {job_id} cancelled at step (\d+)", holder.log_path.read_text())
+    stopped = re.search(rf"job {job_id} stopped at step (\d+) \(preempted\)", holder.log_path.read_text())
     assert stopped is not None, holder.log_tail()
     preempted_at = int(stopped.group(1))
     wait_for_log(taker, f"job {job_id}: resuming from step {preempted_at}")  # the step it stopped at, not an older one

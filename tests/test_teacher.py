@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from shared.jobs import JobCancelled, MemoryJobStore
+from shared.jobs import MemoryJobStore
+from shared.lifecycle import JobStopped, StopReason
 from shared.manifest import Manifest
 from shared.progress import StageProgress, progress_line
 from shared.reader import SyntheticJob
@@ -182,7 +183,7 @@ def test_guided_training_trains_its_teacher_first_and_leaves_it_stored(tmp_path:
     spec = TrainSpec(job_id="t-guided", dataset="fake", steps=4, width=8, batch_size=16, teacher=1, teacher_steps=20,
                      teacher_width=8, guidance=1.0, mode_seeking=1.0)
     result = run_training(spec, Settings(), storage)
-    assert result["steps"] == 4
+    assert result.steps == 4
     teacher = load_teacher(storage, "t-guided")
     assert teacher is not None and teacher.meta["members"] == 1
 
@@ -192,10 +193,10 @@ def test_a_job_cancelled_while_its_teacher_trains_stops_there(tmp_path: Path) ->
     spec = TrainSpec(job_id="t-cancel", dataset="fake", steps=100_000, width=8, batch_size=16, teacher_width=8)
     asked: list[bool] = []
 
-    def stop_on_second_question() -> bool:
+    def stop_on_second_question() -> StopReason | None:
         asked.append(True)
-        return len(asked) >= 2
+        return StopReason.CANCELLED if len(asked) >= 2 else None
 
-    with pytest.raises(JobCancelled, match="while training its teacher"):
+    with pytest.raises(JobStopped, match=r"while training its teacher \(step \d+\) \(cancelled\)"):
         run_training(spec, Settings(), storage, TrainHooks(should_stop=stop_on_second_question, stop_check_interval_s=0))
     assert len(asked) == 2 and load_teacher(storage, "t-cancel") is None  # nothing half-trained is stored

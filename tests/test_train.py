@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 import torch
 from PIL import Image
 
 from producer.follow import status_line
+from shared.lifecycle import JobStopped, StopReason
 from shared.progress import TrainProgress
 from shared.settings import Settings
 from shared.specs import (
@@ -46,19 +48,16 @@ def test_run_training_reports_progress_and_writes_grids_curve_and_card(tmp_path)
     assert curve.width > 500
     card = json.loads(storage.get_text("models/t-progress/model.json"))
     assert card["steps"] == 25 and card["class_names"][0] == "class0" and card["loss_curve"].endswith("losses.png")
-    assert result["warnings"] == card["warnings"]
+    assert result.warnings == card["warnings"]
 
 
 def test_cancel_hook_stops_training_with_a_checkpoint(tmp_path):
     storage = FileStorage(tmp_path)
     spec = TrainSpec(job_id="t-cancel", dataset="fake", steps=1000, width=8, batch_size=16, teacher=0)  # test_teacher: with one
-    hooks = TrainHooks(should_stop=lambda: True, stop_check_interval_s=0.0)
-    try:
+    hooks = TrainHooks(should_stop=lambda: StopReason.PREEMPTED, stop_check_interval_s=0.0)
+    with pytest.raises(JobStopped, match=r"^job t-cancel stopped at step 1 \(preempted\)$") as stopped:
         run_training(spec, Settings(), storage, hooks)
-    except Exception as exc:
-        assert type(exc).__name__ == "JobCancelled" and "at step 1" in str(exc)
-    else:
-        raise AssertionError("training did not stop")
+    assert stopped.value.reason == StopReason.PREEMPTED
     assert storage.exists("models/t-cancel/checkpoint.pt") and not storage.exists("models/t-cancel/model.json")
 
 

@@ -8,13 +8,13 @@ read with ``weights_only=True``: a file carrying a pickled object is refused ins
 from __future__ import annotations
 
 import io
-import json
 import pickle
 from dataclasses import asdict
 from typing import Any
 
 import torch
 
+from shared.contracts import ModelCard, read_model_card
 from shared.layout import checkpoint_key, model_card_key
 from shared.storage import Storage
 from worker.model import GANConfig, Generator
@@ -70,10 +70,15 @@ def check_model(storage: Storage, model_id: str) -> None:
         raise ModelNotFound(f"model {model_id} not found: {storage.url_for(model_card_key(model_id))} is missing")
 
 
-def load_model(storage: Storage, model_id: str, device: torch.device) -> tuple[Generator, dict[str, Any]]:
-    """The sampling generator of a finished training job and its model card."""
+def read_card(storage: Storage, model_id: str) -> ModelCard:
+    """The model card of finished training job MODEL_ID; ModelNotFound if it has not finished."""
     check_model(storage, model_id)
-    card = json.loads(storage.get_text(model_card_key(model_id)))
+    return read_model_card(storage.get_text(model_card_key(model_id)), model_id)
+
+
+def load_model(storage: Storage, model_id: str, device: torch.device) -> tuple[Generator, ModelCard]:
+    """The sampling generator of a finished training job and its model card."""
+    card = read_card(storage, model_id)
     state = load(storage, model_id)
     if state is None:
         raise ModelNotFound(f"model {model_id} has a model card but no checkpoint")

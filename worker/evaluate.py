@@ -7,7 +7,6 @@ which feature space it used.
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import time
@@ -18,8 +17,9 @@ from typing import Any
 
 import torch
 
-from shared.jobs import JobCancelled
-from shared.layout import loss_curve_key, reference_key, report_prefix
+from shared.contracts import ArmOutcome, ModelCard, Quality, QualityReport, QualityResult, SweepVerdict, UtilityReport, UtilityResult
+from shared.layout import loss_curve_key, reference_key, report_json_key, report_markdown_key, report_prefix
+from shared.lifecycle import JobStopped, StopReason
 from shared.progress import StageMeter, StageProgress, shifted
 from shared.settings import Settings
 from shared.specs import AUTO_TEACHER_MEMBERS, EvaluateSpec, TrainSpec
@@ -53,23 +53,24 @@ from worker.classifier import (
 )
 from worker.data import ImageData, held_out_split, load_dataset
 from worker.images import class_rows, grid_png, to_uint8
-from worker.metrics import InceptionFeatures, Quality, measure_quality
+from worker.metrics import InceptionFeatures, measure_quality
 from worker.model import Generator
 from worker.teacher import load_teacher
 from worker.train import TrainHooks, run_training
 
 log = logging.getLogger("augment.evaluate")
 Progress = Callable[[StageProgress], None]
-StopCheck = Callable[[], bool]
+StopCheck = Callable[[], StopReason | None]  # why to stop, if the job should
 
 
 def _stopping(progress: Progress, should_stop: StopCheck, job_id: str) -> Progress:
     """PROGRESS that also asks SHOULD_STOP after every report (at most one a second while a stage counts steps) and
-    raises JobCancelled when it says so: an evaluation stops within seconds, as a training job does."""
+    raises JobStopped when it says so: an evaluation stops within seconds, as a training job does."""
     def report(info: StageProgress) -> None:
         progress(info)
-        if should_stop():
-            raise JobCancelled(f"job {job_id} stopped during its stage: {info.stage}")
+        reason = should_stop()
+        if reason is not None:
+            raise JobStopped(reason, f"job {job_id} stopped during its stage: {info.stage}")
     return report
 
 
@@ -131,13 +132,16 @@ def _class_grid(real: ImageData, fake: torch.Tensor, fake_labels: torch.Tensor, 
     return grid_png(class_rows(fake, fake_labels, classes), class_rows(real.images, real.labels, classes))
 
 
-def _write_report(storage: Storage, job_id: str, markdown: str, data: dict[str, Any], images: dict[str, bytes]) -> dict[str, Any]:
+def _write_report(storage: Storage, job_id: str, markdown: str, report: QualityReport | UtilityReport,
+                  images: dict[str, bytes]) -> tuple[str, list[str]]:
+    """Put the report's images, report.json and report.md (last: the report is whole); returns report.md's URL and
+    the names of the files written."""
     prefix = report_prefix(job_id)
     for name, png in images.items():
         storage.put_bytes(join_key(prefix, name), png, "image/png")
-    storage.put_text(join_key(prefix, "report.json"), json.dumps(data, indent=2, sort_keys=True, default=float))
-    storage.put_text(join_key(prefix, "report.md"), markdown, "text/markdown")  # last: the report is whole
-    return {"report": storage.url_for(join_key(prefix, "report.md")), "files": sorted(images) + ["report.json", "report.md"]}
+    storage.put_text(report_json_key(job_id), report.to_json())
+    storage.put_text(report_markdown_key(job_id), markdown, "text/markdown")
+    return storage.url_for(report_markdown_key(job_id)), sorted(images) + ["report.json", "report.md"]
 
 
 def _copy_loss_curve(storage: Storage, model_id: str, images: dict[str, bytes]) -> None:
@@ -166,16 +170,16 @@ def _quality_table(quality: Quality, cas: float, real_accuracy: float) -> str:
 
 
 def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None,
-                should_stop: StopCheck = lambda: False) -> dict[str, Any]:
+                should_stop: StopCheck = lambda: None) -> QualityResult:
     """Score a trained model against the real test split: FID, KID, precision/recall, per-class FID, score, CAS.
-    SHOULD_STOP is asked along the way; JobCancelled ends the run when it says so."""
+    SHOULD_STOP is asked along the way; JobStopped ends the run when it says so."""
     progress = _stopping(progress, should_stop, spec.job_id)
     assert spec.model is not None  # the spec requires it for this mode
     generator, card = load_model(storage, spec.model, torch.device("cpu"))
     config = generator.config
     if not config.conditional:
         raise ValueError(f"model {spec.model} is unconditional: per-class metrics and CAS need a conditional model")
-    dataset = spec.dataset or card["dataset"]
+    dataset = spec.dataset or card.dataset
     reference, reference_meta = reference_classifier(storage, settings, dataset, config.image_size, config.channels,
                                                      spec.reference_steps, spec.seed, progress)
     feature_space, inception = _feature_space(spec, reference_meta)
@@ -183,7 +187,7 @@ def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     progress(StageProgress("sampling"))
     fake, fake_labels = sample_balanced(generator, spec.samples_per_class, spec.seed)
     progress(StageProgress("metrics: FID, KID, precision, recall"))
-    quality = measure_quality(reference, test.images, test.labels, fake, fake_labels, list(card["class_names"]),
+    quality = measure_quality(reference, test.images, test.labels, fake, fake_labels, card.class_names,
                               feature_space, inception)
     steps = spec.classifier_steps
     meter = StageMeter("classification accuracy score: on synthetic, then on real images", 2 * steps, progress)
@@ -202,11 +206,11 @@ def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
         _quality_table(quality, cas, real_accuracy), "",
         "Images: `grid.png` (real left, generated right, one row per class), `losses.png` (the GAN's training).",
     ])
-    data = {"spec": spec.to_dict(), "model": spec.model, "dataset": dataset, "quality": asdict(quality), "cas": cas,
-            "real_trained_accuracy": real_accuracy, "reference": reference_meta, "created_at": _now()}
-    return _write_report(storage, spec.job_id, markdown, data, images) | {
-        "fid": quality.fid, "precision": quality.precision, "recall": quality.recall,
-        "label_accuracy": quality.label_accuracy, "cas": cas}
+    report = QualityReport(spec=spec.to_dict(), model=spec.model, dataset=dataset, quality=quality, cas=cas,
+                           real_trained_accuracy=real_accuracy, reference=reference_meta, created_at=_now())
+    url, files = _write_report(storage, spec.job_id, markdown, report, images)
+    return QualityResult(report=url, files=files, fid=quality.fid, precision=quality.precision, recall=quality.recall,
+                         label_accuracy=quality.label_accuracy, cas=cas)
 
 
 def _real_train(dataset: str, settings: Settings, image_size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,7 +279,7 @@ def _share_lines(share: GanShare, imbalanced: bool) -> list[str]:
 
 
 def _utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[Outcome], share: GanShare,
-                      sweep_result: Verdict | None, gan: dict[str, Any], feature_note: str, seconds: float) -> str:
+                      sweep_result: Verdict | None, gan: ModelCard, feature_note: str, seconds: float) -> str:
     imbalanced = spec.imbalance > 1
     rare = data.rarest_third()
     verdict_lines = _share_lines(share, imbalanced)
@@ -285,7 +289,7 @@ def _utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[O
             f"(d) - (b): {100 * sweep_result.delta_d:+.2f} ({sweep_result.best_d.setting.name}).",
         ]
     held_out = f"{len(data.test_images)} real {'test' if spec.holdout == 'test' else 'validation (training-split)'} images"
-    teacher = gan.get("teacher") or {}
+    teacher = gan.teacher or {}
     counts = torch.bincount(data.real_labels, minlength=data.num_classes).tolist()
     subset = (f"a long-tailed subset of {len(data.real_images)} real images ({spec.per_class} of the commonest class "
               f"down to {min(counts)} of the rarest, imbalance {spec.imbalance:g}; per class: "
@@ -294,7 +298,7 @@ def _utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[O
     return "\n".join([
         f"# Does synthetic data help? {spec.dataset}, {subset}", "",
         *verdict_lines, "",
-        f"The GAN (`{gan['job_id']}`, {gan['steps']} steps, width {gan['config']['width']}) and its teacher "
+        f"The GAN (`{gan.job_id}`, {gan.steps} steps, width {gan.config['width']}) and its teacher "
         f"({teacher.get('members', 0)} classifiers of width {teacher.get('width', '-')}) were trained on the same "
         f"{len(data.real_images)} real images as the classifiers and on nothing else. Every setting trains the same "
         f"small CNN for {spec.classifier_steps} steps with per-sample random crop and flip (unless it says otherwise), "
@@ -353,18 +357,18 @@ def _quality_note(quality: Quality, feature_space: str, rare_names: list[str]) -
             f"(feature space: {feature_space}; report.json has every class).")
 
 
-def _outcome_record(outcome: Outcome, rare: list[int]) -> dict[str, Any]:
+def _outcome_record(outcome: Outcome, rare: list[int]) -> ArmOutcome:
     plain, adjusted = outcome.scored(False, rare), outcome.scored(True, rare)
-    return {"setting": asdict(outcome.setting), "accuracies": outcome.accuracies, "mean": outcome.mean, "std": outcome.std,
-            "scores": [asdict(scores) for scores in outcome.scores],
-            "balanced": plain.mean, "balanced_std": plain.std, "balanced_adjusted": adjusted.mean,
-            "balanced_adjusted_std": adjusted.std, "rare": plain.rare_mean, "rare_adjusted": adjusted.rare_mean}
+    return ArmOutcome(setting=asdict(outcome.setting), accuracies=outcome.accuracies, mean=outcome.mean, std=outcome.std,
+                      scores=[asdict(scores) for scores in outcome.scores],
+                      balanced=plain.mean, balanced_std=plain.std, balanced_adjusted=adjusted.mean,
+                      balanced_adjusted_std=adjusted.std, rare=plain.rare_mean, rare_adjusted=adjusted.rare_mean)
 
 
 def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None,
-                should_stop: StopCheck = lambda: False) -> dict[str, Any]:
+                should_stop: StopCheck = lambda: None) -> UtilityResult:
     """The augmentation study (see :mod:`worker.augmentation_study`) on SPEC's dataset; writes its report. SHOULD_STOP
-    is asked along the way: JobCancelled ends the run when it says so, with the GAN's checkpoint written, so that a
+    is asked along the way: JobStopped ends the run when it says so, with the GAN's checkpoint written, so that a
     run of the same job resumes the GAN where it stopped."""
     progress = _stopping(progress, should_stop, spec.job_id)
     assert spec.dataset is not None  # the spec requires it for this mode
@@ -417,20 +421,20 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
               "grid.png": _class_grid(held_out, synthetic, synthetic_labels, num_classes)}
     _copy_loss_curve(storage, gan_spec.job_id, images)
     markdown = _utility_markdown(spec, data, outcomes, share, sweep_result, card, feature_note, seconds)
-    report = {
-        "spec": spec.to_dict(), "gan": gan_spec.job_id, "gan_steps": card["steps"], "teacher": card.get("teacher"),
-        "real_images": len(subset), "held_out_images": len(held_out), "holdout": spec.holdout,
-        "imbalance": spec.imbalance, "class_counts": torch.bincount(subset.labels, minlength=num_classes).tolist(),
-        "rarest_third": rare,
-        "outcomes": [_outcome_record(o, rare) for o in outcomes],
-        "gan_share": share.share, "gan_over_real": share.over_real, "best_with_gan": share.with_gan.label,
-        "best_without_gan": share.without_gan.label, "helps": share.helps, "warning": share.warning,
-        "rare_share": share.rare_share, "ceiling": None if share.ceiling is None else share.ceiling.mean,
-        "ceiling_gain": share.ceiling_gain, "captured": share.captured,
-        "sweep": None if sweep_result is None else {"delta_c": sweep_result.delta_c, "delta_d": sweep_result.delta_d,
-                                                    "best": sweep_result.best.setting.name},
-        "quality": asdict(quality), "reference": reference_meta, "seconds": seconds, "created_at": _now(),
-    }
-    written = _write_report(storage, spec.job_id, markdown, report, images)
-    return written | {"gan_share": share.share, "gan_over_real": share.over_real, "best": share.with_gan.label,
-                      "warning": share.warning}
+    report = UtilityReport(
+        spec=spec.to_dict(), gan=gan_spec.job_id, gan_steps=card.steps, teacher=card.teacher,
+        real_images=len(subset), held_out_images=len(held_out), holdout=spec.holdout,
+        imbalance=spec.imbalance, class_counts=torch.bincount(subset.labels, minlength=num_classes).tolist(),
+        rarest_third=rare,
+        outcomes=[_outcome_record(o, rare) for o in outcomes],
+        gan_share=share.share, gan_over_real=share.over_real, best_with_gan=share.with_gan.label,
+        best_without_gan=share.without_gan.label, helps=share.helps, warning=share.warning,
+        rare_share=share.rare_share, ceiling=None if share.ceiling is None else share.ceiling.mean,
+        ceiling_gain=share.ceiling_gain, captured=share.captured,
+        sweep=None if sweep_result is None else SweepVerdict(delta_c=sweep_result.delta_c, delta_d=sweep_result.delta_d,
+                                                             best=sweep_result.best.setting.name),
+        quality=quality, reference=reference_meta, seconds=seconds, created_at=_now(),
+    )
+    url, files = _write_report(storage, spec.job_id, markdown, report, images)
+    return UtilityResult(report=url, files=files, gan_share=share.share, gan_over_real=share.over_real,
+                         best=share.with_gan.label, warning=share.warning)

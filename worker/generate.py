@@ -17,7 +17,6 @@ with identical bytes.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -31,14 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from shared.contracts import GenerateResult
 from shared.jobs import JobField, JobStore
-from shared.layout import checkpoint_key, manifest_key, model_card_key, shard_key
+from shared.layout import checkpoint_key, manifest_key, shard_key
 from shared.leases import Lease
 from shared.manifest import Manifest, ShardEntry
 from shared.shards import Sample, ShardWriter, encode_pngs, sample_key, sample_record, sha256_hex, shard_name
 from shared.specs import GenerateSpec, SpecError
 from shared.storage import Storage
-from worker.checkpoint import load_model
+from worker.checkpoint import load_model, read_card
 from worker.images import to_uint8
 from worker.model import Generator
 from worker.teacher import Teacher, load_teacher, sample_targets
@@ -54,10 +54,11 @@ PROBS_DECIMALS = 4
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A finished training job as a generation worker holds it: the generator, its card and its teacher (or None)."""
+    """A finished training job as a generation worker holds it: the generator, its class names (from its model card;
+    empty for an unconditional one) and its teacher (or None)."""
 
     generator: Generator
-    card: dict[str, Any]
+    class_names: list[str]
     teacher: Teacher | None
 
 
@@ -79,7 +80,8 @@ class GeneratorCache:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-            loaded = LoadedModel(*load_model(storage, model_id, device), load_teacher(storage, model_id))
+            generator, card = load_model(storage, model_id, device)
+            loaded = LoadedModel(generator, card.class_names, load_teacher(storage, model_id))
             self.loads += 1
             self._models[key] = loaded
             while len(self._models) > self.capacity:
@@ -136,7 +138,7 @@ def render_shard(spec: GenerateSpec, model: LoadedModel, shard_index: int) -> tu
     probabilities (``probs``) and its training target by SPEC's rule (``target``) to its metadata, rounded to
     PROBS_DECIMALS.
     """
-    generator, card, teacher = model.generator, model.card, model.teacher
+    generator, class_names, teacher = model.generator, model.class_names, model.teacher
     config = generator.config
     device = next(generator.parameters()).device
     start = shard_index * spec.shard_size
@@ -145,13 +147,12 @@ def render_shard(spec: GenerateSpec, model: LoadedModel, shard_index: int) -> tu
     labels = labels_for_range(plan, start, stop) if config.conditional else np.full(stop - start, -1)
     rng = torch.Generator().manual_seed(shard_seed(spec.seed, shard_index))
     noise = torch.randn(stop - start, config.nz, generator=rng) * spec.noise_scale  # (S, nz), drawn on CPU: same bytes on any device
-    class_names = card.get("class_names") or []
 
     def records(offset: int, pixels: np.ndarray, probs: np.ndarray | None, targets: np.ndarray | None) -> list[bytes]:
         made = []
         for row, png in enumerate(encode_pngs(pixels)):
             index, label = start + offset + row, int(labels[offset + row])
-            meta = {
+            meta: dict[str, Any] = {
                 "class": label,
                 "class_name": class_names[label] if 0 <= label < len(class_names) else None,
                 "model": spec.model,
@@ -263,7 +264,7 @@ def run_shard(
 
 def finalize_job(
     spec: GenerateSpec, storage: Storage, store: JobStore, dispatch_shard: Callable[[int], None]
-) -> dict[str, Any] | None:
+) -> GenerateResult | None:
     """Write the manifest once every shard is complete in storage; returns the job's result.
 
     A shard that is recorded but missing or different in storage (a lost object) is forgotten and dispatched
@@ -278,7 +279,7 @@ def finalize_job(
             store.forget_shard(spec.job_id, index)
             dispatch_shard(index)
         return None
-    card = json.loads(storage.get_text(model_card_key(spec.model)))
+    card = read_card(storage, spec.model)
     class_counts: dict[str, int] = {}
     for record in records.values():
         for label, number in record["class_counts"].items():
@@ -288,13 +289,13 @@ def finalize_job(
         model_id=spec.model,
         shards=[ShardEntry(*(records[index][name] for name in ("name", "count", "size", "sha256"))) for index in sorted(records)],
         class_counts=dict(sorted(class_counts.items(), key=lambda item: int(item[0]))),
-        class_names=list(card.get("class_names") or []),
-        image_size=card["config"]["image_size"],
-        channels=card["config"]["channels"],
+        class_names=card.class_names,
+        image_size=card.image_size,
+        channels=card.channels,
         spec=spec.to_dict(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        teacher=card.get("teacher"),
+        teacher=card.teacher,
     )
     storage.put_text(manifest_key(spec.job_id), manifest.to_json())
     log.info("job %s: %d images in %d shards", spec.job_id, manifest.total, len(manifest.shards))
-    return {"manifest": storage.url_for(manifest_key(spec.job_id)), "images": manifest.total, "shards": len(manifest.shards)}
+    return GenerateResult(manifest=storage.url_for(manifest_key(spec.job_id)), images=manifest.total, shards=len(manifest.shards))

@@ -10,13 +10,13 @@ recalled when it falls inside the k-NN ball of some generated sample.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.contracts import Quality
 from worker.classifier import Classifier, FeatureExtractor, accuracy
 
 BATCH = 1000
@@ -108,23 +108,6 @@ def classifier_score(classifier: Classifier, images: torch.Tensor) -> float:
     marginal = probabilities.mean(dim=0, keepdim=True)
     kl = (probabilities * (probabilities.clamp_min(1e-12).log() - marginal.clamp_min(1e-12).log())).sum(dim=1)
     return float(kl.mean().exp())
-
-
-@dataclass(frozen=True)
-class Quality:
-    feature_space: str
-    fid: float
-    kid: float
-    kid_std: float
-    precision: float
-    recall: float
-    classifier_score: float
-    real_classifier_score: float  # the same score on real test images: the ceiling to compare with
-    label_accuracy: float  # the reference classifier agrees with the label each sample was generated for
-    per_class_fid: dict[str, float]
-    # by class name, as per_class_fid: recall among the class's own real images, and label accuracy of its samples
-    per_class_recall: dict[str, float]
-    per_class_label_accuracy: dict[str, float]
 
 
 def measure_quality(

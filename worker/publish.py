@@ -3,13 +3,13 @@ the loss curve and the model card (written last: a model card means the model is
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import torch
 
+from shared.contracts import ModelCard, TrainResult
 from shared.layout import checkpoint_key, grid_key, loss_curve_key, model_card_key, teacher_key
 from shared.specs import Recipe, TrainSpec
 from shared.storage import Storage
@@ -17,8 +17,6 @@ from worker import charts, checkpoint
 from worker.data import ImageData
 from worker.images import fixed_grid_inputs, grid_png, real_grid_images, sample_fixed
 from worker.model import Generator
-
-MODEL_CARD_FORMAT = 1
 
 
 def loss_curve_png(history: list[dict[str, float]]) -> bytes:
@@ -50,7 +48,7 @@ class TrainedModel:
     recipe: Recipe  # what the job ran, with the spec's automatic choices made
 
 
-def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: ImageData) -> dict[str, Any]:
+def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: ImageData) -> TrainResult:
     """Write the grid, loss curve and model card of a trained MODEL; returns the job's result."""
     config = model.sampler.config
     grid_noise, grid_labels = fixed_grid_inputs(config, spec.seed, model.device)
@@ -59,38 +57,36 @@ def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: 
     storage.put_bytes(grid, grid_png(sample_fixed(model.sampler, grid_noise, grid_labels), real_grid), "image/png")
     curve = loss_curve_key(spec.job_id)
     storage.put_bytes(curve, loss_curve_png(model.history), "image/png")
-    card = {
-        "format": MODEL_CARD_FORMAT,
-        "job_id": spec.job_id,
-        "dataset": spec.dataset,
-        "dataset_location": data.info.location,
-        "num_train_images": len(data),
-        "class_names": list(data.info.class_names) if config.conditional else [],
-        # real training images per class: what `augment generate --rebalance` plans from
-        "class_counts": {str(label): int(count) for label, count in
-                         enumerate(torch.bincount(data.labels, minlength=config.num_classes).tolist())} if config.conditional else {},
-        "config": checkpoint.config_dict(config),
-        "spec": spec.to_dict(),
-        "recipe": asdict(model.recipe),
-        "steps": model.steps,
-        "final": model.history[-1] if model.history else {},
-        "warnings": model.warnings,
-        "device": str(model.device),
-        "precision": model.precision,
-        "checkpoint": checkpoint_key(spec.job_id),
-        "teacher": model.teacher and {**model.teacher, "key": teacher_key(spec.job_id)},
-        "grid": grid,
-        "loss_curve": curve,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    storage.put_text(model_card_key(spec.job_id), json.dumps(card, indent=2, sort_keys=True))
-    return {
-        "model": spec.job_id,
-        "steps": model.steps,
-        "model_card": storage.url_for(model_card_key(spec.job_id)),
-        "checkpoint": storage.url_for(checkpoint_key(spec.job_id)),
-        "grid": storage.url_for(grid),
-        "loss_curve": storage.url_for(curve),
-        "final": card["final"],
-        "warnings": model.warnings,
-    }
+    card = ModelCard(
+        job_id=spec.job_id,
+        dataset=spec.dataset,
+        dataset_location=data.info.location,
+        num_train_images=len(data),
+        class_names=list(data.info.class_names) if config.conditional else [],
+        class_counts={str(label): int(count) for label, count in
+                      enumerate(torch.bincount(data.labels, minlength=config.num_classes).tolist())} if config.conditional else {},
+        config=checkpoint.config_dict(config),
+        spec=spec.to_dict(),
+        recipe=asdict(model.recipe),
+        steps=model.steps,
+        final=model.history[-1] if model.history else {},
+        warnings=model.warnings,
+        device=str(model.device),
+        precision=model.precision,
+        checkpoint=checkpoint_key(spec.job_id),
+        teacher=model.teacher and {**model.teacher, "key": teacher_key(spec.job_id)},
+        grid=grid,
+        loss_curve=curve,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    storage.put_text(model_card_key(spec.job_id), card.to_json())
+    return TrainResult(
+        model=spec.job_id,
+        steps=model.steps,
+        model_card=storage.url_for(model_card_key(spec.job_id)),
+        checkpoint=storage.url_for(checkpoint_key(spec.job_id)),
+        grid=storage.url_for(grid),
+        loss_curve=storage.url_for(curve),
+        final=card.final,
+        warnings=model.warnings,
+    )

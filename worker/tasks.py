@@ -1,9 +1,10 @@
 """Thin Celery tasks: parse and validate the spec, wire progress, cancellation, leases and retries, call the plain
-functions of :mod:`worker.train` and :mod:`worker.generate`.
+functions of :mod:`worker.train`, :mod:`worker.generate` and :mod:`worker.evaluate`.
 
-The job id is the task id of the job's first task (``augment.train`` or ``augment.generate``). Progress goes to
-the result backend as state ``PROGRESS``; a cancelled job ends in state ``CANCELLED``. A generation job fans out
-into shard tasks and a finaliser, which give the job its final state; the first final state stands.
+The job id is the task id of the job's first task (``augment.train``, ``augment.generate``, ``augment.evaluate``).
+Every change of a job's state goes through :class:`shared.lifecycle.JobStates`; the tasks keep no Celery results
+(``ignore_result``), so Celery only carries the messages. A generation job fans out into shard tasks and a
+finaliser, which give the job its final state; the first final state stands, for every kind.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, NoReturn
 
 import redis
 from celery import Task
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Ignore, Reject, Retry
 from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
 
@@ -29,14 +30,16 @@ from shared.broker import (
     GENERATE_TASK,
     TRAIN_TASK,
 )
-from shared.jobs import JobCancelled, JobField, JobState, JobStore, open_job_store
+from shared.contracts import Result
+from shared.jobs import JobField, JobStore, open_job_store
 from shared.leases import Lease
-from shared.progress import Progress, TrainProgress, progress_to_dict
+from shared.lifecycle import JobStates, JobStopped, StopReason
+from shared.progress import Progress, TrainProgress
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import Storage, StorageUnavailable, open_storage
 from worker.app import app
-from worker.checkpoint import ModelNotFound, check_model
+from worker.checkpoint import check_model
 from worker.evaluate import run_quality, run_utility
 from worker.generate import GeneratorCache, ShardBusy, finalize_job, plan_job, run_shard
 from worker.train import STAT_NAMES, TrainHooks, pick_device, run_training
@@ -63,35 +66,46 @@ def _owner(task: Task) -> str:
     return f"{task.request.hostname}/{uuid.uuid4().hex[:8]}"
 
 
-def _open() -> tuple[Settings, JobStore, Storage]:
+def _open() -> tuple[Settings, JobStore, Storage, JobStates]:
     settings = Settings.from_env()
     return (settings, *_clients(settings))
 
 
 @functools.lru_cache(maxsize=4)
-def _clients(settings: Settings) -> tuple[JobStore, Storage]:
+def _clients(settings: Settings) -> tuple[JobStore, Storage, JobStates]:
     """One job store and one storage client per process and settings, shared by its tasks and threads (both are
     thread-safe and reconnect by themselves): new connections and a bucket check cost a shard task ~2 ms."""
-    return open_job_store(settings, patient=True), open_storage(settings, retry_window_s=STORAGE_RETRY_WINDOW_S)
+    store = open_job_store(settings, patient=True)
+    return store, open_storage(settings, retry_window_s=STORAGE_RETRY_WINDOW_S), JobStates(app.backend, store)
 
 
-def _finish(store: JobStore, job_id: str, state: JobState, result: Any) -> None:
-    """Give job JOB_ID its final state, unless it has one: a late or duplicated task cannot overwrite it."""
-    if not store.set_once(job_id, JobField.OUTCOME, state):
-        return
-    if state == JobState.FAILURE:
-        app.backend.mark_as_failure(job_id, result)
-    else:
-        app.backend.store_result(job_id, result, state)
+def _job_task(run: Callable[..., None]) -> Callable[..., None]:
+    """A job's first task (its id is the job's): an error that nothing in it handles fails the job, which Celery no
+    longer records (``ignore_result``). Celery's own control flow (retry, ignore, reject) passes through."""
+
+    @functools.wraps(run)
+    def task(self: Task, *args: Any, **kwargs: Any) -> None:
+        try:
+            run(self, *args, **kwargs)
+        except (Retry, Ignore, Reject):
+            raise
+        except Exception as exc:
+            _open()[3].failed(self.request.id, exc)
+            raise  # Celery logs it with its traceback
+
+    return task
 
 
-def _later(task: Task, seconds: float, exc: Exception | None = None, max_retries: int | None = None) -> Exception:
-    """Retry TASK in about SECONDS.
+def _later(task: Task, seconds: float, exc: Exception | None = None, max_retries: int | None = None,
+           states: JobStates | None = None) -> Exception:
+    """Retry TASK in about SECONDS; STATES, for a job's first task, records that the job is retrying.
 
     A retry is a message with a countdown that a worker holds unacknowledged until it is due; the transport's
     heartbeat keeps it invisible meanwhile, and it comes back if that worker dies. Retries of busy (leased) jobs
     are unlimited: they end when the holder finishes or dies.
     """
+    if states is not None and (max_retries is None or task.request.retries < max_retries):
+        states.retrying(task.request.id, f"{type(exc).__name__}: {exc}" if exc else "waiting for another worker", seconds)
     options = {} if max_retries is None else {"max_retries": max_retries}
     return task.retry(exc=exc, countdown=seconds, **options)  # type: ignore[no-any-return]
 
@@ -105,64 +119,88 @@ def _backoff(task: Task) -> float:
     return float(min(60, 2 ** task.request.retries))
 
 
-def _retry_or_fail(task: Task, store: JobStore, job_id: str, exc: Exception) -> Exception:
+def _retry_or_fail(task: Task, states: JobStates, job_id: str, exc: Exception) -> Exception:
     """Retry a task that met an outage with exponential backoff; after TASK_RETRIES fail its job."""
     if isinstance(exc, StorageUnavailable) and task.request.retries < TASK_RETRIES:
         return _later(task, _backoff(task), exc, TASK_RETRIES)
-    _finish(store, job_id, JobState.FAILURE, exc)
+    states.failed(job_id, exc)
     return exc
 
 
-@app.task(name=TRAIN_TASK, bind=True, max_retries=None)
-def train(self: Task, spec: Any) -> dict[str, Any]:
-    parsed = TrainSpec.from_dict(spec)  # a SpecError fails the task with a one-line reason; retrying cannot fix it
+@app.task(name=TRAIN_TASK, bind=True, max_retries=None, ignore_result=True)
+@_job_task
+def train(self: Task, spec: Any) -> None:
+    parsed = TrainSpec.from_dict(spec)  # a SpecError fails the job with a one-line reason; retrying cannot fix it
     _check_task_id(self, parsed.job_id)
-    settings, store, storage = _open()
+    settings, store, storage, states = _open()
     _note_redelivery(self, parsed.job_id)
-    if store.cancel_requested(parsed.job_id):
-        _cancelled(self, f"job {parsed.job_id} was cancelled before it started")
+    _skip_if_ended_or_cancelled(states, parsed.job_id)
     # A second delivery of a running job (a duplicated message, or one handed out again while Redis was
     # unreachable for longer than the visibility timeout) waits for the lease instead of training beside it.
     lease = Lease(store, parsed.job_id, "train", _owner(self), TRAIN_LEASE_TTL_S)
     if not lease.acquire():
         log.info("job %s is running on another worker; checking again later", parsed.job_id)
-        raise _later(self, TRAIN_LEASE_TTL_S)
+        raise _later(self, TRAIN_LEASE_TTL_S, states=states)
     try:
+        states.started(parsed.job_id)
         hooks = TrainHooks(
-            progress=lambda info: _report_training(self, store, parsed.job_id, info),
-            stage=lambda info: _report(self, info),
-            should_stop=lambda: PREEMPTED.is_set() or lease.lost or _cancel_requested(store, parsed.job_id),
+            progress=lambda info: _report_training(states, parsed.job_id, info),
+            stage=lambda info: _report(states, parsed.job_id, info),
+            should_stop=lambda: _stop_reason(store, parsed.job_id, lease),
         )
-        return run_training(parsed, settings, storage, hooks)
-    except JobCancelled as exc:
-        if PREEMPTED.is_set():
+        states.succeeded(parsed.job_id, run_training(parsed, settings, storage, hooks))
+    except JobStopped as exc:
+        if exc.reason == StopReason.PREEMPTED:
             # the checkpoint is written: the next worker to take the message resumes from this very step
             log.warning("job %s: worker shutting down; checkpointed and handed the job back (%s)", parsed.job_id, exc)
-            raise Reject("worker shutting down: handed to another worker, which resumes from the checkpoint", requeue=True) from None
-        if lease.lost:
+            _hand_back(states, parsed.job_id, "worker shutting down: handed to another worker, which resumes from the checkpoint")
+        if exc.reason == StopReason.LEASE_LOST:
             # Redis lost the lease (a long outage) and another delivery may hold it now: stop, and come back
             # later as a new message, which resumes from the checkpoint if the job is still unfinished.
             log.warning("job %s: lost its lease; stopping here and retrying later", parsed.job_id)
-            raise _later(self, TRAIN_LEASE_TTL_S) from None
-        _cancelled(self, str(exc))
+            raise _later(self, TRAIN_LEASE_TTL_S, states=states) from None
+        _cancelled(states, parsed.job_id, str(exc))
     except StorageUnavailable as exc:  # the checkpoint lets the retry continue where this run stopped
-        raise _later(self, _backoff(self), exc, TASK_RETRIES) from None
+        raise _later(self, _backoff(self), exc, TASK_RETRIES, states) from None
     finally:
         lease.release()
 
 
-def _report(task: Task, progress: Progress) -> None:
+def _skip_if_ended_or_cancelled(states: JobStates, job_id: str) -> None:
+    """A job's first task stops here if the job has its final state (a redelivered message of an ended job) or was
+    cancelled while it waited in the queue."""
+    if states.ended(job_id):
+        raise Ignore()
+    if states.store.cancel_requested(job_id):
+        _cancelled(states, job_id, f"job {job_id} was cancelled before it started")
+
+
+def _stop_reason(store: JobStore, job_id: str, lease: Lease | None = None) -> StopReason | None:
+    if PREEMPTED.is_set():
+        return StopReason.PREEMPTED
+    if lease is not None and lease.lost:
+        return StopReason.LEASE_LOST
+    return StopReason.CANCELLED if _cancel_requested(store, job_id) else None
+
+
+def _hand_back(states: JobStates, job_id: str, reason: str) -> NoReturn:
+    """Put the job's message back on its queue, for the next worker to take."""
+    states.handed_back(job_id, reason)
+    raise Reject(reason, requeue=True)
+
+
+def _report(states: JobStates, job_id: str, progress: Progress) -> None:
     try:
-        task.update_state(state=JobState.PROGRESS, meta=progress_to_dict(progress))
+        states.progress(job_id, progress)
     except redis.RedisError as exc:  # a progress report lost to a Redis outage is not worth the job
         log.warning("progress report skipped: Redis unreachable (%s)", type(exc).__name__)
 
 
-def _report_training(task: Task, store: JobStore, job_id: str, info: TrainProgress) -> None:
+def _report_training(states: JobStates, job_id: str, info: TrainProgress) -> None:
     """Report progress and keep its vital signs in the job's history, which the dashboard draws its curves from."""
-    _report(task, info)
+    _report(states, job_id, info)
     try:
-        store.append_history(job_id, {name: getattr(info, name) for name in HISTORY_FIELDS})
+        states.store.append_history(job_id, {name: getattr(info, name) for name in HISTORY_FIELDS})
     except redis.RedisError as exc:
         log.warning("history record skipped: Redis unreachable (%s)", type(exc).__name__)
 
@@ -179,9 +217,9 @@ def _check_task_id(task: Task, job_id: str) -> None:
         raise ValueError(f"spec job_id {job_id} does not match task id {task.request.id}")
 
 
-def _cancelled(task: Task, reason: str) -> NoReturn:
+def _cancelled(states: JobStates, job_id: str, reason: str) -> NoReturn:
     log.info("%s", reason)
-    task.update_state(state=JobState.CANCELLED, meta={"reason": reason})
+    states.cancelled(job_id, reason)
     raise Ignore()
 
 
@@ -197,39 +235,32 @@ def _dispatcher(spec: GenerateSpec) -> Callable[[int], None]:
     return dispatch
 
 
-@app.task(name=GENERATE_TASK, bind=True)
+@app.task(name=GENERATE_TASK, bind=True, ignore_result=True)
+@_job_task
 def generate(self: Task, spec: Any) -> None:
     """Plan a generation job: check its model, dispatch its shard tasks. The finaliser ends the job."""
     parsed = GenerateSpec.from_dict(spec)
     _check_task_id(self, parsed.job_id)
-    _, store, storage = _open()
-    if store.get_field(parsed.job_id, JobField.OUTCOME):
-        raise Ignore()  # a redelivered planner of a job that has ended
-    if store.cancel_requested(parsed.job_id):
-        _cancelled(self, f"job {parsed.job_id} was cancelled before it started")
-    try:
-        check_model(storage, parsed.model)
-    except ModelNotFound as exc:
-        _finish(store, parsed.job_id, JobState.FAILURE, exc)
-        raise
+    _, store, storage, states = _open()
+    _skip_if_ended_or_cancelled(states, parsed.job_id)  # a redelivered planner of a job that has ended is skipped
+    check_model(storage, parsed.model)  # ModelNotFound fails the job
     if store.get_field(parsed.job_id, JobField.STARTED_AT) is None:
-        self.update_state(state=JobState.PROGRESS, meta={})  # before any shard runs, so it cannot overwrite the end state
+        states.progress(parsed.job_id)  # before any shard runs: the shard ledger is its progress from then on
     total = plan_job(parsed, store, _dispatcher(parsed))
     log.info("job %s: dispatched %d shard tasks", parsed.job_id, total)
-    raise Ignore()  # the job's state is the finaliser's to set
 
 
 @app.task(name=GENERATE_SHARD_TASK, bind=True, ignore_result=True, max_retries=None)
 def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = None) -> None:
     parsed = GenerateSpec.from_dict(spec)
-    _, store, storage = _open()
+    _, store, storage, states = _open()
     _note_redelivery(self, parsed.job_id)
     outcome = store.get_field(parsed.job_id, JobField.OUTCOME)
     if outcome:
         log.info("job %s has ended (%s): shard %d is left as it is", parsed.job_id, outcome, shard)
         return
     if store.cancel_requested(parsed.job_id):
-        _finish(store, parsed.job_id, JobState.CANCELLED, {"reason": f"job {parsed.job_id} was cancelled; its shards are not listed"})
+        states.cancelled(parsed.job_id, f"job {parsed.job_id} was cancelled; its shards are not listed")
         return
     try:
         _, last = run_shard(parsed, shard, storage, store, GENERATORS, pick_device(), _owner(self), queued_at)
@@ -237,7 +268,7 @@ def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = 
         # the other worker finishes it, or dies and its lease lapses: then this retry makes the shard
         raise _later(self, 5, exc) from None
     except Exception as exc:
-        raise _retry_or_fail(self, store, parsed.job_id, exc) from None
+        raise _retry_or_fail(self, states, parsed.job_id, exc) from None
     if last and store.set_once(parsed.job_id, JobField.FINALIZE_SENT, "1"):
         app.send_task(GENERATE_FINALIZE_TASK, kwargs={"spec": spec}, queue=GENERATE_QUEUE)
 
@@ -245,38 +276,41 @@ def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = 
 @app.task(name=GENERATE_FINALIZE_TASK, bind=True, ignore_result=True)
 def generate_finalize(self: Task, spec: Any) -> None:
     parsed = GenerateSpec.from_dict(spec)
-    _, store, storage = _open()
-    if store.get_field(parsed.job_id, JobField.OUTCOME):
+    _, store, storage, states = _open()
+    if states.ended(parsed.job_id):
         return
     if store.cancel_requested(parsed.job_id):
-        _finish(store, parsed.job_id, JobState.CANCELLED, {"reason": f"job {parsed.job_id} was cancelled before its manifest"})
+        states.cancelled(parsed.job_id, f"job {parsed.job_id} was cancelled before its manifest")
         return
     try:
         result = finalize_job(parsed, storage, store, _dispatcher(parsed))
     except Exception as exc:
-        raise _retry_or_fail(self, store, parsed.job_id, exc) from None
+        raise _retry_or_fail(self, states, parsed.job_id, exc) from None
     if result is not None:
-        _finish(store, parsed.job_id, JobState.SUCCESS, result)
+        states.succeeded(parsed.job_id, result)
 
 
-@app.task(name=EVALUATE_TASK, bind=True)
-def evaluate(self: Task, spec: Any) -> dict[str, Any]:
+@app.task(name=EVALUATE_TASK, bind=True, ignore_result=True)
+@_job_task
+def evaluate(self: Task, spec: Any) -> None:
     """A quality or utility evaluation; its report lands under reports/<job>/."""
     parsed = EvaluateSpec.from_dict(spec)
     _check_task_id(self, parsed.job_id)
-    settings, store, storage = _open()
-    if store.cancel_requested(parsed.job_id):
-        _cancelled(self, f"job {parsed.job_id} was cancelled before it started")
+    settings, store, storage, states = _open()
+    _skip_if_ended_or_cancelled(states, parsed.job_id)
+    states.started(parsed.job_id)
     run = run_quality if parsed.mode == "quality" else run_utility
+    result: Result
     try:
-        return run(parsed, settings, storage, lambda info: _report(self, info),
-                   lambda: PREEMPTED.is_set() or _cancel_requested(store, parsed.job_id))
-    except JobCancelled as exc:
-        if PREEMPTED.is_set():
+        result = run(parsed, settings, storage, lambda info: _report(states, parsed.job_id, info),
+                     lambda: _stop_reason(store, parsed.job_id))
+    except JobStopped as exc:
+        if exc.reason == StopReason.PREEMPTED:
             # a utility study's GAN has its checkpoint and the reference classifier is stored: the next worker
             # to take the message resumes the GAN from there
             log.warning("job %s: worker shutting down; handed the evaluation back (%s)", parsed.job_id, exc)
-            raise Reject("worker shutting down: handed to another worker", requeue=True) from None
-        _cancelled(self, str(exc))
+            _hand_back(states, parsed.job_id, "worker shutting down: handed to another worker")
+        _cancelled(states, parsed.job_id, str(exc))
     except StorageUnavailable as exc:  # the GAN's checkpoint and the stored reference classifier make a retry cheap
-        raise _later(self, _backoff(self), exc, TASK_RETRIES) from None
+        raise _later(self, _backoff(self), exc, TASK_RETRIES, states) from None
+    states.succeeded(parsed.job_id, result)

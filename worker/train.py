@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.jobs import JobCancelled
+from shared.contracts import TrainResult
 from shared.layout import sample_grid_key
+from shared.lifecycle import JobStopped, StopReason
 from shared.progress import StageMeter, StageProgress, TrainProgress
 from shared.settings import Settings
 from shared.specs import Recipe, TrainSpec
@@ -47,7 +48,7 @@ class TrainHooks:
 
     progress: Callable[[TrainProgress], None] = lambda info: None
     stage: Callable[[StageProgress], None] = lambda info: None  # the stages before the GAN's loop (the teacher)
-    should_stop: Callable[[], bool] = lambda: False
+    should_stop: Callable[[], StopReason | None] = lambda: None  # asked along the way: why to stop, if it should
     stop_check_interval_s: float = 1.0
 
 
@@ -338,7 +339,7 @@ def train_step(
         ])
 
 
-def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: TrainHooks | None = None) -> dict[str, Any]:
+def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: TrainHooks | None = None) -> TrainResult:
     """Train (or resume) the GAN of SPEC and write checkpoint, model card and images under ``models/<job_id>/``."""
     # GAN weights and Adam moments drift into denormal floats, which x86 CPUs compute many times slower.
     # The setting is per process, so it is put back for whoever shares the process (the demo, tests).
@@ -355,8 +356,9 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
 
         def stop_teacher(step: int) -> None:
             teacher_meter(step)
-            if stop_requested():
-                raise JobCancelled(f"job {spec.job_id} cancelled while training its teacher (step {step})")
+            reason = stop_requested()
+            if reason is not None:
+                raise JobStopped(reason, f"job {spec.job_id} stopped while training its teacher (step {step})")
 
         teacher = ensure_teacher(spec, recipe, data, storage, stop_teacher)  # first: it may guide the generator
         state = train_gan(spec, recipe, data, storage, device, hooks, teacher)
@@ -374,9 +376,9 @@ class StopPoll:
         self.hooks = hooks
         self.last_check = time.perf_counter()
 
-    def __call__(self) -> bool:
+    def __call__(self) -> StopReason | None:
         if time.perf_counter() - self.last_check < self.hooks.stop_check_interval_s:
-            return False
+            return None
         self.last_check = time.perf_counter()
         return self.hooks.should_stop()
 
@@ -442,9 +444,10 @@ def train_gan(
         state.step += 1
         window_steps += 1
 
-        if stop_requested():
+        reason = stop_requested()
+        if reason is not None:
             save_checkpoint()
-            raise JobCancelled(f"job {spec.job_id} cancelled at step {state.step}")
+            raise JobStopped(reason, f"job {spec.job_id} stopped at step {state.step}")
         if state.step % sample_every == 0 or state.step == steps:
             fake = sample_fixed(state.sampler, grid_noise, grid_labels)
             storage.put_bytes(sample_grid_key(spec.job_id, state.step), grid_png(fake), "image/png")

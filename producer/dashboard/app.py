@@ -34,8 +34,8 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from producer.client import TASK_OF_KIND
 from producer.dashboard.data import DashboardData, JobNotFound, state_name
+from shared.contracts import RECORD_KINDS
 from shared.jobs import CANCELLED, FAILURE, PENDING, PROGRESS, REVOKED, STARTED, SUCCESS
 from shared.settings import Settings, SettingsError, secret
 from shared.storage import StorageError
@@ -50,7 +50,6 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-KINDS = tuple(TASK_OF_KIND)
 log = logging.getLogger("augment.dashboard")
 STATES = tuple(state_name(state) for state in (PENDING, STARTED, PROGRESS, SUCCESS, FAILURE, CANCELLED, REVOKED))
 
@@ -116,7 +115,7 @@ def create_app(data: DashboardData, token: str = "", allow_cancel: bool = False,
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         html = templates.get_template(name).render(
-            allow_cancel=allow_cancel, login=bool(token), kinds=KINDS, states=STATES, path=request.url.path, **context
+            allow_cancel=allow_cancel, login=bool(token), kinds=RECORD_KINDS, states=STATES, path=request.url.path, **context
         )
         return HTMLResponse(html, status_code=status_code)
 
@@ -131,7 +130,7 @@ def create_app(data: DashboardData, token: str = "", allow_cancel: bool = False,
 
     async def job_page(request: Request) -> Response:
         job = await run_in_threadpool(data.job, request.path_params["job_id"])
-        return page(request, f"{job['kind']}.html" if job["kind"] in KINDS else "job_base.html", job=job)
+        return page(request, f"{job['kind']}.html" if job["kind"] in RECORD_KINDS else "job_base.html", job=job)
 
     async def job_api(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(data.job, request.path_params["job_id"]))

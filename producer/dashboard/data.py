@@ -8,7 +8,6 @@ are kept is adapted here. Every value returned is plain data (str, numbers, list
 from __future__ import annotations
 
 import base64
-import json
 import re
 import threading
 import time
@@ -20,8 +19,9 @@ from typing import Any, TypeVar
 from markdown_it import MarkdownIt
 
 from producer.client import Client
+from shared.contracts import ContractError, ModelCard, QualityReport, UtilityReport, kind_of, read_model_card, read_report
 from shared.jobs import CANCELLED, PENDING, SUCCESS, TERMINAL_STATES, JobRecord, Keys, RedisJobStore
-from shared.layout import job_prefix, model_card_key, model_prefix, report_prefix
+from shared.layout import model_card_key, model_prefix, report_markdown_key, report_prefix, synthetic_prefix
 from shared.manifest import Manifest
 from shared.progress import progress_from_dict
 from shared.settings import Settings
@@ -125,7 +125,10 @@ class DashboardData:
             row["detail"] = str(progress.get("reason", ""))
         if state == SUCCESS:
             row["fraction"] = 1.0
-            row["detail"] = outcome(status.get("result") or {})
+            try:
+                row["detail"] = kind_of(record.kind, record.spec).decode_result(status.get("result"), record.job_id).summary()
+            except ContractError as exc:
+                row["detail"] = str(exc)
         elif row["fraction"] is None and (state in TERMINAL_STATES or state == PENDING):
             row["fraction"] = 0.0  # an empty bar: a moving one would say that work is going on
         return row
@@ -162,7 +165,7 @@ class DashboardData:
 
     def _training(self, record: JobRecord, errors: list[str]) -> dict[str, Any]:
         job_id = record.job_id
-        card = self._stored(errors, lambda: self._json(model_card_key(job_id)))
+        card = self._stored(errors, lambda: self._model_card(job_id, errors))
         samples: list[dict[str, Any]] = []
         for key in self._stored(errors, lambda: self.storage.list(join_key(model_prefix(job_id), "samples"))) or []:
             name = key.rsplit("/", 1)[-1]
@@ -170,11 +173,11 @@ class DashboardData:
             if match:
                 samples.append({"step": int(match.group(1)), "url": f"/jobs/{job_id}/files/samples/{name}"})
         samples.sort(key=lambda sample: sample["step"])
-        count = 10 * max(len(card.get("class_names", [])), 1) if card else 10_000
+        count = 10 * max(len(card.class_names), 1) if card else 10_000
         return {
             "history": thin(latest_per_step(self.client.store.history(job_id)), CURVE_POINTS),
             "samples": samples,
-            "model_card": card,
+            "model_card": card.to_dict() if card else None,
             "generate_command": f"augment generate --model {job_id} --count {max(count, 1000)} --shard-size 1000",
         }
 
@@ -229,7 +232,7 @@ class DashboardData:
             records = self.client.store.shard_records(job_id)
             if not records:
                 return []
-            key = join_key(job_prefix("generate", job_id), records[min(records)]["name"])
+            key = join_key(synthetic_prefix(job_id), records[min(records)]["name"])
         strip = []
         for sample in read_shard(self.storage.get_bytes(key)):
             strip.append({
@@ -250,12 +253,19 @@ class DashboardData:
     def _evaluation(self, record: JobRecord, errors: list[str]) -> dict[str, Any]:
         job_id = record.job_id
         prefix = report_prefix(job_id)
-        report = self._stored(errors, lambda: self._json(join_key(prefix, "report.json")))
-        markdown = self._stored(errors, lambda: self._text(join_key(prefix, "report.md"))) or ""
+        kind = kind_of(record.kind, record.spec)
+        report = self._stored(errors, lambda: self._text(kind.report_key(job_id)))
+        shown = None
+        if report:
+            try:
+                shown = verdict(read_report(kind, report, job_id))
+            except ContractError as exc:
+                shown = unreadable(str(exc))
+        markdown = self._stored(errors, lambda: self._text(report_markdown_key(job_id))) or ""
         keys = self._stored(errors, lambda: self.storage.list(prefix)) or []
         images = [key[len(prefix) + 1:] for key in keys if key.endswith(".png")]
         return {
-            "verdict": verdict(report) if report else None,
+            "verdict": shown,
             # html=False: any HTML in the report (a class name, a dataset path) is shown as text, never as markup
             "report_html": self._markdown.render(markdown) if markdown else "",
             "report_images": [{"name": name, "url": f"/jobs/{job_id}/files/{name}"} for name in images],
@@ -269,9 +279,14 @@ class DashboardData:
         except ObjectNotFound:
             return ""
 
-    def _json(self, key: str) -> dict[str, Any] | None:
-        text = self._text(key)
-        return json.loads(text) if text else None
+    def _model_card(self, job_id: str, errors: list[str]) -> ModelCard | None:
+        """The model card of training job JOB_ID; None before it is written, or (noting why in ERRORS) unreadable."""
+        text = self._text(model_card_key(job_id))
+        try:
+            return read_model_card(text, job_id) if text else None
+        except ContractError as exc:
+            errors.append(str(exc))
+            return None
 
     def job_file(self, job_id: str, name: str) -> bytes:
         """An image under the job's output prefix; JobNotFound for anything else (the key is checked by storage too)."""
@@ -279,7 +294,7 @@ class DashboardData:
         if not SERVED_FILE.match(name):
             raise JobNotFound(f"{job_id}/{name}")
         try:
-            return self.storage.get_bytes(join_key(job_prefix(record.kind, job_id), name))
+            return self.storage.get_bytes(join_key(kind_of(record.kind, record.spec).prefix(job_id), name))
         except (ObjectNotFound, ValueError):
             raise JobNotFound(f"{job_id}/{name}") from None
 
@@ -339,19 +354,6 @@ class DashboardData:
         return leases
 
 
-def outcome(result: dict[str, Any]) -> str:
-    """A finished job's result in a few words."""
-    if "steps" in result:
-        return f"{result['steps']} steps"
-    if "images" in result and "shards" in result:
-        return f"{result['images']} images in {result['shards']} shards"
-    if "fid" in result:
-        return f"FID {float(result['fid']):.2f}, CAS {100 * float(result.get('cas', 0)):.1f} %"
-    if "gan_share" in result:
-        return f"the GAN's own share {100 * float(result['gan_share']):+.2f} points (best: {result.get('best', '')})"
-    return ""
-
-
 def latest_per_step(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A resumed job repeats the steps after its checkpoint: keep the latest record of each step, in step order."""
     by_step = {int(record["step"]): record for record in history}
@@ -367,30 +369,36 @@ def thin(records: list[dict[str, Any]], points: int) -> list[dict[str, Any]]:
     return picked + [records[-1]]
 
 
-def verdict(report: dict[str, Any]) -> dict[str, Any]:
+def verdict(report: QualityReport | UtilityReport) -> dict[str, Any]:
     """The headline of an evaluation report: does the synthetic data help (utility), how good is the model (quality)."""
-    if "helps" in report:
-        lines = [
-            f"the GAN's own share: {100 * float(report['gan_share']):+.2f} points (best with GAN samples, "
-            f"{report['best_with_gan']}, minus best without, {report['best_without_gan']})",
-            f"best with GAN samples over the real-only baseline: {100 * float(report['gan_over_real']):+.2f} points",
-        ]
-        if float(report.get("imbalance") or 1) > 1:
-            lines.append(f"the rarest third's accuracy, the same two arms: {100 * float(report['rare_share']):+.2f} points")
-        if report.get("ceiling_gain") is not None:
-            captured = report.get("captured")
-            lines.append(f"the true-label ceiling adds {100 * float(report['ceiling_gain']):+.2f} points over the best arm "
-                         "without the GAN; the GAN captures "
-                         f"{'nothing of it' if captured is None else f'{100 * max(float(captured), 0.0):.0f} %'}")
-        if report.get("sweep"):
-            lines.append(f"sweep: (c) - (a) {100 * float(report['sweep']['delta_c']):+.2f} points, (d) - (b) "
-                         f"{100 * float(report['sweep']['delta_d']):+.2f} points")
-        headline = "The synthetic data helps" if report["helps"] else "The synthetic data does not help"
-        return {"headline": headline, "good": bool(report["helps"]), "lines": lines, "warning": str(report.get("warning") or "")}
-    quality = report.get("quality") or {}
-    labels = {"fid": "FID", "kid": "KID", "precision": "precision (k=3)", "recall": "recall (k=3)"}
-    lines = [f"{label} {float(quality[name]):.3f}" for name, label in labels.items() if name in quality]
-    if "cas" in report:
-        lines.append(f"CAS {100 * float(report['cas']):.2f} % vs {100 * float(report.get('real_trained_accuracy', 0)):.2f} % "
-                     "for the same classifier trained on real data")
-    return {"headline": f"Quality of model {report.get('model', '')}", "good": None, "lines": lines, "warning": ""}
+    if isinstance(report, UtilityReport):
+        return utility_verdict(report)
+    quality = report.quality
+    lines = [f"FID {quality.fid:.3f}", f"KID {quality.kid:.3f}", f"precision (k=3) {quality.precision:.3f}",
+             f"recall (k=3) {quality.recall:.3f}",
+             f"CAS {100 * report.cas:.2f} % vs {100 * report.real_trained_accuracy:.2f} % for the same classifier trained "
+             "on real data"]
+    return {"headline": f"Quality of model {report.model}", "good": None, "lines": lines, "warning": ""}
+
+
+def utility_verdict(report: UtilityReport) -> dict[str, Any]:
+    lines = [
+        f"the GAN's own share: {100 * report.gan_share:+.2f} points (best with GAN samples, {report.best_with_gan}, minus "
+        f"best without, {report.best_without_gan})",
+        f"best with GAN samples over the real-only baseline: {100 * report.gan_over_real:+.2f} points",
+    ]
+    if report.imbalance > 1 and report.rare_share is not None:
+        lines.append(f"the rarest third's accuracy, the same two arms: {100 * report.rare_share:+.2f} points")
+    if report.ceiling_gain is not None:
+        captured = report.captured
+        lines.append(f"the true-label ceiling adds {100 * report.ceiling_gain:+.2f} points over the best arm without the "
+                     f"GAN; the GAN captures {'nothing of it' if captured is None else f'{100 * max(captured, 0.0):.0f} %'}")
+    if report.sweep is not None:
+        lines.append(f"sweep: (c) - (a) {100 * report.sweep.delta_c:+.2f} points, (d) - (b) {100 * report.sweep.delta_d:+.2f} points")
+    headline = "The synthetic data helps" if report.helps else "The synthetic data does not help"
+    return {"headline": headline, "good": report.helps, "lines": lines, "warning": report.warning or ""}
+
+
+def unreadable(message: str) -> dict[str, Any]:
+    """The verdict of a report this version cannot read: why, in one line, in place of the headline."""
+    return {"headline": "The report cannot be read", "good": None, "lines": [], "warning": message}

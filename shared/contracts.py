@@ -1,0 +1,326 @@
+"""What crosses a process boundary for each kind of job, declared once.
+
+A kind of job (train, generate, a quality or a utility evaluation) declares here its spec, the progress record its
+workers report, the result its task ends with, the report it leaves in storage, its task name, queue and storage
+prefix. Workers build these types; the producer, ``augment status`` and the dashboard decode through them, picking
+the type from the job's record (its kind and, for an evaluation, its mode), never from the keys a dict happens to
+have.
+
+Results and reports are versioned: each carries ``format``. A reader reads every format it lists and names the
+format, with the fix, for one it cannot read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+
+from shared.broker import EVALUATE_QUEUE, EVALUATE_TASK, GENERATE_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK
+from shared.layout import manifest_key, model_card_key, model_prefix, report_json_key, report_prefix, synthetic_prefix
+from shared.progress import GenerateProgress, Progress, StageProgress, TrainProgress
+from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
+
+# A model card, a result or a report older than versioning (written before 2026-12) has no ``format`` field: it is
+# read as format 0, which has the fields of format 1 less the ones added later (those have defaults).
+UNVERSIONED = 0
+MODEL_CARD_FORMAT = 1
+RESULT_FORMAT = 1
+REPORT_FORMAT = 1
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+class ContractError(ValueError):
+    """A stored record cannot be read as its declared type: an unknown format, or a field missing or of another type."""
+
+
+class _Record(msgspec.Struct, frozen=True, kw_only=True):
+    """A record that crosses a process boundary. Unknown fields are kept out, not refused: a newer writer of the
+    same format may add one, and an older reader still reads the rest."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# ---- training ----
+
+
+class ModelCard(_Record, frozen=True, kw_only=True):
+    """A trained model's card (``models/<job>/model.json``), written last: a card means the model is whole."""
+
+    format: int = MODEL_CARD_FORMAT
+    job_id: str
+    dataset: str
+    dataset_location: str
+    num_train_images: int
+    class_names: list[str]  # empty for an unconditional model
+    # real training images per class (class index as a string): what `augment generate --rebalance` plans from
+    class_counts: dict[str, int] = {}
+    config: dict[str, Any]  # the GAN's config (worker.model.GANConfig)
+    spec: dict[str, Any]
+    recipe: dict[str, Any] = {}  # what the job ran, with the spec's automatic choices made (shared.specs.Recipe)
+    steps: int
+    final: dict[str, float]  # the last logged vital signs
+    warnings: list[str] = []
+    device: str
+    precision: str = "fp32"
+    checkpoint: str
+    teacher: dict[str, Any] | None = None  # how its teacher was trained, with its storage key; None without one
+    grid: str
+    loss_curve: str
+    created_at: str
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["image_size"])
+
+    @property
+    def channels(self) -> int:
+        return int(self.config["channels"])
+
+
+class TrainResult(_Record, frozen=True, kw_only=True):
+    """What a training job ends with."""
+
+    format: int = RESULT_FORMAT
+    model: str
+    steps: int
+    model_card: str  # URLs
+    checkpoint: str
+    grid: str
+    loss_curve: str
+    final: dict[str, float]
+    warnings: list[str] = []
+
+    def summary(self) -> str:
+        return f"{self.steps} steps"
+
+
+# ---- generation ----
+
+
+class GenerateResult(_Record, frozen=True, kw_only=True):
+    """What a generation job ends with."""
+
+    format: int = RESULT_FORMAT
+    manifest: str  # URL
+    images: int
+    shards: int
+    warnings: list[str] = []
+
+    def summary(self) -> str:
+        return f"{self.images} images in {self.shards} shards"
+
+
+# ---- evaluation ----
+
+
+class Quality(_Record, frozen=True, kw_only=True):
+    """A generator's samples scored against real images in a reference classifier's feature space."""
+
+    feature_space: str
+    fid: float
+    kid: float
+    kid_std: float
+    precision: float
+    recall: float
+    classifier_score: float
+    real_classifier_score: float  # the same score on real test images: the ceiling to compare with
+    label_accuracy: float  # the reference classifier agrees with the label each sample was generated for
+    per_class_fid: dict[str, float]
+    # by class name, as per_class_fid: recall among the class's own real images, and label accuracy of its samples
+    per_class_recall: dict[str, float] = {}
+    per_class_label_accuracy: dict[str, float] = {}
+
+
+class QualityResult(_Record, frozen=True, kw_only=True):
+    """What a quality evaluation ends with."""
+
+    format: int = RESULT_FORMAT
+    report: str  # URL of report.md
+    files: list[str]
+    fid: float
+    precision: float
+    recall: float
+    label_accuracy: float
+    cas: float
+    warnings: list[str] = []
+
+    def summary(self) -> str:
+        return f"FID {self.fid:.2f}, CAS {100 * self.cas:.1f} %"
+
+
+class QualityReport(_Record, frozen=True, kw_only=True):
+    """A quality evaluation's ``report.json``."""
+
+    format: int = REPORT_FORMAT
+    spec: dict[str, Any]
+    model: str
+    dataset: str
+    quality: Quality
+    cas: float  # trained on synthetic only, tested on real
+    real_trained_accuracy: float  # the same classifier trained on real data
+    reference: dict[str, Any]  # the reference classifier: its dataset, steps, test accuracy, feature space
+    created_at: str
+
+
+class UtilityResult(_Record, frozen=True, kw_only=True):
+    """What a utility evaluation ends with."""
+
+    format: int = RESULT_FORMAT
+    report: str
+    files: list[str]
+    gan_share: float
+    gan_over_real: float
+    best: str  # the best arm with GAN samples
+    warning: str | None = None  # why the synthetic data does not help, when it does not
+    warnings: list[str] = []
+
+    def summary(self) -> str:
+        return f"the GAN's own share {100 * self.gan_share:+.2f} points (best: {self.best})"
+
+
+class ArmOutcome(_Record, frozen=True, kw_only=True):
+    """One arm of the augmentation study over its seeds: accuracy, and balanced accuracy with and without post-hoc
+    logit adjustment (worker.augmentation_study)."""
+
+    setting: dict[str, Any]
+    accuracies: list[float]
+    mean: float
+    std: float
+    scores: list[dict[str, Any]] = []  # per seed
+    balanced: float | None = None
+    balanced_std: float | None = None
+    balanced_adjusted: float | None = None
+    balanced_adjusted_std: float | None = None
+    rare: float | None = None  # the rarest third's accuracy
+    rare_adjusted: float | None = None
+
+
+class SweepVerdict(_Record, frozen=True, kw_only=True):
+    delta_c: float
+    delta_d: float
+    best: str
+
+
+class UtilityReport(_Record, frozen=True, kw_only=True):
+    """A utility evaluation's ``report.json``: the augmentation study's arms and its verdict."""
+
+    format: int = REPORT_FORMAT
+    spec: dict[str, Any]
+    gan: str  # the GAN's training job
+    gan_steps: int
+    teacher: dict[str, Any] | None = None
+    real_images: int
+    held_out_images: int
+    holdout: str  # validation or test
+    imbalance: float = 1.0
+    class_counts: list[int] = []
+    rarest_third: list[int] = []
+    outcomes: list[ArmOutcome]
+    gan_share: float  # best arm with GAN samples minus best without, balanced accuracy
+    gan_over_real: float
+    best_with_gan: str
+    best_without_gan: str
+    helps: bool
+    warning: str | None = None  # why the synthetic data does not help, when it does not
+    rare_share: float | None = None
+    ceiling: float | None = None  # the true-label ceiling arm's balanced accuracy
+    ceiling_gain: float | None = None
+    captured: float | None = None  # the GAN's share of the ceiling's gain
+    sweep: SweepVerdict | None = None
+    quality: Quality
+    reference: dict[str, Any]
+    seconds: float
+    created_at: str
+
+
+Result = TrainResult | GenerateResult | QualityResult | UtilityResult
+
+
+# ---- the kinds ----
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of job, as every process sees it."""
+
+    name: str  # train, generate, evaluate-quality, evaluate-utility
+    record_kind: str  # what a job record says: train, generate or evaluate
+    spec: type[TrainSpec] | type[GenerateSpec] | type[EvaluateSpec]
+    progress: type[Progress]
+    result: type[Result]
+    task: str
+    queue: str
+    prefix: Callable[[str], str]  # job id -> the storage prefix of its outputs
+    report_key: Callable[[str], str]  # job id -> where its report (a model card, a manifest, report.json) lies
+
+    def decode_result(self, data: object, job_id: str) -> Result:
+        """A finished job's result, as its task returned it."""
+        return decode(self.result, data, f"the result of {self.name} job {job_id}")
+
+
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
+    JobKind("train", "train", TrainSpec, TrainProgress, TrainResult, TRAIN_TASK, TRAIN_QUEUE, model_prefix, model_card_key),
+    JobKind("generate", "generate", GenerateSpec, GenerateProgress, GenerateResult, GENERATE_TASK, GENERATE_QUEUE,
+            synthetic_prefix, manifest_key),
+    JobKind("evaluate-quality", "evaluate", EvaluateSpec, StageProgress, QualityResult, EVALUATE_TASK, EVALUATE_QUEUE,
+            report_prefix, report_json_key),
+    JobKind("evaluate-utility", "evaluate", EvaluateSpec, StageProgress, UtilityResult, EVALUATE_TASK, EVALUATE_QUEUE,
+            report_prefix, report_json_key),
+)}
+# what a job record's kind can be, in the order the dashboard lists them
+RECORD_KINDS = tuple(dict.fromkeys(kind.record_kind for kind in KINDS.values()))
+
+
+def kind_of(record_kind: str, spec: Mapping[str, Any]) -> JobKind:
+    """The kind of a job from its record: its kind and, for an evaluation, the mode its spec asks for."""
+    name = f"evaluate-{spec.get('mode', 'quality')}" if record_kind == "evaluate" else record_kind
+    if name not in KINDS:
+        raise ContractError(f"unknown kind of job {name!r}; this version knows {', '.join(KINDS)}: upgrade gan-augment")
+    return KINDS[name]
+
+
+# ---- decoding ----
+
+
+def decode(record_type: type[T], data: object, what: str) -> T:
+    """DATA (decoded JSON) as RECORD_TYPE, or ContractError naming WHAT, its format and the problem in one line."""
+    written = data.get("format", UNVERSIONED) if isinstance(data, Mapping) else None
+    readable = msgspec.structs.fields(record_type)
+    current = next((field.default for field in readable if field.name == "format"), None)
+    if isinstance(written, int) and current is not None and written > current:
+        raise ContractError(f"{what} is format {written}, newer than this reader (format {current}): upgrade gan-augment")
+    if isinstance(data, Mapping) and written == UNVERSIONED and current is not None:
+        data = {**data, "format": UNVERSIONED}
+    try:
+        return msgspec.convert(data, record_type)
+    except msgspec.ValidationError as exc:
+        shown = "unversioned" if written == UNVERSIONED else f"format {written}"
+        raise ContractError(f"{what} ({shown}) cannot be read as format {current}: {exc}; run the job again to "
+                            "write it in the current format") from None
+
+
+def decode_json(record_type: type[T], text: str, what: str) -> T:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{what} is not JSON ({exc}); run the job again") from None
+    return decode(record_type, data, what)
+
+
+def read_model_card(text: str, model_id: str) -> ModelCard:
+    return decode_json(ModelCard, text, f"the model card of {model_id}")
+
+
+def read_report(kind: JobKind, text: str, job_id: str) -> QualityReport | UtilityReport:
+    what = f"report.json of {kind.name} job {job_id}"
+    if kind.name == "evaluate-utility":
+        return decode_json(UtilityReport, text, what)
+    return decode_json(QualityReport, text, what)
