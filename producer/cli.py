@@ -20,12 +20,13 @@ import click
 
 from producer.client import Client, SubmitError
 from producer.follow import follow, status_line
+from producer.options import spec_options
 from shared.broker import EVALUATE_QUEUE, GENERATE_QUEUE, QUEUES, TRAIN_QUEUE, BrokerUnreachable
 from shared.contracts import KINDS, kind_of
 from shared.datasets import DatasetNotFound
 from shared.jobs import CANCELLED, FAILURE, SUCCESS
 from shared.settings import Settings, SettingsError
-from shared.specs import CONDITIONINGS, HOLDOUTS, LOSSES, PRECISIONS, TARGET_RULES, SpecError, check_job_id
+from shared.specs import HOLDOUTS, TARGET_RULES, SpecError, TrainSpec, check_job_id
 from shared.storage import StorageError, open_storage
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3
@@ -76,43 +77,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--dataset", required=True, help="fashion-mnist, cifar10, fake, or imagefolder:<path or s3://bucket/prefix>")
-@click.option("--epochs", type=int, help="Passes over the dataset (exclusive with --steps; default 1, and at least "
-              "6,000 steps below 10,000 images).")
-@click.option("--steps", type=int, help="Optimizer steps (exclusive with --epochs).")
-@click.option("--image-size", type=int, help="28, 32 or 64 (default: the dataset's own).")
-@click.option("--channels", type=int, help="1 or 3 (default: the dataset's own).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--conditional/--unconditional", default=None, help="Condition on class labels (default: when the dataset has them).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--width", type=int, default=64, show_default=True, help="Base channel width of G and D (ngf = ndf).")
-@click.option("--limit", type=int, help="Train on the first LIMIT images only.")
-@click.option("--per-class", type=int, help="Train on PER_CLASS images of each class (small-data runs).")
-@click.option("--imbalance", type=float, help="With --per-class: a long-tailed subset, PER_CLASS images of the commonest "
-              "class down to PER_CLASS / IMBALANCE of the rarest (exponential profile; class order drawn by --seed).")
-@click.option("--loss", type=click.Choice(LOSSES), help="GAN loss (default: bce, the seed's).")
-@click.option("--spectral-norm/--no-spectral-norm", default=None, help="Spectral norm in D (default: off).")
-@click.option("--conditioning", type=click.Choice(CONDITIONINGS), help="How D sees labels (default: concat, one-hot planes).")
-@click.option("--diffaugment", help="auto, none, or a comma list of translation, cutout, color (default: auto: "
-              "translation,cutout below 10,000 training images, none above).")
-@click.option("--grad-clip", type=float, help="Max gradient norm for G and D; 0 disables (default: 0).")
-@click.option("--ema", type=float, help="Decay of a moving average of G used for sampling, e.g. 0.999; 0 disables (default: 0).")
-@click.option("--mode-seeking", type=float, help="Weight of the mode-seeking term that rewards G for turning different "
-              "noise into different images of a class; 0 disables (default: 1 below 10,000 training images, else 0).")
-@click.option("--checkpoint-every", type=int, help="Steps between checkpoints (default: 500).")
-@click.option("--log-every", type=int, help="Steps between progress reports (default: 50).")
-@click.option("--sample-every", type=int, help="Steps between sample grids (default: once per epoch).")
-@click.option("--precision", type=click.Choice(PRECISIONS),
-              help="auto: bf16 autocast where the hardware has bf16 (CUDA, CPUs with AVX512-BF16 or AMX), else fp32.")
-@click.option("--compile/--no-compile", default=None, help="torch.compile the networks.")
-@click.option("--teacher", type=int, help="Train a teacher of this many classifiers on the same images; generated samples then "
-              "carry its class probabilities as soft labels (default: 3 for labelled data below 10,000 images, else 0).")
-@click.option("--teacher-steps", type=int, help="Training steps of each teacher classifier (default: 1000, or the GAN's "
-              "steps when fewer).")
-@click.option("--guidance", type=float, help="Weight of the teacher's cross-entropy on G's samples while training: samples "
-              "look more like their class; needs --teacher; 0 disables (default: 1 below 10,000 images with a teacher).")
-@click.option("--class-balanced/--no-class-balanced", default=None, help="Draw D's real batches, and so the labels G is "
-              "asked for, class-balanced, a rare class's images repeating (for long-tailed data; default: off).")
+@spec_options(TrainSpec)
 @handle_errors
 def train(**options: Any) -> None:
     """Enqueue a GAN training job; prints the job id."""

@@ -83,6 +83,16 @@ def _whole(pattern: str) -> str:
     return rf"^(?:{pattern})\Z"
 
 
+def option(help: str, default: str | None = None, flag: str | None = None) -> Meta:
+    """Offer a field on the command line (producer/options.py builds the option): its HELP, and in words what a
+    None default chooses (DEFAULT, in markdown, as the README's table of defaults shows it); FLAG for a yes/no field
+    whose switch is not ``--name/--no-name``."""
+    extra: dict[str, str] = {"default": default} if default else {}
+    if flag:
+        extra["flag"] = flag
+    return Meta(description=help, extra=extra)
+
+
 def number_list(low: float, high: float) -> Meta:
     """A comma list of numbers above LOW and at most HIGH, kept as text (the CLI's and the message's form)."""
     return Meta(extra={"numbers": (low, high)})
@@ -192,57 +202,69 @@ class TrainSpec(_Spec, frozen=True):
     kind: ClassVar[str] = "train"
 
     job_id: JobId
-    dataset: Dataset
-    epochs: Annotated[int, Meta(ge=1, le=10_000)] | None = None
-    steps: Steps | None = None
-    image_size: ImageSize | None = None  # None: the dataset's native size
-    # None: the dataset's own; 1 or 3 converts grey <-> RGB at load time
-    channels: Annotated[Literal[1, 3], _explained(None, "1 or 3")] | None = None
-    batch_size: Annotated[int, Meta(ge=1, le=4096)] = 64
-    conditional: bool | None = None  # None: conditional when the dataset has labels
-    seed: Seed = 0
+    dataset: Annotated[Dataset, option("fashion-mnist, cifar10, fake, or imagefolder:<path or s3://bucket/prefix>")]
+    epochs: Annotated[int, Meta(ge=1, le=10_000), option(
+        "Passes over the dataset (exclusive with --steps).",
+        f"1, and at least {SMALL_DATA_STEPS:,} steps below {SMALL_DATASET:,} images")] | None = None
+    steps: Annotated[Steps, option(
+        "Optimizer steps (exclusive with --epochs).",
+        f"one epoch, at least {SMALL_DATA_STEPS:,} steps below {SMALL_DATASET:,} images")] | None = None
+    image_size: Annotated[ImageSize, option("28, 32 or 64.", "the dataset's own")] | None = None
+    # 1 or 3 converts grey <-> RGB at load time
+    channels: Annotated[Literal[1, 3], _explained(None, "1 or 3"), option("1 or 3.", "the dataset's own")] | None = None
+    batch_size: Annotated[int, Meta(ge=1, le=4096), option("Images per optimizer step.")] = 64
+    conditional: Annotated[bool, option("Condition on class labels.", "when the dataset has them",
+                                        "--conditional/--unconditional")] | None = None
+    seed: Annotated[Seed, option("Seed of the run, and of the images a --per-class subset draws.")] = 0
     nz: Annotated[int, Meta(ge=1, le=1024)] = 100
-    width: Width = 64  # ngf = ndf, as in the seed's DCGAN
+    width: Annotated[Width, option("Base channel width of G and D (ngf = ndf, as in the seed's DCGAN).")] = 64
     lr: Annotated[float, Meta(ge=1e-6, le=1.0)] = 2e-4
     beta1: Annotated[float, Meta(ge=0.0, le=0.999)] = 0.5
     beta2: Annotated[float, Meta(ge=0.0, le=0.9999)] = 0.999
     # Stabilisers; defaults chosen by measurement (docs/training.md: on 100 images per class, DiffAugment
     # on the seed's recipe gave the best FID; hinge, spectral norm, projection and EMA made it worse).
-    loss: Loss = "bce"
-    spectral_norm: bool = False  # in D
-    conditioning: Conditioning = "concat"
-    # comma list of translation, cutout, color; "none"; or "auto": translation,cutout for a small training set
-    # (under SMALL_DATASET images), none for a large one, as measured (docs/training.md)
-    diffaugment: DiffAugment = "auto"
-    grad_clip: Annotated[float, Meta(ge=0.0, le=1e6)] = 0.0  # max gradient norm for G and D; 0 disables
-    # decay of the moving average of G's weights used for sampling (e.g. 0.999); 0 disables
-    ema: Annotated[float, Meta(ge=0.0, le=0.99999)] = 0.0
-    # weight of the mode-seeking term (Mao et al. 2019): G is rewarded for mapping different noise of one class to
-    # different images; 0 disables; None: SMALL_DATA_MODE_SEEKING below SMALL_DATASET images, else 0
-    mode_seeking: Annotated[float, Meta(ge=0.0, le=100.0)] | None = None
-    limit: Annotated[int, Meta(ge=1, le=100_000_000)] | None = None  # train on the first LIMIT images only
-    per_class: Steps | None = None  # train on PER_CLASS images of each class (small-data experiments)
-    # with per_class: a long-tailed subset, PER_CLASS images of the commonest class down to PER_CLASS / IMBALANCE of
-    # the rarest (see long_tail_counts); None or 1: balanced
-    imbalance: Imbalance | None = None
-    log_every: Annotated[int, Meta(ge=1, le=1_000_000)] = 50
-    checkpoint_every: Steps = 500
-    sample_every: Steps | None = None  # steps between sample grids; None: once per epoch
-    precision: Precision = "auto"  # auto: bf16 autocast where the hardware has bf16 (CUDA, AVX512-BF16/AMX CPUs)
-    compile: bool = False  # torch.compile the networks (faster after a warm-up, on GPUs mostly)
-    # Classifiers trained on the same real images whose averaged probabilities label every generated sample (soft
-    # labels in the shards); 0: no teacher; None: AUTO_TEACHER_MEMBERS for labelled data below SMALL_DATASET images
-    # (or when guidance asks for one), else 0.
-    teacher: Annotated[int, Meta(ge=0, le=16)] | None = None
+    loss: Annotated[Loss, option("GAN loss: the seed's BCE or the hinge loss.")] = "bce"
+    spectral_norm: Annotated[bool, option("Spectral norm on D's layers (instead of D's BatchNorm).")] = False
+    conditioning: Annotated[Conditioning, option(
+        "How D sees labels: one-hot label planes concatenated to the image, or a projection discriminator.")] = "concat"
+    # "auto" as measured (docs/training.md)
+    diffaugment: Annotated[DiffAugment, option(
+        f"Differentiable augmentation of real and fake images for D: auto (translation,cutout below {SMALL_DATASET:,} "
+        "training images, none above), none, or a comma list of translation, cutout, color (color for RGB).")] = "auto"
+    grad_clip: Annotated[float, Meta(ge=0.0, le=1e6), option("Max gradient norm for G and D; 0 disables.")] = 0.0
+    ema: Annotated[float, Meta(ge=0.0, le=0.99999), option(
+        "Decay of a moving average of G's weights used for every sample, e.g. 0.999; 0 disables.")] = 0.0
+    mode_seeking: Annotated[float, Meta(ge=0.0, le=100.0), option(
+        "Weight of the mode-seeking term (Mao et al. 2019) that rewards G for turning different noise into different "
+        "images of a class; 0 disables.",
+        f"`{SMALL_DATA_MODE_SEEKING:g}` below {SMALL_DATASET:,} training images, else `0`")] | None = None
+    limit: Annotated[int, Meta(ge=1, le=100_000_000), option("Train on the first LIMIT images only.", "every image")] | None = None
+    per_class: Annotated[Steps, option("Train on PER_CLASS images of each class (small-data runs).",
+                                                  "every image")] | None = None
+    imbalance: Annotated[Imbalance, option(
+        "With --per-class: a long-tailed subset, PER_CLASS images of the commonest class down to PER_CLASS / IMBALANCE "
+        "of the rarest (exponential profile; class order drawn by --seed).", "`1`, balanced")] | None = None
+    log_every: Annotated[int, Meta(ge=1, le=1_000_000), option("Steps between progress reports.")] = 50
+    checkpoint_every: Annotated[Steps, option("Steps between checkpoints.")] = 500
+    sample_every: Annotated[Steps, option(
+        "Steps between sample grids (models/<job>/samples/step-NNNNNNN.png).", "one epoch")] | None = None
+    precision: Annotated[Precision, option(
+        "auto: bf16 autocast where the hardware has bf16 (CUDA, CPUs with AVX512-BF16 or AMX), else fp32.")] = "auto"
+    compile: Annotated[bool, option("torch.compile the networks (faster after a warm-up, on GPUs mostly).")] = False
+    teacher: Annotated[int, Meta(ge=0, le=16), option(
+        "Classifiers trained on the same real images whose averaged probabilities label every generated sample "
+        "(soft labels in the shards); 0: no teacher.",
+        f"`{AUTO_TEACHER_MEMBERS}` for labelled data below {SMALL_DATASET:,} images, else `0`")] | None = None
     teacher_width: Width = 32
-    teacher_steps: Steps | None = None  # None: TEACHER_STEPS, or the GAN's steps when it trains fewer
-    # weight of the teacher's cross-entropy on G's samples during training (the teacher is trained first): G learns
-    # to make samples that look like the class they were asked for; 0 disables; needs a teacher; None:
-    # SMALL_DATA_GUIDANCE below SMALL_DATASET images when there is a teacher, else 0
-    guidance: Annotated[float, Meta(ge=0.0, le=100.0)] | None = None
-    # draw D's real batches, and so the labels G is asked for, class-balanced: a rare class's images repeat so that
-    # every class gets the same share of the updates (for long-tailed data)
-    class_balanced: bool = False
+    teacher_steps: Annotated[Steps, option("Training steps of each teacher classifier.",
+                                           f"{TEACHER_STEPS:,}, or the GAN's steps when fewer")] | None = None
+    guidance: Annotated[float, Meta(ge=0.0, le=100.0), option(
+        "Weight of the teacher's cross-entropy on G's samples while training (the teacher is trained first): samples "
+        "look more like the class they were asked for; needs a teacher; 0 disables.",
+        f"`{SMALL_DATA_GUIDANCE:g}` below {SMALL_DATASET:,} images when there is a teacher, else `0`")] | None = None
+    class_balanced: Annotated[bool, option(
+        "Draw D's real batches, and so the labels G is asked for, class-balanced, a rare class's images repeating "
+        "(for long-tailed data).")] = False
     version: int = SPEC_VERSION
 
     def _check_fields_together(self) -> None:
@@ -399,7 +421,7 @@ def _float_list(text: str) -> list[float]:
 @functools.cache
 def _number_lists(cls: type[_Spec]) -> tuple[tuple[str, float, float], ...]:
     """The fields of CLS declared with :func:`number_list`, and their bounds (read once: it takes ~100 us)."""
-    declared = ((field.name, _extra(field.type).get("numbers")) for field in msgspec.structs.fields(cls))
+    declared = ((field.name, declared(field.type).get("numbers")) for field in msgspec.structs.fields(cls))
     return tuple((name, *bounds) for name, bounds in declared if bounds)
 
 
@@ -413,12 +435,14 @@ def _check_number_list(spec: _Spec, name: str, low: float, high: float) -> None:
         raise spec._fail(name, f"{_shown(text)}: use numbers above {low:g} and at most {high:g}")
 
 
-def _extra(annotation: Any) -> dict[str, Any]:
-    """The ``extra`` words of the Metas in ANNOTATION (``X | None`` included)."""
+def declared(annotation: Any) -> dict[str, Any]:
+    """The words the Metas in ANNOTATION (``X | None`` included) declare: their ``extra`` and their description."""
     words: dict[str, Any] = {}
     for part in (annotation, *get_args(annotation)):
         for meta in getattr(part, "__metadata__", ()):
             words.update(getattr(meta, "extra", None) or {})
+            if getattr(meta, "description", None):
+                words["description"] = meta.description
     return words
 
 
@@ -455,7 +479,7 @@ def _explain(cls: type[_Spec], data: Mapping[str, Any], message: str) -> SpecErr
     if (where["key"] or where["inside"]) and isinstance(value, dict):
         # name the entry at fault rather than the whole object
         value = next(({key: number} for key, number in value.items() if not _fits({key: number}, annotation)), value)
-    words = _extra(annotation)
+    words = declared(annotation)
     if words.get("use"):
         return SpecError(kind, field, f"{_shown(value)} is not {words.get('is') or 'allowed'}; use {words['use']}")
     rule = msgspec.inspect.type_info(annotation)

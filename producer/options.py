@@ -1,0 +1,88 @@
+"""Command-line options built from a spec's fields, so that a default, a range and a help text are declared once,
+beside the field (shared/specs.py, :func:`shared.specs.option`), for the spec, ``--help`` and the README's table.
+
+An option passes nothing when it is not given: the spec's default applies, and a None default stays the
+automatic choice the spec makes for the data. The value is checked by the spec, whose one-line error names the
+field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import click
+import msgspec
+
+from shared.specs import declared
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def offered(spec: type[msgspec.Struct]) -> list[msgspec.structs.FieldInfo]:
+    """The fields of SPEC that the command line offers (those declared with :func:`shared.specs.option`)."""
+    return [field for field in msgspec.structs.fields(spec) if declared(field.type).get("description")]
+
+
+def default_words(field: msgspec.structs.FieldInfo) -> str:
+    """FIELD's default as the README's table of defaults shows it (markdown): a value, on or off, or in words what
+    the spec chooses."""
+    if field.default is msgspec.NODEFAULT:
+        return "required"
+    if field.default is None:
+        return str(declared(field.type).get("default", "none"))
+    if isinstance(field.default, bool):
+        return "on" if field.default else "off"
+    return f"`{field.default:g}`" if isinstance(field.default, float) else f"`{field.default}`"
+
+
+def spec_options(spec: type[msgspec.Struct]) -> Callable[[F], F]:
+    """Decorate a click command with an option for every field SPEC offers, in the order they are declared."""
+
+    def decorate(command: F) -> F:
+        for field in reversed(offered(spec)):
+            command = _option(field)(command)
+        return command
+
+    return decorate
+
+
+def _option(field: msgspec.structs.FieldInfo) -> Callable[[F], F]:
+    meta = declared(field.type)
+    name = field.name.replace("_", "-")
+    base = _base(field.type)
+    required = field.default is msgspec.NODEFAULT
+    said = [_range(field.type)] + ([] if required else [f"default: {default_words(field).replace('`', '')}"])
+    help_text = f"{meta['description']} ({'; '.join(part for part in said if part)})" if any(said) else meta["description"]
+    if base is bool:
+        return click.option(meta.get("flag", f"--{name}/--no-{name}"), field.name, default=None, help=help_text)
+    if get_origin(base) is Literal and all(isinstance(choice, str) for choice in get_args(base)):
+        kind: Any = click.Choice(get_args(base))
+    elif get_origin(base) is Literal:  # 28, 32 or 64 is an int here: the spec's error says which ones
+        kind = type(get_args(base)[0])
+    else:
+        kind = base if base in (int, float) else str
+    return click.option(f"--{name}", field.name, type=kind, required=required, default=None, help=help_text)
+
+
+def _range(annotation: Any) -> str:
+    """The bounds the Metas in ANNOTATION set, in words ("1 to 4096"); empty when they set none."""
+    metas = [meta for part in (annotation, *get_args(annotation)) for meta in getattr(part, "__metadata__", ())]
+    low = next((meta.ge for meta in metas if getattr(meta, "ge", None) is not None), None)
+    high = next((meta.le for meta in metas if getattr(meta, "le", None) is not None), None)
+    return "" if low is None or high is None else f"{_number(low)} to {_number(high)}"
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def _base(annotation: Any) -> Any:
+    """The type under ANNOTATION's Metas and its ``| None``."""
+    if getattr(annotation, "__metadata__", None) is not None:  # Annotated[T, ...]
+        return _base(annotation.__origin__)
+    if get_origin(annotation) in (Union, UnionType):
+        others = [part for part in get_args(annotation) if part is not type(None)]
+        return _base(others[0]) if len(others) == 1 else annotation
+    return annotation
