@@ -36,8 +36,8 @@ from shared.contracts import GenerateResult, QualityResult, TrainResult  # noqa:
 from shared.jobs import make_record, new_job_id  # noqa: E402
 from shared.progress import TrainProgress  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from shared.testing.processes import service_env  # noqa: E402
-from shared.testing.servers import RedisServer, S3Server, free_port  # noqa: E402
+from tests.support.processes import service_env  # noqa: E402
+from tests.support.servers import RedisServer, S3Server, free_port  # noqa: E402
 
 
 def rss_kib(pid: int) -> int:

@@ -40,8 +40,8 @@ from shared.jobs import RedisJobStore  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.specs import TrainSpec  # noqa: E402
 from shared.storage import open_storage  # noqa: E402
-from shared.testing.processes import WorkerProcess, service_env  # noqa: E402
-from shared.testing.servers import RedisServer, S3Server  # noqa: E402
+from tests.support.processes import WorkerProcess, service_env  # noqa: E402
+from tests.support.servers import RedisServer, S3Server  # noqa: E402
 from worker.checkpoint import load_model  # noqa: E402
 from worker.train import pick_device, run_training  # noqa: E402
 

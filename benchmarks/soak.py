@@ -47,8 +47,8 @@ from shared.jobs import TERMINAL_STATES, RedisJobStore  # noqa: E402
 from shared.manifest import Manifest  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import ObjectNotFound, open_storage  # noqa: E402
-from shared.testing.processes import WorkerProcess, service_env  # noqa: E402
-from shared.testing.servers import RedisServer, S3Server  # noqa: E402
+from tests.support.processes import WorkerProcess, service_env  # noqa: E402
+from tests.support.servers import RedisServer, S3Server  # noqa: E402
 
 SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
 

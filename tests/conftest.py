@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from shared.testing.processes import WorkerProcess, service_env
-from shared.testing.servers import RedisServer, S3Server
+from tests.support.processes import WorkerProcess, service_env
+from tests.support.servers import RedisServer, S3Server
 
 # ---- real servers ----
 # Session-scoped, real processes on free 127.0.0.1 ports (see tests/servers.py).

@@ -31,9 +31,9 @@ from producer.dashboard.data import DashboardData, latest_per_step, thin
 from shared.jobs import FAILURE, SUCCESS, make_record
 from shared.settings import Settings, SettingsError
 from shared.storage import open_storage
-from shared.testing.processes import REPO, WorkerProcess, service_env
-from shared.testing.servers import RedisServer, S3Server, free_port
 from tests.conftest import _redis_dbs
+from tests.support.processes import REPO, WorkerProcess, service_env
+from tests.support.servers import RedisServer, S3Server, free_port
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 WAIT_S = 120.0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.testing.processes import REPO
+from tests.support.processes import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from shared.manifest import Manifest
 from shared.reader import SyntheticJob
 from shared.settings import Settings
 from shared.storage import S3Storage, open_storage
-from shared.testing.processes import run_cli
+from tests.support.processes import run_cli
 
 pytestmark = pytest.mark.integration
 

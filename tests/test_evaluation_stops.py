@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shared.testing.processes import WorkerProcess, run_cli
+from tests.support.processes import WorkerProcess, run_cli
 
 pytestmark = pytest.mark.integration
 

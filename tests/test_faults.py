@@ -25,9 +25,9 @@ from shared.manifest import Manifest
 from shared.settings import Settings
 from shared.specs import SpecError
 from shared.storage import open_storage
-from shared.testing.processes import WorkerProcess, run_cli
-from shared.testing.servers import RedisServer
 from shared.transport import heartbeat_interval_s
+from tests.support.processes import WorkerProcess, run_cli
+from tests.support.servers import RedisServer
 from tests.test_fleet import shard_writes, train_tiny_model, wait_for
 from tests.test_specs import train_dicts
 

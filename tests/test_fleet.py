@@ -15,7 +15,7 @@ from shared.broker import GENERATE_QUEUE, GENERATE_SHARD_TASK, make_celery
 from shared.manifest import Manifest
 from shared.settings import Settings
 from shared.storage import open_storage
-from shared.testing.processes import WorkerProcess, run_cli
+from tests.support.processes import WorkerProcess, run_cli
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from shared.progress import TrainProgress
 from shared.settings import Settings
 from shared.specs import TrainSpec
 from shared.storage import FileStorage, Storage, open_storage
-from shared.testing.processes import WorkerProcess, run_cli
+from tests.support.processes import WorkerProcess, run_cli
 from worker import checkpoint
 from worker.train import TrainHooks, run_training
 

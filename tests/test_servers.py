@@ -11,7 +11,7 @@ import urllib3
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shared.testing.servers import RedisServer, S3Server
+from tests.support.servers import RedisServer, S3Server
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from shared.storage import (
     open_storage,
     retried,
 )
-from shared.testing.servers import S3Server
+from tests.support.servers import S3Server
 
 
 def s3_settings(s3_server: S3Server, storage_url: str) -> Settings:

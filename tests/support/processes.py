@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.testing.servers import S3Server
+from tests.support.servers import S3Server
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout: processes run from its root
 

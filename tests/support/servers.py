@@ -2,7 +2,7 @@
 
 Plain module (no pytest dependency), so benchmarks and ad-hoc scripts can use it too::
 
-    from shared.testing.servers import RedisServer, S3Server
+    from tests.support.servers import RedisServer, S3Server
 
     with RedisServer() as r, S3Server() as s3:
         ...  # r.url, s3.endpoint / s3.access_key / s3.secret_key
