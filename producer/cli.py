@@ -26,7 +26,7 @@ from shared.contracts import KINDS, kind_of
 from shared.datasets import DatasetNotFound
 from shared.jobs import CANCELLED, FAILURE, SUCCESS
 from shared.settings import Settings, SettingsError
-from shared.specs import HOLDOUTS, TARGET_RULES, SpecError, TrainSpec, check_job_id
+from shared.specs import EvaluateSpec, GenerateSpec, SpecError, TrainSpec, check_job_id
 from shared.storage import StorageError, open_storage
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3
@@ -103,22 +103,15 @@ def parse_class_counts(value: str | None) -> dict[str, int] | None:
 @main.command()
 @click.option("--model", required=True, metavar="TRAIN_JOB_ID", help="The job id printed by `augment train`.")
 @click.option("--count", type=int, help="Images to generate (balanced over classes); required unless --rebalance.")
-@click.option("--shard-size", type=int, default=1000, show_default=True, help="Images per tar shard.")
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--class-counts", help="Per-class counts instead of a balance, e.g. 0=500,3=200 (must add up to --count).")
 @click.option("--rebalance", is_flag=True,
               help="Plan per-class counts from the model card that bring every class of its training set to its largest "
               "class (or --to), real plus synthetic; the manifest records the plan.")
 @click.option("--to", "rebalance_to", type=click.IntRange(min=1), help="With --rebalance: images per class to reach.")
-@click.option("--noise-scale", type=float, default=1.0, show_default=True,
-              help="Scale of the latent noise: above 1 trades label accuracy for coverage (1.25 measured recall 0.28 -> "
-              "0.37, label accuracy 0.92 -> 0.86 on the small-data recipe).")
-@click.option("--targets", type=click.Choice(TARGET_RULES), default="teacher", show_default=True,
-              help="Each sample's training target, for a model with a teacher: hard (its label), teacher (the teacher's "
-              "probabilities), agree (its label where the teacher's top class agrees, else the teacher's).")
+@spec_options(GenerateSpec, "shard_size", "seed", "noise_scale", "targets")
 @handle_errors
-def generate(model: str, count: int | None, shard_size: int, seed: int, class_counts: str | None, rebalance: bool,
-             rebalance_to: int | None, noise_scale: float, targets: str) -> None:
+def generate(model: str, count: int | None, class_counts: str | None, rebalance: bool, rebalance_to: int | None,
+             **options: Any) -> None:
     """Enqueue a generation job from a trained model; prints the job id."""
     if rebalance and (count is not None or class_counts):
         fail("--rebalance plans the counts itself; leave out --count and --class-counts", EXIT_BAD_INPUT)
@@ -127,7 +120,7 @@ def generate(model: str, count: int | None, shard_size: int, seed: int, class_co
     if not rebalance and count is None:
         fail("give --count N (images to generate), or --rebalance to plan them from the model card", EXIT_BAD_INPUT)
     client = connect()
-    fields = {"shard_size": shard_size, "seed": seed, "noise_scale": noise_scale, "targets": targets}
+    fields = {name: value for name, value in options.items() if value is not None}
     if rebalance:
         job_id = client.submit_rebalance(model, rebalance_to, **fields)
     else:
@@ -136,46 +129,19 @@ def generate(model: str, count: int | None, shard_size: int, seed: int, class_co
     click.echo(job_id)
 
 
-def common_evaluate_options(command: F) -> F:
-    """Options that both evaluations take."""
-    for option in reversed([
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--classifier-steps", type=int, help="Steps of each classifier trained (default: 1000)."),
-        click.option("--reference-steps", type=int,
-                     help="Steps of the reference classifier, trained once per dataset on its real training split "
-                          "(its features are the default feature space; default: 1500)."),
-        click.option("--test-limit", type=int, help="Score against the first TEST_LIMIT real test images only."),
-        click.option("--inception-weights", type=click.Path(dir_okay=False),
-                     help="A local InceptionV3 weights file (FID-compatible): use its features instead of the classifier's."),
-    ]):
-        command = option(command)
-    return command
-
-
 @main.group()
 def evaluate() -> None:
     """Measure a model's quality, or whether its samples help a classifier (prints the job id)."""
 
 
+# what both evaluations take
+COMMON_EVALUATE_OPTIONS = ("seed", "classifier_steps", "reference_steps", "test_limit", "inception_weights")
+
+
 @evaluate.command("utility")
-@click.option("--dataset", required=True, help="The dataset whose small subset is augmented, e.g. fashion-mnist.")
-@click.option("--per-class", type=int, default=100, show_default=True, help="Real images of each class in the subset "
-              "(with --imbalance: of its commonest class).")
-@click.option("--imbalance", type=float, help="The long-tail scenario: PER_CLASS images of the commonest class down to "
-              "PER_CLASS / IMBALANCE of the rarest, scored by balanced accuracy and the rarest third's (default: 1, balanced).")
-@click.option("--seeds", type=int, default=5, show_default=True, help="Classifier trainings per setting.")
-@click.option("--gan-steps", type=int, help="Steps of the GAN trained on the subset (default: augment train's budget).")
-@click.option("--gan-width", type=int, help="Base channel width of that GAN (default: augment train's).")
-@click.option("--samples-per-class", type=int, help="GAN samples per class in the pool the classifiers draw from (default: 1000).")
-@click.option("--holdout", type=click.Choice(HOLDOUTS), help="Score on the test split (default; for final figures) or on a "
-              "validation split of training images outside the subset (for choosing recipes and settings).")
-@click.option("--validation-size", type=int, help="Images in that validation split (default: 10000).")
-@click.option("--sweep", is_flag=True, default=None, help="Also run the earlier sweep: synthetic:real ratios, loss weights, "
-              "confidence filters, pre-training (arms (a)-(d)).")
-@click.option("--ratios", help="Sweep: synthetic:real ratios to try (default: 0.25,0.5,1,2,4).")
-@click.option("--synthetic-weights", help="Sweep: loss weights of synthetic samples to try (default: 0.5,0.25).")
-@click.option("--min-confidences", help="Sweep: confidence filters to try (default: 0.5,0.9).")
-@common_evaluate_options
+@spec_options(EvaluateSpec, "dataset", "per_class", "imbalance", "seeds", "gan_steps", "gan_width", "samples_per_class",
+              "holdout", "validation_size", "sweep", "ratios", "synthetic_weights", "min_confidences",
+              *COMMON_EVALUATE_OPTIONS, required=("dataset",))
 @handle_errors
 def evaluate_utility(**options: Any) -> None:
     """Does the GAN add anything? The same CNN on real images, + mixup (no GAN), + GAN samples (hard, teacher or
@@ -191,10 +157,7 @@ def submit_evaluation(mode: str, options: dict[str, Any]) -> None:
 
 
 @evaluate.command("quality")
-@click.option("--model", required=True, metavar="TRAIN_JOB_ID", help="The trained model to score.")
-@click.option("--dataset", help="The real data to compare with (default: the model's training dataset).")
-@click.option("--samples-per-class", type=int, help="Generated images per class (default: 1000).")
-@common_evaluate_options
+@spec_options(EvaluateSpec, "model", "dataset", "samples_per_class", *COMMON_EVALUATE_OPTIONS, required=("model",))
 @handle_errors
 def evaluate_quality(**options: Any) -> None:
     """FID, KID, precision/recall, per-class FID, classifier score and CAS of a model against the real test split."""

@@ -37,22 +37,25 @@ def default_words(field: msgspec.structs.FieldInfo) -> str:
     return f"`{field.default:g}`" if isinstance(field.default, float) else f"`{field.default}`"
 
 
-def spec_options(spec: type[msgspec.Struct]) -> Callable[[F], F]:
-    """Decorate a click command with an option for every field SPEC offers, in the order they are declared."""
+def spec_options(spec: type[msgspec.Struct], *names: str, required: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Decorate a click command with an option for each of NAMES (default: every field SPEC offers, in the order
+    they are declared); the fields in REQUIRED are required on this command (a mode's own rule)."""
+    fields = {field.name: field for field in offered(spec)}
+    chosen = [fields[name] for name in names] if names else list(fields.values())
 
     def decorate(command: F) -> F:
-        for field in reversed(offered(spec)):
-            command = _option(field)(command)
+        for field in reversed(chosen):
+            command = _option(field, field.name in required)(command)
         return command
 
     return decorate
 
 
-def _option(field: msgspec.structs.FieldInfo) -> Callable[[F], F]:
+def _option(field: msgspec.structs.FieldInfo, required: bool = False) -> Callable[[F], F]:
     meta = declared(field.type)
     name = field.name.replace("_", "-")
     base = _base(field.type)
-    required = field.default is msgspec.NODEFAULT
+    required = required or field.default is msgspec.NODEFAULT
     said = [_range(field.type)] + ([] if required else [f"default: {default_words(field).replace('`', '')}"])
     help_text = f"{meta['description']} ({'; '.join(part for part in said if part)})" if any(said) else meta["description"]
     if base is bool:

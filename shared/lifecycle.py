@@ -10,7 +10,7 @@ transition     state         info
 =============  ============  ========================================================
 queued         PENDING       nothing (no record yet), or why the job went back
 running        STARTED       then PROGRESS with the kind's progress record
-retrying       RETRY         why, and when it is tried again
+retrying       RETRY         why (an error)
 handed back    PENDING       why (a worker shutting down); the next worker resumes it
 succeeded      SUCCESS       the kind's result (shared.contracts)
 failed         FAILURE       the error
@@ -61,18 +61,26 @@ class JobStates:
     # ---- transitions ----
 
     def started(self, job_id: str) -> None:
-        self.backend.store_result(job_id, {}, JobState.STARTED)
+        self._going_on(job_id, JobState.STARTED, {})
 
     def progress(self, job_id: str, progress: Progress | None = None) -> None:
         """A running job's latest progress record (None: running, no record yet)."""
-        self.backend.store_result(job_id, {} if progress is None else progress_to_dict(progress), JobState.PROGRESS)
+        self._going_on(job_id, JobState.PROGRESS, {} if progress is None else progress_to_dict(progress))
 
-    def retrying(self, job_id: str, reason: str, in_s: float) -> None:
-        self.backend.store_result(job_id, {"reason": reason, "retry_in_s": in_s}, JobState.RETRY)
+    def retrying(self, job_id: str, reason: BaseException) -> None:
+        """Tried again later, for REASON (the backend keeps a retry's reason as an error, as a failure's)."""
+        if not self.ended(job_id):
+            self.backend.mark_as_retry(job_id, reason)
 
     def handed_back(self, job_id: str, reason: str) -> None:
         """Queued again: the job's message went back to its queue and the next worker to take it resumes it."""
-        self.backend.store_result(job_id, {"reason": reason}, JobState.PENDING)
+        self._going_on(job_id, JobState.PENDING, {"reason": reason})
+
+    def _going_on(self, job_id: str, state: JobState, info: dict[str, Any]) -> None:
+        """A state on the way, unless the job has ended: a job cancelled while it waited, whose worker took it a
+        moment later, stays cancelled (that worker stops at its next look at the cancel flag)."""
+        if not self.ended(job_id):
+            self.backend.store_result(job_id, info, state)
 
     def succeeded(self, job_id: str, result: Result) -> bool:
         return self._end(job_id, JobState.SUCCESS, result.to_dict())

@@ -43,13 +43,10 @@ Holdout = Literal["test", "validation"]
 # teacher's probabilities; "agree" the one-hot label where the teacher's top class is that label, the teacher's
 # probabilities where it is not (the conditioning label is trusted only where a second opinion backs it)
 TargetRule = Literal["hard", "teacher", "agree"]
-TARGET_RULES: tuple[str, ...] = get_args(TargetRule)
 IMAGE_SIZES: tuple[int, ...] = get_args(ImageSize)
 LOSSES: tuple[str, ...] = get_args(Loss)
 CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-EVALUATION_MODES: tuple[str, ...] = get_args(EvaluationMode)
-HOLDOUTS: tuple[str, ...] = get_args(Holdout)
 BUILTIN_DATASETS = ("fashion-mnist", "cifar10", "fake")
 AUGMENTATIONS = ("translation", "cutout", "color")
 # DiffAugment helped at 1,000 training images (FID 218 -> 168) and hurt at 60,000 (58 -> 116): "auto" turns it on
@@ -328,20 +325,23 @@ class GenerateSpec(_Spec, frozen=True):
     job_id: JobId
     model: JobId
     count: Annotated[int, Meta(ge=1, le=100_000_000)]
-    shard_size: Annotated[int, Meta(ge=1, le=100_000)] = 1000
-    seed: Seed = 0
+    shard_size: Annotated[int, Meta(ge=1, le=100_000), option("Images per tar shard.")] = 1000
+    seed: Annotated[Seed, option("Seed of the noise: the same seed makes the same images.")] = 0
     batch_size: Annotated[int, Meta(ge=1, le=8192)] = 256
     class_counts: ClassCounts | None = None  # overrides COUNT's balance
     # the latent noise's standard deviation: above 1 reaches further from the modes G learned, trading label
     # accuracy for coverage (docs/training.md measures it); below 1 the reverse (truncation)
-    noise_scale: Annotated[float, Meta(ge=0.01, le=10.0)] = 1.0
+    noise_scale: Annotated[float, Meta(ge=0.01, le=10.0), option(
+        "Scale of the latent noise: above 1 trades label accuracy for coverage, below 1 the reverse.")] = 1.0
     # a rebalancing plan (`augment generate --rebalance`): the model's training images per class (from its card)
     # and the per-class total real + synthetic that CLASS_COUNTS brings every class to
     real_counts: ClassCounts | None = None
     rebalance_to: Annotated[int, Meta(ge=1, le=100_000_000)] | None = None
     # each sample's training target, written to its metadata when the model has a teacher (TargetRule above);
     # "teacher" measured best of the three on the long-tail validation split (docs/evaluation.md)
-    targets: TargetRule = "teacher"
+    targets: Annotated[TargetRule, option(
+        "Each sample's training target, for a model with a teacher: hard (its label), teacher (the teacher's "
+        "probabilities), agree (its label where the teacher's top class agrees, else the teacher's).")] = "teacher"
     version: int = SPEC_VERSION
 
     def _check_fields_together(self) -> None:
@@ -367,32 +367,47 @@ class EvaluateSpec(_Spec, frozen=True):
 
     job_id: JobId
     mode: EvaluationMode
-    dataset: Dataset | None = None  # utility: the dataset; quality: the model's own unless given
-    model: JobId | None = None  # quality: the training job whose generator is scored
-    per_class: Annotated[int, Meta(ge=2, le=100_000)] = 100  # utility: real images of each class in the small subset
-    # utility: 1 is the balanced scenario; above 1 the long-tail one, PER_CLASS images of the commonest class down to
-    # PER_CLASS / IMBALANCE of the rarest, scored on the balanced held-out images (balanced accuracy, rarest third)
-    imbalance: Imbalance = 1.0
-    # utility: classifier trainings per setting (mean and standard deviation; seed noise is ~0.5 points at 1,000 images)
-    seeds: Annotated[int, Meta(ge=1, le=20)] = 5
-    seed: Seed = 0
-    gan_steps: Steps | None = None  # utility: steps of the GAN trained on the subset (None: augment train's budget)
-    gan_width: Width | None = None  # utility: its width (None: augment train's default; smaller for smoke runs)
+    dataset: Annotated[Dataset, option(
+        "utility: the dataset whose small subset is augmented, e.g. fashion-mnist; quality: the real data to compare "
+        "with.", "the model's training dataset")] | None = None
+    model: Annotated[JobId, option("quality: the training job whose generator is scored.")] | None = None
+    per_class: Annotated[int, Meta(ge=2, le=100_000), option(
+        "Real images of each class in the subset (with --imbalance: of its commonest class).")] = 100
+    # utility: 1 is the balanced scenario; above 1 the long-tail one, scored on the balanced held-out images
+    imbalance: Annotated[Imbalance, option(
+        "The long-tail scenario: PER_CLASS images of the commonest class down to PER_CLASS / IMBALANCE of the rarest, "
+        "scored by balanced accuracy and the rarest third's; 1 is balanced.")] = 1.0
+    # utility: mean and standard deviation over seeds (docs/evaluation.md says how large seed noise is)
+    seeds: Annotated[int, Meta(ge=1, le=20), option("Classifier trainings per setting.")] = 5
+    seed: Annotated[Seed, option("Seed of the subset, the GAN, the samples and the classifiers.")] = 0
+    gan_steps: Annotated[Steps, option("Steps of the GAN trained on the subset.", "augment train's budget")] | None = None
+    gan_width: Annotated[Width, option("Base channel width of that GAN.", "augment train's")] | None = None
     gan_class_balanced: bool | None = None  # utility: its class_balanced (None: augment train's default)
-    holdout: Holdout = "test"  # utility: score on the test split, or on a validation split of training images
-    validation_size: Annotated[int, Meta(ge=10, le=1_000_000)] = 10_000  # utility: images in that validation split
-    sweep: bool = False  # utility: also run the earlier sweep (ratios, weights, confidence filters, pre-training)
-    classifier_steps: Steps = 1000  # steps of every classifier trained for a setting or for CAS
-    reference_steps: Steps = 1500  # steps of the reference classifier (the feature space), trained once per dataset
-    # quality: generated images per class to score; utility: the pool of GAN samples the classifiers draw from
-    samples_per_class: Annotated[int, Meta(ge=2, le=100_000)] = 1000
-    test_limit: Annotated[int, Meta(ge=10, le=10_000_000)] | None = None  # score against the first TEST_LIMIT test images
-    ratios: Annotated[str, number_list(0.0, 64.0)] = "0.25,0.5,1,2,4"  # utility: synthetic images per real image
-    # utility: loss weights of synthetic samples to try (ratio 1)
-    synthetic_weights: Annotated[str, number_list(0.0, 1.0)] = "0.5,0.25"
-    # utility: keep synthetic samples whose label a real-trained classifier gives at least this
-    min_confidences: Annotated[str, number_list(0.0, 1.0)] = "0.5,0.9"
-    inception_weights: str | None = None  # a local InceptionV3 weights file: its features instead of the classifier's
+    holdout: Annotated[Holdout, option(
+        "Score on the test split (for final figures) or on a validation split of training images outside the subset "
+        "(for choosing recipes and settings).")] = "test"
+    validation_size: Annotated[int, Meta(ge=10, le=1_000_000), option("Images in that validation split.")] = 10_000
+    sweep: Annotated[bool, option(
+        "Also run the earlier sweep: synthetic:real ratios, loss weights, confidence filters, pre-training (arms "
+        "(a)-(d)).")] = False
+    classifier_steps: Annotated[Steps, option("Steps of each classifier trained (for a setting, or for CAS).")] = 1000
+    reference_steps: Annotated[Steps, option(
+        "Steps of the reference classifier, trained once per dataset on its real training split (its features are "
+        "the default feature space).")] = 1500
+    samples_per_class: Annotated[int, Meta(ge=2, le=100_000), option(
+        "Generated images per class: scored (quality), or the pool of GAN samples the classifiers draw from "
+        "(utility).")] = 1000
+    test_limit: Annotated[int, Meta(ge=10, le=10_000_000), option(
+        "Score against the first TEST_LIMIT real test images only.", "every test image")] | None = None
+    ratios: Annotated[str, number_list(0.0, 64.0), option("Sweep: synthetic:real ratios to try.")] = "0.25,0.5,1,2,4"
+    synthetic_weights: Annotated[str, number_list(0.0, 1.0), option(
+        "Sweep: loss weights of synthetic samples to try (at ratio 1).")] = "0.5,0.25"
+    min_confidences: Annotated[str, number_list(0.0, 1.0), option(
+        "Sweep: keep synthetic samples whose label a real-trained classifier gives at least this; the filters to "
+        "try.")] = "0.5,0.9"
+    inception_weights: Annotated[str, option(
+        "A local InceptionV3 weights file (FID-compatible): use its features instead of the classifier's.",
+        "the reference classifier's features")] | None = None
     version: int = SPEC_VERSION
 
     def _check_fields_together(self) -> None:
@@ -421,8 +436,8 @@ def _float_list(text: str) -> list[float]:
 @functools.cache
 def _number_lists(cls: type[_Spec]) -> tuple[tuple[str, float, float], ...]:
     """The fields of CLS declared with :func:`number_list`, and their bounds (read once: it takes ~100 us)."""
-    declared = ((field.name, declared(field.type).get("numbers")) for field in msgspec.structs.fields(cls))
-    return tuple((name, *bounds) for name, bounds in declared if bounds)
+    lists = ((field.name, declared(field.type).get("numbers")) for field in msgspec.structs.fields(cls))
+    return tuple((name, *bounds) for name, bounds in lists if bounds)
 
 
 def _check_number_list(spec: _Spec, name: str, low: float, high: float) -> None:
@@ -475,16 +490,16 @@ def _explain(cls: type[_Spec], data: Mapping[str, Any], message: str) -> SpecErr
     if where is None:
         return SpecError(kind, "spec", " ".join(message.split()))
     field, value = where["field"], data[where["field"]]
-    annotation = {declared.name: declared.type for declared in msgspec.structs.fields(cls)}[field]
+    annotation = {item.name: item.type for item in msgspec.structs.fields(cls)}[field]
     if (where["key"] or where["inside"]) and isinstance(value, dict):
         # name the entry at fault rather than the whole object
         value = next(({key: number} for key, number in value.items() if not _fits({key: number}, annotation)), value)
     words = declared(annotation)
     if words.get("use"):
         return SpecError(kind, field, f"{_shown(value)} is not {words.get('is') or 'allowed'}; use {words['use']}")
-    rule = msgspec.inspect.type_info(annotation)
+    rule = _unwrapped(msgspec.inspect.type_info(annotation))
     if isinstance(rule, msgspec.inspect.UnionType):  # X | None
-        rule = next(part for part in rule.types if not isinstance(part, msgspec.inspect.NoneType))
+        rule = _unwrapped(next(part for part in rule.types if not isinstance(part, msgspec.inspect.NoneType)))
     problem = where["problem"]
     if ", got `" in problem:
         literal = rule.values[0] if isinstance(rule, msgspec.inspect.LiteralType) else None
@@ -494,6 +509,13 @@ def _explain(cls: type[_Spec], data: Mapping[str, Any], message: str) -> SpecErr
         return SpecError(kind, field, f"{_shown(value)} is out of range; use {_bound(rule.ge)} to {_bound(rule.le)}")
     choices = ", ".join(map(str, getattr(rule, "values", ())))
     return SpecError(kind, field, f"{_shown(value)} is not allowed; use one of {choices}")
+
+
+def _unwrapped(rule: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    """RULE without the help and words a field declares (its option): the type and range beneath."""
+    while isinstance(rule, msgspec.inspect.Metadata):
+        rule = rule.type
+    return rule
 
 
 def _bound(number: float) -> str:
@@ -514,7 +536,6 @@ __all__ = [
     "CONDITIONINGS",
     "LOSSES",
     "PRECISIONS",
-    "TARGET_RULES",
     "SpecError",
     "Recipe",
     "long_tail_counts",

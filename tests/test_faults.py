@@ -211,6 +211,27 @@ def test_hostile_messages_fail_alone_and_the_worker_keeps_serving(augment_env, s
     assert "dropped a malformed message" in log
 
 
+def test_a_redelivered_message_of_an_ended_job_is_skipped(augment_env, start_worker):
+    # a duplicated message, or one handed out again after its job ended: the first final state stands, and the
+    # finished model is not trained or written again
+    worker = start_worker(queues="train")
+    finished = run_cli(augment_env, "train", "--dataset", "fake", "--steps", "3", "--width", "8", "--teacher", "0").stdout.strip()
+    assert run_cli(augment_env, "watch", finished, "--interval", "0.2", timeout=180).returncode == 0, worker.log_tail()
+    storage = open_storage(Settings.from_env(augment_env))
+    card = storage.get_text(f"models/{finished}/model.json")
+    spec = Client.connect(Settings.from_env(augment_env)).store.get(finished)
+    assert spec is not None
+    make_celery(Settings.from_env(augment_env)).send_task(TRAIN_TASK, kwargs={"spec": spec.spec}, task_id=finished, queue="train")
+    # the worker takes its queue in order: once a job sent after the duplicate ends, the duplicate has been handled
+    after = run_cli(augment_env, "train", "--dataset", "fake", "--steps", "2", "--width", "8", "--teacher", "0").stdout.strip()
+    assert run_cli(augment_env, "watch", after, "--interval", "0.2", timeout=180).returncode == 0, worker.log_tail()
+    status = json.loads(run_cli(augment_env, "status", finished, "--json").stdout)
+    assert status["state"] == "SUCCESS" and status["result"]["steps"] == 3
+    assert storage.get_text(f"models/{finished}/model.json") == card
+    log = worker.log_path.read_text()
+    assert log.count(f"augment.train[{finished}] received") == 2 and f"job {finished}: resuming from step" not in log
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fields=train_dicts)
 def test_fuzzed_submissions_get_clean_errors_and_enqueue_only_valid_jobs(augment_env, fields: dict[str, Any]):

@@ -105,7 +105,7 @@ def _later(task: Task, seconds: float, exc: Exception | None = None, max_retries
     are unlimited: they end when the holder finishes or dies.
     """
     if states is not None and (max_retries is None or task.request.retries < max_retries):
-        states.retrying(task.request.id, f"{type(exc).__name__}: {exc}" if exc else "waiting for another worker", seconds)
+        states.retrying(task.request.id, exc or RuntimeError("running on another worker; checking again later"))
     options = {} if max_retries is None else {"max_retries": max_retries}
     return task.retry(exc=exc, countdown=seconds, **options)  # type: ignore[no-any-return]
 
