@@ -9,18 +9,70 @@ from __future__ import annotations
 
 import io
 import pickle
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from shared.contracts import ModelCard, read_model_card
 from shared.layout import checkpoint_key, model_card_key
+from shared.specs import TrainSpec
 from shared.storage import Storage
-from worker.model import GANConfig, Generator
+from worker.model import Discriminator, GANConfig, Generator
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KIND = "gan-augment/dcgan"
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training: what a checkpoint stores, built and read back here alone."""
+
+    config: GANConfig
+    generator: Generator
+    discriminator: Discriminator
+    generator_ema: Generator | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    noise_rng: torch.Generator
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def sampler(self) -> Generator:
+        """The generator to sample from: the moving average when there is one."""
+        return self.generator_ema if self.generator_ema is not None else self.generator
+
+    def to_checkpoint(self, spec: TrainSpec, class_names: list[str]) -> dict[str, Any]:
+        """The checkpoint of this state (:func:`to_bytes` adds its format and kind)."""
+        return {
+            "config": config_dict(self.config),
+            "spec": spec.to_dict(),
+            "class_names": class_names,
+            "step": self.step,
+            "generator": self.generator.state_dict(),
+            "generator_ema": self.generator_ema.state_dict() if self.generator_ema is not None else None,
+            "discriminator": self.discriminator.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng": {"noise": self.noise_rng.get_state()},
+            "history": self.history,
+            "warnings": self.warnings,
+        }
+
+    def load_checkpoint(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint that :meth:`to_checkpoint` built (read back by :func:`load`)."""
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        if self.generator_ema is not None:
+            self.generator_ema.load_state_dict(state["generator_ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.noise_rng.set_state(state["rng"]["noise"])
+        self.step = int(state["step"])
+        self.history = list(state.get("history", []))
+        self.warnings = list(state.get("warnings", []))
 
 
 class CheckpointError(ValueError):

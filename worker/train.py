@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ from shared.settings import Settings
 from shared.specs import Recipe, TrainSpec
 from shared.storage import Storage
 from worker import checkpoint
+from worker.checkpoint import TrainState
 from worker.collapse_guard import DIVERSITY_WARMUP, collapse_warnings, diversity_warnings
 from worker.data import ImageData, load_dataset
 from worker.diffaugment import diff_augment
@@ -54,55 +55,6 @@ class TrainHooks:
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@dataclass
-class TrainState:
-    """Everything that changes during training; what a checkpoint stores."""
-
-    config: GANConfig
-    generator: Generator
-    discriminator: Discriminator
-    generator_ema: Generator | None
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    noise_rng: torch.Generator
-    step: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def sampler(self) -> Generator:
-        """The generator to sample from: the moving average when there is one."""
-        return self.generator_ema if self.generator_ema is not None else self.generator
-
-    def to_checkpoint(self, spec: TrainSpec, class_names: list[str]) -> dict[str, Any]:
-        return {
-            "config": checkpoint.config_dict(self.config),
-            "spec": spec.to_dict(),
-            "class_names": class_names,
-            "step": self.step,
-            "generator": self.generator.state_dict(),
-            "generator_ema": self.generator_ema.state_dict() if self.generator_ema is not None else None,
-            "discriminator": self.discriminator.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "rng": {"noise": self.noise_rng.get_state()},
-            "history": self.history,
-            "warnings": self.warnings,
-        }
-
-    def load_checkpoint(self, state: dict[str, Any]) -> None:
-        self.generator.load_state_dict(state["generator"])
-        self.discriminator.load_state_dict(state["discriminator"])
-        if self.generator_ema is not None:
-            self.generator_ema.load_state_dict(state["generator_ema"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.noise_rng.set_state(state["rng"]["noise"])
-        self.step = int(state["step"])
-        self.history = list(state.get("history", []))
-        self.warnings = list(state.get("warnings", []))
 
 
 def gan_config(spec: TrainSpec, data: ImageData) -> GANConfig:
