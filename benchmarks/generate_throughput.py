@@ -86,12 +86,12 @@ def run_job(env: dict[str, str], model: str, count: int, shard_size: int, log_di
         rss = peak_rss_mib(worker.pid)
     finally:
         worker.kill()
-    records = sorted(RedisJobStore(redis_client(settings)).shard_records(job_id).values(), key=lambda r: r["started_at"])
-    gaps = [later["started_at"] - earlier["finished_at"] for earlier, later in zip(records, records[1:], strict=False)]
+    records = sorted(RedisJobStore(redis_client(settings)).shard_records(job_id).values(), key=lambda r: r.started_at or 0.0)
+    gaps = [(later.started_at or 0.0) - (earlier.finished_at or 0.0) for earlier, later in zip(records, records[1:], strict=False)]
     return {
         "landed": count / elapsed,
         "gap_ms": 1000 * statistics.median(gaps) if gaps else float("nan"),
-        "first_wait_ms": 1000 * (records[0]["started_at"] - records[0]["queued_at"]),
+        "first_wait_ms": 1000 * ((records[0].started_at or 0.0) - (records[0].queued_at or 0.0)),
         "rss_mib": rss,
     }
 

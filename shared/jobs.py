@@ -1,7 +1,7 @@
 """Jobs: the states a job goes through, its record in Redis, and the keys everything about a job lives under.
 
-A job is one Celery task whose task id is the job id. Celery's result backend holds its state and progress
-(``PROGRESS`` meta while it runs, the result on ``SUCCESS``); this module adds what Celery does not keep:
+A job is one Celery task whose task id is the job id. Its state and progress lie in Celery's result backend,
+written by :mod:`shared.lifecycle` alone; this module adds what Celery does not keep:
 
 - **records**: every submitted job (for ``augment list``), its cancellation flag, and one-shot fields
   (:class:`JobField`) that the tasks of a job coordinate through;
@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any, Protocol
 
+import msgspec
 import redis
 
 from shared.broker import redis_client
@@ -127,6 +128,20 @@ class Beat:
     every_s: float
 
 
+class ShardRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A finished shard in a generation job's ledger: what its manifest lists, and who made it when."""
+
+    name: str
+    count: int
+    size: int
+    sha256: str
+    class_counts: dict[str, int]  # class index as a string -> images
+    queued_at: float | None = None  # time.time() of its task's dispatch, start and end
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str = ""  # the worker's hostname
+
+
 @dataclass(frozen=True)
 class JobRecord:
     job_id: str
@@ -181,15 +196,15 @@ class JobStore(Protocol):
         ...
 
     # the shard ledger
-    def record_shard(self, job_id: str, index: int, record: dict[str, Any]) -> int:
+    def record_shard(self, job_id: str, index: int, record: ShardRecord) -> int:
         """Record shard INDEX as complete (the first record stands); returns how many shards are recorded."""
         ...
 
-    def shard_records(self, job_id: str) -> dict[int, dict[str, Any]]:
+    def shard_records(self, job_id: str) -> dict[int, ShardRecord]:
         """Every recorded shard of the job, by index."""
         ...
 
-    def shard_record(self, job_id: str, index: int) -> dict[str, Any] | None:
+    def shard_record(self, job_id: str, index: int) -> ShardRecord | None:
         """The record of shard INDEX, None if it is not recorded."""
         ...
 
@@ -278,17 +293,17 @@ class RedisJobStore(JobStore):
     def clear_field(self, job_id: str, name: str) -> None:
         self.client.hdel(Keys.job(job_id), name)
 
-    def record_shard(self, job_id: str, index: int, record: dict[str, Any]) -> int:
+    def record_shard(self, job_id: str, index: int, record: ShardRecord) -> int:
         keys = (Keys.shards(job_id), Keys.job(job_id))
-        return int(self.client.eval(_RECORD_SHARD, 2, *keys, str(index), json.dumps(record, sort_keys=True), int(record["count"])))
+        return int(self.client.eval(_RECORD_SHARD, 2, *keys, str(index), msgspec.json.encode(record), record.count))
 
-    def shard_records(self, job_id: str) -> dict[int, dict[str, Any]]:
+    def shard_records(self, job_id: str) -> dict[int, ShardRecord]:
         raw: dict[str, str] = self.client.hgetall(Keys.shards(job_id))  # type: ignore[assignment]
-        return {int(index): json.loads(record) for index, record in raw.items()}
+        return {int(index): msgspec.json.decode(record, type=ShardRecord) for index, record in raw.items()}
 
-    def shard_record(self, job_id: str, index: int) -> dict[str, Any] | None:
+    def shard_record(self, job_id: str, index: int) -> ShardRecord | None:
         record: str | None = self.client.hget(Keys.shards(job_id), str(index))  # type: ignore[assignment]
-        return None if record is None else json.loads(record)
+        return None if record is None else msgspec.json.decode(record, type=ShardRecord)
 
     def shard_totals(self, job_id: str) -> tuple[int, int]:
         with self.client.pipeline() as pipe:
@@ -361,7 +376,7 @@ class MemoryJobStore(JobStore):
     def __init__(self) -> None:
         self._records: dict[str, JobRecord] = {}
         self._cancelled: set[str] = set()
-        self._shards: dict[str, dict[int, dict[str, Any]]] = {}
+        self._shards: dict[str, dict[int, ShardRecord]] = {}
         self._fields: dict[tuple[str, str], str] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expiry on the monotonic clock)
         self._history: dict[str, list[dict[str, Any]]] = {}
@@ -403,25 +418,24 @@ class MemoryJobStore(JobStore):
         with self._lock:
             self._fields.pop((job_id, name), None)
 
-    def record_shard(self, job_id: str, index: int, record: dict[str, Any]) -> int:
+    def record_shard(self, job_id: str, index: int, record: ShardRecord) -> int:
         with self._lock:
             shards = self._shards.setdefault(job_id, {})
-            shards.setdefault(index, dict(record))
+            shards.setdefault(index, record)
             return len(shards)
 
-    def shard_records(self, job_id: str) -> dict[int, dict[str, Any]]:
+    def shard_records(self, job_id: str) -> dict[int, ShardRecord]:
         with self._lock:
-            return {index: dict(record) for index, record in self._shards.get(job_id, {}).items()}
+            return dict(self._shards.get(job_id, {}))
 
-    def shard_record(self, job_id: str, index: int) -> dict[str, Any] | None:
+    def shard_record(self, job_id: str, index: int) -> ShardRecord | None:
         with self._lock:
-            record = self._shards.get(job_id, {}).get(index)
-            return None if record is None else dict(record)
+            return self._shards.get(job_id, {}).get(index)
 
     def shard_totals(self, job_id: str) -> tuple[int, int]:
         with self._lock:
             shards = self._shards.get(job_id, {})
-            return len(shards), sum(int(record["count"]) for record in shards.values())
+            return len(shards), sum(record.count for record in shards.values())
 
     def forget_shard(self, job_id: str, index: int) -> None:
         with self._lock:

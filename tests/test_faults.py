@@ -81,7 +81,7 @@ def test_worker_killed_mid_generation_the_job_completes_on_another(augment_env, 
     manifest = assert_manifest_matches_storage(augment_env, job_id, 10)
     assert manifest.total == 5000
     # The ledger says who made each shard (a SIGKILL can cut a worker's last log line, never its record).
-    maker = {index: record["worker"].split("@")[0] for index, record in store.shard_records(job_id).items()}
+    maker = {index: record.worker.split("@")[0] for index, record in store.shard_records(job_id).items()}
     assert sorted(maker) == list(range(10))
     assert set(maker.values()) == {f"augment-{doomed.pid}", f"augment-{survivor.pid}"}, "both workers made shards"
     assert maker[int(part.split(":")[1])] == f"augment-{survivor.pid}", "the survivor made the lost shard"

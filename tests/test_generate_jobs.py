@@ -106,7 +106,7 @@ def test_a_rerun_that_finds_its_own_bytes_does_not_upload_again(storage: Countin
     store.forget_shard("g-job", 0)
     written, _ = run_shard(spec, 0, storage, store, models, CPU, "worker-b/2")
     assert written and storage.writes["synthetic/g-job/shard-000000.tar"] == 1
-    assert store.shard_records("g-job")[0]["worker"] == "worker-b"
+    assert store.shard_records("g-job")[0].worker == "worker-b"
 
 
 def test_reruns_write_identical_bytes(storage: CountingStorage, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from shared.jobs import (
     Keys,
     MemoryJobStore,
     RedisJobStore,
+    ShardRecord,
     make_record,
 )
 from shared.leases import Lease, stalls
@@ -35,15 +36,15 @@ def store(request: pytest.FixtureRequest) -> JobStore:
     return RedisJobStore(client)
 
 
-def record(count: int, digest: str = "aa") -> dict[str, object]:
-    return {"name": "shard", "count": count, "size": 1, "sha256": digest, "class_counts": {}}
+def record(count: int, digest: str = "aa") -> ShardRecord:
+    return ShardRecord(name="shard", count=count, size=1, sha256=digest, class_counts={})
 
 
 def test_the_first_record_of_a_shard_stands_and_counts_once(store: JobStore) -> None:
     assert store.record_shard("g-job", 0, record(10, "first")) == 1
     assert store.record_shard("g-job", 0, record(10, "second")) == 1
     assert store.record_shard("g-job", 1, record(4)) == 2
-    assert store.shard_record("g-job", 0)["sha256"] == "first"  # type: ignore[index]
+    assert store.shard_record("g-job", 0) == record(10, "first")
     assert store.shard_record("g-job", 5) is None
     assert store.shard_totals("g-job") == (2, 14)
     store.forget_shard("g-job", 0)

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 import numpy as np
 import torch
 
 from shared.contracts import GenerateResult
-from shared.jobs import JobField, JobStore
+from shared.jobs import JobField, JobStore, ShardRecord
 from shared.layout import checkpoint_key, manifest_key, shard_key
 from shared.leases import Lease
 from shared.manifest import Manifest, ShardEntry
@@ -187,20 +188,15 @@ def render_shard(spec: GenerateSpec, model: LoadedModel, shard_index: int) -> tu
     return writer.finish(), writer.class_counts
 
 
-def write_shard(spec: GenerateSpec, storage: Storage, model: LoadedModel, shard_index: int) -> dict[str, Any]:
+def write_shard(spec: GenerateSpec, storage: Storage, model: LoadedModel, shard_index: int) -> ShardRecord:
     """Render shard SHARD_INDEX and put it in storage; returns its ledger record (what the manifest lists)."""
     data, counts = render_shard(spec, model, shard_index)
     digest = sha256_hex(data)
     key = shard_key(spec.job_id, shard_index)
     if storage.checksum(key) != digest:  # a run cut off after its upload left these very bytes: keep them
         storage.put_bytes(key, data, "application/x-tar")
-    return {
-        "name": shard_name(shard_index),
-        "count": sum(counts.values()),
-        "size": len(data),
-        "sha256": digest,
-        "class_counts": {str(label): number for label, number in sorted(counts.items())},
-    }
+    return ShardRecord(name=shard_name(shard_index), count=sum(counts.values()), size=len(data), sha256=digest,
+                       class_counts={str(label): number for label, number in sorted(counts.items())})
 
 
 def plan_job(spec: GenerateSpec, store: JobStore, dispatch_shard: Callable[[int], None]) -> int:
@@ -223,8 +219,8 @@ class ShardBusy(RuntimeError):
     """Another worker holds the shard's lease; try again later (if that worker dies, the lease lapses)."""
 
 
-def shard_is_complete(storage: Storage, spec: GenerateSpec, index: int, record: dict[str, Any] | None) -> bool:
-    return record is not None and storage.checksum(shard_key(spec.job_id, index)) == record["sha256"]
+def shard_is_complete(storage: Storage, spec: GenerateSpec, index: int, record: ShardRecord | None) -> bool:
+    return record is not None and storage.checksum(shard_key(spec.job_id, index)) == record.sha256
 
 
 def run_shard(
@@ -252,13 +248,14 @@ def run_shard(
         raise ShardBusy(f"shard {shard_index} of job {spec.job_id} is being made by another worker")
     try:
         started_at = time.time()
-        record = write_shard(spec, storage, models.get(storage, spec.model, device), shard_index)
-        record.update(queued_at=queued_at, started_at=started_at, finished_at=time.time(), worker=owner.split("/")[0])
+        record = msgspec.structs.replace(write_shard(spec, storage, models.get(storage, spec.model, device), shard_index),
+                                         queued_at=queued_at, started_at=started_at, finished_at=time.time(),
+                                         worker=owner.split("/")[0])
         store.forget_shard(spec.job_id, shard_index)  # a stale record (its object was lost) gives way to this one
         recorded = store.record_shard(spec.job_id, shard_index, record)
     finally:
         lease.release()
-    log.info("job %s: wrote shard %d (%d images)", spec.job_id, shard_index, record["count"])
+    log.info("job %s: wrote shard %d (%d images)", spec.job_id, shard_index, record.count)
     return True, recorded == spec.shard_count
 
 
@@ -282,12 +279,13 @@ def finalize_job(
     card = read_card(storage, spec.model)
     class_counts: dict[str, int] = {}
     for record in records.values():
-        for label, number in record["class_counts"].items():
+        for label, number in record.class_counts.items():
             class_counts[label] = class_counts.get(label, 0) + number
     manifest = Manifest(
         job_id=spec.job_id,
         model_id=spec.model,
-        shards=[ShardEntry(*(records[index][name] for name in ("name", "count", "size", "sha256"))) for index in sorted(records)],
+        shards=[ShardEntry(records[index].name, records[index].count, records[index].size, records[index].sha256)
+                for index in sorted(records)],
         class_counts=dict(sorted(class_counts.items(), key=lambda item: int(item[0]))),
         class_names=card.class_names,
         image_size=card.image_size,

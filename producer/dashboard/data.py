@@ -232,7 +232,7 @@ class DashboardData:
             records = self.client.store.shard_records(job_id)
             if not records:
                 return []
-            key = join_key(synthetic_prefix(job_id), records[min(records)]["name"])
+            key = join_key(synthetic_prefix(job_id), records[min(records)].name)
         strip = []
         for sample in read_shard(self.storage.get_bytes(key)):
             strip.append({
