@@ -25,7 +25,7 @@ from shared.jobs import (
     open_job_store,
 )
 from shared.layout import model_card_key, report_markdown_key
-from shared.leases import Stall, stalls
+from shared.leases import Stall, shard_of, stalls
 from shared.lifecycle import JobStates
 from shared.progress import generation_progress, progress_to_dict
 from shared.settings import Settings
@@ -140,13 +140,13 @@ class Client:
         status = describe_status(record, state, info)
         if record is None or state in TERMINAL_STATES | {PENDING}:
             return status
-        stalled = self._stalls(record.kind, job_id)
+        stalled = self._stalls(job_id)
         if stalled:
             # what waits for a new worker is shown as such, apart from the work that is running
             status["stalled"] = [{**asdict(stall), "note": stall.note} for stall in stalled]
         if record.kind == "generate":
             spec = GenerateSpec.from_dict(record.spec)
-            shards = [int(stall.part.split(":")[1]) for stall in stalled]
+            shards = [index for index in (shard_of(stall.part) for stall in stalled) if index is not None]
             waiting = sum(min(spec.shard_size, spec.count - index * spec.shard_size) for index in shards)
             status["progress"] = progress_to_dict(generation_progress(self.store, job_id, spec.shard_count, spec.count, waiting))
         elif stalled and isinstance(status.get("progress"), dict):
@@ -155,9 +155,10 @@ class Client:
             status["progress"] = {**progress, **{rate: 0.0 for rate in ("images_per_s", "per_s") if rate in progress}}
         return status
 
-    def _stalls(self, kind: str, job_id: str) -> list[Stall]:
+    def _stalls(self, job_id: str) -> list[Stall]:
         def finished(part: str) -> bool:  # a shard its worker recorded just before it died is done, not stalled
-            return kind == "generate" and self.store.shard_record(job_id, int(part.split(":")[1])) is not None
+            index = shard_of(part)
+            return index is not None and self.store.shard_record(job_id, index) is not None
 
         return stalls(self.store, job_id, redelivery_after_s(self.settings), finished)
 

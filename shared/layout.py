@@ -46,7 +46,12 @@ def synthetic_prefix(job_id: str) -> str:
 
 
 def shard_key(job_id: str, index: int) -> str:
-    return join_key(synthetic_prefix(job_id), shard_name(index))
+    return shard_object_key(job_id, shard_name(index))
+
+
+def shard_object_key(job_id: str, name: str) -> str:
+    """The key of a generation job's shard by its file name, as a manifest lists it."""
+    return join_key(synthetic_prefix(job_id), name)
 
 
 def manifest_key(job_id: str) -> str:

@@ -68,6 +68,17 @@ class Lease:
             pass  # it expires by itself
 
 
+def shard_part(index: int) -> str:
+    """The name of shard INDEX as a part of its job: its lease, its heartbeat, its stall."""
+    return f"shard:{index}"
+
+
+def shard_of(part: str) -> int | None:
+    """The shard index a part names (:func:`shard_part`), None for another part ("train")."""
+    kind, _, index = part.partition(":")
+    return int(index) if kind == "shard" and index.isdigit() else None
+
+
 # Missed heartbeats before a part counts as stalled: one late beat on a loaded machine is not a dead worker.
 MISSED_BEATS = 2
 

@@ -10,8 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shared.layout import manifest_key, synthetic_prefix
-from shared.storage import Storage, join_key
+from shared.layout import manifest_key, shard_object_key
+from shared.storage import Storage
 
 # Format 2 added ``teacher``; format 1 manifests (no teacher) still read.
 MANIFEST_FORMAT = 2
@@ -71,4 +71,4 @@ class Manifest:
         return str(self.spec.get("targets", "teacher"))
 
     def shard_key(self, entry: ShardEntry) -> str:
-        return join_key(synthetic_prefix(self.job_id), entry.name)
+        return shard_object_key(self.job_id, entry.name)

@@ -20,7 +20,7 @@ from shared.jobs import (
     ShardRecord,
     make_record,
 )
-from shared.leases import Lease, stalls
+from shared.leases import Lease, shard_of, shard_part, stalls
 from shared.progress import generation_progress
 
 _dbs = itertools.count()
@@ -162,3 +162,8 @@ def test_a_part_whose_worker_stopped_beating_is_a_stall(store: JobStore) -> None
     assert notes[0] == ("training: its worker augment-123@host stopped heartbeating 40 s ago; "
                         "redelivery pending (due now, waiting for a free worker)")
     assert len(notes) == 3
+
+
+def test_a_shards_part_name_is_built_and_read_in_one_place() -> None:
+    assert shard_part(8) == "shard:8" and shard_of(shard_part(8)) == 8
+    assert shard_of("train") is None and shard_of("shard:x") is None

@@ -34,7 +34,7 @@ import torch
 from shared.contracts import GenerateResult
 from shared.jobs import JobField, JobStore, ShardRecord
 from shared.layout import checkpoint_key, manifest_key, shard_key
-from shared.leases import Lease
+from shared.leases import Lease, shard_part
 from shared.manifest import Manifest, ShardEntry
 from shared.shards import Sample, ShardWriter, encode_pngs, sample_key, sample_record, sha256_hex, shard_name
 from shared.specs import GenerateSpec, SpecError
@@ -243,7 +243,7 @@ def run_shard(
     if shard_is_complete(storage, spec, shard_index, store.shard_record(spec.job_id, shard_index)):
         log.info("job %s: shard %d is already complete; nothing to do", spec.job_id, shard_index)
         return False, False  # done before: a redelivered or duplicated message
-    lease = Lease(store, spec.job_id, f"shard:{shard_index}", owner, SHARD_LEASE_TTL_S)
+    lease = Lease(store, spec.job_id, shard_part(shard_index), owner, SHARD_LEASE_TTL_S)
     if not lease.acquire():
         raise ShardBusy(f"shard {shard_index} of job {spec.job_id} is being made by another worker")
     try:

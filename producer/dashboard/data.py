@@ -21,7 +21,7 @@ from markdown_it import MarkdownIt
 from producer.client import Client
 from shared.contracts import ContractError, ModelCard, QualityReport, UtilityReport, kind_of, read_model_card, read_report
 from shared.jobs import CANCELLED, PENDING, SUCCESS, TERMINAL_STATES, JobRecord, Keys, RedisJobStore
-from shared.layout import model_card_key, model_prefix, report_markdown_key, report_prefix, synthetic_prefix
+from shared.layout import model_card_key, model_prefix, report_markdown_key, report_prefix, shard_object_key
 from shared.manifest import Manifest
 from shared.progress import progress_from_dict
 from shared.settings import Settings
@@ -232,7 +232,7 @@ class DashboardData:
             records = self.client.store.shard_records(job_id)
             if not records:
                 return []
-            key = join_key(synthetic_prefix(job_id), records[min(records)].name)
+            key = shard_object_key(job_id, records[min(records)].name)
         strip = []
         for sample in read_shard(self.storage.get_bytes(key)):
             strip.append({
