@@ -241,6 +241,9 @@ def test_training_page_shows_progress_live_then_grids_and_curves(stack: Stack, b
     assert browser.execute_script("return document.getElementById('progress').value") > 0
     wait_for(lambda: text_of(browser, "state") == "SUCCESS", what="the job to finish on the page")
     wait_for(lambda: browser.execute_script("return document.body.dataset.card") == "1", what="the model card")
+    # the page reloaded to show its card; its script knows the grids once its first update is in (on one slow core
+    # that comes after the server-rendered page, and a slider moved before it would be put back to the newest)
+    wait_for(lambda: text_of(browser, "live").startswith("updated"), what="the reloaded page's first update")
 
     count = wait_for(lambda: int(text_of(browser, "sample-count")) >= 5 and int(text_of(browser, "sample-count")))
     assert count == 5  # steps 20, 40, ..., 100
