@@ -16,6 +16,7 @@ from shared.broker import check_broker, make_celery, redelivery_after_s
 from shared.contracts import ContractError, Result, kind_of, read_model_card
 from shared.datasets import locate_dataset
 from shared.jobs import (
+    CANCELLED,
     PENDING,
     TERMINAL_STATES,
     JobStore,
@@ -174,8 +175,9 @@ class Client:
         state = self.state(job_id)
         if state == PENDING:
             # No worker has it now (queued, or handed back): mark it now. A worker that later receives it skips it.
-            self.states.cancelled(job_id, "cancelled before it started")
-            return self.state(job_id)
+            if self.states.cancelled(job_id, "cancelled before it started"):
+                return CANCELLED
+            return self.state(job_id)  # it ended on its own a moment ago: that final state stands
         return state
 
     def wait(

@@ -56,7 +56,7 @@ def _option(field: msgspec.structs.FieldInfo, required: bool = False) -> Callabl
     name = field.name.replace("_", "-")
     base = _base(field.type)
     required = required or field.default is msgspec.NODEFAULT
-    said = [_range(field.type)] + ([] if required else [f"default: {default_words(field).replace('`', '')}"])
+    said = [_range(meta)] + ([] if required else [f"default: {default_words(field).replace('`', '')}"])
     help_text = f"{meta['description']} ({'; '.join(part for part in said if part)})" if any(said) else meta["description"]
     if base is bool:
         return click.option(meta.get("flag", f"--{name}/--no-{name}"), field.name, default=None, help=help_text)
@@ -69,12 +69,10 @@ def _option(field: msgspec.structs.FieldInfo, required: bool = False) -> Callabl
     return click.option(f"--{name}", field.name, type=kind, required=required, default=None, help=help_text)
 
 
-def _range(annotation: Any) -> str:
-    """The bounds the Metas in ANNOTATION set, in words ("1 to 4096"); empty when they set none."""
-    metas = [meta for part in (annotation, *get_args(annotation)) for meta in getattr(part, "__metadata__", ())]
-    low = next((meta.ge for meta in metas if getattr(meta, "ge", None) is not None), None)
-    high = next((meta.le for meta in metas if getattr(meta, "le", None) is not None), None)
-    return "" if low is None or high is None else f"{_number(low)} to {_number(high)}"
+def _range(words: dict[str, Any]) -> str:
+    """The bounds a field declares (WORDS, from :func:`shared.specs.declared`) in words ("1 to 4096"); empty when
+    it declares none."""
+    return f"{_number(words['ge'])} to {_number(words['le'])}" if "ge" in words and "le" in words else ""
 
 
 def _number(value: float) -> str:

@@ -179,8 +179,7 @@ class UtilityResult(_Record, frozen=True, kw_only=True):
     gan_share: float
     gan_over_real: float
     best: str  # the best arm with GAN samples
-    warning: str | None = None  # why the synthetic data does not help, when it does not
-    warnings: list[str] = []
+    warnings: list[str] = []  # why the synthetic data does not help, when it does not
 
     def summary(self) -> str:
         return f"the GAN's own share {100 * self.gan_share:+.2f} points (best: {self.best})"
@@ -260,6 +259,8 @@ class JobKind:
     queue: str
     prefix: Callable[[str], str]  # job id -> the storage prefix of its outputs
     report_key: Callable[[str], str]  # job id -> where its report (a model card, a manifest, report.json) lies
+    # what an evaluation's report.json decodes to (a model card and a manifest have readers of their own)
+    evaluation_report: type[QualityReport] | type[UtilityReport] | None = None
 
     def decode_result(self, data: object, job_id: str) -> Result:
         """A finished job's result, as its task returned it."""
@@ -271,9 +272,9 @@ KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
     JobKind("generate", "generate", GenerateSpec, GenerateProgress, GenerateResult, GENERATE_TASK, GENERATE_QUEUE,
             synthetic_prefix, manifest_key),
     JobKind("evaluate-quality", "evaluate", EvaluateSpec, StageProgress, QualityResult, EVALUATE_TASK, EVALUATE_QUEUE,
-            report_prefix, report_json_key),
+            report_prefix, report_json_key, QualityReport),
     JobKind("evaluate-utility", "evaluate", EvaluateSpec, StageProgress, UtilityResult, EVALUATE_TASK, EVALUATE_QUEUE,
-            report_prefix, report_json_key),
+            report_prefix, report_json_key, UtilityReport),
 )}
 # what a job record's kind can be, in the order the dashboard lists them
 RECORD_KINDS = tuple(dict.fromkeys(kind.record_kind for kind in KINDS.values()))
@@ -320,7 +321,6 @@ def read_model_card(text: str, model_id: str) -> ModelCard:
 
 
 def read_report(kind: JobKind, text: str, job_id: str) -> QualityReport | UtilityReport:
-    what = f"report.json of {kind.name} job {job_id}"
-    if kind.name == "evaluate-utility":
-        return decode_json(UtilityReport, text, what)
-    return decode_json(QualityReport, text, what)
+    if kind.evaluation_report is None:
+        raise ContractError(f"{kind.name} job {job_id} writes no report.json: only evaluations do")
+    return decode_json(kind.evaluation_report, text, f"report.json of {kind.name} job {job_id}")

@@ -451,13 +451,14 @@ def _check_number_list(spec: _Spec, name: str, low: float, high: float) -> None:
 
 
 def declared(annotation: Any) -> dict[str, Any]:
-    """The words the Metas in ANNOTATION (``X | None`` included) declare: their ``extra`` and their description."""
+    """The words the Metas in ANNOTATION (``X | None`` included) declare: their ``extra``, their description and
+    their bounds (``ge``, ``le``)."""
     words: dict[str, Any] = {}
     for part in (annotation, *get_args(annotation)):
         for meta in getattr(part, "__metadata__", ()):
             words.update(getattr(meta, "extra", None) or {})
-            if getattr(meta, "description", None):
-                words["description"] = meta.description
+            words.update({name: getattr(meta, name) for name in ("description", "ge", "le")
+                          if getattr(meta, name, None) is not None})
     return words
 
 

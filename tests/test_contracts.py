@@ -106,6 +106,7 @@ def test_the_dashboard_shows_each_kinds_result_and_report_from_the_same_records(
     assert quality["detail"].startswith("FID ") and quality["verdict"]["headline"] == "Quality of model t-contract"
     assert utility["detail"].startswith("the GAN's own share ") and utility["verdict"]["headline"].startswith("The synthetic data")
     assert any(line.startswith("the true-label ceiling adds") for line in utility["verdict"]["lines"])
+    assert utility["warnings"] == written.results["evaluate-utility"]["warnings"]
 
 
 def test_the_worker_and_the_producer_read_the_same_model_card(written: Written) -> None:
@@ -123,6 +124,8 @@ def test_each_report_reads_as_its_kinds_type(written: Written) -> None:
     assert isinstance(quality, QualityReport) and quality.quality.fid == written.results["evaluate-quality"]["fid"]
     assert isinstance(utility, UtilityReport) and utility.gan_share == written.results["evaluate-utility"]["gan_share"]
     assert utility.outcomes and all(len(outcome.accuracies) == 1 for outcome in utility.outcomes)
+    # the study's warning reaches the result's warnings, which the dashboard shows for every kind alike
+    assert written.results["evaluate-utility"]["warnings"] == ([utility.warning] if utility.warning else [])
 
 
 def rewritten(text: str, **changes: Any) -> str:
@@ -160,6 +163,9 @@ def test_an_unreadable_format_is_one_line_naming_it(written: Written) -> None:
     assert "\n" not in message
     with pytest.raises(ContractError, match="result of train job t-x"):
         KINDS["train"].decode_result({"images": 3}, "t-x")
+    # a model card is not an evaluation's report, even where its kind is asked to read one
+    with pytest.raises(ContractError, match="^train job t-contract writes no report.json: only evaluations do$"):
+        read_report(KINDS["train"], storage.get_text("models/t-contract/model.json"), "t-contract")
 
 
 def test_the_dashboard_shows_an_unreadable_report_in_one_line(written: Written, dashboard: DashboardData) -> None:

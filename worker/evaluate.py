@@ -437,4 +437,4 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     )
     url, files = _write_report(storage, spec.job_id, markdown, report, images)
     return UtilityResult(report=url, files=files, gan_share=share.share, gan_over_real=share.over_real,
-                         best=share.with_gan.label, warning=share.warning)
+                         best=share.with_gan.label, warnings=[share.warning] if share.warning else [])
