@@ -16,6 +16,7 @@ from worker.augmentation_study import (
     gan_share,
     mix_real_pairs,
     score,
+    source_prior,
     study_arms,
     sweep,
     training_prior,
@@ -70,8 +71,9 @@ def test_the_study_arms_differ_only_in_their_second_batch_or_weights():
     assert [arm.uses_gan for arm in balanced] == [False, False, True, True, True, False, False]
     assert [arm.ceiling for arm in balanced] == [False] * 5 + [True] * 2
     long_tail = study_arms(imbalanced=True, ceiling=False)
-    assert [arm.arm for arm in long_tail] == ["real", "balanced", "mixup", "gan-hard", "gan-soft", "gan-agree"]
-    assert long_tail[1].class_balanced and not long_tail[1].extra
+    assert [arm.arm for arm in long_tail] == ["real", "balanced", "mixup", "gan-hard", "gan-soft", "gan-agree",
+                                              "gan-soft-prior"]
+    assert long_tail[1].class_balanced and not long_tail[1].extra and long_tail[-1].uses_gan
 
 
 def test_a_long_tail_falls_exponentially_from_per_class_to_per_class_over_the_imbalance():
@@ -119,6 +121,22 @@ def test_every_second_batch_has_the_same_size_and_its_sources_targets(sources):
         assert (targets[:4, 1] == 1).all() and torch.allclose(targets[4:], teacher_view.expand(4, 3))
     if sources[0].startswith("held_out"):
         assert all(any(torch.equal(image, candidate) for candidate in data.ceiling_images) for image in images)
+
+
+def test_a_prior_draw_picks_each_class_as_often_as_the_real_subset_has_it():
+    data = study_data()
+    data.real_labels = torch.tensor([0] * 9 + [1, 1, 2])  # shares 3/4, 1/6, 1/12; the GAN pool is balanced
+    drawn = data.draw("gan_soft_prior", 6000, torch.Generator().manual_seed(0))
+    shares = torch.bincount(data.synthetic_labels[drawn], minlength=3) / 6000
+    assert shares.tolist() == pytest.approx([0.75, 1 / 6, 1 / 12], abs=0.02)
+    assert len(drawn.unique()) == 30  # every pool image of each class is drawn, not only the first ones
+    assert torch.bincount(data.synthetic_labels[data.draw("gan_soft", 6000, torch.Generator())], minlength=3).min() > 1800
+    images, targets = extra_batches(data, ("gan_soft_prior",))(torch.Generator().manual_seed(0))
+    assert images.shape == (8, 1, 8, 8) and torch.allclose(targets, data.synthetic_probs[:8])
+    # logit adjustment takes out what the draw gives: each class's mean target, weighed by the real shares
+    data.synthetic_probs = torch.nn.functional.one_hot(data.synthetic_labels, 3).float()  # a teacher that agrees
+    assert source_prior(data, "gan_soft_prior").tolist() == pytest.approx([0.75, 1 / 6, 1 / 12])
+    assert source_prior(data, "gan_soft").tolist() == pytest.approx([1 / 3] * 3)
 
 
 def test_the_agree_rule_trusts_the_label_only_where_the_teacher_backs_it():

@@ -166,7 +166,8 @@ def test_long_tail_utility_evaluation_through_a_worker_and_its_report(augment_en
     assert printed.returncode == 0, printed.stderr
     for arm in ("real", "real, class-balanced loss weights", "real + mixup, teacher labels (no GAN)",
                 "real + GAN, hard labels", "real + GAN, teacher labels", "real + GAN, label where the teacher agrees, else teacher",
-                "ceiling: real held-out images, teacher labels", "ceiling: real held-out images, true labels", "(a) real"):
+                "real + GAN drawn as the real classes, teacher labels", "ceiling: real held-out images, teacher labels",
+                "ceiling: real held-out images, true labels", "(a) real"):
         assert f"| {arm} |" in printed.stdout
     assert "The GAN's own share" in printed.stdout and "Sweep: (c) - (a)" in printed.stdout
     assert "The rarest third's accuracy" in printed.stdout and "Ceiling (real held-out images" in printed.stdout

@@ -11,6 +11,8 @@ weights:
   + GAN, hard labels                 GAN samples, drawn class-balanced, with the label they were generated for
   + GAN, teacher labels              the same samples with the teacher's probabilities
   + GAN, label where teacher agrees  the label where the teacher's top class is that label, else the teacher's view
+  + GAN drawn as the real classes    (long-tailed subsets) teacher-labelled samples whose classes come as often as in
+                                     the real subset, not class-balanced: logit adjustment then corrects the prior
   ceiling arms                       real held-out images in the GAN's place (a perfect generator), with the
                                      teacher's and with their true labels: shown, counted on neither side
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import torch
 
@@ -40,11 +42,22 @@ from worker.teacher import Teacher, sample_targets
 
 # The classifier every setting trains: small, so that a sweep of ~20 settings x seeds fits minutes on a CPU.
 SMALL_CNN: dict[str, Any] = {"width": 16, "batch_size": 64}
-# second-batch sources that draw from a pool of images: the pool ("gan": the GAN's samples, "held_out": real
-# held-out images) and the rule that makes each drawn image's target from its label and the teacher's view
-POOL_SOURCES: dict[str, tuple[str, TargetRule]] = {
-    "gan_hard": ("gan", "hard"), "gan_soft": ("gan", "teacher"), "gan_agree": ("gan", "agree"),
-    "held_out_teacher": ("held_out", "teacher"), "held_out_true": ("held_out", "hard"),
+
+
+class PoolSource(NamedTuple):
+    """A second-batch source that draws from a pool of images."""
+
+    pool: Literal["gan", "held_out"]  # the GAN's samples, or real held-out images
+    rule: TargetRule  # how each drawn image's target is made from its label and the teacher's view
+    # "balanced": every class as often (the pools are class-balanced); "prior": each class as often as in the real
+    # subset (measured on a long tail: a GAN's rare classes drawn class-balanced cost 2.2 points, docs/evaluation.md)
+    draw: Literal["balanced", "prior"] = "balanced"
+
+
+POOL_SOURCES: dict[str, PoolSource] = {
+    "gan_hard": PoolSource("gan", "hard"), "gan_soft": PoolSource("gan", "teacher"),
+    "gan_agree": PoolSource("gan", "agree"), "gan_soft_prior": PoolSource("gan", "teacher", "prior"),
+    "held_out_teacher": PoolSource("held_out", "teacher"), "held_out_true": PoolSource("held_out", "hard"),
 }
 
 
@@ -89,6 +102,9 @@ def study_arms(imbalanced: bool, ceiling: bool) -> list[Setting]:
         Setting("real + GAN, teacher labels", "gan-soft", classic=True, extra=("gan_soft",)),
         Setting("real + GAN, label where the teacher agrees, else teacher", "gan-agree", classic=True, extra=("gan_agree",)),
     ]
+    if imbalanced:  # on a balanced subset the real classes' shares are the balanced draw
+        arms.append(Setting("real + GAN drawn as the real classes, teacher labels", "gan-soft-prior", classic=True,
+                            extra=("gan_soft_prior",)))
     if ceiling:
         arms += [
             Setting("ceiling: real held-out images, teacher labels", "ceiling-teacher", classic=True,
@@ -130,9 +146,25 @@ class ExperimentData:
 
     def pool(self, source: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Images, labels and teacher probabilities that SOURCE (one of POOL_SOURCES) draws from."""
-        if POOL_SOURCES[source][0] == "gan":
+        if POOL_SOURCES[source].pool == "gan":
             return self.synthetic_images, self.synthetic_labels, self.synthetic_probs
         return self.ceiling_images, self.ceiling_labels, self.ceiling_probs
+
+    def real_prior(self) -> torch.Tensor:
+        """The share of each class (K,) in the real subset."""
+        return label_prior(self.real_labels, self.num_classes)
+
+    def draw(self, source: str, count: int, rng: torch.Generator) -> torch.Tensor:
+        """Indices (COUNT,) into SOURCE's pool: uniformly, or with each class as often as in the real subset."""
+        _, labels, _ = self.pool(source)
+        if POOL_SOURCES[source].draw == "balanced":
+            return torch.randint(0, len(labels), (count,), generator=rng)
+        classes = torch.multinomial(self.real_prior(), count, replacement=True, generator=rng)  # (count,)
+        by_class = torch.argsort(labels, stable=True)  # pool indices, grouped by class
+        members = torch.bincount(labels, minlength=self.num_classes)
+        starts = torch.cumsum(members, 0) - members
+        offsets = (torch.rand(count, generator=rng) * members[classes]).long()  # a member of each drawn class
+        return by_class[starts[classes] + offsets]
 
     def rarest_third(self) -> list[int]:
         """The third of the classes (at least one) with the fewest real images; ties go to the lower index."""
@@ -172,9 +204,9 @@ def extra_batches(data: ExperimentData, sources: tuple[str, ...]) -> ExtraBatch:
                 targets.append(data.teacher.probs(mixed))
                 continue
             pool_images, pool_labels, pool_probs = data.pool(source)
-            chosen = torch.randint(0, len(pool_images), (each,), generator=rng)
+            chosen = data.draw(source, each, rng)
             images.append(pool_images[chosen])
-            targets.append(sample_targets(POOL_SOURCES[source][1], pool_labels[chosen], pool_probs[chosen]))
+            targets.append(sample_targets(POOL_SOURCES[source].rule, pool_labels[chosen], pool_probs[chosen]))
         return torch.cat(images), torch.cat(targets)
 
     return draw
@@ -197,7 +229,13 @@ def source_prior(data: ExperimentData, source: str) -> torch.Tensor:
         assert data.teacher is not None, "mixup arms need a teacher"
         return data.teacher.probs(mix_real_pairs(data.real_images, 1024, torch.Generator().manual_seed(0))).mean(0)
     _, labels, probs = data.pool(source)
-    return sample_targets(POOL_SOURCES[source][1], labels, probs).mean(0)
+    targets = sample_targets(POOL_SOURCES[source].rule, labels, probs)  # (P, K)
+    if POOL_SOURCES[source].draw == "balanced":
+        return targets.mean(0)
+    # each class's mean target, weighed by how often the draw picks that class
+    per_class = torch.zeros(data.num_classes, targets.shape[1]).index_add_(0, labels, targets)
+    per_class /= torch.bincount(labels, minlength=data.num_classes).clamp_min(1)[:, None]
+    return data.real_prior() @ per_class
 
 
 def training_prior(data: ExperimentData, setting: Setting, batch: int) -> torch.Tensor:

@@ -226,7 +226,7 @@ def accuracy_chart(outcomes: list[Outcome], rare: list[int]) -> bytes:
     """Balanced accuracy per setting (its better scoring: logit-adjusted or not) with one-standard-deviation error
     bars, coloured by arm."""
     colours = {"real": "#4c72b0", "balanced": "#64b5cd", "mixup": "#8172b3", "gan-hard": "#dd8452", "gan-soft": "#c44e52",
-               "gan-agree": "#55a868", "ceiling-teacher": "#bbbbbb", "ceiling-true": "#999999",
+               "gan-agree": "#55a868", "gan-soft-prior": "#937860", "ceiling-teacher": "#bbbbbb", "ceiling-true": "#999999",
                "a": "#888888", "b": "#4c72b0", "c": "#dd8452", "d": "#55a868"}
     scored = [outcome.best_scored(rare) for outcome in outcomes]
     figure, axes = charts.subplots(figsize=(10, 0.32 * len(outcomes) + 1.2))
