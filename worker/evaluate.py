@@ -303,9 +303,9 @@ def _utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[O
         f"{len(data.real_images)} real images as the classifiers and on nothing else. Every setting trains the same "
         f"small CNN for {spec.classifier_steps} steps with per-sample random crop and flip (unless it says otherwise), "
         f"{spec.seeds} seeds, tested on {held_out} (balanced over classes); settings with a second batch see "
-        f"{data.extra_batch} extra inputs per step, drawn class-balanced from their pool. Logit adjustment subtracts "
-        "the log of the label prior each classifier was trained on. Accuracies in %, mean +- std over seeds; "
-        "ceiling arms are shown, not counted.", "",
+        f"{data.extra_batch} extra inputs per step, drawn class-balanced from their pool unless they say otherwise. "
+        "Logit adjustment subtracts the log of the label prior each classifier was trained on. Accuracies in %, "
+        "mean +- std over seeds; ceiling arms are shown, not counted.", "",
         *_utility_rows(outcomes, rare), "",
         f"Sample quality of the GAN: {feature_note}", "",
         "Images: `accuracy.png` (bars with one-standard-deviation error bars), `grid.png` (real left, generated "
