@@ -126,11 +126,11 @@ def test_every_second_batch_has_the_same_size_and_its_sources_targets(sources):
 def test_a_prior_draw_picks_each_class_as_often_as_the_real_subset_has_it():
     data = study_data()
     data.real_labels = torch.tensor([0] * 9 + [1, 1, 2])  # shares 3/4, 1/6, 1/12; the GAN pool is balanced
-    drawn = data.draw("gan_soft_prior", 6000, torch.Generator().manual_seed(0))
+    drawn = data.drawer("gan_soft_prior")(6000, torch.Generator().manual_seed(0))
     shares = torch.bincount(data.synthetic_labels[drawn], minlength=3) / 6000
     assert shares.tolist() == pytest.approx([0.75, 1 / 6, 1 / 12], abs=0.02)
     assert len(drawn.unique()) == 30  # every pool image of each class is drawn, not only the first ones
-    assert torch.bincount(data.synthetic_labels[data.draw("gan_soft", 6000, torch.Generator())], minlength=3).min() > 1800
+    assert torch.bincount(data.synthetic_labels[data.drawer("gan_soft")(6000, torch.Generator())], minlength=3).min() > 1800
     images, targets = extra_batches(data, ("gan_soft_prior",))(torch.Generator().manual_seed(0))
     assert images.shape == (8, 1, 8, 8) and torch.allclose(targets, data.synthetic_probs[:8])
     # logit adjustment takes out what the draw gives: each class's mean target, weighed by the real shares

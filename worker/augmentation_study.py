@@ -154,17 +154,23 @@ class ExperimentData:
         """The share of each class (K,) in the real subset."""
         return label_prior(self.real_labels, self.num_classes)
 
-    def draw(self, source: str, count: int, rng: torch.Generator) -> torch.Tensor:
-        """Indices (COUNT,) into SOURCE's pool: uniformly, or with each class as often as in the real subset."""
+    def drawer(self, source: str) -> Callable[[int, torch.Generator], torch.Tensor]:
+        """Draws COUNT indices into SOURCE's pool: uniformly, or with each class as often as in the real subset.
+        The pool's grouping by class is made here, once, not at every training step."""
         _, labels, _ = self.pool(source)
         if POOL_SOURCES[source].draw == "balanced":
-            return torch.randint(0, len(labels), (count,), generator=rng)
-        classes = torch.multinomial(self.real_prior(), count, replacement=True, generator=rng)  # (count,)
+            return lambda count, rng: torch.randint(0, len(labels), (count,), generator=rng)
+        prior = self.real_prior()
         by_class = torch.argsort(labels, stable=True)  # pool indices, grouped by class
         members = torch.bincount(labels, minlength=self.num_classes)
         starts = torch.cumsum(members, 0) - members
-        offsets = (torch.rand(count, generator=rng) * members[classes]).long()  # a member of each drawn class
-        return by_class[starts[classes] + offsets]
+
+        def draw(count: int, rng: torch.Generator) -> torch.Tensor:
+            classes = torch.multinomial(prior, count, replacement=True, generator=rng)  # (count,)
+            offsets = (torch.rand(count, generator=rng) * members[classes]).long()  # a member of each drawn class
+            return by_class[starts[classes] + offsets]
+
+        return draw
 
     def rarest_third(self) -> list[int]:
         """The third of the classes (at least one) with the fewest real images; ties go to the lower index."""
@@ -193,6 +199,7 @@ def mix_real_pairs(images: torch.Tensor, count: int, rng: torch.Generator) -> to
 def extra_batches(data: ExperimentData, sources: tuple[str, ...]) -> ExtraBatch:
     """A step's second batch for SOURCES: DATA.extra_batch inputs with their target probabilities, split equally."""
     each = data.extra_batch // len(sources)
+    drawers = {source: data.drawer(source) for source in sources if source != "mixup"}
 
     def draw(rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         images, targets = [], []
@@ -204,7 +211,7 @@ def extra_batches(data: ExperimentData, sources: tuple[str, ...]) -> ExtraBatch:
                 targets.append(data.teacher.probs(mixed))
                 continue
             pool_images, pool_labels, pool_probs = data.pool(source)
-            chosen = data.draw(source, each, rng)
+            chosen = drawers[source](each, rng)
             images.append(pool_images[chosen])
             targets.append(sample_targets(POOL_SOURCES[source].rule, pool_labels[chosen], pool_probs[chosen]))
         return torch.cat(images), torch.cat(targets)
