@@ -15,6 +15,8 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 # the dashboard's browser tests drive Debian's chromium through its chromedriver
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+# partition tests (tests/support/netns.py) drop packets between network namespaces with nftables
+command -v nft >/dev/null || need_apt+=(nftables)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing ${need_apt[*]} with apt-get" >&2

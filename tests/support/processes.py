@@ -1,4 +1,11 @@
-"""Real `augment` processes for tests: CLI invocations and worker processes."""
+"""Real `augment` processes for tests: CLI invocations and worker processes.
+
+Both run in this machine's network namespace, or, given ``netns_host=``, on a
+host of a :class:`tests.support.netns.Network` (through ``ip netns exec``,
+which execs Python: the worker's pid and process group stay its own, so
+killing it works the same).  They then reach Redis and S3 at the addresses in
+their environment, so give them servers started on hosts of the same network.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.support.servers import S3Server
+
+if TYPE_CHECKING:
+    from tests.support.netns import Host
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout: processes run from its root
 
@@ -30,10 +42,17 @@ def service_env(broker_url: str, s3: S3Server, storage_url: str, **extra: str) -
     return env
 
 
-def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run `augment ARGS...` as a separate process, the way a user does."""
+def _on(netns_host: Host | None, argv: Sequence[str]) -> list[str]:
+    """ARGV as it is spawned: as is, or prefixed to run on NETNS_HOST."""
+    return netns_host.command(argv) if netns_host is not None else list(argv)
+
+
+def run_cli(
+    env: dict[str, str], *args: str, timeout: float = 120, netns_host: Host | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `augment ARGS...` as a separate process, the way a user does (on NETNS_HOST if given)."""
     return subprocess.run(
-        [sys.executable, "-m", "producer.cli", *args],
+        _on(netns_host, [sys.executable, "-m", "producer.cli", *args]),
         env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
 
@@ -41,8 +60,12 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess
 class WorkerProcess:
     """`augment worker` in its own process group, logging to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "train,generate,evaluate", *options: str):
+    def __init__(
+        self, env: dict[str, str], log_path: Path, queues: str = "train,generate,evaluate", *options: str,
+        netns_host: Host | None = None,
+    ):
         self.env = env
+        self.netns_host = netns_host  # run on this test bed host (tests/support/netns.py), else here
         self.log_path = log_path
         self.queues = queues
         self.options = options  # more `augment worker` options, e.g. "--pool", "threads"
@@ -52,7 +75,8 @@ class WorkerProcess:
         """Start the process and return at once (:meth:`start` also waits until it is ready)."""
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", "worker", "--queues", self.queues, "--loglevel", "INFO", *self.options],
+            _on(self.netns_host, [sys.executable, "-m", "producer.cli", "worker", "--queues", self.queues, "--loglevel", "INFO",
+                                  *self.options]),
             env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )

