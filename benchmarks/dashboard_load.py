@@ -33,8 +33,9 @@ sys.path.insert(0, str(REPO))
 
 from producer.client import Client  # noqa: E402
 from shared.contracts import GenerateResult, QualityResult, TrainResult  # noqa: E402
-from shared.jobs import ShardRecord, make_record, new_job_id  # noqa: E402
+from shared.liveness import Fence  # noqa: E402
 from shared.progress import TrainProgress  # noqa: E402
+from shared.records import ShardRecord, make_record, new_job_id  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from tests.support.processes import service_env  # noqa: E402
 from tests.support.servers import RedisServer, S3Server, free_port  # noqa: E402
@@ -63,8 +64,10 @@ def populate(client: Client, jobs: int) -> list[str]:
         elif fate == 0 and kind == "generate":
             client.store.set_field(job_id, "started_at", repr(time.time()))
             for shard in range(4):
-                record = ShardRecord(name=f"shard-{shard:06d}.tar", count=1000, size=1, sha256="0" * 64, class_counts={})
-                client.store.record_shard(job_id, shard, record)
+                record = ShardRecord(name=f"shard-{shard:06d}-a1.tar", count=1000, size=1, sha256="0" * 64, class_counts={})
+                token = client.store.liveness.take(job_id, f"shard:{shard}", "load/1", 60)
+                assert token is not None
+                client.store.put_shard(job_id, shard, record, Fence(f"{job_id}:shard:{shard}", token))
             client.states.progress(job_id)
         elif fate == 1:
             client.states.failed(job_id, ValueError("bad input"))

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from producer.client import Client  # noqa: E402
 from shared.broker import redis_client  # noqa: E402
-from shared.jobs import RedisJobStore  # noqa: E402
+from shared.records import RedisJobStore  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.specs import TrainSpec  # noqa: E402
 from shared.storage import open_storage  # noqa: E402

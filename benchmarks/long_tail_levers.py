@@ -111,9 +111,9 @@ def main() -> None:
         gan_id = f"gan-{name.split('-')[0] if name != 'baselines' else 'default'}"
         run_training(TrainSpec.from_dict({**_gan_spec(spec, gan_id).to_dict(), **overrides}), settings, storage)
         trained = time.perf_counter() - started
-        generator, _ = load_model(storage, gan_id, torch.device("cpu"))
-        teacher = load_teacher(storage, gan_id)
-        assert teacher is not None
+        generator, card = load_model(storage, gan_id, torch.device("cpu"))
+        assert card.teacher is not None
+        teacher = load_teacher(storage, card.teacher["key"])
         line: dict[str, Any] = {"variant": name}
         if name == "baselines":
             data = ExperimentData(subset.images, subset.labels, subset.images[:1], subset.labels[:1], held_out.images,

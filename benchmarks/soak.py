@@ -43,8 +43,9 @@ sys.path.insert(0, str(REPO))
 
 from producer.client import Client  # noqa: E402
 from shared.broker import redis_client  # noqa: E402
-from shared.jobs import TERMINAL_STATES, RedisJobStore  # noqa: E402
+from shared.lifecycle import TERMINAL_STATES  # noqa: E402
 from shared.manifest import Manifest  # noqa: E402
+from shared.records import RedisJobStore  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import ObjectNotFound, open_storage  # noqa: E402
 from tests.support.processes import WorkerProcess, service_env  # noqa: E402
@@ -133,7 +134,7 @@ def main() -> None:
                 states = {job: client.state(job) for job in jobs}
                 if all(state in TERMINAL_STATES for state in states.values()):
                     break
-                beats = {job: store.beats(job) for job in jobs if states[job] not in TERMINAL_STATES}
+                beats = {job: store.liveness.beats(job) for job in jobs if states[job] not in TERMINAL_STATES}
                 now = time.monotonic()
                 track(stops, beats, states, store, now)
                 if now >= stop_at:

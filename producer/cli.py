@@ -24,7 +24,7 @@ from producer.options import spec_options
 from shared.broker import EVALUATE_QUEUE, GENERATE_QUEUE, QUEUES, TRAIN_QUEUE, BrokerUnreachable
 from shared.contracts import KINDS, kind_of
 from shared.datasets import DatasetNotFound
-from shared.jobs import CANCELLED, FAILURE, SUCCESS
+from shared.lifecycle import CANCELLED, FAILURE, SUCCESS
 from shared.settings import Settings, SettingsError
 from shared.specs import EvaluateSpec, GenerateSpec, SpecError, TrainSpec, check_job_id
 from shared.storage import StorageError, open_storage

@@ -15,20 +15,11 @@ from celery import Celery
 from shared.broker import check_broker, make_celery, redelivery_after_s
 from shared.contracts import ContractError, Result, kind_of, read_model_card
 from shared.datasets import locate_dataset
-from shared.jobs import (
-    CANCELLED,
-    PENDING,
-    TERMINAL_STATES,
-    JobStore,
-    describe_status,
-    make_record,
-    new_job_id,
-    open_job_store,
-)
 from shared.layout import model_card_key, report_markdown_key
-from shared.leases import Stall, shard_of, stalls
-from shared.lifecycle import JobStates
+from shared.lifecycle import CANCELLED, PENDING, TERMINAL_STATES, JobStates, describe_status
+from shared.liveness import Stall, shard_of, stalls
 from shared.progress import generation_progress, progress_to_dict
+from shared.records import JobStore, make_record, new_job_id, open_job_store
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec, rebalance_counts
 from shared.storage import ObjectNotFound, open_storage
@@ -161,7 +152,7 @@ class Client:
             index = shard_of(part)
             return index is not None and self.store.shard_record(job_id, index) is not None
 
-        return stalls(self.store, job_id, redelivery_after_s(self.settings), finished)
+        return stalls(self.store.liveness, job_id, redelivery_after_s(self.settings), finished)
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         return [

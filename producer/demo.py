@@ -21,7 +21,7 @@ import click
 from producer.client import Client
 from producer.follow import follow
 from shared.contracts import GenerateResult, QualityResult, Result, TrainResult
-from shared.jobs import SUCCESS
+from shared.lifecycle import SUCCESS
 from shared.progress import format_duration
 from shared.settings import Settings
 

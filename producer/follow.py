@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from producer.client import Client
-from shared.jobs import TERMINAL_STATES
+from shared.lifecycle import TERMINAL_STATES
 from shared.progress import progress_from_dict, progress_line
 
 LOG_LINE_INTERVAL_S = 5.0  # when stderr is a log file, not a terminal: a line every few seconds at most

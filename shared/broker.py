@@ -6,6 +6,7 @@ cannot drift apart. The producer sends tasks by name and never imports the worke
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +39,29 @@ QUEUE_OF_TASK = {
 CONNECT_TIMEOUT_S = 3.0
 
 
+def shard_task_id(job_id: str, index: int, nonce: str) -> str:
+    """The message id of one of a generation job's shard tasks: reconciliation finds a shard's message by it."""
+    return f"{job_id}-shard-{index:06d}-{nonce}"
+
+
+def finalize_task_id(job_id: str, nonce: str) -> str:
+    """The message id of a generation job's finaliser."""
+    return f"{job_id}-finalize-{nonce}"
+# A command that got no answer in this long fails (and a patient client sends it again on a new connection).
+COMMAND_TIMEOUT_S = 10.0
+# The kernel gives a connection up once what it sent has gone unacknowledged this long. Shorter than the command
+# timeout on purpose: by the time redis-py abandons a connection, its kernel has stopped retransmitting, so a
+# request cannot reach Redis after a partition heals and run beside the copy that was sent again (measured: a
+# forget_shard that arrived 21.7 s after a heal). Keepalive probes find a silent peer of an idle connection.
+UNACKED_TIMEOUT_MS = 8_000
+
+
+def keepalive_options() -> dict[int, int]:
+    """TCP options for every Redis connection (where the platform has them: the producer may run on a laptop)."""
+    wanted = {"TCP_KEEPIDLE": 5, "TCP_KEEPINTVL": 2, "TCP_KEEPCNT": 3, "TCP_USER_TIMEOUT": UNACKED_TIMEOUT_MS}
+    return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
+
+
 def restore_interval_s(visibility_timeout_s: int) -> int:
     """Seconds between a worker's sweeps for messages whose holder died."""
     return max(1, min(5, visibility_timeout_s // 4))
@@ -65,7 +89,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # sweep for that long. A sweep takes milliseconds, and two at once are safe (each restore is a transaction).
         "unacked_mutex_expire": 10,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
-        "socket_timeout": 30,
+        "socket_timeout": 30,  # longer than a BRPOP's own wait; keepalive finds a silent Redis sooner
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive_options(),
     }
     redis_broker = urlsplit(settings.broker_url).scheme in {"redis", "rediss"}
     return {
@@ -77,6 +103,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "redis_socket_connect_timeout": CONNECT_TIMEOUT_S,
         "redis_socket_timeout": 30,
+        "redis_socket_keepalive": True,  # the backend only encodes and names the state records: shared.lifecycle writes
         "broker_connection_timeout": CONNECT_TIMEOUT_S,
         "broker_connection_retry_on_startup": True,
         # JSON only: a message from the queue is untrusted input and must never be unpickled.
@@ -111,14 +138,17 @@ def redis_client(settings: Settings, patient: bool = False) -> redis.Redis:
     """A client for job records, with short timeouts so a dead Redis fails fast instead of hanging.
 
     PATIENT clients (the workers') retry a lost connection with backoff for about half a minute, so that a
-    Redis restart pauses a job instead of failing it; a person at a terminal gets the error at once.
+    Redis restart pauses a job instead of failing it; a person at a terminal gets the error at once. Sending a
+    command again is safe because every write of the job system is idempotent (shared.records), and the TCP options
+    make sure the first copy of a command is dead before the second goes out.
     """
     patience: dict[str, Any] = {
         "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20),
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
     } if patient else {}
     return redis.Redis.from_url(
-        settings.broker_url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=10, decode_responses=True, **patience
+        settings.broker_url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S, decode_responses=True,
+        socket_keepalive=True, socket_keepalive_options=keepalive_options(), **patience
     )
 
 

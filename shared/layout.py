@@ -1,7 +1,12 @@
 """Where a job's objects live in storage. One place, so producer, worker and readers agree.
 
-    models/<train_job_id>/checkpoint.pt   model.json   teacher.pt   grid.png   losses.png   samples/step-0000500.png ...
-    synthetic/<generate_job_id>/shard-000000.tar ...   manifest.json (written last)
+    models/<train_job_id>/model.json (written last)   samples/step-0000500.png ...
+        checkpoints/a000001-step-0000500.pt ...   teachers/a000001.pt   attempts/a000001/grid.png   losses.png
+    synthetic/<generate_job_id>/shard-000000-a1.tar ...   manifest.json (written last)
+
+A training attempt (its lease's epoch, ``a000001``) and a shard's attempt (``-a1``) write objects of their own: an
+attempt cut off by a partition may write late, and its objects then land beside the ones the job's model card or
+manifest names, never over them. Readers follow the card and the manifest, never a listing.
     reports/<evaluate_job_id>/report.md   report.json   *.png
     references/<dataset>-<size>px-<channels>ch/classifier.pt   (the reference classifier, trained once)
 """
@@ -16,24 +21,37 @@ def model_prefix(job_id: str) -> str:
     return join_key("models", job_id)
 
 
-def checkpoint_key(job_id: str) -> str:
-    return join_key("models", job_id, "checkpoint.pt")
+def checkpoints_prefix(job_id: str) -> str:
+    return join_key("models", job_id, "checkpoints")
+
+
+def checkpoint_key(job_id: str, attempt: int, step: int) -> str:
+    """Zero-padded, so that the keys sort by attempt, then step: the last key is the latest attempt's latest state."""
+    return join_key(checkpoints_prefix(job_id), f"a{attempt:06d}-step-{step:07d}.pt")
 
 
 def model_card_key(job_id: str) -> str:
     return join_key("models", job_id, "model.json")
 
 
-def grid_key(job_id: str) -> str:
-    return join_key("models", job_id, "grid.png")
+def attempt_prefix(job_id: str, attempt: int) -> str:
+    return join_key("models", job_id, "attempts", f"a{attempt:06d}")
 
 
-def loss_curve_key(job_id: str) -> str:
-    return join_key("models", job_id, "losses.png")
+def grid_key(job_id: str, attempt: int) -> str:
+    return join_key(attempt_prefix(job_id, attempt), "grid.png")
 
 
-def teacher_key(job_id: str) -> str:
-    return join_key("models", job_id, "teacher.pt")
+def loss_curve_key(job_id: str, attempt: int) -> str:
+    return join_key(attempt_prefix(job_id, attempt), "losses.png")
+
+
+def teachers_prefix(job_id: str) -> str:
+    return join_key("models", job_id, "teachers")
+
+
+def teacher_key(job_id: str, attempt: int) -> str:
+    return join_key(teachers_prefix(job_id), f"a{attempt:06d}.pt")
 
 
 def sample_grid_key(job_id: str, step: int) -> str:
@@ -45,8 +63,8 @@ def synthetic_prefix(job_id: str) -> str:
     return join_key("synthetic", job_id)
 
 
-def shard_key(job_id: str, index: int) -> str:
-    return shard_object_key(job_id, shard_name(index))
+def shard_key(job_id: str, index: int, attempt: int | None = None) -> str:
+    return shard_object_key(job_id, shard_name(index, attempt))
 
 
 def shard_object_key(job_id: str, name: str) -> str:

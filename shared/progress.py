@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-from shared.jobs import JobField, JobStore
+from shared.keys import JobField
+from shared.records import JobStore
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,10 @@ _PNG_END = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-def shard_name(index: int) -> str:
-    return f"shard-{index:06d}.tar"
+def shard_name(index: int, attempt: int | None = None) -> str:
+    """The file name of shard INDEX; one made under a lease names its ATTEMPT (the lease's epoch), so that a late
+    upload of an earlier attempt lands beside the shard a manifest lists, never over it."""
+    return f"shard-{index:06d}.tar" if attempt is None else f"shard-{index:06d}-a{attempt}.tar"
 
 
 def sample_key(global_index: int) -> str:

@@ -128,6 +128,10 @@ class Storage(ABC):
         """Size in bytes, or None when the object does not exist."""
 
     @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; one that does not exist is no error."""
+
+    @abstractmethod
     def list(self, prefix: str = "") -> builtins.list[str]:
         """All keys under PREFIX (recursive), sorted."""
 
@@ -222,6 +226,9 @@ class FileStorage(Storage):
     def size(self, key: str) -> int | None:
         path = self._path(key)
         return path.stat().st_size if path.is_file() else None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def checksum(self, key: str) -> str | None:
         path = self._path(key)
@@ -379,6 +386,13 @@ class S3Storage(Storage):
     def size(self, key: str) -> int | None:
         stat = self._stat(self._object(key))
         return None if stat is None else stat.size
+
+    def delete(self, key: str) -> None:
+        self._remove(self._object(key))
+
+    @retried
+    def _remove(self, name: str) -> None:
+        self.client.remove_object(self.bucket, name)  # S3 answers a missing key with success too
 
     def checksum(self, key: str) -> str | None:
         stat = self._stat(self._object(key))

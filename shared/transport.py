@@ -92,8 +92,10 @@ class QoS(kombu_redis.QoS):
                 continue
             try:
                 with self.channel.conn_or_acquire() as client:
-                    # XX: only messages still in the index; one acked or handed back meanwhile is not put back
-                    client.zadd(self.unacked_index_key, dict.fromkeys(tags, time.time()), xx=True)
+                    # XX: only messages still in the index; one acked or handed back meanwhile is not put back.
+                    # GT: a beat that arrives late (retransmitted after a partition) carries an older time, and must
+                    # not make a live holder's message look due for redelivery.
+                    client.zadd(self.unacked_index_key, dict.fromkeys(tags, time.time()), xx=True, gt=True)
             except redis.RedisError as exc:
                 # Redis restarting: the next beat tries again; held messages come due only after a whole timeout
                 log.warning("visibility heartbeat failed (%s); retrying in %.0f s", type(exc).__name__, interval)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from shared.records import JobStore, MemoryJobStore, RedisJobStore
 from tests.support.processes import WorkerProcess, service_env
 from tests.support.servers import RedisServer, S3Server
 
@@ -46,6 +47,22 @@ def s3_server() -> Iterator[S3Server]:
 
 # ---- the system under test ----
 _redis_dbs = itertools.count()
+
+
+@pytest.fixture
+def redis_job_store(redis_server: RedisServer) -> RedisJobStore:
+    """A job store on an empty database of the real Redis."""
+    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + f"/{next(_redis_dbs) % 16}", decode_responses=True)
+    client.flushdb()
+    return RedisJobStore(client)
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+def job_store(request: pytest.FixtureRequest) -> JobStore:
+    """Each job store: the demo's in-process one, and one on the real Redis (an integration test)."""
+    if request.param == "memory":
+        return MemoryJobStore()
+    return request.getfixturevalue("redis_job_store")  # type: ignore[no-any-return]
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from shared.contracts import (
     read_model_card,
     read_report,
 )
-from shared.jobs import SUCCESS, MemoryJobStore, make_record
+from shared.lifecycle import SUCCESS
+from shared.records import MemoryJobStore, make_record
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import FileStorage
@@ -81,7 +82,7 @@ def dashboard(written: Written) -> DashboardData:
     client = Client.connect(settings)
     for name, spec in written.specs.items():
         client.store.add(make_record(spec.job_id, KINDS[name].record_kind, spec.to_dict()))
-        client.app.backend.store_result(spec.job_id, written.results[name], SUCCESS)
+        client.states.succeeded(spec.job_id, KINDS[name].decode_result(written.results[name], spec.job_id))
     return DashboardData(client, settings)
 
 

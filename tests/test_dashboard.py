@@ -28,7 +28,8 @@ from PIL import Image
 from producer.client import Client
 from producer.dashboard.app import CSP, dashboard_token, session_value
 from producer.dashboard.data import DashboardData, latest_per_step, thin
-from shared.jobs import FAILURE, SUCCESS, make_record
+from shared.lifecycle import FAILURE, SUCCESS
+from shared.records import make_record
 from shared.settings import Settings, SettingsError
 from shared.storage import open_storage
 from tests.conftest import _redis_dbs
@@ -274,7 +275,7 @@ def test_generation_page_shows_shards_manifest_and_samples(stack: Stack, browser
     loaded = browser.execute_script("return [...document.querySelectorAll('.strip img')].map(i => i.naturalWidth)")
     assert len(loaded) == 16 and all(width == 28 for width in loaded)
     page = browser.find_element("tag name", "main").text
-    assert "60 images of 28×28×1" in page and "s3://" in page and "shard-000002.tar" in page
+    assert "60 images of 28×28×1" in page and "s3://" in page and "shard-000002-a1.tar" in page
     assert f'SyntheticJob.open("{job_id}")' in page and 'load_dataset("webdataset"' in page
     manifest_counts = browser.execute_script("return document.querySelectorAll('section table')[0].rows.length")
     assert manifest_counts == 1 + 10  # a header and one row per class of the fake set

@@ -16,6 +16,7 @@ import webdataset as wds
 from PIL import Image
 
 from shared.broker import QUEUES
+from shared.contracts import read_model_card
 from shared.manifest import Manifest
 from shared.reader import SyntheticJob
 from shared.settings import Settings
@@ -42,10 +43,10 @@ def test_train_generate_and_read_back_with_webdataset(augment_env, start_worker,
     watched = run_cli(augment_env, "watch", train_id, "--interval", "0.2", timeout=180)
     assert watched.returncode == 0, watched.stderr
     storage = storage_for(augment_env)
-    assert {"models/" + train_id + "/" + name for name in ("checkpoint.pt", "model.json", "grid.png")} <= set(
-        storage.list(f"models/{train_id}")
-    )
-    grid = Image.open(io.BytesIO(storage.get_bytes(f"models/{train_id}/grid.png")))
+    card = read_model_card(storage.get_text(f"models/{train_id}/model.json"), train_id)
+    assert {card.checkpoint, card.grid, card.loss_curve} <= set(storage.list(f"models/{train_id}"))
+    assert storage.list(f"models/{train_id}/checkpoints") == [card.checkpoint], "the finished job keeps its card's checkpoint"
+    grid = Image.open(io.BytesIO(storage.get_bytes(card.grid)))
     assert grid.width > grid.height  # real images on the left, generated on the right
 
     submitted = run_cli(augment_env, "generate", "--model", train_id, "--count", "250", "--shard-size", "100",
@@ -60,7 +61,7 @@ def test_train_generate_and_read_back_with_webdataset(augment_env, start_worker,
     assert manifest.model_id == train_id and manifest.spec["seed"] == 5
     assert sum(manifest.class_counts.values()) == 250 and len(manifest.class_counts) == 10
     assert manifest.teacher is not None and manifest.teacher["members"] == 2
-    assert manifest.teacher["key"] == f"models/{train_id}/teacher.pt" and storage.exists(manifest.teacher["key"])
+    assert manifest.teacher["key"] == card.teacher["key"] and storage.exists(manifest.teacher["key"])  # type: ignore[index]
 
     # A downstream pipeline reads the shards with the webdataset package itself, over presigned HTTP URLs.
     for shard in manifest.shards:
@@ -93,7 +94,7 @@ def test_train_generate_and_read_back_with_webdataset(augment_env, start_worker,
     fetched = run_cli(augment_env, "fetch", generate_id, "--out", str(tmp_path / "out"))
     assert fetched.returncode == 0, fetched.stderr
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
-        "manifest.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar",
+        "manifest.json", "shard-000000-a1.tar", "shard-000001-a1.tar", "shard-000002-a1.tar",
     ]
     for output in (submitted, watched, status, listing, fetched):  # secrets never reach output
         assert augment_env["AUGMENT_S3_SECRET_KEY"] not in output.stdout + output.stderr

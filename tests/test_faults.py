@@ -20,8 +20,8 @@ from kombu import Connection, Exchange, Producer
 from producer.client import Client, SubmitError
 from shared.broker import TRAIN_TASK, make_celery
 from shared.datasets import DatasetNotFound
-from shared.jobs import RedisJobStore
 from shared.manifest import Manifest
+from shared.records import RedisJobStore
 from shared.settings import Settings
 from shared.specs import SpecError
 from shared.storage import open_storage
@@ -52,7 +52,7 @@ def job_store(env: dict[str, str]) -> RedisJobStore:
 
 def parts_held_by(worker: WorkerProcess, store: RedisJobStore, job_id: str) -> list[str]:
     """The parts of JOB_ID whose last heartbeat came from WORKER (the worker is named after its pid)."""
-    return [part for part, beat in store.beats(job_id).items() if beat.owner.startswith(f"augment-{worker.pid}@")]
+    return [part for part, beat in store.liveness.beats(job_id).items() if beat.owner.startswith(f"augment-{worker.pid}@")]
 
 
 def test_worker_killed_mid_generation_the_job_completes_on_another(augment_env, start_worker):
@@ -88,7 +88,7 @@ def test_worker_killed_mid_generation_the_job_completes_on_another(augment_env, 
     writes = shard_writes([doomed, survivor], job_id)
     assert sorted(index for _, index in writes) == list(range(10)), "every shard written once, by one worker"
     assert f"job {job_id}: redelivered" in survivor.log_path.read_text()
-    assert store.beats(job_id) == {}, "no part is left looking stalled"
+    assert store.liveness.beats(job_id) == {}, "no part is left looking stalled"
 
 
 def test_sigterm_a_generation_worker_finishes_its_shards_and_hands_back_the_rest(augment_env, start_worker):

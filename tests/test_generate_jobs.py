@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.jobs import MemoryJobStore
 from shared.manifest import Manifest
 from shared.progress import GenerateProgress, generation_progress
+from shared.records import MemoryJobStore
 from shared.settings import Settings
 from shared.shards import read_shard
 from shared.specs import GenerateSpec, TrainSpec
 from shared.storage import FileStorage, Storage
+from worker.checkpoint import read_card
 from worker.generate import GeneratorCache, ShardBusy, finalize_job, plan_job, run_shard
 from worker.train import run_training
 
@@ -73,7 +74,8 @@ def run_all(spec: GenerateSpec, storage: Storage, store: MemoryJobStore, models:
 def test_job_runs_shard_by_shard_and_the_manifest_matches_storage(storage: CountingStorage) -> None:
     store, models, spec = MemoryJobStore(), GeneratorCache(), job()
     assert run_all(spec, storage, store, models) == [0, 1, 2]
-    assert storage.list("synthetic/g-job") == [f"synthetic/g-job/shard-00000{i}.tar" for i in range(3)]
+    # each shard is its attempt's object (the first lease on each shard: attempt 1)
+    assert storage.list("synthetic/g-job") == [f"synthetic/g-job/shard-00000{i}-a1.tar" for i in range(3)]
     assert not storage.exists("synthetic/g-job/manifest.json")  # only the finaliser writes it
 
     result = finalize_job(spec, storage, store, lambda index: pytest.fail(f"shard {index} redispatched"))
@@ -96,32 +98,48 @@ def test_a_finished_shard_is_not_redone(storage: CountingStorage) -> None:
     run_all(spec, storage, store, models)
     written, last = run_shard(spec, 1, storage, store, models, CPU, "worker-b/2")
     assert (written, last) == (False, False)
-    assert storage.writes["synthetic/g-job/shard-000001.tar"] == 1
+    assert storage.writes["synthetic/g-job/shard-000001-a1.tar"] == 1 and "synthetic/g-job/shard-000001-a2.tar" not in storage.writes
 
 
-def test_a_rerun_that_finds_its_own_bytes_does_not_upload_again(storage: CountingStorage) -> None:
-    # the worker uploaded, then died before recording the shard: the ledger is empty, storage has the bytes
+def test_a_second_attempt_writes_its_own_object_and_the_finaliser_drops_the_unlisted_one(storage: CountingStorage) -> None:
+    # the first attempt uploaded, then died before recording the shard: the ledger is empty, storage has its bytes
     store, models, spec = MemoryJobStore(), GeneratorCache(), job()
-    run_shard(spec, 0, storage, store, models, CPU, "worker-a/1")
-    store.forget_shard("g-job", 0)
-    written, _ = run_shard(spec, 0, storage, store, models, CPU, "worker-b/2")
-    assert written and storage.writes["synthetic/g-job/shard-000000.tar"] == 1
-    assert store.shard_records("g-job")[0].worker == "worker-b"
+    run_all(spec, storage, store, models)
+    first = store.shard_records("g-job")[0]
+    store.forget_shard("g-job", 0, first)
+    written, last = run_shard(spec, 0, storage, store, models, CPU, "worker-b/2")
+    second = store.shard_records("g-job")[0]
+    assert written and last and second.worker == "worker-b" and second.name == "shard-000000-a2.tar"
+    assert second.sha256 == first.sha256  # the same bytes, under the second attempt's name
+    finalize_job(spec, storage, store, lambda index: pytest.fail("redispatched"))
+    assert not storage.exists("synthetic/g-job/shard-000000-a1.tar")  # listed by no manifest: removed
+    assert [entry.name for entry in Manifest.load(storage, "g-job").shards][0] == "shard-000000-a2.tar"
+
+
+def test_a_forget_of_a_record_that_was_replaced_meanwhile_changes_nothing(storage: CountingStorage) -> None:
+    # a finaliser's forget_shard that arrives late (retransmitted after a partition) names the record it saw
+    store, models, spec = MemoryJobStore(), GeneratorCache(), job()
+    run_all(spec, storage, store, models)
+    seen = store.shard_records("g-job")[1]
+    store.forget_shard("g-job", 1, seen)
+    run_shard(spec, 1, storage, store, models, CPU, "worker-b/2")
+    store.forget_shard("g-job", 1, seen)  # the late copy
+    assert store.shard_records("g-job")[1].worker == "worker-b" and store.shard_totals("g-job") == (3, 25)
 
 
 def test_reruns_write_identical_bytes(storage: CountingStorage, tmp_path: Path) -> None:
     spec = job()
     run_all(spec, storage, MemoryJobStore(), GeneratorCache())
-    first = storage.get_bytes("synthetic/g-job/shard-000002.tar")
-    Path(storage.read_url("synthetic/g-job/shard-000002.tar")).unlink()
+    first = storage.get_bytes("synthetic/g-job/shard-000002-a1.tar")
+    Path(storage.read_url("synthetic/g-job/shard-000002-a1.tar")).unlink()
     run_all(spec, storage, MemoryJobStore(), GeneratorCache())
-    assert storage.get_bytes("synthetic/g-job/shard-000002.tar") == first
+    assert storage.get_bytes("synthetic/g-job/shard-000002-a1.tar") == first
 
 
 def test_a_shard_lost_from_storage_is_made_again_before_the_manifest(storage: CountingStorage) -> None:
     store, models, spec = MemoryJobStore(), GeneratorCache(), job()
     run_all(spec, storage, store, models)
-    storage.put_bytes("synthetic/g-job/shard-000001.tar", b"truncated")  # recorded, but not what storage holds
+    storage.put_bytes("synthetic/g-job/shard-000001-a1.tar", b"truncated")  # recorded, but not what storage holds
     redispatched: list[int] = []
     assert finalize_job(spec, storage, store, redispatched.append) is None
     assert redispatched == [1] and not storage.exists("synthetic/g-job/manifest.json")
@@ -132,10 +150,10 @@ def test_a_shard_lost_from_storage_is_made_again_before_the_manifest(storage: Co
 
 def test_a_shard_held_by_another_worker_is_busy(storage: CountingStorage) -> None:
     store, spec = MemoryJobStore(), job()
-    assert store.acquire_lease("g-job:shard:0", "worker-a/1", ttl_s=60)
+    assert store.liveness.take("g-job", "shard:0", "worker-a/1", ttl_s=60) == "worker-a/1#1"
     with pytest.raises(ShardBusy):
         run_shard(spec, 0, storage, store, GeneratorCache(), CPU, "worker-b/2")
-    assert not storage.exists("synthetic/g-job/shard-000000.tar")
+    assert storage.list("synthetic/g-job") == []
 
 
 def test_the_last_shard_recorded_says_so_whatever_the_order(storage: CountingStorage) -> None:
@@ -171,19 +189,20 @@ def test_the_cache_loads_each_model_once(storage: CountingStorage) -> None:
     again = models.get(storage, "t-model", CPU)
     assert first is again and models.loads == 1 and first.class_names == [f"class{label}" for label in range(10)]
     assert first.teacher is not None  # small data: a teacher by default
-    assert storage.reads["models/t-model/checkpoint.pt"] == 1
+    checkpoint = read_card(storage, "t-model").checkpoint
+    assert storage.reads[checkpoint] == 1
     run_all(job(), storage, MemoryJobStore(), models)
-    assert storage.reads["models/t-model/checkpoint.pt"] == 1 and models.loads == 1
+    assert storage.reads[checkpoint] == 1 and models.loads == 1
 
 
 def test_the_noise_scale_changes_the_samples_and_is_recorded_in_the_manifest(storage: CountingStorage) -> None:
     run_all(job(count=8, shard_size=8), storage, MemoryJobStore(), GeneratorCache())
-    plain = list(read_shard(storage.get_bytes("synthetic/g-job/shard-000000.tar")))
+    plain = list(read_shard(storage.get_bytes("synthetic/g-job/shard-000000-a1.tar")))
     wide_spec = GenerateSpec(job_id="g-wide", model="t-model", count=8, shard_size=8, batch_size=4, noise_scale=1.5)
     store = MemoryJobStore()
     run_all(wide_spec, storage, store, GeneratorCache())
     finalize_job(wide_spec, storage, store, lambda index: None)
-    wide = list(read_shard(storage.get_bytes("synthetic/g-wide/shard-000000.tar")))
+    wide = list(read_shard(storage.get_bytes("synthetic/g-wide/shard-000000-a1.tar")))
     assert [s.label for s in plain] == [s.label for s in wide]  # the same plan of classes
     assert all(a.png != b.png for a, b in zip(plain, wide, strict=True))  # drawn from the same noise, scaled
     assert Manifest.load(storage, "g-wide").spec["noise_scale"] == 1.5

@@ -9,9 +9,9 @@ import uuid
 import pytest
 
 from producer.client import Client
-from shared.jobs import make_record
 from shared.lifecycle import JobStates, JobStopped, StopReason
 from shared.progress import StageProgress
+from shared.records import make_record
 from shared.settings import Settings
 from shared.specs import TrainSpec
 from shared.storage import FileStorage

@@ -311,10 +311,10 @@ def test_checkpoint_save_and_load_through_storage(tmp_path: Path) -> None:
     storage = FileStorage(tmp_path)
     assert checkpoint.load(storage, "t-missing") is None
     state = make_state(GANConfig(image_size=28, channels=1, nz=16, width=8))
-    checkpoint.save(storage, "t-abc", state)
-    assert storage.list() == ["models/t-abc/checkpoint.pt"]
+    assert checkpoint.save(storage, "t-abc", 3, state) == "models/t-abc/checkpoints/a000003-step-0000001.pt"
+    checkpoint.save(storage, "t-abc", 2, {**state, "step": 7})  # an older attempt, cut off, writes late
     loaded = checkpoint.load(storage, "t-abc")
-    assert loaded is not None and loaded["step"] == 1
+    assert loaded is not None and loaded["step"] == 1, "the latest attempt's checkpoint is the one to resume"
 
 
 def _torch_bytes(obj: Any) -> bytes:

@@ -12,13 +12,14 @@ import pytest
 import redis
 import torch
 
-from shared.jobs import RedisJobStore
 from shared.progress import TrainProgress
+from shared.records import RedisJobStore
 from shared.settings import Settings
 from shared.specs import TrainSpec
 from shared.storage import FileStorage, Storage, open_storage
 from tests.support.processes import WorkerProcess, run_cli
 from worker import checkpoint
+from worker.checkpoint import read_card
 from worker.train import TrainHooks, run_training
 
 TENSOR_GROUPS = ("generator", "generator_ema", "discriminator")
@@ -90,9 +91,9 @@ def wait_for_checkpoint_past(storage: Storage, job_id: str, step: int, timeout_s
     long enough that a fast CPU trains to the end in between."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        saved = checkpoint.from_bytes(storage.get_bytes(f"models/{job_id}/checkpoint.pt"), "checkpoint")["step"]
-        if saved > step:
-            return int(saved)
+        saved = checkpoint.load(storage, job_id)
+        if saved is not None and saved["step"] > step:
+            return int(saved["step"])
         time.sleep(0.02)
     raise AssertionError(f"{job_id} wrote no checkpoint past step {step}")
 
@@ -111,7 +112,7 @@ def test_training_preempted_then_killed_resumes_exactly(augment_env, start_worke
     job_id = run_cli(env, *args).stdout.strip()
     wait_for_step(env, job_id, 40)
     store = RedisJobStore(redis.Redis.from_url(env["AUGMENT_BROKER_URL"], decode_responses=True))
-    holder = next(worker for worker in workers if store.beats(job_id)["train"].owner.startswith(f"augment-{worker.pid}@"))
+    holder = next(worker for worker in workers if store.liveness.beats(job_id)["train"].owner.startswith(f"augment-{worker.pid}@"))
     taker = workers[1 - workers.index(holder)]
     assert holder.stop(timeout=60) is not None, "the preempted worker exited by itself"
     assert f"job {job_id}: worker shutting down; checkpointed and handed the job back" in holder.log_path.read_text()
@@ -132,8 +133,8 @@ def test_training_preempted_then_killed_resumes_exactly(augment_env, start_worke
 
     reference_id = run_cli(env, *args).stdout.strip()
     assert run_cli(env, "watch", reference_id, "--interval", "0.3", timeout=300).returncode == 0
-    resumed = checkpoint.from_bytes(storage.get_bytes(f"models/{job_id}/checkpoint.pt"), "resumed")
-    reference = checkpoint.from_bytes(storage.get_bytes(f"models/{reference_id}/checkpoint.pt"), "reference")
+    resumed = checkpoint.from_bytes(storage.get_bytes(read_card(storage, job_id).checkpoint), "resumed")
+    reference = checkpoint.from_bytes(storage.get_bytes(read_card(storage, reference_id).checkpoint), "reference")
     assert_same_training_state(resumed, reference)
 
 

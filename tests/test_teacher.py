@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from shared.jobs import MemoryJobStore
 from shared.lifecycle import JobStopped, StopReason
 from shared.manifest import Manifest
 from shared.progress import StageProgress, progress_line
 from shared.reader import SyntheticJob
+from shared.records import MemoryJobStore
 from shared.settings import Settings
 from shared.specs import GenerateSpec, TrainSpec
 from shared.storage import FileStorage
@@ -23,7 +23,7 @@ from worker.classifier import classic_augment, soft_cross_entropy
 from worker.data import load_dataset
 from worker.generate import GeneratorCache, finalize_job, plan_job, run_shard
 from worker.mixing import MixedDataset
-from worker.teacher import load_teacher
+from worker.teacher import find_teacher, load_teacher
 from worker.train import TrainHooks, run_training
 
 
@@ -78,14 +78,14 @@ def test_a_training_job_reports_its_teachers_steps_rate_and_eta(taught_model: Pa
 def test_a_training_job_stores_its_teacher_and_names_it_in_the_model_card(taught_model: Path) -> None:
     storage = FileStorage(taught_model)
     card = json.loads(storage.get_text("models/t-taught/model.json"))
-    assert card["teacher"]["members"] == 2 and card["teacher"]["key"] == "models/t-taught/teacher.pt"
-    teacher = load_teacher(storage, "t-taught")
-    assert teacher is not None and len(teacher.members) == 2
+    assert card["teacher"]["members"] == 2 and card["teacher"]["key"] == "models/t-taught/teachers/a000000.pt"
+    teacher = load_teacher(storage, card["teacher"]["key"])
+    assert len(teacher.members) == 2
     test = load_dataset("fake", Settings(), "test")
     probs = teacher.probs(test.images)
     assert probs.shape == (len(test), 10) and torch.allclose(probs.sum(1), torch.ones(len(test)))
     assert (probs.argmax(1) == test.labels).float().mean() > 0.5  # it learned the classes it labels
-    assert load_teacher(storage, "t-untaught") is None
+    assert find_teacher(storage, "t-untaught") is None
 
 
 def test_generated_shards_carry_the_teachers_probabilities(taught_model: Path, tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_filtering_by_confidence_needs_a_teacher(tmp_path: Path) -> None:
 
 
 def test_the_teacher_guides_a_generator_towards_the_class_it_was_asked_for(taught_model: Path) -> None:
-    teacher = load_teacher(FileStorage(taught_model), "t-taught")
+    teacher = find_teacher(FileStorage(taught_model), "t-taught")[0]  # type: ignore[index]
     assert teacher is not None
     guide = teacher.frozen(torch.device("cpu"))
     real = load_dataset("fake", Settings(), "train", limit=64)
@@ -184,7 +184,7 @@ def test_guided_training_trains_its_teacher_first_and_leaves_it_stored(tmp_path:
                      teacher_width=8, guidance=1.0, mode_seeking=1.0)
     result = run_training(spec, Settings(), storage)
     assert result.steps == 4
-    teacher = load_teacher(storage, "t-guided")
+    teacher = find_teacher(storage, "t-guided")[0]  # type: ignore[index]
     assert teacher is not None and teacher.meta["members"] == 1
 
 
@@ -199,4 +199,4 @@ def test_a_job_cancelled_while_its_teacher_trains_stops_there(tmp_path: Path) ->
 
     with pytest.raises(JobStopped, match=r"while training its teacher \(step \d+\) \(cancelled\)"):
         run_training(spec, Settings(), storage, TrainHooks(should_stop=stop_on_second_question, stop_check_interval_s=0))
-    assert len(asked) == 2 and load_teacher(storage, "t-cancel") is None  # nothing half-trained is stored
+    assert len(asked) == 2 and find_teacher(storage, "t-cancel") is None  # nothing half-trained is stored

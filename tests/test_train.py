@@ -44,10 +44,11 @@ def test_run_training_reports_progress_and_writes_grids_curve_and_card(tmp_path)
     ]
     grid = Image.open(io.BytesIO(storage.get_bytes("models/t-progress/samples/step-0000010.png")))
     assert grid.size == (8 * 30 + 2, 10 * 30 + 2)  # 8 columns x 10 class rows of 28 px with 2 px padding
-    curve = Image.open(io.BytesIO(storage.get_bytes("models/t-progress/losses.png")))
-    assert curve.width > 500
     card = json.loads(storage.get_text("models/t-progress/model.json"))
-    assert card["steps"] == 25 and card["class_names"][0] == "class0" and card["loss_curve"].endswith("losses.png")
+    assert card["steps"] == 25 and card["class_names"][0] == "class0"
+    assert card["loss_curve"] == "models/t-progress/attempts/a000000/losses.png"  # the attempt that finished
+    curve = Image.open(io.BytesIO(storage.get_bytes(card["loss_curve"])))
+    assert curve.width > 500
     assert result.warnings == card["warnings"]
 
 
@@ -58,7 +59,29 @@ def test_cancel_hook_stops_training_with_a_checkpoint(tmp_path):
     with pytest.raises(JobStopped, match=r"^job t-cancel stopped at step 1 \(preempted\)$") as stopped:
         run_training(spec, Settings(), storage, hooks)
     assert stopped.value.reason == StopReason.PREEMPTED
-    assert storage.exists("models/t-cancel/checkpoint.pt") and not storage.exists("models/t-cancel/model.json")
+    assert storage.list("models/t-cancel/checkpoints") == ["models/t-cancel/checkpoints/a000000-step-0000001.pt"]
+    assert not storage.exists("models/t-cancel/model.json")
+
+
+def test_an_attempt_that_lost_its_lease_writes_no_checkpoint_and_no_card(tmp_path):
+    storage = FileStorage(tmp_path)
+    spec = TrainSpec(job_id="t-lost", dataset="fake", steps=1000, width=8, batch_size=16, teacher=0)
+    hooks = TrainHooks(should_stop=lambda: StopReason.LEASE_LOST, stop_check_interval_s=0.0, attempt=4)
+    with pytest.raises(JobStopped) as stopped:
+        run_training(spec, Settings(), storage, hooks)
+    assert stopped.value.reason == StopReason.LEASE_LOST and storage.list("models/t-lost") == []
+
+
+def test_a_finished_attempt_whose_commit_is_refused_leaves_the_card_alone(tmp_path):
+    storage = FileStorage(tmp_path)
+    spec = TrainSpec(job_id="t-late", dataset="fake", steps=2, width=8, batch_size=16, teacher=0)
+    with pytest.raises(JobStopped, match="lease was taken over"):
+        run_training(spec, Settings(), storage, TrainHooks(attempt=1, commit=lambda card: None))
+    assert not storage.exists("models/t-late/model.json")
+    result = run_training(spec, Settings(), storage, TrainHooks(attempt=2))
+    card = json.loads(storage.get_text("models/t-late/model.json"))
+    assert card["checkpoint"] == "models/t-late/checkpoints/a000002-step-0000002.pt" and result.steps == 2
+    assert storage.list("models/t-late/checkpoints") == [card["checkpoint"]], "the card's checkpoint is the one kept"
 
 
 def test_diversity_guard_flags_identical_samples_only():

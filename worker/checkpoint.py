@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from shared.contracts import ModelCard, read_model_card
-from shared.layout import checkpoint_key, model_card_key
+from shared.layout import checkpoint_key, checkpoints_prefix, model_card_key
 from shared.specs import TrainSpec
 from shared.storage import Storage
 from worker.model import Discriminator, GANConfig, Generator
@@ -100,16 +100,23 @@ def from_bytes(data: bytes, source: str) -> dict[str, Any]:
     return state
 
 
-def save(storage: Storage, job_id: str, state: dict[str, Any]) -> None:
-    # Storage puts are atomic (rename for files, single PUT for S3), so "latest" is never a torn file.
-    storage.put_bytes(checkpoint_key(job_id), to_bytes(state))
+def save(storage: Storage, job_id: str, attempt: int, state: dict[str, Any]) -> str:
+    """Store STATE as ATTEMPT's checkpoint at its step; returns its key. Storage puts are atomic (rename for files,
+    single PUT for S3), so no checkpoint is ever a torn file."""
+    key = checkpoint_key(job_id, attempt, int(state["step"]))
+    storage.put_bytes(key, to_bytes(state))
+    return key
 
 
 def load(storage: Storage, job_id: str) -> dict[str, Any] | None:
-    key = checkpoint_key(job_id)
-    if not storage.exists(key):
-        return None
-    return from_bytes(storage.get_bytes(key), storage.url_for(key))
+    """The latest checkpoint of the latest attempt at job JOB_ID, None when no attempt stored one.
+
+    An older attempt cut off by a partition may store a checkpoint late; its key sorts before every key of the
+    attempts after it, so it never becomes the latest. Every checkpoint of a job is a state of the same seeded run,
+    so whichever is resumed, the job ends with the same weights.
+    """
+    keys = storage.list(checkpoints_prefix(job_id))
+    return from_bytes(storage.get_bytes(keys[-1]), storage.url_for(keys[-1])) if keys else None
 
 
 class ModelNotFound(LookupError):
@@ -129,12 +136,11 @@ def read_card(storage: Storage, model_id: str) -> ModelCard:
 
 
 def load_model(storage: Storage, model_id: str, device: torch.device) -> tuple[Generator, ModelCard]:
-    """The sampling generator of a finished training job and its model card."""
+    """The sampling generator of a finished training job (the checkpoint its model card names) and its model card."""
     card = read_card(storage, model_id)
-    state = load(storage, model_id)
-    if state is None:
-        raise ModelNotFound(f"model {model_id} has a model card but no checkpoint")
-    return generator_from_state(state).to(device), card
+    if not storage.exists(card.checkpoint):
+        raise ModelNotFound(f"model {model_id} has a model card but no checkpoint {storage.url_for(card.checkpoint)}")
+    return generator_from_state(from_bytes(storage.get_bytes(card.checkpoint), storage.url_for(card.checkpoint))).to(device), card
 
 
 def config_dict(config: GANConfig) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from shared.contracts import ArmOutcome, ModelCard, Quality, QualityReport, QualityResult, SweepVerdict, UtilityReport, UtilityResult
-from shared.layout import loss_curve_key, reference_key, report_json_key, report_markdown_key, report_prefix
+from shared.layout import reference_key, report_json_key, report_markdown_key, report_prefix
 from shared.lifecycle import JobStopped, StopReason
 from shared.progress import StageMeter, StageProgress, shifted
 from shared.settings import Settings
@@ -40,7 +40,7 @@ from worker.augmentation_study import (
     sweep_steps,
     verdict,
 )
-from worker.checkpoint import load_model
+from worker.checkpoint import load_model, read_card
 from worker.classifier import (
     FEATURE_SPACE,
     REFERENCE_KIND,
@@ -145,7 +145,7 @@ def _write_report(storage: Storage, job_id: str, markdown: str, report: QualityR
 
 
 def _copy_loss_curve(storage: Storage, model_id: str, images: dict[str, bytes]) -> None:
-    curve = loss_curve_key(model_id)
+    curve = read_card(storage, model_id).loss_curve
     if storage.exists(curve):
         images["losses.png"] = storage.get_bytes(curve)
 
@@ -388,8 +388,8 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     )
     run_training(gan_spec, settings, storage, hooks)  # resumes from its checkpoint if this job was interrupted
     generator, card = load_model(storage, gan_spec.job_id, torch.device("cpu"))
-    teacher = load_teacher(storage, gan_spec.job_id)
-    assert teacher is not None  # the spec asks for one
+    assert card.teacher is not None  # the spec asks for one
+    teacher = load_teacher(storage, card.teacher["key"])
     pool_per_class = max(spec.samples_per_class, round(max(spec.ratio_list) * spec.per_class) if spec.sweep else 0)
     synthetic, synthetic_labels = sample_balanced(generator, pool_per_class, spec.seed + 1)
     held_out, pool = _held_out(spec, settings, image_size, channels)

@@ -10,6 +10,11 @@ A job of N images with shard size S is ceil(N/S) shard tasks and one finaliser:
 - :func:`finalize_job` checks every recorded shard against storage and writes the manifest last, as the commit
   marker, so no manifest lists a shard that is not complete in storage.
 
+A worker cut off by a partition lives on and may write late. Each attempt at a shard writes an object of its own
+(the name carries its lease's epoch) and records it in the ledger with its fence, which the ledger refuses once the
+lease was taken over or the job's manifest is fixed: a late upload lands beside the listed shard, never over it. The
+manifest is fixed in Redis before it is written (:meth:`JobStore.commit`), so two finalisers write the same bytes.
+
 Shard ``i`` covers images ``[i * S, (i + 1) * S)``. Its noise comes from a generator seeded by (job seed, i) and
 its labels are a pure function of the global image index, so any shard can be (re)made alone, on any worker,
 with identical bytes.
@@ -32,10 +37,11 @@ import numpy as np
 import torch
 
 from shared.contracts import GenerateResult
-from shared.jobs import JobField, JobStore, ShardRecord
-from shared.layout import checkpoint_key, manifest_key, shard_key
-from shared.leases import Lease, shard_part
+from shared.keys import JobField
+from shared.layout import manifest_key, model_card_key, shard_key, shard_object_key, synthetic_prefix
+from shared.liveness import Fence, Lease, shard_part
 from shared.manifest import Manifest, ShardEntry
+from shared.records import JobStore, ShardRecord
 from shared.shards import Sample, ShardWriter, encode_pngs, sample_key, sample_record, sha256_hex, shard_name
 from shared.specs import GenerateSpec, SpecError
 from shared.storage import Storage
@@ -76,13 +82,13 @@ class GeneratorCache:
         self._lock = threading.Lock()
 
     def get(self, storage: Storage, model_id: str, device: torch.device) -> LoadedModel:
-        key = (storage.url_for(checkpoint_key(model_id)), str(device))
+        key = (storage.url_for(model_card_key(model_id)), str(device))
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
             generator, card = load_model(storage, model_id, device)
-            loaded = LoadedModel(generator, card.class_names, load_teacher(storage, model_id))
+            loaded = LoadedModel(generator, card.class_names, load_teacher(storage, card.teacher["key"]) if card.teacher else None)
             self.loads += 1
             self._models[key] = loaded
             while len(self._models) > self.capacity:
@@ -188,14 +194,12 @@ def render_shard(spec: GenerateSpec, model: LoadedModel, shard_index: int) -> tu
     return writer.finish(), writer.class_counts
 
 
-def write_shard(spec: GenerateSpec, storage: Storage, model: LoadedModel, shard_index: int) -> ShardRecord:
-    """Render shard SHARD_INDEX and put it in storage; returns its ledger record (what the manifest lists)."""
+def write_shard(spec: GenerateSpec, storage: Storage, model: LoadedModel, shard_index: int, attempt: int) -> ShardRecord:
+    """Render shard SHARD_INDEX and put it in storage as ATTEMPT's object; returns its ledger record (what the
+    manifest lists)."""
     data, counts = render_shard(spec, model, shard_index)
-    digest = sha256_hex(data)
-    key = shard_key(spec.job_id, shard_index)
-    if storage.checksum(key) != digest:  # a run cut off after its upload left these very bytes: keep them
-        storage.put_bytes(key, data, "application/x-tar")
-    return ShardRecord(name=shard_name(shard_index), count=sum(counts.values()), size=len(data), sha256=digest,
+    storage.put_bytes(shard_key(spec.job_id, shard_index, attempt), data, "application/x-tar")
+    return ShardRecord(name=shard_name(shard_index, attempt), count=sum(counts.values()), size=len(data), sha256=sha256_hex(data),
                        class_counts={str(label): number for label, number in sorted(counts.items())})
 
 
@@ -219,8 +223,8 @@ class ShardBusy(RuntimeError):
     """Another worker holds the shard's lease; try again later (if that worker dies, the lease lapses)."""
 
 
-def shard_is_complete(storage: Storage, spec: GenerateSpec, index: int, record: ShardRecord | None) -> bool:
-    return record is not None and storage.checksum(shard_key(spec.job_id, index)) == record.sha256
+def shard_is_complete(storage: Storage, spec: GenerateSpec, record: ShardRecord | None) -> bool:
+    return record is not None and storage.checksum(shard_object_key(spec.job_id, record.name)) == record.sha256
 
 
 def run_shard(
@@ -240,21 +244,26 @@ def run_shard(
     """
     if not 0 <= shard_index < spec.shard_count:
         raise ValueError(f"shard {shard_index} does not exist; job {spec.job_id} has {spec.shard_count} shards")
-    if shard_is_complete(storage, spec, shard_index, store.shard_record(spec.job_id, shard_index)):
+    if shard_is_complete(storage, spec, store.shard_record(spec.job_id, shard_index)):
         log.info("job %s: shard %d is already complete; nothing to do", spec.job_id, shard_index)
         return False, False  # done before: a redelivered or duplicated message
-    lease = Lease(store, spec.job_id, shard_part(shard_index), owner, SHARD_LEASE_TTL_S)
+    lease = Lease(store.liveness, spec.job_id, shard_part(shard_index), owner, SHARD_LEASE_TTL_S)
     if not lease.acquire():
         raise ShardBusy(f"shard {shard_index} of job {spec.job_id} is being made by another worker")
     try:
+        fence: Fence = lease.held
         started_at = time.time()
-        record = msgspec.structs.replace(write_shard(spec, storage, models.get(storage, spec.model, device), shard_index),
+        record = msgspec.structs.replace(write_shard(spec, storage, models.get(storage, spec.model, device), shard_index, fence.epoch),
                                          queued_at=queued_at, started_at=started_at, finished_at=time.time(),
                                          worker=owner.split("/")[0])
-        store.forget_shard(spec.job_id, shard_index)  # a stale record (its object was lost) gives way to this one
-        recorded = store.record_shard(spec.job_id, shard_index, record)
+        # replaces a stale record (its object was lost), unless this attempt's lease was taken over meanwhile
+        recorded = store.put_shard(spec.job_id, shard_index, record, fence)
     finally:
         lease.release()
+    if recorded is None:
+        log.warning("job %s: shard %d was written but not recorded: its lease was taken over, or the job's manifest is "
+                    "fixed (object %s is left unlisted)", spec.job_id, shard_index, record.name)
+        return False, False
     log.info("job %s: wrote shard %d (%d images)", spec.job_id, shard_index, record.count)
     return True, recorded == spec.shard_count
 
@@ -267,13 +276,32 @@ def finalize_job(
     A shard that is recorded but missing or different in storage (a lost object) is forgotten and dispatched
     again, and None is returned: the finaliser runs again when that shard is recorded.
     """
+    committed = store.get_field(spec.job_id, JobField.COMMIT)
+    if committed is None:
+        committed = commit_manifest(spec, storage, store, dispatch_shard)
+        if committed is None:
+            return None
+    manifest = Manifest.from_json(committed)
+    # whoever fixed the manifest, the object is those bytes: a second finaliser, or a late write, changes nothing
+    storage.put_text(manifest_key(spec.job_id), committed)
+    listed = {manifest.shard_key(entry) for entry in manifest.shards} | {manifest_key(spec.job_id)}
+    for key in set(storage.list(synthetic_prefix(spec.job_id))) - listed:
+        storage.delete(key)  # an attempt that lost its lease left this object; no manifest lists it
+    log.info("job %s: %d images in %d shards", spec.job_id, manifest.total, len(manifest.shards))
+    return GenerateResult(manifest=storage.url_for(manifest_key(spec.job_id)), images=manifest.total, shards=len(manifest.shards))
+
+
+def commit_manifest(spec: GenerateSpec, storage: Storage, store: JobStore, dispatch_shard: Callable[[int], None]) -> str | None:
+    """Fix the job's manifest in Redis once every recorded shard is complete in storage; the manifest fixed (this
+    one or an earlier finaliser's), or None when a shard must be made again first."""
     records = store.shard_records(spec.job_id)
-    missing = [index for index in range(spec.shard_count) if not shard_is_complete(storage, spec, index, records.get(index))]
+    missing = [index for index in range(spec.shard_count) if not shard_is_complete(storage, spec, records.get(index))]
     if missing:
         log.warning("job %s: %d shards are not complete in storage; making them again", spec.job_id, len(missing))
         store.clear_field(spec.job_id, JobField.FINALIZE_SENT)
         for index in missing:
-            store.forget_shard(spec.job_id, index)
+            if index in records:
+                store.forget_shard(spec.job_id, index, records[index])
             dispatch_shard(index)
         return None
     card = read_card(storage, spec.model)
@@ -294,6 +322,4 @@ def finalize_job(
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         teacher=card.teacher,
     )
-    storage.put_text(manifest_key(spec.job_id), manifest.to_json())
-    log.info("job %s: %d images in %d shards", spec.job_id, manifest.total, len(manifest.shards))
-    return GenerateResult(manifest=storage.url_for(manifest_key(spec.job_id)), images=manifest.total, shards=len(manifest.shards))
+    return store.commit(spec.job_id, manifest.to_json())

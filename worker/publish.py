@@ -1,16 +1,23 @@
 """What a finished training job leaves for people and for the generation jobs: the final real-vs-generated grid,
-the loss curve and the model card (written last: a model card means the model is complete)."""
+the loss curve and the model card (written last: a model card means the model is complete).
+
+The attempt that finishes writes its grid and curve under its own prefix, then fixes its card in Redis (a fenced
+commit: refused once its lease was taken over), and only then writes the card at the job's stable key. An attempt cut
+off by a partition cannot fix its card, so it never writes there; whoever writes the card writes the fixed bytes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import torch
 
-from shared.contracts import ModelCard, TrainResult
-from shared.layout import checkpoint_key, grid_key, loss_curve_key, model_card_key, teacher_key
+from shared.contracts import ModelCard, TrainResult, read_model_card
+from shared.layout import checkpoints_prefix, grid_key, loss_curve_key, model_card_key
+from shared.lifecycle import JobStopped, StopReason
 from shared.specs import Recipe, TrainSpec
 from shared.storage import Storage
 from worker import charts, checkpoint
@@ -44,18 +51,23 @@ class TrainedModel:
     warnings: list[str]
     device: torch.device
     precision: str  # what the job trained in: fp32 or bf16
-    teacher: dict[str, Any] | None  # how its teacher was trained (worker.teacher), or None
+    teacher: dict[str, Any] | None  # how its teacher was trained (worker.teacher) with its key, or None
     recipe: Recipe  # what the job ran, with the spec's automatic choices made
+    attempt: int  # the lease epoch of the attempt that trained it: its objects carry it
+    checkpoint: str  # the key of its final checkpoint
 
 
-def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: ImageData) -> TrainResult:
-    """Write the grid, loss curve and model card of a trained MODEL; returns the job's result."""
+def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: ImageData,
+                  commit: Callable[[str], str | None]) -> TrainResult:
+    """Write the grid, loss curve and model card of a trained MODEL, the card once COMMIT has fixed it; returns the
+    job's result. COMMIT answers the card that is fixed (this one, or another attempt's), None when this attempt
+    lost its lease: then it raises JobStopped."""
     config = model.sampler.config
     grid_noise, grid_labels = fixed_grid_inputs(config, spec.seed, model.device)
     real_grid, _ = real_grid_images(data, config)
-    grid = grid_key(spec.job_id)
+    grid = grid_key(spec.job_id, model.attempt)
     storage.put_bytes(grid, grid_png(sample_fixed(model.sampler, grid_noise, grid_labels), real_grid), "image/png")
-    curve = loss_curve_key(spec.job_id)
+    curve = loss_curve_key(spec.job_id, model.attempt)
     storage.put_bytes(curve, loss_curve_png(model.history), "image/png")
     card = ModelCard(
         job_id=spec.job_id,
@@ -73,20 +85,32 @@ def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: 
         warnings=model.warnings,
         device=str(model.device),
         precision=model.precision,
-        checkpoint=checkpoint_key(spec.job_id),
-        teacher=model.teacher and {**model.teacher, "key": teacher_key(spec.job_id)},
+        checkpoint=model.checkpoint,
+        teacher=model.teacher,
         grid=grid,
         loss_curve=curve,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    storage.put_text(model_card_key(spec.job_id), card.to_json())
+    committed = commit(card.to_json())
+    if committed is None:
+        raise JobStopped(StopReason.LEASE_LOST, f"job {spec.job_id} finished training, but its lease was taken over")
+    return write_card(storage, spec.job_id, committed)
+
+
+def write_card(storage: Storage, job_id: str, committed: str) -> TrainResult:
+    """Write the fixed model card COMMITTED at the job's stable key and drop the checkpoints it does not name; the
+    job's result. Run again (its worker died after the commit), it writes the same bytes."""
+    card = read_model_card(committed, job_id)
+    storage.put_text(model_card_key(job_id), committed)
+    for key in set(storage.list(checkpoints_prefix(job_id))) - {card.checkpoint}:
+        storage.delete(key)  # the states on the way, this attempt's and earlier ones'
     return TrainResult(
-        model=spec.job_id,
-        steps=model.steps,
-        model_card=storage.url_for(model_card_key(spec.job_id)),
-        checkpoint=storage.url_for(checkpoint_key(spec.job_id)),
-        grid=storage.url_for(grid),
-        loss_curve=storage.url_for(curve),
+        model=job_id,
+        steps=card.steps,
+        model_card=storage.url_for(model_card_key(job_id)),
+        checkpoint=storage.url_for(card.checkpoint),
+        grid=storage.url_for(card.grid),
+        loss_curve=storage.url_for(card.loss_curve),
         final=card.final,
-        warnings=model.warnings,
+        warnings=card.warnings,
     )

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
-from celery.signals import worker_shutting_down
+from celery.signals import worker_ready, worker_shutting_down
 from celery.utils.log import get_task_logger
 
 from shared.broker import (
@@ -29,12 +29,15 @@ from shared.broker import (
     GENERATE_SHARD_TASK,
     GENERATE_TASK,
     TRAIN_TASK,
+    finalize_task_id,
+    shard_task_id,
 )
 from shared.contracts import Result
-from shared.jobs import JobField, JobStore, open_job_store
-from shared.leases import Lease
+from shared.keys import JobField
 from shared.lifecycle import JobStates, JobStopped, StopReason
+from shared.liveness import Fence, Lease
 from shared.progress import Progress, TrainProgress
+from shared.records import JobStore, RedisJobStore, open_job_store
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import Storage, StorageUnavailable, open_storage
@@ -42,6 +45,8 @@ from worker.app import app
 from worker.checkpoint import check_model
 from worker.evaluate import run_quality, run_utility
 from worker.generate import GeneratorCache, ShardBusy, finalize_job, plan_job, run_shard
+from worker.publish import write_card
+from worker.reconcile import Missing, queue_of, reconcile_forever
 from worker.train import STAT_NAMES, TrainHooks, pick_device, run_training
 
 log = get_task_logger(__name__)
@@ -60,6 +65,18 @@ PREEMPTED = threading.Event()
 @worker_shutting_down.connect
 def _on_shutdown(**_: Any) -> None:
     PREEMPTED.set()
+
+
+@worker_ready.connect
+def _start_reconciling(sender: Any = None, **_: Any) -> None:
+    """Every worker takes part in reconciliation (worker.reconcile): one of them sweeps in each period."""
+    store = _open()[1]
+    if isinstance(store, RedisJobStore):
+        def send(missing: Missing) -> None:
+            app.send_task(missing.task, kwargs=missing.kwargs, task_id=missing.task_id, queue=queue_of(missing))
+
+        owner = f"{getattr(sender, 'hostname', 'worker')}/{uuid.uuid4().hex[:8]}"
+        threading.Thread(target=reconcile_forever, args=(store, send, owner, PREEMPTED), name="reconcile", daemon=True).start()
 
 
 def _owner(task: Task) -> str:
@@ -97,15 +114,16 @@ def _job_task(run: Callable[..., None]) -> Callable[..., None]:
 
 
 def _later(task: Task, seconds: float, exc: Exception | None = None, max_retries: int | None = None,
-           states: JobStates | None = None) -> Exception:
-    """Retry TASK in about SECONDS; STATES, for a job's first task, records that the job is retrying.
+           states: JobStates | None = None, fence: Fence | None = None) -> Exception:
+    """Retry TASK in about SECONDS; STATES, for a job's first task, records that the job is retrying (if FENCE, the
+    attempt's lease, still holds the job).
 
     A retry is a message with a countdown that a worker holds unacknowledged until it is due; the transport's
     heartbeat keeps it invisible meanwhile, and it comes back if that worker dies. Retries of busy (leased) jobs
     are unlimited: they end when the holder finishes or dies.
     """
     if states is not None and (max_retries is None or task.request.retries < max_retries):
-        states.retrying(task.request.id, exc or RuntimeError("running on another worker; checking again later"))
+        states.retrying(task.request.id, exc or RuntimeError("running on another worker; checking again later"), fence)
     options = {} if max_retries is None else {"max_retries": max_retries}
     return task.retry(exc=exc, countdown=seconds, **options)  # type: ignore[no-any-return]
 
@@ -135,33 +153,51 @@ def train(self: Task, spec: Any) -> None:
     settings, store, storage, states = _open()
     _note_redelivery(self, parsed.job_id)
     _skip_if_ended_or_cancelled(states, parsed.job_id)
-    # A second delivery of a running job (a duplicated message, or one handed out again while Redis was
-    # unreachable for longer than the visibility timeout) waits for the lease instead of training beside it.
-    lease = Lease(store, parsed.job_id, "train", _owner(self), TRAIN_LEASE_TTL_S)
+    # A second delivery of a running job (a duplicated message, or one handed out again while its worker was cut off
+    # for longer than the visibility timeout) waits for the lease instead of training beside it; the job's state is
+    # the holder's to write, so the waiting delivery writes none.
+    lease = Lease(store.liveness, parsed.job_id, "train", _owner(self), TRAIN_LEASE_TTL_S)
     if not lease.acquire():
         log.info("job %s is running on another worker; checking again later", parsed.job_id)
-        raise _later(self, TRAIN_LEASE_TTL_S, states=states)
+        raise _later(self, TRAIN_LEASE_TTL_S)
+    fence = lease.held
     try:
-        states.started(parsed.job_id)
+        committed = store.get_field(parsed.job_id, JobField.COMMIT)
+        if committed is not None:  # an earlier attempt fixed the model card, then stopped before the job's final state
+            states.succeeded(parsed.job_id, write_card(storage, parsed.job_id, committed))
+            return
+        states.started(parsed.job_id, fence)
         hooks = TrainHooks(
-            progress=lambda info: _report_training(states, parsed.job_id, info),
-            stage=lambda info: _report(states, parsed.job_id, info),
+            progress=lambda info: _report_training(states, parsed.job_id, info, fence),
+            stage=lambda info: _report(states, parsed.job_id, info, fence),
             should_stop=lambda: _stop_reason(store, parsed.job_id, lease),
+            attempt=fence.epoch,
+            may_write=lease.valid,
+            commit=lambda card: store.commit(parsed.job_id, card, fence),
         )
         states.succeeded(parsed.job_id, run_training(parsed, settings, storage, hooks))
     except JobStopped as exc:
         if exc.reason == StopReason.PREEMPTED:
             # the checkpoint is written: the next worker to take the message resumes from this very step
             log.warning("job %s: worker shutting down; checkpointed and handed the job back (%s)", parsed.job_id, exc)
-            _hand_back(states, parsed.job_id, "worker shutting down: handed to another worker, which resumes from the checkpoint")
+            _hand_back(states, parsed.job_id, "worker shutting down: handed to another worker, which resumes from the checkpoint",
+                       fence)
         if exc.reason == StopReason.LEASE_LOST:
-            # Redis lost the lease (a long outage) and another delivery may hold it now: stop, and come back
-            # later as a new message, which resumes from the checkpoint if the job is still unfinished.
-            log.warning("job %s: lost its lease; stopping here and retrying later", parsed.job_id)
-            raise _later(self, TRAIN_LEASE_TTL_S, states=states) from None
+            # Another attempt may hold the job now: this one writes nothing more, and comes back later as a new
+            # message, which waits for the lease and skips the job once it has ended.
+            log.warning("job %s: lost its lease; stopping here and retrying later (%s)", parsed.job_id, exc)
+            raise _later(self, TRAIN_LEASE_TTL_S) from None
         _cancelled(states, parsed.job_id, str(exc))
     except StorageUnavailable as exc:  # the checkpoint lets the retry continue where this run stopped
-        raise _later(self, _backoff(self), exc, TASK_RETRIES, states) from None
+        raise _later(self, _backoff(self), exc, TASK_RETRIES, states, fence) from None
+    except (Retry, Ignore, Reject):
+        raise
+    except Exception as exc:
+        # a failure counts only while this attempt holds the job: a cut-off attempt's error is not the job's
+        if not states.failed(parsed.job_id, exc, fence):
+            log.warning("job %s: attempt failed after losing its lease (%s); the job is another attempt's", parsed.job_id, exc)
+            raise Ignore() from None
+        raise
     finally:
         lease.release()
 
@@ -183,24 +219,24 @@ def _stop_reason(store: JobStore, job_id: str, lease: Lease | None = None) -> St
     return StopReason.CANCELLED if _cancel_requested(store, job_id) else None
 
 
-def _hand_back(states: JobStates, job_id: str, reason: str) -> NoReturn:
+def _hand_back(states: JobStates, job_id: str, reason: str, fence: Fence | None = None) -> NoReturn:
     """Put the job's message back on its queue, for the next worker to take."""
-    states.handed_back(job_id, reason)
+    states.handed_back(job_id, reason, fence)
     raise Reject(reason, requeue=True)
 
 
-def _report(states: JobStates, job_id: str, progress: Progress) -> None:
+def _report(states: JobStates, job_id: str, progress: Progress, fence: Fence | None = None) -> None:
     try:
-        states.progress(job_id, progress)
+        states.progress(job_id, progress, fence)
     except redis.RedisError as exc:  # a progress report lost to a Redis outage is not worth the job
         log.warning("progress report skipped: Redis unreachable (%s)", type(exc).__name__)
 
 
-def _report_training(states: JobStates, job_id: str, info: TrainProgress) -> None:
+def _report_training(states: JobStates, job_id: str, info: TrainProgress, fence: Fence) -> None:
     """Report progress and keep its vital signs in the job's history, which the dashboard draws its curves from."""
-    _report(states, job_id, info)
+    _report(states, job_id, info, fence)
     try:
-        states.store.append_history(job_id, {name: getattr(info, name) for name in HISTORY_FIELDS})
+        states.store.append_history(job_id, {name: getattr(info, name) for name in HISTORY_FIELDS}, fence)
     except redis.RedisError as exc:
         log.warning("history record skipped: Redis unreachable (%s)", type(exc).__name__)
 
@@ -229,7 +265,7 @@ def _dispatcher(spec: GenerateSpec) -> Callable[[int], None]:
     def dispatch(index: int) -> None:
         app.send_task(
             GENERATE_SHARD_TASK, kwargs={"spec": spec_data, "shard": index, "queued_at": time.time()},
-            task_id=f"{spec.job_id}-shard-{index:06d}-{uuid.uuid4().hex[:6]}", queue=GENERATE_QUEUE,
+            task_id=shard_task_id(spec.job_id, index, uuid.uuid4().hex[:6]), queue=GENERATE_QUEUE,
         )
 
     return dispatch
@@ -269,8 +305,9 @@ def generate_shard(self: Task, spec: Any, shard: int, queued_at: float | None = 
         raise _later(self, 5, exc) from None
     except Exception as exc:
         raise _retry_or_fail(self, states, parsed.job_id, exc) from None
-    if last and store.set_once(parsed.job_id, JobField.FINALIZE_SENT, "1"):
-        app.send_task(GENERATE_FINALIZE_TASK, kwargs={"spec": spec}, queue=GENERATE_QUEUE)
+    if last and store.set_once(parsed.job_id, JobField.FINALIZE_SENT, self.request.id):
+        app.send_task(GENERATE_FINALIZE_TASK, kwargs={"spec": spec}, task_id=finalize_task_id(parsed.job_id, uuid.uuid4().hex[:6]),
+                      queue=GENERATE_QUEUE)
 
 
 @app.task(name=GENERATE_FINALIZE_TASK, bind=True, ignore_result=True)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from shared.layout import teacher_key
+from shared.layout import teacher_key, teachers_prefix
 from shared.progress import shifted
 from shared.specs import Recipe, TargetRule, TrainSpec
 from shared.storage import Storage
@@ -79,24 +79,29 @@ def train_teacher(spec: TrainSpec, recipe: Recipe, data: ImageData, after_step: 
 
 
 def ensure_teacher(
-    spec: TrainSpec, recipe: Recipe, data: ImageData, storage: Storage, after_step: Callable[[int], None] = lambda step: None
-) -> Teacher | None:
-    """The job's teacher: None when its RECIPE has none; loaded when a previous run of the job stored it (training is
-    seeded, so it would come out the same); else trained and stored."""
+    spec: TrainSpec, recipe: Recipe, data: ImageData, storage: Storage, attempt: int = 0,
+    after_step: Callable[[int], None] = lambda step: None,
+) -> tuple[Teacher, str] | None:
+    """The job's teacher and its key: None when its RECIPE has none; loaded when an earlier attempt at the job stored
+    it (training is seeded, so it would come out the same); else trained and stored as ATTEMPT's."""
     if recipe.teacher == 0:
         return None
-    stored = load_teacher(storage, spec.job_id)
-    if stored is not None and stored.meta["members"] == recipe.teacher:
+    stored = find_teacher(storage, spec.job_id)
+    if stored is not None and stored[0].meta["members"] == recipe.teacher:
         return stored
     teacher = train_teacher(spec, recipe, data, after_step)
-    storage.put_bytes(teacher_key(spec.job_id), classifiers_to_bytes(TEACHER_KIND, teacher.members, teacher.meta))
-    return teacher
+    key = teacher_key(spec.job_id, attempt)
+    storage.put_bytes(key, classifiers_to_bytes(TEACHER_KIND, teacher.members, teacher.meta))
+    return teacher, key
 
 
-def load_teacher(storage: Storage, job_id: str) -> Teacher | None:
-    """Training job JOB_ID's teacher, or None when it was trained without one."""
-    key = teacher_key(job_id)
-    if not storage.exists(key):
-        return None
+def find_teacher(storage: Storage, job_id: str) -> tuple[Teacher, str] | None:
+    """The teacher an attempt at training job JOB_ID stored, and its key; None when none did. A finished job's
+    model card names its own (:func:`load_teacher`)."""
+    keys = storage.list(teachers_prefix(job_id))
+    return (load_teacher(storage, keys[0]), keys[0]) if keys else None
+
+
+def load_teacher(storage: Storage, key: str) -> Teacher:
     members, meta = classifiers_from_bytes(TEACHER_KIND, storage.get_bytes(key))
     return Teacher(members, meta)

@@ -51,6 +51,11 @@ class TrainHooks:
     stage: Callable[[StageProgress], None] = lambda info: None  # the stages before the GAN's loop (the teacher)
     should_stop: Callable[[], StopReason | None] = lambda: None  # asked along the way: why to stop, if it should
     stop_check_interval_s: float = 1.0
+    # The attempt's lease: its epoch names the attempt's objects; may_write says whether the lease is still held
+    # (asked before each checkpoint, so an attempt that lost it writes none); commit fixes the model card, fenced.
+    attempt: int = 0
+    may_write: Callable[[], bool] = lambda: True
+    commit: Callable[[str], str | None] = lambda card: card
 
 
 def pick_device() -> torch.device:
@@ -312,11 +317,13 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
             if reason is not None:
                 raise JobStopped(reason, f"job {spec.job_id} stopped while training its teacher (step {step})")
 
-        teacher = ensure_teacher(spec, recipe, data, storage, stop_teacher)  # first: it may guide the generator
-        state = train_gan(spec, recipe, data, storage, device, hooks, teacher)
+        stored = ensure_teacher(spec, recipe, data, storage, hooks.attempt, stop_teacher)  # first: it may guide the generator
+        teacher = stored[0] if stored is not None else None
+        state, final_checkpoint = train_gan(spec, recipe, data, storage, device, hooks, teacher)
         trained = TrainedModel(state.sampler, state.step, state.history, state.warnings, device, resolve_precision(spec, device),
-                               teacher.meta if teacher is not None else None, recipe)
-        return publish_model(storage, spec, trained, data)
+                               {**stored[0].meta, "key": stored[1]} if stored is not None else None, recipe, hooks.attempt,
+                               final_checkpoint)
+        return publish_model(storage, spec, trained, data, hooks.commit)
     finally:
         torch.set_flush_denormal(False)
 
@@ -364,8 +371,9 @@ class CollapseGuard:
 def train_gan(
     spec: TrainSpec, recipe: Recipe, data: ImageData, storage: Storage, device: torch.device, hooks: TrainHooks,
     teacher: Teacher | None = None,
-) -> TrainState:
-    """The training loop: steps until SPEC's total, with checkpoints, sample grids and progress along the way."""
+) -> tuple[TrainState, str]:
+    """The training loop: steps until SPEC's total, with checkpoints, sample grids and progress along the way;
+    returns the final state and the key of its checkpoint."""
     config = gan_config(spec, data)
     images = data.images.to(device)  # (N, C, H, W) uint8, decoded once
     labels_all = data.labels.to(device)
@@ -386,8 +394,17 @@ def train_gan(
     state.generator.train()
     state.discriminator.train()
 
-    def save_checkpoint() -> None:
-        checkpoint.save(storage, spec.job_id, state.to_checkpoint(spec, class_names))
+    saved: list[str] = []  # this attempt's checkpoints; each new one replaces the last
+
+    def save_checkpoint() -> str:
+        if not hooks.may_write():
+            raise JobStopped(StopReason.LEASE_LOST, f"job {spec.job_id} lost its lease at step {state.step}; no checkpoint written")
+        key = checkpoint.save(storage, spec.job_id, hooks.attempt, state.to_checkpoint(spec, class_names))
+        for older in saved:
+            if older != key:
+                storage.delete(older)
+        saved[:] = [key]
+        return key
 
     while state.step < steps:
         index = schedule.indices(state.step)
@@ -398,11 +415,13 @@ def train_gan(
 
         reason = stop_requested()
         if reason is not None:
-            save_checkpoint()
+            if reason != StopReason.LEASE_LOST:  # another attempt may hold the job now: this one writes nothing more
+                save_checkpoint()
             raise JobStopped(reason, f"job {spec.job_id} stopped at step {state.step}")
         if state.step % sample_every == 0 or state.step == steps:
             fake = sample_fixed(state.sampler, grid_noise, grid_labels)
-            storage.put_bytes(sample_grid_key(spec.job_id, state.step), grid_png(fake), "image/png")
+            if hooks.may_write():  # a progress picture: an attempt that lost its lease leaves the takeover's in place
+                storage.put_bytes(sample_grid_key(spec.job_id, state.step), grid_png(fake), "image/png")
             if state.step >= steps * DIVERSITY_WARMUP:  # early samples are alike by construction
                 guard.update(state, "diversity", diversity_warnings(fake, grid_labels, real_grid, real_grid_labels, class_names))
         if state.step % spec.log_every == 0 or state.step == steps:
@@ -423,5 +442,4 @@ def train_gan(
         if state.step % spec.checkpoint_every == 0 and state.step < steps:
             save_checkpoint()
 
-    save_checkpoint()
-    return state
+    return state, save_checkpoint()

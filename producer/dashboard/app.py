@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 
 from producer.dashboard.data import DashboardData, JobNotFound, state_name
 from shared.contracts import RECORD_KINDS
-from shared.jobs import CANCELLED, FAILURE, PENDING, PROGRESS, REVOKED, STARTED, SUCCESS
+from shared.lifecycle import CANCELLED, FAILURE, PENDING, PROGRESS, RETRY, STARTED, SUCCESS
 from shared.settings import Settings, SettingsError, secret
 from shared.storage import StorageError
 
@@ -51,7 +51,7 @@ CSP = (
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 log = logging.getLogger("augment.dashboard")
-STATES = tuple(state_name(state) for state in (PENDING, STARTED, PROGRESS, SUCCESS, FAILURE, CANCELLED, REVOKED))
+STATES = tuple(state_name(state) for state in (PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE, CANCELLED))
 
 
 def is_loopback(host: str) -> bool:

@@ -20,10 +20,12 @@ from markdown_it import MarkdownIt
 
 from producer.client import Client
 from shared.contracts import ContractError, ModelCard, QualityReport, UtilityReport, kind_of, read_model_card, read_report
-from shared.jobs import CANCELLED, PENDING, SUCCESS, TERMINAL_STATES, JobRecord, Keys, RedisJobStore
+from shared.keys import Keys
 from shared.layout import model_card_key, model_prefix, report_markdown_key, report_prefix, shard_object_key
+from shared.lifecycle import CANCELLED, PENDING, SUCCESS, TERMINAL_STATES
 from shared.manifest import Manifest
 from shared.progress import progress_from_dict
+from shared.records import JobRecord, RedisJobStore
 from shared.settings import Settings
 from shared.shards import read_shard
 from shared.specs import GenerateSpec, SpecError, check_job_id
@@ -32,6 +34,7 @@ from shared.storage import ObjectNotFound, Storage, StorageError, join_key, open
 SAMPLE_GRID = re.compile(r"^step-(\d+)\.png$")
 # The only files served from a job's prefix: images, by a plain name (sample grids sit one folder down).
 SERVED_FILE = re.compile(r"^(samples/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*\.png$")
+FINAL_IMAGES = ("grid.png", "losses.png")  # a finished training job's, at the keys its model card names
 CURVE_POINTS = 500  # a curve of more records is thinned to this many points: more than a chart's width shows
 STRIP_IMAGES = 16
 WORKERS_TTL_S = 3.0  # one inspect broadcast every few seconds at most, however many pages poll
@@ -293,8 +296,12 @@ class DashboardData:
         record = self.record(job_id)
         if not SERVED_FILE.match(name):
             raise JobNotFound(f"{job_id}/{name}")
+        key = join_key(kind_of(record.kind, record.spec).prefix(job_id), name)
+        card = self._model_card(job_id, []) if record.kind == "train" and name in FINAL_IMAGES else None
+        if card is not None:  # the final grid and curve are the finishing attempt's, which the card names
+            key = card.grid if name == "grid.png" else card.loss_curve
         try:
-            return self.storage.get_bytes(join_key(kind_of(record.kind, record.spec).prefix(job_id), name))
+            return self.storage.get_bytes(key)
         except (ObjectNotFound, ValueError):
             raise JobNotFound(f"{job_id}/{name}") from None
 
