@@ -19,13 +19,13 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from producer.client import Client, SubmitError
-from producer.follow import follow, status_line
+from producer.follow import BROKER_ERRORS, GIVE_UP_AFTER_S, broker_fault, follow, status_line
 from producer.options import spec_options
 from shared.broker import EVALUATE_QUEUE, GENERATE_QUEUE, QUEUES, TRAIN_QUEUE, BrokerUnreachable
 from shared.contracts import KINDS, kind_of
 from shared.datasets import DatasetNotFound
 from shared.lifecycle import CANCELLED, FAILURE, SUCCESS
-from shared.settings import Settings, SettingsError
+from shared.settings import DEFAULT_BROKER_URL, Settings, SettingsError
 from shared.specs import EvaluateSpec, GenerateSpec, SpecError, TrainSpec, check_job_id
 from shared.storage import StorageError, open_storage
 
@@ -38,8 +38,30 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     sys.exit(code)
 
 
+def fault_message(error: BaseException) -> str | None:
+    """ERROR as the one line that names the problem and its fix, if it is a service's or the disk's; None for a bug.
+
+    What a service raises in the middle of a command is raw (a Redis that went away after the first ping raises
+    redis-py's, kombu's or a socket's error; S3 that refuses an object raises minio's), so it is named here. An
+    OSError without a file name is taken for the broker's: S3's network errors arrive as StorageUnavailable.
+    """
+    if isinstance(error, (BrokerUnreachable, StorageError)):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:  # this machine's disk, not a connection
+        return f"{error.filename}: {error.strerror or error}; check that it exists and that this user may write it"
+    if isinstance(error, BROKER_ERRORS):
+        return broker_fault(error, os.environ.get("AUGMENT_BROKER_URL") or DEFAULT_BROKER_URL)
+    minio_error = getattr(sys.modules.get("minio.error"), "MinioException", None)  # imported only by an S3 store
+    if minio_error is not None and isinstance(error, minio_error):
+        endpoint = os.environ.get("AUGMENT_S3_ENDPOINT", "")
+        reason = str(error).split("\n")[0] or type(error).__name__
+        return f"S3 at {endpoint} refused a request ({reason}); check AUGMENT_S3_ACCESS_KEY / AUGMENT_S3_SECRET_KEY"
+    return None
+
+
 def handle_errors(command: F) -> F:
-    """Turn the known failure types into one-line messages with the documented exit codes."""
+    """Turn the known failure types into one-line messages with the documented exit codes: bad input 2, and an
+    unreachable or failing service (Redis, S3, the disk) 1, never a traceback. Anything else is a bug and shows one."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -47,8 +69,11 @@ def handle_errors(command: F) -> F:
             return command(*args, **kwargs)
         except (SpecError, SettingsError, DatasetNotFound, SubmitError) as exc:
             fail(str(exc), EXIT_BAD_INPUT)
-        except (BrokerUnreachable, StorageError) as exc:
-            fail(str(exc), EXIT_FAILED)
+        except Exception as exc:
+            message = fault_message(exc)
+            if message is None:
+                raise
+            fail(message, EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]
 
@@ -201,13 +226,21 @@ def exit_code_for(state: str) -> int:
 @main.command()
 @job_id_argument
 @click.option("--interval", type=float, default=0.5, show_default=True, help="Seconds between polls.")
+@click.option("--give-up-after", "give_up_after", type=click.FloatRange(min=0), default=GIVE_UP_AFTER_S, show_default=True,
+              help="Seconds to keep reconnecting to a Redis that stopped answering before exiting with 1 (0: at once).")
 @handle_errors
-def watch(job_id: str, interval: float) -> None:
-    """Follow a job live until it ends; exit 0 on success, 1 on failure, 3 when cancelled."""
+def watch(job_id: str, interval: float, give_up_after: float) -> None:
+    """Follow a job live until it ends; exit 0 on success, 1 on failure, 3 when cancelled.
+
+    If Redis stops answering while the job is watched (a restart, a failover, a network cut), watch keeps going:
+    it says once that it is reconnecting, retries with backoff, and says when Redis is back. After --give-up-after
+    seconds without it, it exits with 1 and a one-line error (the job does not need a watcher: watch it again
+    later). A Redis that is down when watch starts is an error at once.
+    """
     client = connect()
     if client.status(job_id) is None:
         fail(f"no job {job_id}; `augment list` shows the known jobs", EXIT_BAD_INPUT)
-    final = follow(client, job_id, interval)
+    final = follow(client, job_id, interval, give_up_after)
     if final["state"] == FAILURE:
         click.echo(f"job {job_id} failed: {final.get('error')}", err=True)
     elif final["state"] == SUCCESS:
