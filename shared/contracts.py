@@ -243,6 +243,15 @@ class UtilityReport(_Record, frozen=True, kw_only=True):
 Result = TrainResult | GenerateResult | QualityResult | UtilityResult
 
 
+class ReportCommit(_Record, frozen=True, kw_only=True):
+    """What an evaluation's commit fixes in Redis (worker.evaluate): which attempt's files make the report, and the
+    job's result, so that whichever worker publishes the report copies the same files and reports the same result."""
+
+    attempt: int
+    files: list[str]  # names under the attempt's prefix, report.md last
+    result: dict[str, Any]
+
+
 # ---- the kinds ----
 
 

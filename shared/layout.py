@@ -7,7 +7,7 @@
 A training attempt (its lease's epoch, ``a000001``) and a shard's attempt (``-a1``) write objects of their own: an
 attempt cut off by a partition may write late, and its objects then land beside the ones the job's model card or
 manifest names, never over them. Readers follow the card and the manifest, never a listing.
-    reports/<evaluate_job_id>/report.md   report.json   *.png
+    reports/<evaluate_job_id>/report.md (written last)   report.json   *.png   attempts/a000001/ (each attempt's own)
     references/<dataset>-<size>px-<channels>ch/classifier.pt   (the reference classifier, trained once)
 """
 
@@ -78,6 +78,11 @@ def manifest_key(job_id: str) -> str:
 
 def report_prefix(job_id: str) -> str:
     return join_key("reports", job_id)
+
+
+def report_attempt_prefix(job_id: str, attempt: int) -> str:
+    """Where an attempt at an evaluation writes its report before the report is fixed and copied up one level."""
+    return join_key(report_prefix(job_id), "attempts", f"a{attempt:06d}")
 
 
 def report_json_key(job_id: str) -> str:

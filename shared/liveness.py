@@ -60,6 +60,18 @@ OPEN_LUA = (f"(redis.call('hexists', KEYS[2], '{JobField.OUTCOME}') == 0 "
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One attempt at a job, as the code that writes its objects sees it: EPOCH names the attempt's objects,
+    MAY_WRITE says whether its lease is surely still held (asked before a storage write no script can fence), and
+    COMMIT fixes what the job leaves (a model card, a report) unless the lease was lost, answering what is fixed.
+    The default is an attempt alone (a test, a benchmark, the study's own GAN): epoch 0, every write its own."""
+
+    epoch: int = 0
+    may_write: Callable[[], bool] = lambda: True
+    commit: Callable[[str], str | None] = lambda payload: payload
+
+
+@dataclass(frozen=True)
 class Beat:
     """The last heartbeat of a running part of a job: who runs it (its token), when it last beat, how often."""
 

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from shared.lifecycle import JobStopped
+from shared.liveness import Attempt
 from shared.progress import StageProgress
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, SpecError, TrainSpec
 from shared.storage import FileStorage
 from worker.classifier import ClassifierConfig
-from worker.evaluate import reference_classifier, run_quality, run_utility
+from worker.evaluate import publish_report, reference_classifier, run_quality, run_utility
 from worker.train import run_training
 
 
@@ -67,9 +69,11 @@ def test_utility_report_end_to_end(tmp_path: Path):
     # every setting x seed x classifier step, pre-training twice: one bar from 0 to its end, with a rate
     assert arms[-1].done == arms[-1].total == 2 * 20 * (19 + 2) and arms[-1].per_s > 0
     assert [report.done for report in arms] == sorted(report.done for report in arms)
-    assert sorted(storage.list("reports/e-utility")) == [
-        f"reports/e-utility/{name}" for name in ("accuracy.png", "grid.png", "losses.png", "report.json", "report.md")
-    ]
+    names = ("accuracy.png", "grid.png", "losses.png", "report.json", "report.md")
+    published = [f"reports/e-utility/{name}" for name in names]
+    written = [f"reports/e-utility/attempts/a000000/{name}" for name in names]  # the attempt's own, then fixed and copied
+    assert sorted(storage.list("reports/e-utility")) == sorted(published + written)
+    assert all(storage.get_bytes(a) == storage.get_bytes(b) for a, b in zip(published, written, strict=True))
     report = json.loads(storage.get_text("reports/e-utility/report.json"))
     assert len(report["outcomes"]) == 7 + 2 + 2 * 5 and all(len(o["accuracies"]) == 2 for o in report["outcomes"])
     assert report["ceiling"] is not None and report["imbalance"] == 1 and report["class_counts"] == [8] * 10
@@ -111,3 +115,25 @@ def test_quality_report_end_to_end(tmp_path: Path):
     assert set(report["quality"]["per_class_fid"]) == {f"class{label}" for label in range(10)}
     markdown = storage.get_text("reports/e-quality/report.md")
     assert "Feature space: penultimate layer" in markdown and "| CAS: trained on synthetic only" in markdown
+
+
+def test_an_evaluation_whose_lease_was_taken_over_publishes_nothing(tmp_path: Path):
+    storage = FileStorage(tmp_path)
+    run_training(TrainSpec(job_id="t-scored", dataset="fake", steps=2, width=8, batch_size=32), Settings(), storage)
+    spec = EvaluateSpec(job_id="e-late", mode="quality", model="t-scored", samples_per_class=4, **SMOKE)  # type: ignore[arg-type]
+    fixed: list[str] = []
+
+    def commit_once(payload: str) -> str:  # the store's commit: the first payload stands
+        fixed.append(payload)
+        return fixed[0]
+
+    with pytest.raises(JobStopped, match="lease was taken over"):
+        run_quality(spec, Settings(), storage, attempt=Attempt(1, commit=lambda payload: None))
+    assert not storage.exists("reports/e-late/report.md") and storage.list("reports/e-late/attempts/a000001")
+    first = run_quality(spec, Settings(), storage, attempt=Attempt(2, commit=commit_once))
+    markdown = storage.get_bytes("reports/e-late/report.md")
+    assert markdown == storage.get_bytes("reports/e-late/attempts/a000002/report.md")
+    # a worker that dies after the commit leaves it to the next delivery, which publishes the same bytes and result
+    storage.put_bytes("reports/e-late/report.md", b"torn")
+    assert publish_report(storage, "e-late", fixed[0]) == first.to_dict()
+    assert storage.get_bytes("reports/e-late/report.md") == markdown

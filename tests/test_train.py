@@ -11,6 +11,7 @@ from PIL import Image
 
 from producer.follow import status_line
 from shared.lifecycle import JobStopped, StopReason
+from shared.liveness import Attempt
 from shared.progress import TrainProgress
 from shared.settings import Settings
 from shared.specs import (
@@ -66,7 +67,7 @@ def test_cancel_hook_stops_training_with_a_checkpoint(tmp_path):
 def test_an_attempt_that_lost_its_lease_writes_no_checkpoint_and_no_card(tmp_path):
     storage = FileStorage(tmp_path)
     spec = TrainSpec(job_id="t-lost", dataset="fake", steps=1000, width=8, batch_size=16, teacher=0)
-    hooks = TrainHooks(should_stop=lambda: StopReason.LEASE_LOST, stop_check_interval_s=0.0, attempt=4)
+    hooks = TrainHooks(should_stop=lambda: StopReason.LEASE_LOST, stop_check_interval_s=0.0, attempt=Attempt(4))
     with pytest.raises(JobStopped) as stopped:
         run_training(spec, Settings(), storage, hooks)
     assert stopped.value.reason == StopReason.LEASE_LOST and storage.list("models/t-lost") == []
@@ -76,9 +77,9 @@ def test_a_finished_attempt_whose_commit_is_refused_leaves_the_card_alone(tmp_pa
     storage = FileStorage(tmp_path)
     spec = TrainSpec(job_id="t-late", dataset="fake", steps=2, width=8, batch_size=16, teacher=0)
     with pytest.raises(JobStopped, match="lease was taken over"):
-        run_training(spec, Settings(), storage, TrainHooks(attempt=1, commit=lambda card: None))
+        run_training(spec, Settings(), storage, TrainHooks(attempt=Attempt(1, commit=lambda card: None)))
     assert not storage.exists("models/t-late/model.json")
-    result = run_training(spec, Settings(), storage, TrainHooks(attempt=2))
+    result = run_training(spec, Settings(), storage, TrainHooks(attempt=Attempt(2)))
     card = json.loads(storage.get_text("models/t-late/model.json"))
     assert card["checkpoint"] == "models/t-late/checkpoints/a000002-step-0000002.pt" and result.steps == 2
     assert storage.list("models/t-late/checkpoints") == [card["checkpoint"]], "the card's checkpoint is the one kept"
@@ -177,3 +178,4 @@ def test_a_class_balanced_schedule_gives_every_class_the_same_share_and_is_a_fun
     assert torch.equal(again.indices(7), schedule.indices(7))  # resume-safe: the same batch for the same step
     plain = BatchSchedule(50, 10, seed=3, device=torch.device("cpu"))
     assert sorted(torch.cat([plain.indices(step) for step in range(5)]).tolist()) == list(range(50))
+

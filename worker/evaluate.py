@@ -13,13 +13,26 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import torch
 
-from shared.contracts import ArmOutcome, ModelCard, Quality, QualityReport, QualityResult, SweepVerdict, UtilityReport, UtilityResult
-from shared.layout import reference_key, report_json_key, report_markdown_key, report_prefix
+from shared.contracts import (
+    ArmOutcome,
+    ModelCard,
+    Quality,
+    QualityReport,
+    QualityResult,
+    ReportCommit,
+    Result,
+    SweepVerdict,
+    UtilityReport,
+    UtilityResult,
+)
+from shared.layout import reference_key, report_attempt_prefix, report_markdown_key, report_prefix
 from shared.lifecycle import JobStopped, StopReason
+from shared.liveness import Attempt
 from shared.progress import StageMeter, StageProgress, shifted
 from shared.settings import Settings
 from shared.specs import AUTO_TEACHER_MEMBERS, EvaluateSpec, TrainSpec
@@ -132,16 +145,37 @@ def _class_grid(real: ImageData, fake: torch.Tensor, fake_labels: torch.Tensor, 
     return grid_png(class_rows(fake, fake_labels, classes), class_rows(real.images, real.labels, classes))
 
 
-def _write_report(storage: Storage, job_id: str, markdown: str, report: QualityReport | UtilityReport,
-                  images: dict[str, bytes]) -> tuple[str, list[str]]:
-    """Put the report's images, report.json and report.md (last: the report is whole); returns report.md's URL and
-    the names of the files written."""
-    prefix = report_prefix(job_id)
-    for name, png in images.items():
-        storage.put_bytes(join_key(prefix, name), png, "image/png")
-    storage.put_text(report_json_key(job_id), report.to_json())
-    storage.put_text(report_markdown_key(job_id), markdown, "text/markdown")
-    return storage.url_for(report_markdown_key(job_id)), sorted(images) + ["report.json", "report.md"]
+R = TypeVar("R", bound=Result)
+
+
+def _write_report(storage: Storage, job_id: str, markdown: str, report: QualityReport | UtilityReport, images: dict[str, bytes],
+                  attempt: Attempt, result_of: Callable[[str, list[str]], R]) -> R:
+    """Put the report's images, report.json and report.md under ATTEMPT's prefix, fix them (and the job's result,
+    RESULT_OF the report's URL and files) with the attempt's commit, and publish them (:func:`publish_report`).
+    A commit refused (the lease was lost) raises JobStopped: the report is another attempt's to write."""
+    files = {**images, "report.json": report.to_json().encode(), "report.md": markdown.encode()}
+    for name, data in files.items():
+        storage.put_bytes(join_key(report_attempt_prefix(job_id, attempt.epoch), name), data, _CONTENT_TYPES[name.rsplit(".", 1)[1]])
+    result = result_of(storage.url_for(report_markdown_key(job_id)), sorted(images) + ["report.json", "report.md"])
+    fixed = ReportCommit(attempt=attempt.epoch, files=list(files), result=result.to_dict())
+    committed = attempt.commit(fixed.to_json())
+    if committed is None:
+        raise JobStopped(StopReason.LEASE_LOST, f"job {job_id} wrote its report, but its lease was taken over")
+    publish_report(storage, job_id, committed)
+    return result
+
+
+def publish_report(storage: Storage, job_id: str, committed: str) -> dict[str, Any]:
+    """Copy the fixed attempt's report files to the job's report prefix (report.md last: then the report is whole);
+    the job's result. Run again (its worker died after the commit), it copies the same bytes."""
+    fixed = msgspec.json.decode(committed, type=ReportCommit)  # written by _write_report, this very version
+    for name in fixed.files:
+        data = storage.get_bytes(join_key(report_attempt_prefix(job_id, fixed.attempt), name))
+        storage.put_bytes(join_key(report_prefix(job_id), name), data, _CONTENT_TYPES[name.rsplit(".", 1)[1]])
+    return fixed.result
+
+
+_CONTENT_TYPES = {"png": "image/png", "json": "application/json", "md": "text/markdown"}
 
 
 def _copy_loss_curve(storage: Storage, model_id: str, images: dict[str, bytes]) -> None:
@@ -170,7 +204,7 @@ def _quality_table(quality: Quality, cas: float, real_accuracy: float) -> str:
 
 
 def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None,
-                should_stop: StopCheck = lambda: None) -> QualityResult:
+                should_stop: StopCheck = lambda: None, attempt: Attempt = Attempt()) -> QualityResult:
     """Score a trained model against the real test split: FID, KID, precision/recall, per-class FID, score, CAS.
     SHOULD_STOP is asked along the way; JobStopped ends the run when it says so."""
     progress = _stopping(progress, should_stop, spec.job_id)
@@ -208,9 +242,9 @@ def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     ])
     report = QualityReport(spec=spec.to_dict(), model=spec.model, dataset=dataset, quality=quality, cas=cas,
                            real_trained_accuracy=real_accuracy, reference=reference_meta, created_at=_now())
-    url, files = _write_report(storage, spec.job_id, markdown, report, images)
-    return QualityResult(report=url, files=files, fid=quality.fid, precision=quality.precision, recall=quality.recall,
-                         label_accuracy=quality.label_accuracy, cas=cas)
+    return _write_report(storage, spec.job_id, markdown, report, images, attempt, lambda url, files: QualityResult(
+        report=url, files=files, fid=quality.fid, precision=quality.precision, recall=quality.recall,
+        label_accuracy=quality.label_accuracy, cas=cas))
 
 
 def _real_train(dataset: str, settings: Settings, image_size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,7 +400,7 @@ def _outcome_record(outcome: Outcome, rare: list[int]) -> ArmOutcome:
 
 
 def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None,
-                should_stop: StopCheck = lambda: None) -> UtilityResult:
+                should_stop: StopCheck = lambda: None, attempt: Attempt = Attempt()) -> UtilityResult:
     """The augmentation study (see :mod:`worker.augmentation_study`) on SPEC's dataset; writes its report. SHOULD_STOP
     is asked along the way: JobStopped ends the run when it says so, with the GAN's checkpoint written, so that a
     run of the same job resumes the GAN where it stopped."""
@@ -385,6 +419,8 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
                                                      info.eta_s)),
         stage=progress,  # its teacher, first
         should_stop=should_stop,
+        # the study's own GAN writes as this attempt, and fixes its own card (its job id is not the evaluation's)
+        attempt=Attempt(attempt.epoch, attempt.may_write),
     )
     run_training(gan_spec, settings, storage, hooks)  # resumes from its checkpoint if this job was interrupted
     generator, card = load_model(storage, gan_spec.job_id, torch.device("cpu"))
@@ -435,6 +471,6 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
                                                              best=sweep_result.best.setting.name),
         quality=quality, reference=reference_meta, seconds=seconds, created_at=_now(),
     )
-    url, files = _write_report(storage, spec.job_id, markdown, report, images)
-    return UtilityResult(report=url, files=files, gan_share=share.share, gan_over_real=share.over_real,
-                         best=share.with_gan.label, warnings=[share.warning] if share.warning else [])
+    return _write_report(storage, spec.job_id, markdown, report, images, attempt, lambda url, files: UtilityResult(
+        report=url, files=files, gan_share=share.share, gan_over_real=share.over_real, best=share.with_gan.label,
+        warnings=[share.warning] if share.warning else []))

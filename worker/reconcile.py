@@ -82,7 +82,7 @@ def missing_parts(store: RedisJobStore, record: JobRecord) -> list[Missing]:
         return []
     first = Missing(f"{job_id}|job", job_id, FIRST_TASK[record.kind], {"spec": record.spec}, job_id)
     if record.kind != "generate":
-        return [] if client.exists(Keys.lease(f"{job_id}:train")) else [first]
+        return [] if client.exists(Keys.lease(f"{job_id}:{record.kind}")) else [first]  # its lease is named after its kind
     spec = GenerateSpec.from_dict(record.spec)
     if int(fields.get(JobField.DISPATCHED, 0)) < spec.shard_count:
         return [first]  # its planner has not sent every shard

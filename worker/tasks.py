@@ -32,10 +32,10 @@ from shared.broker import (
     finalize_task_id,
     shard_task_id,
 )
-from shared.contracts import Result
+from shared.contracts import Result, kind_of
 from shared.keys import JobField
 from shared.lifecycle import JobStates, JobStopped, StopReason
-from shared.liveness import Fence, Lease
+from shared.liveness import Attempt, Fence, Lease
 from shared.progress import Progress, TrainProgress
 from shared.records import JobStore, RedisJobStore, open_job_store
 from shared.settings import Settings
@@ -43,7 +43,7 @@ from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import Storage, StorageUnavailable, open_storage
 from worker.app import app
 from worker.checkpoint import check_model
-from worker.evaluate import run_quality, run_utility
+from worker.evaluate import publish_report, run_quality, run_utility
 from worker.generate import GeneratorCache, ShardBusy, finalize_job, plan_job, run_shard
 from worker.publish import write_card
 from worker.reconcile import Missing, queue_of, reconcile_forever
@@ -53,7 +53,7 @@ log = get_task_logger(__name__)
 # A worker rides out a restart of the object store for this long per call before a task gives up (and retries).
 STORAGE_RETRY_WINDOW_S = 60.0
 TASK_RETRIES = 8
-TRAIN_LEASE_TTL_S = 15.0  # renewed every 5 s while the job runs; lapses 15 s after its worker dies
+LEASE_TTL_S = 15.0  # a job's lease: renewed every 5 s while it runs; lapses 15 s after its worker dies
 HISTORY_FIELDS = ("step", *STAT_NAMES)
 # Generators stay loaded between shard tasks: a worker reads each model from storage once.
 GENERATORS = GeneratorCache()
@@ -153,49 +153,64 @@ def train(self: Task, spec: Any) -> None:
     settings, store, storage, states = _open()
     _note_redelivery(self, parsed.job_id)
     _skip_if_ended_or_cancelled(states, parsed.job_id)
-    # A second delivery of a running job (a duplicated message, or one handed out again while its worker was cut off
-    # for longer than the visibility timeout) waits for the lease instead of training beside it; the job's state is
-    # the holder's to write, so the waiting delivery writes none.
-    lease = Lease(store.liveness, parsed.job_id, "train", _owner(self), TRAIN_LEASE_TTL_S)
-    if not lease.acquire():
-        log.info("job %s is running on another worker; checking again later", parsed.job_id)
-        raise _later(self, TRAIN_LEASE_TTL_S)
-    fence = lease.held
-    try:
-        committed = store.get_field(parsed.job_id, JobField.COMMIT)
-        if committed is not None:  # an earlier attempt fixed the model card, then stopped before the job's final state
-            states.succeeded(parsed.job_id, write_card(storage, parsed.job_id, committed))
-            return
-        states.started(parsed.job_id, fence)
-        hooks = TrainHooks(
+
+    def run(lease: Lease, attempt: Attempt) -> Result:
+        fence = lease.held
+        return run_training(parsed, settings, storage, TrainHooks(
             progress=lambda info: _report_training(states, parsed.job_id, info, fence),
             stage=lambda info: _report(states, parsed.job_id, info, fence),
             should_stop=lambda: _stop_reason(store, parsed.job_id, lease),
-            attempt=fence.epoch,
-            may_write=lease.valid,
-            commit=lambda card: store.commit(parsed.job_id, card, fence),
-        )
-        states.succeeded(parsed.job_id, run_training(parsed, settings, storage, hooks))
+            attempt=attempt,
+        ))
+
+    _run_leased(self, parsed.job_id, "train", run, lambda committed: write_card(storage, parsed.job_id, committed),
+                ("checkpointed and handed the job back", "worker shutting down: handed to another worker, which resumes "
+                 "from the checkpoint"))
+
+
+def _run_leased(task: Task, job_id: str, part: str, run: Callable[[Lease, Attempt], Result], finish: Callable[[str], Result],
+                preempted: tuple[str, str]) -> None:
+    """Run a job's first task under the lease on PART: RUN does the work as one attempt, FINISH publishes what an
+    earlier attempt fixed (it stopped after its commit, before the job's final state). PREEMPTED says what a
+    worker shutting down did (for its log) and why the job is queued again (for its state).
+
+    A second delivery of a running job (a duplicated message, or one handed out again while its worker was cut off
+    for longer than the visibility timeout) waits for the lease instead of running beside it, and writes no state:
+    the job's state is the holder's. Every write of the holder carries its fence, so an attempt that lost its lease
+    changes nothing: not the state, not what the job leaves, and its error does not fail the job.
+    """
+    _, store, storage, states = _open()
+    lease = Lease(store.liveness, job_id, part, _owner(task), LEASE_TTL_S)
+    if not lease.acquire():
+        log.info("job %s is running on another worker; checking again later", job_id)
+        raise _later(task, LEASE_TTL_S)
+    fence = lease.held
+    try:
+        committed = store.get_field(job_id, JobField.COMMIT)
+        if committed is not None:
+            states.succeeded(job_id, finish(committed))
+            return
+        states.started(job_id, fence)
+        attempt = Attempt(fence.epoch, lease.valid, lambda payload: store.commit(job_id, payload, fence))
+        states.succeeded(job_id, run(lease, attempt))
     except JobStopped as exc:
         if exc.reason == StopReason.PREEMPTED:
-            # the checkpoint is written: the next worker to take the message resumes from this very step
-            log.warning("job %s: worker shutting down; checkpointed and handed the job back (%s)", parsed.job_id, exc)
-            _hand_back(states, parsed.job_id, "worker shutting down: handed to another worker, which resumes from the checkpoint",
-                       fence)
+            # what it needs to go on is written (a training checkpoint): the next worker to take the message resumes
+            log.warning("job %s: worker shutting down; %s (%s)", job_id, preempted[0], exc)
+            _hand_back(states, job_id, preempted[1], fence)
         if exc.reason == StopReason.LEASE_LOST:
             # Another attempt may hold the job now: this one writes nothing more, and comes back later as a new
             # message, which waits for the lease and skips the job once it has ended.
-            log.warning("job %s: lost its lease; stopping here and retrying later (%s)", parsed.job_id, exc)
-            raise _later(self, TRAIN_LEASE_TTL_S) from None
-        _cancelled(states, parsed.job_id, str(exc))
-    except StorageUnavailable as exc:  # the checkpoint lets the retry continue where this run stopped
-        raise _later(self, _backoff(self), exc, TASK_RETRIES, states, fence) from None
+            log.warning("job %s: lost its lease; stopping here and retrying later (%s)", job_id, exc)
+            raise _later(task, LEASE_TTL_S) from None
+        _cancelled(states, job_id, str(exc))
+    except StorageUnavailable as exc:  # a checkpoint, or a stored reference classifier, makes the retry cheap
+        raise _later(task, _backoff(task), exc, TASK_RETRIES, states, fence) from None
     except (Retry, Ignore, Reject):
         raise
     except Exception as exc:
-        # a failure counts only while this attempt holds the job: a cut-off attempt's error is not the job's
-        if not states.failed(parsed.job_id, exc, fence):
-            log.warning("job %s: attempt failed after losing its lease (%s); the job is another attempt's", parsed.job_id, exc)
+        if not states.failed(job_id, exc, fence):
+            log.warning("job %s: attempt failed after losing its lease (%s); the job is another attempt's", job_id, exc)
             raise Ignore() from None
         raise
     finally:
@@ -335,19 +350,14 @@ def evaluate(self: Task, spec: Any) -> None:
     _check_task_id(self, parsed.job_id)
     settings, store, storage, states = _open()
     _skip_if_ended_or_cancelled(states, parsed.job_id)
-    states.started(parsed.job_id)
-    run = run_quality if parsed.mode == "quality" else run_utility
-    result: Result
-    try:
-        result = run(parsed, settings, storage, lambda info: _report(states, parsed.job_id, info),
-                     lambda: _stop_reason(store, parsed.job_id))
-    except JobStopped as exc:
-        if exc.reason == StopReason.PREEMPTED:
-            # a utility study's GAN has its checkpoint and the reference classifier is stored: the next worker
-            # to take the message resumes the GAN from there
-            log.warning("job %s: worker shutting down; handed the evaluation back (%s)", parsed.job_id, exc)
-            _hand_back(states, parsed.job_id, "worker shutting down: handed to another worker")
-        _cancelled(states, parsed.job_id, str(exc))
-    except StorageUnavailable as exc:  # the GAN's checkpoint and the stored reference classifier make a retry cheap
-        raise _later(self, _backoff(self), exc, TASK_RETRIES, states) from None
-    states.succeeded(parsed.job_id, result)
+    evaluation = run_quality if parsed.mode == "quality" else run_utility
+    kind = kind_of("evaluate", spec)
+
+    def run(lease: Lease, attempt: Attempt) -> Result:
+        return evaluation(parsed, settings, storage, lambda info: _report(states, parsed.job_id, info, lease.held),
+                          lambda: _stop_reason(store, parsed.job_id, lease), attempt)
+
+    # a utility study's GAN has its checkpoint and the reference classifier is stored: the next worker resumes there
+    _run_leased(self, parsed.job_id, "evaluate", run,
+                lambda committed: kind.decode_result(publish_report(storage, parsed.job_id, committed), parsed.job_id),
+                ("handed the evaluation back", "worker shutting down: handed to another worker"))

@@ -25,6 +25,7 @@ from torch import nn
 from shared.contracts import TrainResult
 from shared.layout import sample_grid_key
 from shared.lifecycle import JobStopped, StopReason
+from shared.liveness import Attempt
 from shared.progress import StageMeter, StageProgress, TrainProgress
 from shared.settings import Settings
 from shared.specs import Recipe, TrainSpec
@@ -51,11 +52,7 @@ class TrainHooks:
     stage: Callable[[StageProgress], None] = lambda info: None  # the stages before the GAN's loop (the teacher)
     should_stop: Callable[[], StopReason | None] = lambda: None  # asked along the way: why to stop, if it should
     stop_check_interval_s: float = 1.0
-    # The attempt's lease: its epoch names the attempt's objects; may_write says whether the lease is still held
-    # (asked before each checkpoint, so an attempt that lost it writes none); commit fixes the model card, fenced.
-    attempt: int = 0
-    may_write: Callable[[], bool] = lambda: True
-    commit: Callable[[str], str | None] = lambda card: card
+    attempt: Attempt = Attempt()  # asked before each checkpoint (one that lost its lease writes none); commits the card
 
 
 def pick_device() -> torch.device:
@@ -317,13 +314,13 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
             if reason is not None:
                 raise JobStopped(reason, f"job {spec.job_id} stopped while training its teacher (step {step})")
 
-        stored = ensure_teacher(spec, recipe, data, storage, hooks.attempt, stop_teacher)  # first: it may guide the generator
+        stored = ensure_teacher(spec, recipe, data, storage, hooks.attempt.epoch, stop_teacher)  # first: it may guide the generator
         teacher = stored[0] if stored is not None else None
         state, final_checkpoint = train_gan(spec, recipe, data, storage, device, hooks, teacher)
         trained = TrainedModel(state.sampler, state.step, state.history, state.warnings, device, resolve_precision(spec, device),
-                               {**stored[0].meta, "key": stored[1]} if stored is not None else None, recipe, hooks.attempt,
+                               {**stored[0].meta, "key": stored[1]} if stored is not None else None, recipe, hooks.attempt.epoch,
                                final_checkpoint)
-        return publish_model(storage, spec, trained, data, hooks.commit)
+        return publish_model(storage, spec, trained, data, hooks.attempt.commit)
     finally:
         torch.set_flush_denormal(False)
 
@@ -397,9 +394,9 @@ def train_gan(
     saved: list[str] = []  # this attempt's checkpoints; each new one replaces the last
 
     def save_checkpoint() -> str:
-        if not hooks.may_write():
+        if not hooks.attempt.may_write():
             raise JobStopped(StopReason.LEASE_LOST, f"job {spec.job_id} lost its lease at step {state.step}; no checkpoint written")
-        key = checkpoint.save(storage, spec.job_id, hooks.attempt, state.to_checkpoint(spec, class_names))
+        key = checkpoint.save(storage, spec.job_id, hooks.attempt.epoch, state.to_checkpoint(spec, class_names))
         for older in saved:
             if older != key:
                 storage.delete(older)
@@ -420,7 +417,7 @@ def train_gan(
             raise JobStopped(reason, f"job {spec.job_id} stopped at step {state.step}")
         if state.step % sample_every == 0 or state.step == steps:
             fake = sample_fixed(state.sampler, grid_noise, grid_labels)
-            if hooks.may_write():  # a progress picture: an attempt that lost its lease leaves the takeover's in place
+            if hooks.attempt.may_write():  # a progress picture: an attempt that lost its lease leaves the takeover's in place
                 storage.put_bytes(sample_grid_key(spec.job_id, state.step), grid_png(fake), "image/png")
             if state.step >= steps * DIVERSITY_WARMUP:  # early samples are alike by construction
                 guard.update(state, "diversity", diversity_warnings(fake, grid_labels, real_grid, real_grid_labels, class_names))
