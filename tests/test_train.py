@@ -24,7 +24,7 @@ from shared.specs import (
 )
 from shared.storage import FileStorage
 from worker.collapse_guard import collapse_warnings, diversity_warnings
-from worker.train import STAT_NAMES, TrainHooks, resolve_precision, run_training
+from worker.train import STAT_NAMES, TrainHooks, native_bf16, resolve_precision, run_training
 
 
 def test_run_training_reports_progress_and_writes_grids_curve_and_card(tmp_path):
@@ -145,8 +145,7 @@ def test_what_a_spec_gives_overrides_the_automatic_recipe():
 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
     auto = TrainSpec(job_id="t-auto", dataset="fake")
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_precision(auto, cuda) == "bf16"
+    cpu = torch.device("cpu")  # CUDA: test_a_gpu_without_bf16_trains_in_fp32
     for avx512_bf16, amx in [(False, False), (True, False), (False, True)]:
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda value=avx512_bf16: value)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda value=amx: value)
@@ -179,3 +178,10 @@ def test_a_class_balanced_schedule_gives_every_class_the_same_share_and_is_a_fun
     plain = BatchSchedule(50, 10, seed=3, device=torch.device("cpu"))
     assert sorted(torch.cat([plain.indices(step) for step in range(5)]).tolist()) == list(range(50))
 
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_a_gpu_without_bf16_trains_in_fp32(monkeypatch, has_bf16):
+    # a T4 or V100 reports CUDA but no bf16: autocasting to bf16 there would be emulated, or fail
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: has_bf16 and not including_emulation)
+    assert native_bf16(torch.device("cuda")) is has_bf16
+    assert resolve_precision(TrainSpec(job_id="t-gpu", dataset="fake"), torch.device("cuda")) == ("bf16" if has_bf16 else "fp32")

@@ -202,10 +202,10 @@ class StepFunctions:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether DEVICE computes bf16 in hardware: CUDA, or a CPU with AVX512-BF16 or AMX. Other CPUs have oneDNN
-    emulate bf16, which measured slower than fp32."""
+    """Whether DEVICE computes bf16 in hardware: a CUDA GPU that has it (Ampere and newer; not a T4 or V100), or a CPU
+    with AVX512-BF16 or AMX. Other CPUs have oneDNN emulate bf16, which measured slower than fp32."""
     if device.type == "cuda":
-        return True
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     # private helpers of torch.cpu; absent ones (other torch versions) count as "no"
     return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
