@@ -206,3 +206,21 @@ def test_the_noise_scale_changes_the_samples_and_is_recorded_in_the_manifest(sto
     assert [s.label for s in plain] == [s.label for s in wide]  # the same plan of classes
     assert all(a.png != b.png for a, b in zip(plain, wide, strict=True))  # drawn from the same noise, scaled
     assert Manifest.load(storage, "g-wide").spec["noise_scale"] == 1.5
+
+
+def test_a_shard_whose_lease_lapsed_before_it_was_recorded_is_made_again(storage: CountingStorage) -> None:
+    # Redis out of reach for longer than the lease's TTL: the shard's object is written, its record is refused
+    store, models, spec = MemoryJobStore(), GeneratorCache(), job()
+    lapse = storage.put_bytes
+
+    def upload_then_lapse(key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        lapse(key, data, content_type)
+        store.liveness.leases.pop("g-job:shard:0", None)
+
+    storage.put_bytes = upload_then_lapse  # type: ignore[method-assign]
+    with pytest.raises(ShardBusy, match="lease lapsed before it was recorded"):
+        run_shard(spec, 0, storage, store, models, CPU, "worker-a/1")
+    storage.put_bytes = lapse  # type: ignore[method-assign]
+    assert store.shard_record("g-job", 0) is None
+    written, _ = run_shard(spec, 0, storage, store, models, CPU, "worker-a/1")  # the task's retry
+    assert written and store.shard_record("g-job", 0).name == "shard-000000-a2.tar"  # type: ignore[union-attr]

@@ -194,10 +194,14 @@ def render_shard(spec: GenerateSpec, model: LoadedModel, shard_index: int) -> tu
     return writer.finish(), writer.class_counts
 
 
-def write_shard(spec: GenerateSpec, storage: Storage, model: LoadedModel, shard_index: int, attempt: int) -> ShardRecord:
-    """Render shard SHARD_INDEX and put it in storage as ATTEMPT's object; returns its ledger record (what the
-    manifest lists)."""
+def write_shard(spec: GenerateSpec, storage: Storage, model: LoadedModel, shard_index: int, attempt: int,
+                may_write: Callable[[], bool] = lambda: True) -> ShardRecord:
+    """Render shard SHARD_INDEX and put it in storage as ATTEMPT's object, unless MAY_WRITE says its lease may have
+    lapsed meanwhile (then ShardBusy: the shard is another attempt's); returns its ledger record (what the manifest
+    lists)."""
     data, counts = render_shard(spec, model, shard_index)
+    if not may_write():
+        raise ShardBusy(f"shard {shard_index} of job {spec.job_id}: its lease was not renewed while it was made")
     storage.put_bytes(shard_key(spec.job_id, shard_index, attempt), data, "application/x-tar")
     return ShardRecord(name=shard_name(shard_index, attempt), count=sum(counts.values()), size=len(data), sha256=sha256_hex(data),
                        class_counts={str(label): number for label, number in sorted(counts.items())})
@@ -220,7 +224,8 @@ def plan_job(spec: GenerateSpec, store: JobStore, dispatch_shard: Callable[[int]
 
 
 class ShardBusy(RuntimeError):
-    """Another worker holds the shard's lease; try again later (if that worker dies, the lease lapses)."""
+    """Another worker holds the shard's lease, or this attempt lost it before its shard was recorded; try again
+    later (a holder that dies lets its lease lapse; a lost attempt's retry takes a new lease and makes the shard)."""
 
 
 def shard_is_complete(storage: Storage, spec: GenerateSpec, record: ShardRecord | None) -> bool:
@@ -253,7 +258,8 @@ def run_shard(
     try:
         fence: Fence = lease.held
         started_at = time.time()
-        record = msgspec.structs.replace(write_shard(spec, storage, models.get(storage, spec.model, device), shard_index, fence.epoch),
+        loaded = models.get(storage, spec.model, device)
+        record = msgspec.structs.replace(write_shard(spec, storage, loaded, shard_index, fence.epoch, lease.valid),
                                          queued_at=queued_at, started_at=started_at, finished_at=time.time(),
                                          worker=owner.split("/")[0])
         # replaces a stale record (its object was lost), unless this attempt's lease was taken over meanwhile
@@ -261,9 +267,12 @@ def run_shard(
     finally:
         lease.release()
     if recorded is None:
-        log.warning("job %s: shard %d was written but not recorded: its lease was taken over, or the job's manifest is "
-                    "fixed (object %s is left unlisted)", spec.job_id, shard_index, record.name)
-        return False, False
+        if store.get_field(spec.job_id, JobField.COMMIT) is not None or store.get_field(spec.job_id, JobField.OUTCOME):
+            log.info("job %s: shard %d was written after the job's manifest was fixed; %s is left unlisted",
+                     spec.job_id, shard_index, record.name)
+            return False, False
+        # the lease lapsed while Redis was out of reach, and nobody recorded the shard: it must be made again
+        raise ShardBusy(f"shard {shard_index} of job {spec.job_id} was written but its lease lapsed before it was recorded")
     log.info("job %s: wrote shard %d (%d images)", spec.job_id, shard_index, record.count)
     return True, recorded == spec.shard_count
 

@@ -199,10 +199,11 @@ def _run_leased(task: Task, job_id: str, part: str, run: Callable[[Lease, Attemp
             log.warning("job %s: worker shutting down; %s (%s)", job_id, preempted[0], exc)
             _hand_back(states, job_id, preempted[1], fence)
         if exc.reason == StopReason.LEASE_LOST:
-            # Another attempt may hold the job now: this one writes nothing more, and comes back later as a new
-            # message, which waits for the lease and skips the job once it has ended.
-            log.warning("job %s: lost its lease; stopping here and retrying later (%s)", job_id, exc)
-            raise _later(task, LEASE_TTL_S) from None
+            # Another attempt may hold the job now: this one writes nothing more, and comes back as a new message,
+            # which waits for the lease, skips the job once it has ended, or (the lease only lapsed while Redis was
+            # out of reach, and nobody took it) resumes it at once.
+            log.warning("job %s: lost its lease; stopping here and retrying (%s)", job_id, exc)
+            raise _later(task, 1) from None
         _cancelled(states, job_id, str(exc))
     except StorageUnavailable as exc:  # a checkpoint, or a stored reference classifier, makes the retry cheap
         raise _later(task, _backoff(task), exc, TASK_RETRIES, states, fence) from None
