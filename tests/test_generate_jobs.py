@@ -221,6 +221,6 @@ def test_a_shard_whose_lease_lapsed_before_it_was_recorded_is_made_again(storage
     with pytest.raises(ShardBusy, match="lease lapsed before it was recorded"):
         run_shard(spec, 0, storage, store, models, CPU, "worker-a/1")
     storage.put_bytes = lapse  # type: ignore[method-assign]
-    assert store.shard_record("g-job", 0) is None
+    assert store.shard_record("g-job", 0) is None and storage.list("synthetic/g-job") == [], "its unrecorded object goes"
     written, _ = run_shard(spec, 0, storage, store, models, CPU, "worker-a/1")  # the task's retry
     assert written and store.shard_record("g-job", 0).name == "shard-000000-a2.tar"  # type: ignore[union-attr]

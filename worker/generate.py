@@ -267,8 +267,10 @@ def run_shard(
     finally:
         lease.release()
     if recorded is None:
+        # no record names this attempt's object, and no other attempt writes its key: it goes
+        storage.delete(shard_object_key(spec.job_id, record.name))
         if store.get_field(spec.job_id, JobField.COMMIT) is not None or store.get_field(spec.job_id, JobField.OUTCOME):
-            log.info("job %s: shard %d was written after the job's manifest was fixed; %s is left unlisted",
+            log.info("job %s: shard %d was written after the job's manifest was fixed; %s is removed",
                      spec.job_id, shard_index, record.name)
             return False, False
         # the lease lapsed while Redis was out of reach, and nobody recorded the shard: it must be made again
