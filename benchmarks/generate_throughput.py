@@ -1,6 +1,6 @@
 """Generation throughput: the generator's raw forward pass against images landed in storage by a real job.
 
-One process starts a real Redis, a SeaweedFS S3 server and one ``augment worker`` process (tests/servers.py,
+One process starts a real Redis, a SeaweedFS S3 server and one ``augment worker`` process (tests/support/servers.py,
 tests/processes.py), puts a freshly initialised generator of the asked size into storage (weights do not change
 the speed), then measures on the same device:
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from tests.support.processes import WorkerProcess, service_env
 from tests.support.servers import RedisServer, S3Server
 
 # ---- real servers ----
-# Session-scoped, real processes on free 127.0.0.1 ports (see tests/servers.py).
+# Session-scoped, real processes on free 127.0.0.1 ports (see tests/support/servers.py).
 # Tests may stop()/kill()/start() them (outage tests): a restart keeps the port,
 # URL/endpoint, credentials and data.  Such tests must leave them running again
 # (try/finally: server.start() -- start() is a no-op if already running).
@@ -46,15 +45,10 @@ def s3_server() -> Iterator[S3Server]:
 
 
 # ---- the system under test ----
-_redis_dbs = itertools.count()
-
-
 @pytest.fixture
 def redis_job_store(redis_server: RedisServer) -> RedisJobStore:
     """A job store on an empty database of the real Redis."""
-    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + f"/{next(_redis_dbs) % 16}", decode_responses=True)
-    client.flushdb()
-    return RedisJobStore(client)
+    return RedisJobStore(redis.Redis.from_url(redis_server.fresh_db_url(), decode_responses=True))
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
@@ -68,10 +62,8 @@ def job_store(request: pytest.FixtureRequest) -> JobStore:
 @pytest.fixture
 def augment_env(redis_server: RedisServer, s3_server: S3Server, tmp_path: Path) -> dict[str, str]:
     """Environment for `augment` processes: an empty Redis database and a fresh S3 bucket of their own."""
-    db = next(_redis_dbs) % 16
-    redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + f"/{db}").flushdb()
     return service_env(
-        redis_server.url.rsplit("/", 1)[0] + f"/{db}", s3_server, f"s3://test-{uuid.uuid4().hex[:12]}/augment",
+        redis_server.fresh_db_url(), s3_server, f"s3://test-{uuid.uuid4().hex[:12]}/augment",
         AUGMENT_DATA_DIR=str(tmp_path / "data"),
     )
 

@@ -7,6 +7,7 @@ first test that needs it, which watches it run.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -15,14 +16,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from PIL import Image
 
 from producer.client import Client
@@ -32,12 +32,14 @@ from shared.lifecycle import FAILURE, SUCCESS
 from shared.records import make_record
 from shared.settings import Settings, SettingsError
 from shared.storage import open_storage
-from tests.conftest import _redis_dbs
 from tests.support.processes import REPO, WorkerProcess, service_env
 from tests.support.servers import RedisServer, S3Server, free_port
+from tests.support.waiting import wait_for
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 WAIT_S = 120.0
+# a page's condition, polled until WAIT_S: an element replaced between its lookup and its read counts as not yet
+page_wait = functools.partial(wait_for, timeout_s=WAIT_S, every_s=0.2, ignoring=(Exception,))
 
 # ---- without servers ----
 
@@ -119,8 +121,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("dashboard")
-    broker = redis_server.url.rsplit("/", 1)[0] + f"/{next(_redis_dbs) % 16}"
-    redis.Redis.from_url(broker).flushdb()
+    broker = redis_server.fresh_db_url()
     env = service_env(broker, s3_server, f"s3://dash-{uuid.uuid4().hex[:12]}/augment", AUGMENT_DATA_DIR=str(tmp / "data"))
     worker = WorkerProcess(env, tmp / "worker.log").start()
     dashboard = DashboardProcess(env, tmp / "dashboard.log", "--allow-cancel")
@@ -158,19 +159,6 @@ def browser() -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float = WAIT_S, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-        except Exception:  # an element replaced between lookup and read: look again
-            value = None
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def screenshot(driver: Any, path: Path) -> Path:
@@ -215,10 +203,10 @@ def job_row_state(driver: Any, job_id: str) -> str:
 def test_jobs_page_updates_a_jobs_state_without_a_reload(stack: Stack, browser: Any) -> None:
     job_id = stack.submit_train(steps=100_000)  # never finishes by itself: the cancel button ends it
     browser.get(stack.dashboard.url + "/")
-    wait_for(lambda: job_row_state(browser, job_id) in {"PENDING", "STARTED", "PROGRESS"}, what="the job's row")
+    page_wait(lambda: job_row_state(browser, job_id) in {"PENDING", "STARTED", "PROGRESS"}, what="the job's row")
     browser.execute_script("window.notReloaded = true")
     browser.find_element("css selector", f"tr[data-job-id='{job_id}'] button.cancel").click()
-    wait_for(lambda: job_row_state(browser, job_id) == "CANCELLED", what="CANCELLED in the job's row")
+    page_wait(lambda: job_row_state(browser, job_id) == "CANCELLED", what="CANCELLED in the job's row")
     assert browser.execute_script("return window.notReloaded") is True, "the page was reloaded"
     assert stack.client.state(job_id) == "CANCELLED"
     screenshot(browser, stack.tmp / "jobs.png")
@@ -235,25 +223,25 @@ def test_training_page_shows_progress_live_then_grids_and_curves(stack: Stack, b
         detail = text_of(browser, "detail")
         return int(detail.split()[1].split("/")[0]) if detail.startswith("step ") else 0
 
-    first = wait_for(lambda: text_of(browser, "state") == "PROGRESS" and step(), what="a first progress step")
+    first = page_wait(lambda: text_of(browser, "state") == "PROGRESS" and step(), what="a first progress step")
     browser.execute_script("window.notReloaded = true")
-    wait_for(lambda: step() > first, what="the step to advance")
+    page_wait(lambda: step() > first, what="the step to advance")
     assert browser.execute_script("return window.notReloaded") is True
     assert browser.execute_script("return document.getElementById('progress').value") > 0
-    wait_for(lambda: text_of(browser, "state") == "SUCCESS", what="the job to finish on the page")
-    wait_for(lambda: browser.execute_script("return document.body.dataset.card") == "1", what="the model card")
+    page_wait(lambda: text_of(browser, "state") == "SUCCESS", what="the job to finish on the page")
+    page_wait(lambda: browser.execute_script("return document.body.dataset.card") == "1", what="the model card")
     # the page reloaded to show its card; its script knows the grids once its first update is in (on one slow core
     # that comes after the server-rendered page, and a slider moved before it would be put back to the newest)
-    wait_for(lambda: text_of(browser, "live").startswith("updated"), what="the reloaded page's first update")
+    page_wait(lambda: text_of(browser, "live").startswith("updated"), what="the reloaded page's first update")
 
-    count = wait_for(lambda: int(text_of(browser, "sample-count")) >= 5 and int(text_of(browser, "sample-count")))
+    count = page_wait(lambda: int(text_of(browser, "sample-count")) >= 5 and int(text_of(browser, "sample-count")))
     assert count == 5  # steps 20, 40, ..., 100
     loaded = "const g = document.getElementById('grid'); return g.complete && g.naturalWidth > 0 ? [g.naturalWidth, g.src] : null"
-    width, last_src = wait_for(lambda: browser.execute_script(loaded), what="the newest grid to load")
+    width, last_src = page_wait(lambda: browser.execute_script(loaded), what="the newest grid to load")
     assert width > 28 and last_src.endswith("step-0000100.png")
     browser.execute_script(
         "const s = document.getElementById('sample-slider'); s.value = 0; s.dispatchEvent(new Event('input'))")
-    _, first_src = wait_for(lambda: (lambda r: r if r and r[1] != last_src else None)(browser.execute_script(loaded)),
+    _, first_src = page_wait(lambda: (lambda r: r if r and r[1] != last_src else None)(browser.execute_script(loaded)),
                             what="the first grid to load")
     assert first_src.endswith("step-0000020.png") and text_of(browser, "sample-step").startswith("step 20 ")
     for chart in ("loss-chart", "d-chart"):
@@ -285,7 +273,7 @@ def test_generation_page_shows_shards_manifest_and_samples(stack: Stack, browser
 @pytest.mark.integration
 def test_workers_page_lists_the_worker_and_its_queues(stack: Stack, browser: Any) -> None:
     browser.get(f"{stack.dashboard.url}/workers")
-    wait_for(lambda: "generate" in browser.find_element("id", "workers-body").text, what="the worker's queues")
+    page_wait(lambda: "generate" in browser.find_element("id", "workers-body").text, what="the worker's queues")
     assert f"augment-{stack.worker.pid}@" in browser.find_element("id", "workers-body").text
     screenshot(browser, stack.tmp / "workers.png")
 
@@ -297,7 +285,7 @@ def test_values_from_a_job_stay_text(stack: Stack, browser: Any) -> None:
     stack.client.store.add(make_record(job_id, "train", {"dataset": f"imagefolder:/data/{hostile}", "class_names": [hostile]}))
     stack.client.app.backend.store_result(job_id, {"exc_type": "ValueError", "exc_message": hostile}, FAILURE)
     browser.get(stack.dashboard.url + "/")
-    wait_for(lambda: job_row_state(browser, job_id) == "FAILURE", what="the hostile job's row")
+    page_wait(lambda: job_row_state(browser, job_id) == "FAILURE", what="the hostile job's row")
     row = browser.find_element("css selector", f"tr[data-job-id='{job_id}']").text
     assert "<script>window.pwned = 1</script>" in row
     browser.get(f"{stack.dashboard.url}/jobs/{job_id}")
@@ -391,7 +379,7 @@ def test_a_utility_evaluations_page_and_row_show_its_verdict(stack: Stack, brows
     assert "the true-label ceiling adds" in verdict  # real held-out images in the GAN's place
     assert browser.execute_script("return document.querySelectorAll('section.report table tr').length") > 5
     browser.get(stack.dashboard.url + "/?kind=evaluate")
-    wait_for(lambda: job_row_state(browser, job_id) == "SUCCESS", what="the utility job's row")
+    page_wait(lambda: job_row_state(browser, job_id) == "SUCCESS", what="the utility job's row")
     assert "the GAN's own share" in browser.find_element("css selector", f"tr[data-job-id='{job_id}']").text
 
 

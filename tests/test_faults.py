@@ -26,10 +26,10 @@ from shared.settings import Settings
 from shared.specs import SpecError
 from shared.storage import open_storage
 from shared.transport import heartbeat_interval_s
-from tests.support.processes import WorkerProcess, run_cli
+from tests.support.processes import WorkerProcess, run_cli, shard_writes, train_tiny_model
 from tests.support.servers import RedisServer
-from tests.test_fleet import shard_writes, train_tiny_model, wait_for
-from tests.test_specs import train_dicts
+from tests.support.strategies import train_dicts
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

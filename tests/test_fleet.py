@@ -7,7 +7,6 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 
@@ -15,35 +14,10 @@ from shared.broker import GENERATE_QUEUE, GENERATE_SHARD_TASK, make_celery
 from shared.manifest import Manifest
 from shared.settings import Settings
 from shared.storage import open_storage
-from tests.support.processes import WorkerProcess, run_cli
+from tests.support.processes import run_cli, shard_writes, train_tiny_model
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def train_tiny_model(env: dict[str, str]) -> str:
-    submitted = run_cli(env, "train", "--dataset", "fake", "--steps", "10", "--width", "8", "--batch-size", "32")
-    assert submitted.returncode == 0, submitted.stderr
-    model = submitted.stdout.strip()
-    watched = run_cli(env, "watch", model, "--interval", "0.2", timeout=180)
-    assert watched.returncode == 0, watched.stderr
-    return model
-
-
-def shard_writes(workers: list[WorkerProcess], job_id: str) -> Counter[tuple[str, int]]:
-    """(worker log, shard index) for every 'wrote shard' line of JOB_ID in the workers' logs."""
-    pattern = re.compile(rf"job {job_id}: wrote shard (\d+) ")
-    return Counter(
-        (worker.log_path.name, int(index)) for worker in workers for index in pattern.findall(worker.log_path.read_text())
-    )
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_two_workers_share_a_job_and_write_every_shard_once(augment_env, start_worker):

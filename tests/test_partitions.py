@@ -30,8 +30,9 @@ import pytest
 from shared.broker import make_celery
 from shared.settings import Settings
 from tests.support.netns import netns_unavailable
-from tests.support.partitions import FINISH_WITHIN_S, Fleet, Run, fleet_in_network, redis_cut, submit, wait_for, worker_cut
+from tests.support.partitions import FINISH_WITHIN_S, Fleet, Run, fleet_in_network, redis_cut, submit, worker_cut
 from tests.support.processes import run_cli
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 

@@ -1,4 +1,4 @@
-"""Smoke tests for the real-server fixtures (tests/servers.py)."""
+"""Smoke tests for the real-server fixtures (tests/support/servers.py)."""
 
 from __future__ import annotations
 

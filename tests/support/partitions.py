@@ -45,6 +45,7 @@ from shared.storage import Storage, open_storage
 from tests.support.netns import Host, Network
 from tests.support.processes import REPO, WorkerProcess, run_cli, service_env
 from tests.support.servers import RedisServer, S3Server
+from tests.support.waiting import wait_for
 
 # The jobs: small, but long enough that a cut lands mid-job and a takeover has work left to do.
 # A checkpoint at every progress report: a trainer that comes back from a cut blocked in a report meets a checkpoint
@@ -170,14 +171,6 @@ def submit(env: dict[str, str], *args: str) -> str:
     submitted = run_cli(env, *args, timeout=60)
     assert submitted.returncode == 0, submitted.stderr
     return submitted.stdout.strip()
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: Callable[[], str] | str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for " + (what if isinstance(what, str) else what()))
-        time.sleep(POLL_S)
 
 
 # ---- watching a job from outside ----

@@ -10,10 +10,12 @@ their environment, so give them servers started on hosts of the same network.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -127,3 +129,20 @@ class WorkerProcess:
             self.kill()
             return None
         return time.monotonic() - began
+
+
+def train_tiny_model(env: dict[str, str]) -> str:
+    submitted = run_cli(env, "train", "--dataset", "fake", "--steps", "10", "--width", "8", "--batch-size", "32")
+    assert submitted.returncode == 0, submitted.stderr
+    model = submitted.stdout.strip()
+    watched = run_cli(env, "watch", model, "--interval", "0.2", timeout=180)
+    assert watched.returncode == 0, watched.stderr
+    return model
+
+
+def shard_writes(workers: list[WorkerProcess], job_id: str) -> Counter[tuple[str, int]]:
+    """(worker log, shard index) for every 'wrote shard' line of JOB_ID in the workers' logs."""
+    pattern = re.compile(rf"job {job_id}: wrote shard (\d+) ")
+    return Counter(
+        (worker.log_path.name, int(index)) for worker in workers for index in pattern.findall(worker.log_path.read_text())
+    )

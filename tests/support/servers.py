@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -42,6 +43,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
+
+import redis
 
 if TYPE_CHECKING:
     from tests.support.netns import Host
@@ -365,6 +368,7 @@ class RedisServer(_Server):
         self.redis_bin: str = found
         super().__init__(base_dir, netns_host)
         self.password = password
+        self._dbs = itertools.count()
         self._port = port or self._new_port()
         self._started_once = port is not None  # an explicit port is never re-picked
         self.extra_args = list(extra_args)
@@ -381,6 +385,12 @@ class RedisServer(_Server):
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}{self.bind_ip}:{self._port}/0"
+
+    def fresh_db_url(self) -> str:
+        """The URL of the next of the server's 16 databases, emptied: tests that share the server keep apart."""
+        url = self.url.rsplit("/", 1)[0] + f"/{next(self._dbs) % 16}"
+        redis.Redis.from_url(url).flushdb()
+        return url
 
     def _repick_ports(self) -> None:
         self._port = self._new_port()
