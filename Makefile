@@ -14,9 +14,9 @@ demo: setup
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-## Unit tests only: no servers, no worker processes.
+## Unit tests only: no servers, no worker processes, nothing marked slow (the demo).
 test-fast: setup
-	$(VENV)/bin/python -m pytest -m "not integration" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 # vulture at 100 % confidence only (unused imports, variables, unreachable code): lower levels flag click commands
 # and protocol methods that are used by name

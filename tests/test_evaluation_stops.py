@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 
 from tests.support.processes import WorkerProcess, run_cli
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
-CANCEL_WITHIN_S = 20.0  # the worker asks once a second; the rest is the CLI's and the backend's round trips
+# Only ends a wait that would otherwise hang: each test cancels a stage sized to run for hours (a million steps), so
+# the job ending CANCELLED at all is the proof that the cancel stopped it mid-stage.
+CANCEL_BOUND_S = 120.0
 
 
 def status_of(env: dict[str, str], job_id: str) -> dict[str, Any]:
@@ -41,31 +44,29 @@ def submit_small_utility(env: dict[str, str], gan_steps: int) -> str:
                    "--samples-per-class", "4", "--test-limit", "50").stdout.strip()
 
 
-def assert_cancelled_within_seconds(env: dict[str, str], job_id: str, worker: WorkerProcess) -> None:
-    asked = time.monotonic()
+def assert_cancelled_mid_stage(env: dict[str, str], job_id: str, worker: WorkerProcess) -> None:
     assert run_cli(env, "cancel", job_id).returncode in (0, 3)
-    while status_of(env, job_id)["state"] != "CANCELLED":
-        assert time.monotonic() - asked < CANCEL_WITHIN_S, f"{job_id} still running:\n{worker.log_tail()}"
-        time.sleep(0.2)
+    wait_for(lambda: status_of(env, job_id)["state"] == "CANCELLED", CANCEL_BOUND_S,
+             lambda: f"{job_id} to stop:\n{worker.log_tail()}", every_s=0.2)
     watched = run_cli(env, "watch", job_id, "--interval", "0.3", timeout=60)
     assert watched.returncode == 3, watched.stderr  # the CLI's exit code for a cancelled job
 
 
-def test_cancel_stops_a_running_quality_evaluation_within_seconds(augment_env, start_worker):
+def test_cancel_stops_a_running_quality_evaluation_mid_stage(augment_env, start_worker):
     worker = start_worker(queues="train,evaluate")
     model = run_cli(augment_env, "train", "--dataset", "fake", "--steps", "2", "--width", "8", "--teacher", "0").stdout.strip()
     assert run_cli(augment_env, "watch", model, "--interval", "0.3", timeout=180).returncode == 0
     job_id = run_cli(augment_env, "evaluate", "quality", "--model", model, "--reference-steps", "1000000",
                      "--samples-per-class", "4", "--test-limit", "50").stdout.strip()
     wait_for_stage(augment_env, job_id, "training the reference classifier", worker)
-    assert_cancelled_within_seconds(augment_env, job_id, worker)
+    assert_cancelled_mid_stage(augment_env, job_id, worker)
 
 
 def test_cancel_stops_a_utility_evaluation_while_its_gan_trains(augment_env, start_worker):
     worker = start_worker(queues="evaluate")
     job_id = submit_small_utility(augment_env, gan_steps=1_000_000)
     wait_for_stage(augment_env, job_id, "training the GAN", worker)
-    assert_cancelled_within_seconds(augment_env, job_id, worker)
+    assert_cancelled_mid_stage(augment_env, job_id, worker)
     assert f"job {job_id}-gan stopped at step" in worker.log_path.read_text()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 from collections import Counter
 
 import pytest
@@ -67,10 +66,11 @@ def test_cancelling_a_running_generation_stops_it_without_a_manifest(augment_env
     wait_for(lambda: len(shard_writes([worker], job_id)) >= 3, 120, "three shards")
     cancelled = run_cli(augment_env, "cancel", job_id)
     assert cancelled.returncode == 0, cancelled.stderr
-    started = time.monotonic()
+    at_cancel = len(shard_writes([worker], job_id))
     watched = run_cli(augment_env, "watch", job_id, "--interval", "0.2", timeout=120)
     assert watched.returncode == 3, watched.stderr
-    assert time.monotonic() - started < 15, "a running job stops within seconds"
+    # a running job stops at its next shard: the one in the making when the cancel came may still be finished
+    assert len(shard_writes([worker], job_id)) - at_cancel <= 1, "shards went on being made after the cancel"
     storage = open_storage(Settings.from_env(augment_env))
     assert not storage.exists(f"synthetic/{job_id}/manifest.json")
     assert len(storage.list(f"synthetic/{job_id}")) < 400
