@@ -59,7 +59,8 @@ class SyntheticJob:
     """The committed output of one generation job in STORAGE.
 
     MIN_CONFIDENCE drops samples whose teacher gives their label less than that probability (the job needs a
-    teacher: see ``Manifest.teacher``); counts from the manifest (``len``, shard counts) are then upper bounds.
+    teacher: see ``Manifest.teacher``). ``len`` and :meth:`shard_sizes` then count the samples that pass, which takes
+    one read of every shard (the first time they are asked); the manifest's counts are upper bounds.
     """
 
     def __init__(self, storage: Storage, job_id: str, min_confidence: float = 0.0):
@@ -69,6 +70,7 @@ class SyntheticJob:
             raise ValueError(f"job {job_id} has no teacher probabilities to filter by; generate from a model trained "
                              "with a teacher (augment train --teacher 3), or drop min_confidence")
         self.min_confidence = min_confidence
+        self._passing: list[int] | None = None
 
     @classmethod
     def open(cls, job_id: str, settings: Settings | None = None, min_confidence: float = 0.0) -> SyntheticJob:
@@ -76,7 +78,16 @@ class SyntheticJob:
         return cls(open_storage(settings or Settings.from_env(), create_bucket=False), job_id, min_confidence)
 
     def __len__(self) -> int:
-        return self.manifest.total
+        return sum(self.shard_sizes())
+
+    def shard_sizes(self) -> list[int]:
+        """The samples each shard yields: the manifest's counts, or those that pass MIN_CONFIDENCE."""
+        if self.min_confidence <= 0:
+            return [shard.count for shard in self.shards]
+        if self._passing is None:
+            self._passing = [sum(teacher_confidence(sample.label, sample.meta) >= self.min_confidence
+                                 for sample in read_shard(self.shard_bytes(shard))) for shard in self.shards]
+        return self._passing
 
     @property
     def shards(self) -> list[ShardEntry]:

@@ -108,6 +108,14 @@ def test_generated_shards_carry_the_teachers_probabilities(taught_model: Path, t
     confident = list(SyntheticJob(storage, "g-taught", min_confidence=0.5))
     assert all(float(sample.probs[sample.label]) >= 0.5 - 1e-4 for sample in confident)  # type: ignore[index]
     assert len(confident) == sum(float(s.probs[s.label]) >= 0.5 for s in samples)  # type: ignore[index]
+    # a threshold that about half the samples pass: the mix must still deliver the ratio's share of synthetic samples
+    median = sorted(float(s.probs[s.label]) for s in samples)[len(samples) // 2]  # type: ignore[index]
+    filtered = SyntheticJob(storage, "g-taught", min_confidence=median)
+    passing = sum(float(s.probs[s.label]) >= median for s in samples)  # type: ignore[index]
+    assert len(filtered) == passing and 0 < passing < 30
+    few = load_dataset("fake", Settings(), "train", limit=passing // 2)
+    mixed_confident = list(MixedDataset(few.images, few.labels, [filtered], ratio=passing / len(few)))
+    assert sum(sample.synthetic for sample in mixed_confident) == passing, "the ratio's share, not fewer"
 
     real = load_dataset("fake", Settings(), "train", limit=20)
     mixed = list(MixedDataset(real.images, real.labels, [SyntheticJob(storage, "g-taught")], ratio=1.0))

@@ -110,7 +110,8 @@ class MixedDataset(IterableDataset[MixedSample]):
         for source, index in shards:
             if wanted == 0:
                 break
-            take = min(wanted, self.synthetic[source].shards[index].count)
+            # what the shard yields: a job read with min_confidence yields fewer than its manifest counts
+            take = min(wanted, self.synthetic[source].shard_sizes()[index])
             units.append(_Unit(source, index, take))
             wanted -= take
         rng.shuffle(units)
