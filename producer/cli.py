@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from producer import demo as demo_defaults  # torch-free at import: the demo loads the worker when it runs
 from producer.client import Client, SubmitError
 from producer.follow import BROKER_ERRORS, GIVE_UP_AFTER_S, broker_fault, follow, status_line
 from producer.options import spec_options
@@ -363,15 +364,17 @@ def dashboard(host: str, port: int, allow_cancel: bool) -> None:
 
 @main.command()
 @click.option("--out", "out_dir", default="demo-output", show_default=True, type=click.Path(file_okay=False))
-@click.option("--minutes", type=click.FloatRange(min=1.0, max=600.0), default=5.0, show_default=True,
+@click.option("--minutes", type=click.FloatRange(min=1.0, max=600.0), default=demo_defaults.MINUTES, show_default=True,
               help="Time budget of the whole demo; the GAN's steps are sized to fit it from a speed probe on this machine.")
-@click.option("--per-class", type=click.IntRange(min=2), default=100, show_default=True,
+@click.option("--per-class", type=click.IntRange(min=2), default=demo_defaults.PER_CLASS, show_default=True,
               help="Labelled real images of each class the GAN learns from (the small-data path).")
 @click.option("--steps", type=click.IntRange(min=1), help="GAN training steps, instead of what the budget allows.")
-@click.option("--count", type=click.IntRange(min=1), default=10_000, show_default=True, help="Synthetic images to generate.")
+@click.option("--count", type=click.IntRange(min=1), default=demo_defaults.COUNT, show_default=True,
+              help="Synthetic images to generate.")
 @click.option("--dataset", default="fashion-mnist", show_default=True)
-@click.option("--width", type=click.IntRange(min=8, max=256), default=64, show_default=True, help="The GAN's width.")
-@click.option("--quality-steps", type=click.IntRange(min=1), default=500, show_default=True,
+@click.option("--width", type=click.IntRange(min=8, max=256), default=demo_defaults.WIDTH, show_default=True,
+              help="The GAN's width.")
+@click.option("--quality-steps", type=click.IntRange(min=1), default=demo_defaults.QUALITY_STEPS, show_default=True,
               help="Steps of the classifiers that score the model (augment evaluate's are 1,500 and 1,000).")
 def demo(out_dir: str, minutes: float, per_class: int, steps: int | None, count: int, dataset: str, width: int,
          quality_steps: int) -> None:

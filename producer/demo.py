@@ -37,6 +37,8 @@ MIN_GAN_STEPS = 300
 TEACHER_STEPS = 300
 QUALITY_STEPS = 500
 WIDTH = 64
+MINUTES = 5.0  # the demo's whole time budget
+COUNT = 10_000  # synthetic images it generates
 R = TypeVar("R", bound=Result)
 
 

@@ -15,6 +15,8 @@ from shared.liveness import Attempt
 from shared.progress import TrainProgress
 from shared.settings import Settings
 from shared.specs import (
+    AUGMENTATIONS,
+    AUTO_AUGMENTATIONS,
     AUTO_TEACHER_MEMBERS,
     SMALL_DATA_GUIDANCE,
     SMALL_DATA_MODE_SEEKING,
@@ -24,6 +26,7 @@ from shared.specs import (
 )
 from shared.storage import FileStorage
 from worker.collapse_guard import collapse_warnings, diversity_warnings
+from worker.diffaugment import POLICIES
 from worker.train import STAT_NAMES, TrainHooks, native_bf16, resolve_precision, run_training
 
 
@@ -185,3 +188,9 @@ def test_a_gpu_without_bf16_trains_in_fp32(monkeypatch, has_bf16):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: has_bf16 and not including_emulation)
     assert native_bf16(torch.device("cuda")) is has_bf16
     assert resolve_precision(TrainSpec(job_id="t-gpu", dataset="fake"), torch.device("cuda")) == ("bf16" if has_bf16 else "fp32")
+
+
+def test_every_augmentation_a_spec_accepts_is_one_the_trainer_has():
+    # the spec (torch-free) names the policies, the trainer implements them: a name in one only would fail a job late
+    assert set(AUGMENTATIONS) == set(POLICIES)
+    assert set(AUTO_AUGMENTATIONS) <= set(POLICIES)
