@@ -139,7 +139,7 @@ class Client:
         if record.kind == "generate":
             spec = GenerateSpec.from_dict(record.spec)
             shards = [index for index in (shard_of(stall.part) for stall in stalled) if index is not None]
-            waiting = sum(min(spec.shard_size, spec.count - index * spec.shard_size) for index in shards)
+            waiting = sum(len(spec.shard_images(index)) for index in shards)
             status["progress"] = progress_to_dict(generation_progress(self.store, job_id, spec.shard_count, spec.count, waiting))
         elif stalled and isinstance(status.get("progress"), dict):
             # none of it runs now: no rate, so no ETA

@@ -358,6 +358,11 @@ class GenerateSpec(_Spec, frozen=True):
     def shard_count(self) -> int:
         return math.ceil(self.count / self.shard_size)
 
+    def shard_images(self, index: int) -> range:
+        """The global indices of the images shard INDEX holds: ``[index * shard_size, ...)``, the last one short."""
+        start = index * self.shard_size
+        return range(start, min(self.count, start + self.shard_size))
+
 
 class EvaluateSpec(_Spec, frozen=True):
     """An evaluation: the quality of a trained model (``quality``), or whether GAN samples help a classifier

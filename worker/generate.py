@@ -148,8 +148,8 @@ def render_shard(spec: GenerateSpec, model: LoadedModel, shard_index: int) -> tu
     generator, class_names, teacher = model.generator, model.class_names, model.teacher
     config = generator.config
     device = next(generator.parameters()).device
-    start = shard_index * spec.shard_size
-    stop = min(spec.count, start + spec.shard_size)
+    held = spec.shard_images(shard_index)
+    start, stop = held.start, held.stop
     plan = labels_plan(spec, config.num_classes)
     labels = labels_for_range(plan, start, stop) if config.conditional else np.full(stop - start, -1)
     rng = torch.Generator().manual_seed(shard_seed(spec.seed, shard_index))
