@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 
 from shared.broker import check_broker, make_celery, redelivery_after_s
-from shared.contracts import ContractError, Result, kind_of, read_model_card
+from shared.contracts import ContractError, ModelNotFound, Result, check_model, kind_of, read_card
 from shared.datasets import locate_dataset
 from shared.layout import model_card_key, report_markdown_key
 from shared.lifecycle import CANCELLED, PENDING, TERMINAL_STATES, JobStates, describe_status
@@ -58,14 +58,16 @@ class Client:
 
     def _check_model(self, model: str) -> None:
         storage = open_storage(self.settings)
-        if not storage.exists(model_card_key(model)):
+        try:
+            check_model(storage, model)
+        except ModelNotFound:
             record = self.store.get(model)
             hint = (
                 f"training job {model} has not finished yet (state {self.state(model)})"
                 if record is not None and record.kind == "train"
                 else "pass the job id that `augment train` printed"
             )
-            raise SubmitError(f"unknown model {model}: no {storage.url_for(model_card_key(model))}; {hint}")
+            raise SubmitError(f"unknown model {model}: no {storage.url_for(model_card_key(model))}; {hint}") from None
 
     def submit_generate(self, **fields: Any) -> str:
         """Validate a generate spec, check the model exists in storage, enqueue; returns the job id."""
@@ -78,7 +80,7 @@ class Client:
         to its largest class), planned from the model card's per-class counts; returns the job id."""
         self._check_model(model)
         try:
-            card = read_model_card(open_storage(self.settings).get_text(model_card_key(model)), model)
+            card = read_card(open_storage(self.settings), model)
         except ContractError as exc:
             raise SubmitError(str(exc)) from None
         real_counts = card.class_counts

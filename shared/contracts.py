@@ -23,6 +23,7 @@ from shared.broker import EVALUATE_QUEUE, EVALUATE_TASK, GENERATE_QUEUE, GENERAT
 from shared.layout import manifest_key, model_card_key, model_prefix, report_json_key, report_prefix, synthetic_prefix
 from shared.progress import GenerateProgress, Progress, StageProgress, TrainProgress
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
+from shared.storage import Storage
 
 # A model card, a result or a report older than versioning (written before 2026-12) has no ``format`` field: it is
 # read as format 0, which has the fields of format 1 less the ones added later (those have defaults).
@@ -327,6 +328,23 @@ def decode_json(record_type: type[T], text: str, what: str) -> T:
 
 def read_model_card(text: str, model_id: str) -> ModelCard:
     return decode_json(ModelCard, text, f"the model card of {model_id}")
+
+
+class ModelNotFound(LookupError):
+    """No finished training job of that id in storage (its model card is written last)."""
+
+
+def check_model(storage: Storage, model_id: str) -> None:
+    """Raise ModelNotFound unless training job MODEL_ID has finished: the one test of "is this a model", for the
+    producer (before it enqueues) and the workers alike."""
+    if not storage.exists(model_card_key(model_id)):
+        raise ModelNotFound(f"model {model_id} not found: {storage.url_for(model_card_key(model_id))} is missing")
+
+
+def read_card(storage: Storage, model_id: str) -> ModelCard:
+    """The model card of finished training job MODEL_ID; ModelNotFound if it has not finished."""
+    check_model(storage, model_id)
+    return read_model_card(storage.get_text(model_card_key(model_id)), model_id)
 
 
 def read_report(kind: JobKind, text: str, job_id: str) -> QualityReport | UtilityReport:

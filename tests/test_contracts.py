@@ -23,6 +23,7 @@ from shared.contracts import (
     UtilityReport,
     UtilityResult,
     kind_of,
+    read_card,
     read_model_card,
     read_report,
 )
@@ -31,7 +32,6 @@ from shared.records import MemoryJobStore, make_record
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import FileStorage
-from worker.checkpoint import read_card
 from worker.evaluate import run_quality, run_utility
 from worker.generate import GeneratorCache, finalize_job, plan_job, run_shard
 from worker.train import pick_device, run_training

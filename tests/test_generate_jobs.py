@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from shared.contracts import read_card
 from shared.manifest import Manifest
 from shared.progress import GenerateProgress, generation_progress
 from shared.records import MemoryJobStore
@@ -20,7 +21,6 @@ from shared.settings import Settings
 from shared.shards import read_shard
 from shared.specs import GenerateSpec, TrainSpec
 from shared.storage import FileStorage, Storage
-from worker.checkpoint import read_card
 from worker.generate import GeneratorCache, ShardBusy, finalize_job, plan_job, run_shard
 from worker.train import run_training
 

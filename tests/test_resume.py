@@ -12,6 +12,7 @@ import pytest
 import redis
 import torch
 
+from shared.contracts import read_card
 from shared.progress import TrainProgress
 from shared.records import RedisJobStore
 from shared.settings import Settings
@@ -19,7 +20,6 @@ from shared.specs import TrainSpec
 from shared.storage import FileStorage, Storage, open_storage
 from tests.support.processes import WorkerProcess, run_cli
 from worker import checkpoint
-from worker.checkpoint import read_card
 from worker.train import TrainHooks, run_training
 
 TENSOR_GROUPS = ("generator", "generator_ema", "discriminator")

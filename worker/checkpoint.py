@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from shared.contracts import ModelCard, read_model_card
-from shared.layout import checkpoint_key, checkpoints_prefix, model_card_key
+from shared.contracts import ModelCard, ModelNotFound, read_card
+from shared.layout import checkpoint_key, checkpoints_prefix
 from shared.specs import TrainSpec
 from shared.storage import Storage
 from worker.model import Discriminator, GANConfig, Generator
@@ -117,22 +117,6 @@ def load(storage: Storage, job_id: str) -> dict[str, Any] | None:
     """
     keys = storage.list(checkpoints_prefix(job_id))
     return from_bytes(storage.get_bytes(keys[-1]), storage.url_for(keys[-1])) if keys else None
-
-
-class ModelNotFound(LookupError):
-    pass
-
-
-def check_model(storage: Storage, model_id: str) -> None:
-    """Raise ModelNotFound unless training job MODEL_ID has finished (its model card is written last)."""
-    if not storage.exists(model_card_key(model_id)):
-        raise ModelNotFound(f"model {model_id} not found: {storage.url_for(model_card_key(model_id))} is missing")
-
-
-def read_card(storage: Storage, model_id: str) -> ModelCard:
-    """The model card of finished training job MODEL_ID; ModelNotFound if it has not finished."""
-    check_model(storage, model_id)
-    return read_model_card(storage.get_text(model_card_key(model_id)), model_id)
 
 
 def load_model(storage: Storage, model_id: str, device: torch.device) -> tuple[Generator, ModelCard]:

@@ -29,6 +29,7 @@ from shared.contracts import (
     SweepVerdict,
     UtilityReport,
     UtilityResult,
+    read_card,
 )
 from shared.layout import reference_key, report_attempt_prefix, report_markdown_key, report_prefix
 from shared.lifecycle import JobStopped, StopReason
@@ -53,7 +54,7 @@ from worker.augmentation_study import (
     sweep_steps,
     verdict,
 )
-from worker.checkpoint import load_model, read_card
+from worker.checkpoint import load_model
 from worker.classifier import (
     FEATURE_SPACE,
     REFERENCE_KIND,

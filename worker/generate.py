@@ -36,7 +36,7 @@ import msgspec
 import numpy as np
 import torch
 
-from shared.contracts import GenerateResult
+from shared.contracts import GenerateResult, read_card
 from shared.keys import JobField
 from shared.layout import manifest_key, model_card_key, shard_key, shard_object_key, synthetic_prefix
 from shared.liveness import Fence, Lease, shard_part
@@ -45,7 +45,7 @@ from shared.records import JobStore, ShardRecord
 from shared.shards import Sample, ShardWriter, encode_pngs, sample_key, sample_record, sha256_hex, shard_name
 from shared.specs import GenerateSpec, SpecError
 from shared.storage import Storage
-from worker.checkpoint import load_model, read_card
+from worker.checkpoint import load_model
 from worker.images import to_uint8
 from worker.model import Generator
 from worker.teacher import Teacher, load_teacher, sample_targets

@@ -32,7 +32,7 @@ from shared.broker import (
     finalize_task_id,
     shard_task_id,
 )
-from shared.contracts import Result, kind_of
+from shared.contracts import Result, check_model, kind_of
 from shared.keys import JobField
 from shared.lifecycle import JobStates, JobStopped, StopReason
 from shared.liveness import Attempt, Fence, Lease
@@ -42,7 +42,6 @@ from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import Storage, StorageUnavailable, open_storage
 from worker.app import app
-from worker.checkpoint import check_model
 from worker.evaluate import publish_report, run_quality, run_utility
 from worker.generate import GeneratorCache, ShardBusy, finalize_job, plan_job, run_shard
 from worker.publish import write_card

@@ -316,7 +316,7 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
 
         stored = ensure_teacher(spec, recipe, data, storage, hooks.attempt.epoch, stop_teacher)  # first: it may guide the generator
         teacher = stored[0] if stored is not None else None
-        state, final_checkpoint = train_gan(spec, recipe, data, storage, device, hooks, teacher)
+        state, final_checkpoint = train_gan(spec, recipe, data, storage, device, hooks, stop_requested, teacher)
         trained = TrainedModel(state.sampler, state.step, state.history, state.warnings, device, resolve_precision(spec, device),
                                {**stored[0].meta, "key": stored[1]} if stored is not None else None, recipe, hooks.attempt.epoch,
                                final_checkpoint)
@@ -367,7 +367,7 @@ class CollapseGuard:
 
 def train_gan(
     spec: TrainSpec, recipe: Recipe, data: ImageData, storage: Storage, device: torch.device, hooks: TrainHooks,
-    teacher: Teacher | None = None,
+    stop_requested: StopPoll, teacher: Teacher | None = None,
 ) -> tuple[TrainState, str]:
     """The training loop: steps until SPEC's total, with checkpoints, sample grids and progress along the way;
     returns the final state and the key of its checkpoint."""
@@ -387,7 +387,6 @@ def train_gan(
     guard = CollapseGuard(spec.job_id)
     stats = torch.zeros(len(STAT_NAMES), device=device)
     window_start, window_steps = time.perf_counter(), 0
-    stop_requested = StopPoll(hooks)
     state.generator.train()
     state.discriminator.train()
 
