@@ -1,10 +1,7 @@
 """Partitions, not crashes: a worker cut off from the network lives on, and nothing it sends late may undo a job.
 (The fleet, the runs and their checks live in tests/support/partitions.py; benchmarks/partition_soak.py repeats them.)
 
-One fleet for the module, in network namespaces (tests/support/netns.py): Redis (AOF) and the SeaweedFS S3 gateway
-each on a host of its own, and two worker hosts, each running a training worker (``--queues train``) and a
-generation worker (``--queues generate``), the way an operator adds generation capacity beside a trainer. So one
-cut catches a worker mid-training and mid-generation at once, and each scenario is one run of both kinds of job:
+One fleet for the module; each scenario is one run of a training and a generation job, cut mid-way:
 
 - a worker host cut from everything (its switch port down), healed after both jobs finished on the other host, and
   healed as the other host's takeover begins (before it finished);
@@ -12,13 +9,8 @@ cut catches a worker mid-training and mid-generation at once, and each scenario 
 - Redis cut from every worker for longer than the lease TTL and the visibility timeout, then healed;
 - the CLI on a cut host: ``augment status`` gives one line and exit 1, ``augment watch`` keeps watching; no traceback.
 
-Every run checks: both jobs succeed within a bound; the generation job lists every shard exactly once and each listed
-object's size and sha256 are the manifest's; the training job's card names a checkpoint that holds the card's step;
-the bytes of what each finished job leaves (the model card and what it names; the manifest and the shards it lists)
-are the same 30 s after the heal (twice the lease TTL: long enough for a late writer) as at the job's final state;
-state and progress, polled all along through the producer's own reader, never go backwards (a final state never
-changes, a training step or a generation's image count never drops, no PROGRESS -> RETRY from a stale attempt).
-Last, every worker still answers and takes new work. The shipped lease and visibility timeouts throughout.
+Every run makes the checks that tests/support/partitions.py describes. Last, every worker still answers and takes new
+work. The shipped lease and visibility timeouts throughout.
 """
 
 from __future__ import annotations
