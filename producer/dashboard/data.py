@@ -266,7 +266,8 @@ class DashboardData:
                 shown = unreadable(str(exc))
         markdown = self._stored(errors, lambda: self._text(report_markdown_key(job_id))) or ""
         keys = self._stored(errors, lambda: self.storage.list(prefix)) or []
-        images = [key[len(prefix) + 1:] for key in keys if key.endswith(".png")]
+        # the published report's images, not those each attempt wrote under attempts/ before the report was fixed
+        images = [name for key in keys if (name := key[len(prefix) + 1:]).endswith(".png") and "/" not in name]
         return {
             "verdict": shown,
             # html=False: any HTML in the report (a class name, a dataset path) is shown as text, never as markup
