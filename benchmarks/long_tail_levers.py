@@ -29,10 +29,11 @@ from shared.storage import FileStorage
 from worker.augmentation_study import SMALL_CNN, ExperimentData, Outcome, Setting, run_sweep
 from worker.checkpoint import load_model
 from worker.data import load_dataset
-from worker.evaluate import _gan_spec, _held_out, reference_classifier
+from worker.evaluate import _gan_spec, _held_out
 from worker.images import to_uint8
 from worker.metrics import measure_quality
 from worker.model import Generator
+from worker.reference import reference_classifier
 from worker.teacher import load_teacher
 from worker.train import run_training
 

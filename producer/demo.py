@@ -71,12 +71,14 @@ def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class:
     from worker.data import load_dataset
     from worker.train import job_recipe, pick_device, resolve_precision
 
+    # the training job trains the reference classifier its validation curve measures in; the evaluation reuses it
     train_fields: dict[str, Any] = {"dataset": dataset, "per_class": per_class, "width": width, "log_every": 25,
-                                    "teacher_steps": TEACHER_STEPS}
+                                    "teacher_steps": TEACHER_STEPS, "reference_steps": quality_steps}
     probe = TrainSpec(job_id="t-demo-probe", **train_fields)
     data = load_dataset(dataset, settings, "train", per_class=per_class, seed=probe.seed)
     recipe = job_recipe(probe, data)
-    reference_stored = open_storage(settings).exists(reference_key(dataset, data.images.shape[-1], data.images.shape[1]))
+    reference_stored = open_storage(settings).exists(reference_key(dataset, data.images.shape[-1], data.images.shape[1],
+                                                                    quality_steps))
     click.echo(f"demo: measuring this machine's training speed ({os.cpu_count()} CPU cores, "
                f"{resolve_precision(probe, pick_device())})", err=True)
     rates = measure_rates(probe, settings)

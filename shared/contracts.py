@@ -21,7 +21,7 @@ import msgspec
 
 from shared.broker import EVALUATE_QUEUE, EVALUATE_TASK, GENERATE_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK
 from shared.layout import manifest_key, model_card_key, model_prefix, report_json_key, report_prefix, synthetic_prefix
-from shared.progress import GenerateProgress, Progress, StageProgress, TrainProgress
+from shared.progress import GenerateProgress, Progress, QualityPoint, StageProgress, TrainProgress
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import Storage
 
@@ -71,11 +71,22 @@ class ModelCard(_Record, frozen=True, kw_only=True):
     warnings: list[str] = []
     device: str
     precision: str = "fp32"
-    checkpoint: str
+    checkpoint: str  # the last checkpoint
+    # the sampler at the best point of the validation curve; None: no curve (then the last is the best)
+    best_checkpoint: str | None = None
+    # the validation split and how the curve was measured (worker.validation.validation_record)
+    validation: dict[str, Any] = {}
+    curve: list[dict[str, Any]] = []  # the validation curve: shared.progress.QualityPoint records
+    best: dict[str, Any] | None = None  # the curve's point at the best checkpoint
+    stopped_early: bool = False  # by --patience, at ``steps``
     teacher: dict[str, Any] | None = None  # how its teacher was trained, with its storage key; None without one
     grid: str
     loss_curve: str
     created_at: str
+
+    def sampling_checkpoint(self, which: str) -> str:
+        """The key of the checkpoint WHICH ("best" or "last") to sample from."""
+        return self.best_checkpoint if which == "best" and self.best_checkpoint else self.checkpoint
 
     @property
     def image_size(self) -> int:
@@ -93,14 +104,18 @@ class TrainResult(_Record, frozen=True, kw_only=True):
     model: str
     steps: int
     model_card: str  # URLs
-    checkpoint: str
+    checkpoint: str  # the last
     grid: str
     loss_curve: str
     final: dict[str, float]
     warnings: list[str] = []
+    best_checkpoint: str | None = None  # the best on the validation curve; None without a curve
+    best: dict[str, Any] | None = None  # the curve's point there (shared.progress.QualityPoint)
 
     def summary(self) -> str:
-        return f"{self.steps} steps"
+        if self.best is None:
+            return f"{self.steps} steps"
+        return f"{self.steps} steps; best at step {self.best['step']}: {QualityPoint.from_dict(self.best).text()}"
 
 
 # ---- generation ----

@@ -1,14 +1,15 @@
 """Where a job's objects live in storage. One place, so producer, worker and readers agree.
 
     models/<train_job_id>/model.json (written last)   samples/step-0000500.png ...
-        checkpoints/a000001-step-0000500.pt ...   teachers/a000001.pt   attempts/a000001/grid.png   losses.png
+        checkpoints/a000001-step-0000500.pt ...   best/a000001-step-0000300.pt (the validation curve's best)
+        teachers/a000001.pt   attempts/a000001/grid.png   losses.png
     synthetic/<generate_job_id>/shard-000000-a1.tar ...   manifest.json (written last)
 
 A training attempt (its lease's epoch, ``a000001``) and a shard's attempt (``-a1``) write objects of their own: an
 attempt cut off by a partition may write late, and its objects then land beside the ones the job's model card or
 manifest names, never over them. Readers follow the card and the manifest, never a listing.
     reports/<evaluate_job_id>/report.md (written last)   report.json   *.png   attempts/a000001/ (each attempt's own)
-    references/<dataset>-<size>px-<channels>ch/classifier.pt   (the reference classifier, trained once)
+    references/<dataset>-<size>px-<channels>ch-<steps>steps/classifier.pt   (a reference classifier, trained once)
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ def checkpoints_prefix(job_id: str) -> str:
 def checkpoint_key(job_id: str, attempt: int, step: int) -> str:
     """Zero-padded, so that the keys sort by attempt, then step: the last key is the latest attempt's latest state."""
     return join_key(checkpoints_prefix(job_id), f"a{attempt:06d}-step-{step:07d}.pt")
+
+
+def best_prefix(job_id: str) -> str:
+    return join_key("models", job_id, "best")
+
+
+def best_checkpoint_key(job_id: str, attempt: int, step: int) -> str:
+    """The sampling generator at the best point of the validation curve so far (the model card names the final one)."""
+    return join_key(best_prefix(job_id), f"a{attempt:06d}-step-{step:07d}.pt")
 
 
 def model_card_key(job_id: str) -> str:
@@ -94,7 +104,8 @@ def report_markdown_key(job_id: str) -> str:
     return join_key(report_prefix(job_id), "report.md")
 
 
-def reference_key(dataset: str, image_size: int, channels: int) -> str:
+def reference_key(dataset: str, image_size: int, channels: int, steps: int) -> str:
+    """A classifier trained for fewer steps is another classifier: a smoke job's must not stand in for the real one."""
     # a dataset name may hold a path (imagefolder:/data/x): keep it readable but key-safe
     safe = "".join(char if char.isalnum() or char in "-_" else "_" for char in dataset)
-    return join_key("references", f"{safe}-{image_size}px-{channels}ch", "classifier.pt")
+    return join_key("references", f"{safe}-{image_size}px-{channels}ch-{steps}steps", "classifier.pt")

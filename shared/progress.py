@@ -18,6 +18,31 @@ from shared.records import JobStore
 
 
 @dataclass(frozen=True)
+class QualityPoint:
+    """One measurement of a training job's samples against its validation split (worker/validation.py)."""
+
+    step: int
+    fid: float
+    kid: float
+    precision: float
+    recall: float
+    label_accuracy: float | None = None  # of a conditional model: the reference classifier's, on the asked-for labels
+
+    def value(self, metric: str) -> float | None:
+        """The figure of METRIC (a QualityMetric name)."""
+        return getattr(self, metric)  # type: ignore[no-any-return]
+
+    def text(self) -> str:
+        accuracy = f" acc {self.label_accuracy:.3f}" if self.label_accuracy is not None else ""
+        return f"FID {self.fid:.1f} KID {self.kid:.4f} P {self.precision:.2f} R {self.recall:.2f}{accuracy}"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QualityPoint:
+        names = {spec_field.name for spec_field in fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in names})
+
+
+@dataclass(frozen=True)
 class TrainProgress:
     """A training job's vital signs, averaged over the last log window."""
 
@@ -32,14 +57,27 @@ class TrainProgress:
     images_per_s: float
     eta_s: float
     warnings: list[str] = field(default_factory=list)  # the collapse guard's current verdicts
+    # the validation curve: its latest point, and its best by the spec's select metric (None before the first)
+    quality: QualityPoint | None = None
+    best: QualityPoint | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("quality", "best"):  # read back from JSON, a point arrives as a dict
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, name, QualityPoint.from_dict(value))
 
     @property
     def fraction(self) -> float | None:
         return self.step / max(self.total_steps, 1)
 
     def detail(self) -> str:
-        return (f"step {self.step}/{self.total_steps} epoch {self.epoch} loss_D {self.loss_d:.3f} loss_G {self.loss_g:.3f} "
-                f"D(x) {self.d_x:.3f} D(G(z)) {self.d_g_z:.3f}")
+        vitals = (f"step {self.step}/{self.total_steps} epoch {self.epoch} loss_D {self.loss_d:.3f} "
+                  f"loss_G {self.loss_g:.3f} D(x) {self.d_x:.3f} D(G(z)) {self.d_g_z:.3f}")
+        if self.quality is None:
+            return vitals
+        best = f" (best at step {self.best.step})" if self.best is not None and self.best.step != self.quality.step else ""
+        return f"{vitals} | validation at step {self.quality.step}: {self.quality.text()}{best}"
 
     def rate_text(self) -> str:
         return f"{self.images_per_s:.0f} img/s" if self.images_per_s > 0 else ""

@@ -43,10 +43,16 @@ Holdout = Literal["test", "validation"]
 # teacher's probabilities; "agree" the one-hot label where the teacher's top class is that label, the teacher's
 # probabilities where it is not (the conditioning label is trusted only where a second opinion backs it)
 TargetRule = Literal["hard", "teacher", "agree"]
+# what a training job's quality curve measures on its validation split, and which it keeps the best checkpoint by
+QualityMetric = Literal["fid", "kid", "precision", "recall", "label_accuracy"]
+LOWER_IS_BETTER = frozenset({"fid", "kid"})
+# which of a training job's checkpoints samples are drawn from: the best on its validation curve, or the last
+CheckpointChoice = Literal["best", "last"]
 IMAGE_SIZES: tuple[int, ...] = get_args(ImageSize)
 LOSSES: tuple[str, ...] = get_args(Loss)
 CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+QUALITY_METRICS: tuple[str, ...] = get_args(QualityMetric)
 BUILTIN_DATASETS = ("fashion-mnist", "cifar10", "fake")
 AUGMENTATIONS = ("translation", "cutout", "color")
 # DiffAugment helped at 1,000 training images (FID 218 -> 168) and hurt at 60,000 (58 -> 116): "auto" turns it on
@@ -62,6 +68,12 @@ SMALL_DATA_GUIDANCE = 1.0
 # The teacher measured in docs/evaluation.md: 3 classifiers of width 32, trained TEACHER_STEPS steps each, but
 # never longer than the GAN (a 40-step smoke job stays one).
 AUTO_TEACHER_MEMBERS = 3
+# measurements on the validation split in a run whose spec does not say how often, but never closer than
+# VALIDATE_EVERY_FLOOR steps: a measurement costs about as much as 5 steps of the default networks (docs/training.md)
+VALIDATION_POINTS = 20
+VALIDATE_EVERY_FLOOR = 50
+# the reference classifier's training steps, unless a spec says otherwise
+REFERENCE_STEPS = 1500
 TEACHER_STEPS = 1000
 # A long-tailed subset: class counts fall exponentially from per_class to per_class / imbalance (Cao et al. 2019's
 # CIFAR-10-LT profile); 1 is balanced.
@@ -189,6 +201,8 @@ class Recipe:
     teacher_steps: int
     guidance: float
     class_balanced: bool = False  # D's real batches, and so G's labels, drawn class-balanced
+    validate_every: int = 0  # steps between measurements on the validation split; 0: no validation split
+    reference_steps: int = REFERENCE_STEPS  # of the reference classifier whose feature space the curve measures in
 
 
 class TrainSpec(_Spec, frozen=True):
@@ -262,9 +276,31 @@ class TrainSpec(_Spec, frozen=True):
     class_balanced: Annotated[bool, option(
         "Draw D's real batches, and so the labels G is asked for, class-balanced, a rare class's images repeating "
         "(for long-tailed data).")] = False
+    # The validation curve (worker/validation.py): a stratified share of the training images that neither the GAN nor
+    # its teacher trains on, measured against every VALIDATE_EVERY steps.
+    validation: Annotated[float, Meta(ge=0.0, le=0.5), option(
+        "Share of each class's images held out as a validation split (a class keeps at least one image for training), "
+        "against which the job measures its samples as it trains and keeps its best checkpoint; 0: no split, no "
+        "curve, the last checkpoint is the model.")] = 0.1
+    validate_every: Annotated[Steps, option(
+        "Steps between measurements on the validation split.",
+        f"a {VALIDATION_POINTS}th of the run, at least {VALIDATE_EVERY_FLOOR}; and the last step")] | None = None
+    select: Annotated[QualityMetric, option(
+        "The validation metric that picks the best checkpoint: fid, kid (lower is better), precision, recall or "
+        "label_accuracy (higher is better).")] = "fid"
+    patience: Annotated[int, Meta(ge=1, le=100_000), option(
+        "Stop once the selected metric has not improved for PATIENCE measurements in a row.",
+        "never stop early")] | None = None
+    reference_steps: Annotated[Steps, option(
+        "Steps of the dataset's reference classifier, whose features the validation curve measures in (trained once "
+        "per dataset and step count, and stored; evaluations use the same one).",
+        f"{REFERENCE_STEPS:,}, or the GAN's steps when fewer")] | None = None
     version: int = SPEC_VERSION
 
     def _check_fields_together(self) -> None:
+        if self.patience is not None and self.validation == 0:
+            raise self._fail("patience", "stopping early needs a validation curve; give validation above 0 or leave "
+                             "patience out")
         if self.epochs is not None and self.steps is not None:
             raise self._fail("steps", "give either epochs or steps, not both")
         if self.guidance and self.teacher == 0:
@@ -300,6 +336,9 @@ class TrainSpec(_Spec, frozen=True):
             teacher_steps=self.teacher_steps if self.teacher_steps is not None else min(TEACHER_STEPS, steps),
             guidance=guidance if teacher > 0 else 0.0,
             class_balanced=self.class_balanced,
+            validate_every=(self.validate_every or max(VALIDATE_EVERY_FLOOR, steps // VALIDATION_POINTS))
+            if self.validation > 0 else 0,
+            reference_steps=self.reference_steps or min(REFERENCE_STEPS, steps),
         )
 
 
@@ -342,6 +381,8 @@ class GenerateSpec(_Spec, frozen=True):
     targets: Annotated[TargetRule, option(
         "Each sample's training target, for a model with a teacher: hard (its label), teacher (the teacher's "
         "probabilities), agree (its label where the teacher's top class agrees, else the teacher's).")] = "teacher"
+    checkpoint: Annotated[CheckpointChoice, option(
+        "Sample from the model's best checkpoint on its validation curve, or from its last.")] = "best"
     version: int = SPEC_VERSION
 
     def _check_fields_together(self) -> None:
@@ -398,7 +439,7 @@ class EvaluateSpec(_Spec, frozen=True):
     classifier_steps: Annotated[Steps, option("Steps of each classifier trained (for a setting, or for CAS).")] = 1000
     reference_steps: Annotated[Steps, option(
         "Steps of the reference classifier, trained once per dataset on its real training split (its features are "
-        "the default feature space).")] = 1500
+        "the default feature space).")] = REFERENCE_STEPS
     samples_per_class: Annotated[int, Meta(ge=2, le=100_000), option(
         "Generated images per class: scored (quality), or the pool of GAN samples the classifiers draw from "
         "(utility).")] = 1000
@@ -413,6 +454,8 @@ class EvaluateSpec(_Spec, frozen=True):
     inception_weights: Annotated[str, option(
         "A local InceptionV3 weights file (FID-compatible): use its features instead of the classifier's.",
         "the reference classifier's features")] | None = None
+    checkpoint: Annotated[CheckpointChoice, option(
+        "quality: score the model's best checkpoint on its validation curve, or its last.")] = "best"
     version: int = SPEC_VERSION
 
     def _check_fields_together(self) -> None:

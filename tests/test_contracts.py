@@ -101,7 +101,8 @@ def test_the_dashboard_shows_each_kinds_result_and_report_from_the_same_records(
                                                                                  written: Written) -> None:
     rows = {spec.job_id: dashboard.job(spec.job_id) for spec in written.specs.values()}
     train, generate = rows["t-contract"], rows["g-contract"]
-    assert train["detail"] == "2 steps" and train["model_card"]["class_counts"] and not train["storage_error"]
+    assert train["detail"].startswith("2 steps; best at step 2: FID ")
+    assert train["model_card"]["class_counts"] and not train["storage_error"]
     assert generate["detail"] == "12 images in 3 shards" and generate["manifest"]["total"] == 12
     quality, utility = rows["e-quality"], rows["e-utility"]
     assert quality["detail"].startswith("FID ") and quality["verdict"]["headline"] == "Quality of model t-contract"
@@ -115,7 +116,9 @@ def test_the_worker_and_the_producer_read_the_same_model_card(written: Written) 
     card = read_card(storage, "t-contract")
     text = storage.get_text("models/t-contract/model.json")
     assert card == read_model_card(text, "t-contract") and card.format == 1 and card.image_size == 28
-    assert sum(card.class_counts.values()) == card.num_train_images and card.spec == written.specs["train"].to_dict()
+    # the job's images: those it trained on and its validation split
+    assert sum(card.class_counts.values()) == card.num_train_images + card.validation["images"]
+    assert card.spec == written.specs["train"].to_dict()
 
 
 def test_each_report_reads_as_its_kinds_type(written: Written) -> None:

@@ -15,7 +15,8 @@ from shared.settings import Settings
 from shared.specs import EvaluateSpec, SpecError, TrainSpec
 from shared.storage import FileStorage
 from worker.classifier import ClassifierConfig
-from worker.evaluate import publish_report, reference_classifier, run_quality, run_utility
+from worker.evaluate import publish_report, run_quality, run_utility
+from worker.reference import reference_classifier
 from worker.train import run_training
 
 
@@ -46,7 +47,7 @@ def test_the_reference_classifier_is_trained_once_and_reused(tmp_path: Path):
     storage = CountingStorage(tmp_path)
     first, meta = reference_classifier(storage, Settings(), "fake", 28, 1, steps=40)
     second, again = reference_classifier(storage, Settings(), "fake", 28, 1, steps=40)
-    assert storage.puts == ["references/fake-28px-1ch/classifier.pt"]
+    assert storage.puts == ["references/fake-28px-1ch-40steps/classifier.pt"]
     assert meta == again and 0 <= meta["test_accuracy"] <= 1 and "penultimate layer" in meta["feature_space"]
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True))
     assert isinstance(first.config, ClassifierConfig)

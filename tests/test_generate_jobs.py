@@ -189,7 +189,7 @@ def test_the_cache_loads_each_model_once(storage: CountingStorage) -> None:
     again = models.get(storage, "t-model", CPU)
     assert first is again and models.loads == 1 and first.class_names == [f"class{label}" for label in range(10)]
     assert first.teacher is not None  # small data: a teacher by default
-    checkpoint = read_card(storage, "t-model").checkpoint
+    checkpoint = read_card(storage, "t-model").sampling_checkpoint("best")
     assert storage.reads[checkpoint] == 1
     run_all(job(), storage, MemoryJobStore(), models)
     assert storage.reads[checkpoint] == 1 and models.loads == 1

@@ -33,8 +33,9 @@ from worker.train import STAT_NAMES, TrainHooks, native_bf16, resolve_precision,
 def test_run_training_reports_progress_and_writes_grids_curve_and_card(tmp_path):
     storage = FileStorage(tmp_path)
     reports: list[TrainProgress] = []
-    # fake has 640 images: batch 64 gives 10 steps per epoch, so 25 steps cross two epoch boundaries
-    spec = TrainSpec(job_id="t-progress", dataset="fake", steps=25, width=8, batch_size=64, log_every=5)
+    # fake has 640 images: batch 64 gives 10 steps per epoch, so 25 steps cross two epoch boundaries (validation=0:
+    # no images held out; test_validation.py has the curve)
+    spec = TrainSpec(job_id="t-progress", dataset="fake", steps=25, width=8, batch_size=64, log_every=5, validation=0)
     result = run_training(spec, Settings(), storage, TrainHooks(progress=reports.append))
 
     assert [report.step for report in reports] == [5, 10, 15, 20, 25]
@@ -58,7 +59,8 @@ def test_run_training_reports_progress_and_writes_grids_curve_and_card(tmp_path)
 
 def test_cancel_hook_stops_training_with_a_checkpoint(tmp_path):
     storage = FileStorage(tmp_path)
-    spec = TrainSpec(job_id="t-cancel", dataset="fake", steps=1000, width=8, batch_size=16, teacher=0)  # test_teacher: with one
+    # test_teacher: stopped with a teacher; validation=0: the GAN's loop is the job's first stage
+    spec = TrainSpec(job_id="t-cancel", dataset="fake", steps=1000, width=8, batch_size=16, teacher=0, validation=0)
     hooks = TrainHooks(should_stop=lambda: StopReason.PREEMPTED, stop_check_interval_s=0.0)
     with pytest.raises(JobStopped, match=r"^job t-cancel stopped at step 1 \(preempted\)$") as stopped:
         run_training(spec, Settings(), storage, hooks)

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from shared.contracts import ModelCard, ModelNotFound, read_card
-from shared.layout import checkpoint_key, checkpoints_prefix
-from shared.specs import TrainSpec
+from shared.layout import best_checkpoint_key, checkpoint_key, checkpoints_prefix
+from shared.progress import QualityPoint
+from shared.specs import CheckpointChoice, TrainSpec
 from shared.storage import Storage
 from worker.model import Discriminator, GANConfig, Generator
 
@@ -38,6 +39,8 @@ class TrainState:
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    curve: list[QualityPoint] = field(default_factory=list)  # the validation curve so far (worker.validation)
+    best_checkpoint: str | None = None  # the key of the sampler at the curve's best point
 
     @property
     def sampler(self) -> Generator:
@@ -59,6 +62,15 @@ class TrainState:
             "rng": {"noise": self.noise_rng.get_state()},
             "history": self.history,
             "warnings": self.warnings,
+            "curve": [asdict(point) for point in self.curve],
+            "best_checkpoint": self.best_checkpoint,
+        }
+
+    def to_sampler_checkpoint(self, spec: TrainSpec, class_names: list[str]) -> dict[str, Any]:
+        """Only what sampling needs: the sampling generator's weights (a fifth of a full checkpoint, no optimizers)."""
+        return {
+            "config": config_dict(self.config), "spec": spec.to_dict(), "class_names": class_names, "step": self.step,
+            "generator": self.sampler.state_dict(), "generator_ema": None,
         }
 
     def load_checkpoint(self, state: dict[str, Any]) -> None:
@@ -73,6 +85,8 @@ class TrainState:
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
         self.warnings = list(state.get("warnings", []))
+        self.curve = [QualityPoint.from_dict(point) for point in state.get("curve", [])]
+        self.best_checkpoint = state.get("best_checkpoint")
 
 
 class CheckpointError(ValueError):
@@ -108,6 +122,13 @@ def save(storage: Storage, job_id: str, attempt: int, state: dict[str, Any]) -> 
     return key
 
 
+def save_best(storage: Storage, job_id: str, attempt: int, state: dict[str, Any]) -> str:
+    """Store STATE (:meth:`TrainState.to_sampler_checkpoint`) as ATTEMPT's best sampler at its step; returns its key."""
+    key = best_checkpoint_key(job_id, attempt, int(state["step"]))
+    storage.put_bytes(key, to_bytes(state))
+    return key
+
+
 def load(storage: Storage, job_id: str) -> dict[str, Any] | None:
     """The latest checkpoint of the latest attempt at job JOB_ID, None when no attempt stored one.
 
@@ -119,12 +140,15 @@ def load(storage: Storage, job_id: str) -> dict[str, Any] | None:
     return from_bytes(storage.get_bytes(keys[-1]), storage.url_for(keys[-1])) if keys else None
 
 
-def load_model(storage: Storage, model_id: str, device: torch.device) -> tuple[Generator, ModelCard]:
-    """The sampling generator of a finished training job (the checkpoint its model card names) and its model card."""
+def load_model(storage: Storage, model_id: str, device: torch.device,
+               which: CheckpointChoice = "best") -> tuple[Generator, ModelCard]:
+    """The sampling generator of a finished training job and its model card: from the best checkpoint on its
+    validation curve, or from its last (also what a model trained without a curve has as its best)."""
     card = read_card(storage, model_id)
-    if not storage.exists(card.checkpoint):
-        raise ModelNotFound(f"model {model_id} has a model card but no checkpoint {storage.url_for(card.checkpoint)}")
-    return generator_from_state(from_bytes(storage.get_bytes(card.checkpoint), storage.url_for(card.checkpoint))).to(device), card
+    key = card.sampling_checkpoint(which)
+    if not storage.exists(key):
+        raise ModelNotFound(f"model {model_id} has a model card but no checkpoint {storage.url_for(key)}")
+    return generator_from_state(from_bytes(storage.get_bytes(key), storage.url_for(key))).to(device), card
 
 
 def config_dict(config: GANConfig) -> dict[str, Any]:

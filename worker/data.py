@@ -291,7 +291,23 @@ def _decode_image(data: bytes, ref: str, size: int, mode: str) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-__all__ = ["ImageData", "load_dataset", "read_idx", "LUMA_WEIGHTS", "SPLITS"]
+def split_validation(data: ImageData, share: float, seed: int) -> tuple[ImageData, ImageData]:
+    """DATA as (training part, validation part): of each class's N images, round(N * SHARE) but never all of them go
+    to validation, drawn by SEED. Both parts keep dataset order; the same arguments make the same split."""
+    rng = torch.Generator().manual_seed(seed + 2)
+    held = torch.zeros(len(data), dtype=torch.bool)
+    for label in data.labels.unique().tolist():
+        members = torch.nonzero(data.labels == label).flatten()
+        count = min(len(members) - 1, int(len(members) * share + 0.5))
+        held[members[torch.randperm(len(members), generator=rng)[:count]]] = True
+
+    def part(keep: torch.Tensor) -> ImageData:
+        return ImageData(images=data.images[keep], labels=data.labels[keep], info=data.info)
+
+    return part(~held), part(held)
+
+
+__all__ = ["ImageData", "load_dataset", "read_idx", "split_validation", "LUMA_WEIGHTS", "SPLITS"]
 
 
 def held_out_split(

@@ -31,7 +31,7 @@ from shared.contracts import (
     UtilityResult,
     read_card,
 )
-from shared.layout import reference_key, report_attempt_prefix, report_markdown_key, report_prefix
+from shared.layout import report_attempt_prefix, report_markdown_key, report_prefix
 from shared.lifecycle import JobStopped, StopReason
 from shared.liveness import Attempt
 from shared.progress import StageMeter, StageProgress, shifted
@@ -55,20 +55,12 @@ from worker.augmentation_study import (
     verdict,
 )
 from worker.checkpoint import load_model
-from worker.classifier import (
-    FEATURE_SPACE,
-    REFERENCE_KIND,
-    Classifier,
-    ClassifierFileError,
-    accuracy,
-    classifiers_from_bytes,
-    classifiers_to_bytes,
-    train_classifier,
-)
+from worker.classifier import accuracy, train_classifier
 from worker.data import ImageData, held_out_split, load_dataset
 from worker.images import class_rows, grid_png, to_uint8
 from worker.metrics import InceptionFeatures, measure_quality
 from worker.model import Generator
+from worker.reference import describe, reference_classifier
 from worker.teacher import load_teacher
 from worker.train import TrainHooks, run_training
 
@@ -86,33 +78,6 @@ def _stopping(progress: Progress, should_stop: StopCheck, job_id: str) -> Progre
         if reason is not None:
             raise JobStopped(reason, f"job {job_id} stopped during its stage: {info.stage}")
     return report
-
-
-def reference_classifier(
-    storage: Storage, settings: Settings, dataset: str, image_size: int, channels: int, steps: int, seed: int = 0,
-    progress: Progress = lambda info: None,
-) -> tuple[Classifier, dict[str, Any]]:
-    """The dataset's reference classifier: loaded from storage, or trained on the real training split and stored."""
-    key = reference_key(dataset, image_size, channels)
-    if storage.exists(key):
-        try:
-            (model,), meta = classifiers_from_bytes(REFERENCE_KIND, storage.get_bytes(key))
-            return model, meta
-        except ClassifierFileError as exc:  # a reference stored by an older version: a cache, so train it again
-            log.info("reference classifier for %s is stale (%s); training it again", dataset, exc)
-    train = load_dataset(dataset, settings, "train", image_size=image_size, channels=channels)
-    test = load_dataset(dataset, settings, "test", image_size=image_size, channels=channels)
-    started = time.perf_counter()
-    model = train_classifier(train.images, train.labels, len(train.info.class_names), steps=steps, seed=seed,
-                             after_step=StageMeter("training the reference classifier", steps, progress))
-    meta = {
-        "dataset": dataset, "image_size": image_size, "channels": channels, "train_images": len(train),
-        "steps": steps, "test_accuracy": accuracy(model, test.images, test.labels),
-        "train_seconds": round(time.perf_counter() - started, 1), "feature_space": FEATURE_SPACE,
-    }
-    storage.put_bytes(key, classifiers_to_bytes(REFERENCE_KIND, [model], meta))
-    log.info("reference classifier for %s: test accuracy %.4f", dataset, meta["test_accuracy"])
-    return model, meta
 
 
 @torch.no_grad()
@@ -137,8 +102,7 @@ def _test_split(spec: EvaluateSpec, settings: Settings, dataset: str, image_size
 def _feature_space(spec: EvaluateSpec, reference_meta: dict[str, Any]) -> tuple[str, InceptionFeatures | None]:
     if spec.inception_weights:
         return f"InceptionV3 pool features (2048-d) from {spec.inception_weights}", InceptionFeatures(spec.inception_weights)
-    return (f"{reference_meta['feature_space']}; {reference_meta['dataset']}, test accuracy "
-            f"{reference_meta['test_accuracy']:.4f}"), None
+    return describe(reference_meta), None
 
 
 def _class_grid(real: ImageData, fake: torch.Tensor, fake_labels: torch.Tensor, classes: int) -> bytes:
@@ -210,7 +174,7 @@ def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     SHOULD_STOP is asked along the way; JobStopped ends the run when it says so."""
     progress = _stopping(progress, should_stop, spec.job_id)
     assert spec.model is not None  # the spec requires it for this mode
-    generator, card = load_model(storage, spec.model, torch.device("cpu"))
+    generator, card = load_model(storage, spec.model, torch.device("cpu"), spec.checkpoint)
     config = generator.config
     if not config.conditional:
         raise ValueError(f"model {spec.model} is unconditional: per-class metrics and CAS need a conditional model")
@@ -358,8 +322,10 @@ def _gan_spec(spec: EvaluateSpec, gan_id: str) -> TrainSpec:
                               if value is not None}
     if _subset_imbalance(spec) is not None:
         chosen["imbalance"] = spec.imbalance
+    # validation 0: the GAN trains on the whole subset, as every other arm's classifier does
     return TrainSpec.from_dict({"job_id": gan_id, "dataset": spec.dataset, "per_class": spec.per_class, "seed": spec.seed,
-                                "teacher": AUTO_TEACHER_MEMBERS, "teacher_steps": spec.classifier_steps, **chosen})
+                                "teacher": AUTO_TEACHER_MEMBERS, "teacher_steps": spec.classifier_steps, "validation": 0,
+                                **chosen})
 
 
 def _subset_imbalance(spec: EvaluateSpec) -> float | None:

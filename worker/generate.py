@@ -43,7 +43,7 @@ from shared.liveness import Fence, Lease, shard_part
 from shared.manifest import Manifest, ShardEntry
 from shared.records import JobStore, ShardRecord
 from shared.shards import Sample, ShardWriter, encode_pngs, sample_key, sample_record, sha256_hex, shard_name
-from shared.specs import GenerateSpec, SpecError
+from shared.specs import CheckpointChoice, GenerateSpec, SpecError
 from shared.storage import Storage
 from worker.checkpoint import load_model
 from worker.images import to_uint8
@@ -78,16 +78,16 @@ class GeneratorCache:
     def __init__(self, capacity: int = 2):
         self.capacity = capacity
         self.loads = 0
-        self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
+        self._models: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, storage: Storage, model_id: str, device: torch.device) -> LoadedModel:
-        key = (storage.url_for(model_card_key(model_id)), str(device))
+    def get(self, storage: Storage, model_id: str, device: torch.device, which: CheckpointChoice = "best") -> LoadedModel:
+        key = (storage.url_for(model_card_key(model_id)), str(device), which)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-            generator, card = load_model(storage, model_id, device)
+            generator, card = load_model(storage, model_id, device, which)
             loaded = LoadedModel(generator, card.class_names, load_teacher(storage, card.teacher["key"]) if card.teacher else None)
             self.loads += 1
             self._models[key] = loaded
@@ -258,7 +258,7 @@ def run_shard(
     try:
         fence: Fence = lease.held
         started_at = time.time()
-        loaded = models.get(storage, spec.model, device)
+        loaded = models.get(storage, spec.model, device, spec.checkpoint)
         record = msgspec.structs.replace(write_shard(spec, storage, loaded, shard_index, fence.epoch, lease.valid),
                                          queued_at=queued_at, started_at=started_at, finished_at=time.time(),
                                          worker=owner.split("/")[0])

@@ -16,14 +16,16 @@ from typing import Any
 import torch
 
 from shared.contracts import ModelCard, TrainResult, read_model_card
-from shared.layout import checkpoints_prefix, grid_key, loss_curve_key, model_card_key
+from shared.layout import best_prefix, checkpoints_prefix, grid_key, loss_curve_key, model_card_key
 from shared.lifecycle import JobStopped, StopReason
+from shared.progress import QualityPoint
 from shared.specs import Recipe, TrainSpec
 from shared.storage import Storage
 from worker import charts, checkpoint
 from worker.data import ImageData
 from worker.images import fixed_grid_inputs, grid_png, real_grid_images, sample_fixed
 from worker.model import Generator
+from worker.validation import best_point
 
 
 def loss_curve_png(history: list[dict[str, float]]) -> bytes:
@@ -55,13 +57,18 @@ class TrainedModel:
     recipe: Recipe  # what the job ran, with the spec's automatic choices made
     attempt: int  # the lease epoch of the attempt that trained it: its objects carry it
     checkpoint: str  # the key of its final checkpoint
+    curve: list[QualityPoint]  # its validation curve (worker.validation); empty without a validation split
+    best_checkpoint: str | None  # the key of the sampler at the curve's best point
+    stopped_early: bool  # by its patience, before the steps its recipe planned
+    validation: dict[str, Any]  # the split and how the curve was measured, for the card
 
 
-def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: ImageData,
+def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: ImageData, trained_on: ImageData,
                   commit: Callable[[str], str | None]) -> TrainResult:
     """Write the grid, loss curve and model card of a trained MODEL, the card once COMMIT has fixed it; returns the
-    job's result. COMMIT answers the card that is fixed (this one, or another attempt's), None when this attempt
-    lost its lease: then it raises JobStopped."""
+    job's result. DATA is the job's images, TRAINED_ON the part of them left after the validation split. COMMIT
+    answers the card that is fixed (this one, or another attempt's), None when this attempt lost its lease: then it
+    raises JobStopped."""
     config = model.sampler.config
     grid_noise, grid_labels = fixed_grid_inputs(config, spec.seed, model.device)
     real_grid, _ = real_grid_images(data, config)
@@ -73,7 +80,7 @@ def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: 
         job_id=spec.job_id,
         dataset=spec.dataset,
         dataset_location=data.info.location,
-        num_train_images=len(data),
+        num_train_images=len(trained_on),
         class_names=list(data.info.class_names) if config.conditional else [],
         class_counts={str(label): int(count) for label, count in
                       enumerate(torch.bincount(data.labels, minlength=config.num_classes).tolist())} if config.conditional else {},
@@ -86,6 +93,11 @@ def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: 
         device=str(model.device),
         precision=model.precision,
         checkpoint=model.checkpoint,
+        best_checkpoint=model.best_checkpoint,
+        validation=model.validation,
+        curve=[asdict(point) for point in model.curve],
+        best=asdict(best) if (best := best_point(model.curve, spec.select)) is not None else None,
+        stopped_early=model.stopped_early,
         teacher=model.teacher,
         grid=grid,
         loss_curve=curve,
@@ -102,13 +114,16 @@ def write_card(storage: Storage, job_id: str, committed: str) -> TrainResult:
     job's result. Run again (its worker died after the commit), it writes the same bytes."""
     card = read_model_card(committed, job_id)
     storage.put_text(model_card_key(job_id), committed)
-    for key in set(storage.list(checkpoints_prefix(job_id))) - {card.checkpoint}:
+    kept = {card.checkpoint, card.best_checkpoint}
+    for key in set(storage.list(checkpoints_prefix(job_id)) + storage.list(best_prefix(job_id))) - kept:
         storage.delete(key)  # the states on the way, this attempt's and earlier ones'
     return TrainResult(
         model=job_id,
         steps=card.steps,
         model_card=storage.url_for(model_card_key(job_id)),
         checkpoint=storage.url_for(card.checkpoint),
+        best_checkpoint=storage.url_for(card.best_checkpoint) if card.best_checkpoint else None,
+        best=card.best,
         grid=storage.url_for(card.grid),
         loss_curve=storage.url_for(card.loss_curve),
         final=card.final,

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any, NoReturn
 
 import redis
@@ -251,7 +252,10 @@ def _report_training(states: JobStates, job_id: str, info: TrainProgress, fence:
     """Report progress and keep its vital signs in the job's history, which the dashboard draws its curves from."""
     _report(states, job_id, info, fence)
     try:
-        states.store.append_history(job_id, {name: getattr(info, name) for name in HISTORY_FIELDS}, fence)
+        record = {name: getattr(info, name) for name in HISTORY_FIELDS}
+        if info.quality is not None and info.quality.step == info.step:  # the step the curve was measured at
+            record["quality"] = asdict(info.quality)
+        states.store.append_history(job_id, record, fence)
     except redis.RedisError as exc:
         log.warning("history record skipped: Redis unreachable (%s)", type(exc).__name__)
 

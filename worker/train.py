@@ -11,6 +11,7 @@ steps only, so there is no host-device sync per step.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -38,7 +39,9 @@ from worker.diffaugment import diff_augment
 from worker.images import fixed_grid_inputs, grid_png, real_grid_images, sample_fixed, to_unit_range
 from worker.model import Discriminator, GANConfig, Generator
 from worker.publish import TrainedModel, publish_model
+from worker.reference import describe, reference_classifier
 from worker.teacher import Teacher, ensure_teacher
+from worker.validation import Validator, best_point, measurements_since_best, validation_record, validation_split
 
 log = logging.getLogger("augment.train")
 STAT_NAMES = ("loss_d", "loss_g", "d_x", "d_g_z")
@@ -302,25 +305,37 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
         device = pick_device()
         data = load_dataset(spec.dataset, settings, "train", image_size=spec.image_size, channels=spec.channels,
                             limit=spec.limit, per_class=spec.per_class, seed=spec.seed, imbalance=spec.imbalance)
-        recipe = job_recipe(spec, data)
+        train_data, validation, no_curve = validation_split(spec, data)
+        recipe = job_recipe(spec, train_data)
+        if validation is None:
+            recipe = dataclasses.replace(recipe, validate_every=0)
         hooks = hooks or TrainHooks()
         stop_requested = StopPoll(hooks)
-        teacher_meter = StageMeter(f"training the teacher ({recipe.teacher} classifiers)", recipe.teacher * recipe.teacher_steps,
-                                   hooks.stage)
 
-        def stop_teacher(step: int) -> None:
-            teacher_meter(step)
+        def report_stage(info: StageProgress) -> None:  # the stages before the GAN's loop, which stop as it does
+            hooks.stage(info)
             reason = stop_requested()
             if reason is not None:
-                raise JobStopped(reason, f"job {spec.job_id} stopped while training its teacher (step {step})")
+                raise JobStopped(reason, f"job {spec.job_id} stopped while {info.stage}")
 
-        stored = ensure_teacher(spec, recipe, data, storage, hooks.attempt.epoch, stop_teacher)  # first: it may guide the generator
+        validator, reference = None, None
+        if validation is not None:
+            classifier, reference_meta = reference_classifier(
+                storage, settings, spec.dataset, data.images.shape[-1], data.images.shape[1], recipe.reference_steps,
+                spec.seed, report_stage)
+            validator = Validator.build(gan_config(spec, data), validation, classifier, spec.seed, device)
+            reference = {**reference_meta, "description": describe(reference_meta)}
+        stored = ensure_teacher(spec, recipe, train_data, storage, hooks.attempt.epoch,  # first: it may guide G
+                                StageMeter(f"training the teacher ({recipe.teacher} classifiers)",
+                                           recipe.teacher * recipe.teacher_steps, report_stage))
         teacher = stored[0] if stored is not None else None
-        state, final_checkpoint = train_gan(spec, recipe, data, storage, device, hooks, stop_requested, teacher)
+        state, final_checkpoint = train_gan(spec, recipe, train_data, storage, device, hooks, stop_requested, teacher,
+                                            validator)
         trained = TrainedModel(state.sampler, state.step, state.history, state.warnings, device, resolve_precision(spec, device),
                                {**stored[0].meta, "key": stored[1]} if stored is not None else None, recipe, hooks.attempt.epoch,
-                               final_checkpoint)
-        return publish_model(storage, spec, trained, data, hooks.attempt.commit)
+                               final_checkpoint, state.curve, state.best_checkpoint, state.step < recipe.steps,
+                               validation_record(spec, data, validation, no_curve, recipe.validate_every, reference))
+        return publish_model(storage, spec, trained, data, train_data, hooks.attempt.commit)
     finally:
         torch.set_flush_denormal(False)
 
@@ -367,10 +382,10 @@ class CollapseGuard:
 
 def train_gan(
     spec: TrainSpec, recipe: Recipe, data: ImageData, storage: Storage, device: torch.device, hooks: TrainHooks,
-    stop_requested: StopPoll, teacher: Teacher | None = None,
+    stop_requested: StopPoll, teacher: Teacher | None = None, validator: Validator | None = None,
 ) -> tuple[TrainState, str]:
-    """The training loop: steps until SPEC's total, with checkpoints, sample grids and progress along the way;
-    returns the final state and the key of its checkpoint."""
+    """The training loop: steps until SPEC's total (or until its patience runs out), with checkpoints, sample grids,
+    validation measurements and progress along the way; returns the final state and the key of its checkpoint."""
     config = gan_config(spec, data)
     images = data.images.to(device)  # (N, C, H, W) uint8, decoded once
     labels_all = data.labels.to(device)
@@ -402,25 +417,43 @@ def train_gan(
         saved[:] = [key]
         return key
 
-    while state.step < steps:
+    best_saved: list[str] = []  # this attempt's best samplers (an earlier attempt's go when the card is written)
+
+    def save_best() -> None:
+        if not hooks.attempt.may_write():
+            raise JobStopped(StopReason.LEASE_LOST, f"job {spec.job_id} lost its lease at step {state.step}; no checkpoint written")
+        state.best_checkpoint = checkpoint.save_best(storage, spec.job_id, hooks.attempt.epoch,
+                                                     state.to_sampler_checkpoint(spec, class_names))
+        for older in best_saved:
+            storage.delete(older)
+        best_saved[:] = [state.best_checkpoint]
+
+    def out_of_patience() -> bool:  # a function of the curve alone, so a resumed job stops where an unstopped one does
+        return spec.patience is not None and measurements_since_best(state.curve, spec.select) >= spec.patience
+
+    while state.step < steps and not out_of_patience():
         index = schedule.indices(state.step)
         real = real_batch(images, index, layout)
         train_step(state, fns, real, labels_all[index] if config.conditional else None, stats)
         state.step += 1
         window_steps += 1
 
-        reason = stop_requested()
-        if reason is not None:
-            if reason != StopReason.LEASE_LOST:  # another attempt may hold the job now: this one writes nothing more
-                save_checkpoint()
-            raise JobStopped(reason, f"job {spec.job_id} stopped at step {state.step}")
         if state.step % sample_every == 0 or state.step == steps:
             fake = sample_fixed(state.sampler, grid_noise, grid_labels)
             if hooks.attempt.may_write():  # a progress picture: an attempt that lost its lease leaves the takeover's in place
                 storage.put_bytes(sample_grid_key(spec.job_id, state.step), grid_png(fake), "image/png")
             if state.step >= steps * DIVERSITY_WARMUP:  # early samples are alike by construction
                 guard.update(state, "diversity", diversity_warnings(fake, grid_labels, real_grid, real_grid_labels, class_names))
-        if state.step % spec.log_every == 0 or state.step == steps:
+        measured = validator is not None and (state.step % recipe.validate_every == 0 or state.step == steps)
+        if measured:
+            assert validator is not None
+            started = time.perf_counter()
+            state.curve.append(validator.measure(state.sampler, state.step))
+            log.info("job %s step %d: validation %s (%.1f s)", spec.job_id, state.step, state.curve[-1].text(),
+                     time.perf_counter() - started)
+            if best_point(state.curve, spec.select) is state.curve[-1]:
+                save_best()
+        if state.step % spec.log_every == 0 or state.step == steps or measured:
             means = (stats / window_steps).tolist()  # the only host-device sync: once per log window
             images_per_s = window_steps * schedule.batch_size / max(time.perf_counter() - window_start, 1e-9)
             record = {"step": state.step, **dict(zip(STAT_NAMES, means, strict=True))}
@@ -432,10 +465,21 @@ def train_gan(
                 step=state.step, total_steps=steps, epoch=state.step // schedule.steps_per_epoch,
                 loss_d=means[0], loss_g=means[1], d_x=means[2], d_g_z=means[3], images_per_s=images_per_s,
                 eta_s=(steps - state.step) * schedule.batch_size / max(images_per_s, 1e-9), warnings=list(state.warnings),
+                quality=state.curve[-1] if state.curve else None, best=best_point(state.curve, spec.select),
             ))
             stats.zero_()
             window_start, window_steps = time.perf_counter(), 0
         if state.step % spec.checkpoint_every == 0 and state.step < steps:
             save_checkpoint()
+        # last in the step: a stopped job's checkpoint holds everything this step measured, so its resumption
+        # measures the same curve
+        reason = stop_requested()
+        if reason is not None and state.step < steps:
+            if reason != StopReason.LEASE_LOST:  # another attempt may hold the job now: this one writes nothing more
+                save_checkpoint()
+            raise JobStopped(reason, f"job {spec.job_id} stopped at step {state.step}")
 
+    if out_of_patience():
+        log.info("job %s: no better %s for %d measurements; stopping at step %d", spec.job_id, spec.select,
+                 spec.patience, state.step)
     return state, save_checkpoint()
