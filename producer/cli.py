@@ -134,7 +134,7 @@ def parse_class_counts(value: str | None) -> dict[str, int] | None:
               help="Plan per-class counts from the model card that bring every class of its training set to its largest "
               "class (or --to), real plus synthetic; the manifest records the plan.")
 @click.option("--to", "rebalance_to", type=click.IntRange(min=1), help="With --rebalance: images per class to reach.")
-@spec_options(GenerateSpec, "shard_size", "seed", "noise_scale", "targets")
+@spec_options(GenerateSpec, "shard_size", "seed", "noise_scale", "targets", "checkpoint")
 @handle_errors
 def generate(model: str, count: int | None, class_counts: str | None, rebalance: bool, rebalance_to: int | None,
              **options: Any) -> None:
@@ -183,7 +183,8 @@ def submit_evaluation(mode: str, options: dict[str, Any]) -> None:
 
 
 @evaluate.command("quality")
-@spec_options(EvaluateSpec, "model", "dataset", "samples_per_class", *COMMON_EVALUATE_OPTIONS, required=("model",))
+@spec_options(EvaluateSpec, "model", "checkpoint", "dataset", "samples_per_class", *COMMON_EVALUATE_OPTIONS,
+              required=("model",))
 @handle_errors
 def evaluate_quality(**options: Any) -> None:
     """FID, KID, precision/recall, per-class FID, classifier score and CAS of a model against the real test split."""

@@ -9,12 +9,13 @@ the keys it happens to have. ``augment status``, ``augment watch``, the demo and
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 from shared.keys import JobField
 from shared.records import JobStore
+from shared.specs import LOWER_IS_BETTER
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,30 @@ class QualityPoint:
     def from_dict(cls, data: Mapping[str, Any]) -> QualityPoint:
         names = {spec_field.name for spec_field in fields(cls)}
         return cls(**{name: value for name, value in data.items() if name in names})
+
+
+def better(metric: str, candidate: float | None, best: float | None) -> bool:
+    """Whether CANDIDATE improves on BEST for METRIC; a tie keeps the earlier checkpoint."""
+    if candidate is None:
+        return False
+    if best is None:
+        return True
+    return candidate < best if metric in LOWER_IS_BETTER else candidate > best
+
+
+def best_point(curve: Sequence[QualityPoint], metric: str) -> QualityPoint | None:
+    """The first point of CURVE with the best METRIC."""
+    best: QualityPoint | None = None
+    for point in curve:
+        if better(metric, point.value(metric), best.value(metric) if best is not None else None):
+            best = point
+    return best
+
+
+def measurements_since_best(curve: Sequence[QualityPoint], metric: str) -> int:
+    """How many measurements of CURVE came after its best: what ``patience`` counts."""
+    best = best_point(curve, metric)
+    return 0 if best is None else sum(point.step > best.step for point in curve)
 
 
 @dataclass(frozen=True)

@@ -138,8 +138,10 @@ def training_job(stack: Stack) -> str:
     """A small training job: 28 px fake data, a sample grid every 20 steps, a progress record every 5. Its batches
     are large enough that it runs for several seconds on an idle machine (width 8 and batch 16 took 2 s, over before
     the page's first poll), so that the page sees it running. Without a teacher: the small-data recipe's teacher
-    guidance costs most of a step at batch 512, and the page is what is tested here."""
-    return stack.submit_train(steps=100, log_every=5, sample_every=20, width=32, batch_size=512, teacher=0)
+    guidance costs most of a step at batch 512, and the page is what is tested here. Its validation curve has a
+    point every 25 steps."""
+    return stack.submit_train(steps=100, log_every=5, sample_every=20, width=32, batch_size=512, teacher=0,
+                              validate_every=25)
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +250,12 @@ def test_training_page_shows_progress_live_then_grids_and_curves(stack: Stack, b
         lines = browser.execute_script(
             "return [...document.querySelectorAll(`#${arguments[0]} polyline`)].map(p => p.points.numberOfItems)", chart)
         assert lines == [20, 20], f"{chart}: {lines}"  # 100 steps, a record every 5
+    for chart, series in (("fid-chart", 1), ("pr-chart", 3)):  # precision, recall and label accuracy
+        lines = browser.execute_script(
+            "return [...document.querySelectorAll(`#${arguments[0]} polyline`)].map(p => p.points.numberOfItems)", chart)
+        assert lines == [4] * series, f"{chart}: {lines}"  # measured at steps 25, 50, 75 and 100
+    best = text_of(browser, "best-step").split()
+    assert best[:3] == ["best", "at", "step"] and best[3] in {"25", "50", "75", "100"} and best[4] == "(fid)"
     assert training_job in text_of(browser, "generate-command")
     assert browser.execute_script("return document.querySelectorAll('pre').length") == 3  # command, spec, model card
     screenshot(browser, stack.tmp / "train.png")

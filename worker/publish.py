@@ -18,14 +18,13 @@ import torch
 from shared.contracts import ModelCard, TrainResult, read_model_card
 from shared.layout import best_prefix, checkpoints_prefix, grid_key, loss_curve_key, model_card_key
 from shared.lifecycle import JobStopped, StopReason
-from shared.progress import QualityPoint
+from shared.progress import QualityPoint, best_point
 from shared.specs import Recipe, TrainSpec
 from shared.storage import Storage
 from worker import charts, checkpoint
 from worker.data import ImageData
 from worker.images import fixed_grid_inputs, grid_png, real_grid_images, sample_fixed
 from worker.model import Generator
-from worker.validation import best_point
 
 
 def loss_curve_png(history: list[dict[str, float]]) -> bytes:

@@ -27,7 +27,7 @@ from shared.contracts import TrainResult
 from shared.layout import sample_grid_key
 from shared.lifecycle import JobStopped, StopReason
 from shared.liveness import Attempt
-from shared.progress import StageMeter, StageProgress, TrainProgress
+from shared.progress import StageMeter, StageProgress, TrainProgress, best_point, measurements_since_best
 from shared.settings import Settings
 from shared.specs import Recipe, TrainSpec
 from shared.storage import Storage
@@ -41,7 +41,7 @@ from worker.model import Discriminator, GANConfig, Generator
 from worker.publish import TrainedModel, publish_model
 from worker.reference import describe, reference_classifier
 from worker.teacher import Teacher, ensure_teacher
-from worker.validation import Validator, best_point, measurements_since_best, validation_record, validation_split
+from worker.validation import Validator, validation_record, validation_split
 
 log = logging.getLogger("augment.train")
 STAT_NAMES = ("loss_d", "loss_g", "d_x", "d_g_z")

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from shared.progress import QualityPoint
-from shared.specs import LOWER_IS_BETTER, TrainSpec
+from shared.specs import TrainSpec
 from worker.classifier import Classifier, FeatureExtractor
 from worker.data import ImageData, split_validation
 from worker.images import sample_fixed
@@ -46,30 +46,6 @@ def validation_split(spec: TrainSpec, data: ImageData) -> tuple[ImageData, Image
         return data, None, (f"a validation share of {spec.validation:g} of {len(data)} images holds out "
                             f"{len(validation)}; a curve needs at least {LEAST_VALIDATION_IMAGES}")
     return train, validation, None
-
-
-def better(metric: str, candidate: float | None, best: float | None) -> bool:
-    """Whether CANDIDATE improves on BEST for METRIC; a tie keeps the earlier checkpoint."""
-    if candidate is None:
-        return False
-    if best is None:
-        return True
-    return candidate < best if metric in LOWER_IS_BETTER else candidate > best
-
-
-def best_point(curve: list[QualityPoint], metric: str) -> QualityPoint | None:
-    """The first point of CURVE with the best METRIC."""
-    best: QualityPoint | None = None
-    for point in curve:
-        if better(metric, point.value(metric), best.value(metric) if best is not None else None):
-            best = point
-    return best
-
-
-def measurements_since_best(curve: list[QualityPoint], metric: str) -> int:
-    """How many measurements of CURVE came after its best: what ``patience`` counts."""
-    best = best_point(curve, metric)
-    return 0 if best is None else sum(point.step > best.step for point in curve)
 
 
 @dataclass

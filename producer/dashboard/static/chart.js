@@ -30,13 +30,13 @@
   }
 
   // series: [{name, color, points: [[x, y], ...]}]
-  function draw(svg, series, fixedRange) {
+  function draw(svg, series, fixedRange, emptyText) {
     const box = svg.viewBox.baseVal;
     const width = box.width, height = box.height;
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     const all = series.flatMap((s) => s.points);
     if (all.length === 0) {
-      el("text", { x: width / 2, y: height / 2, "text-anchor": "middle" }, svg).textContent = "no progress records yet";
+      el("text", { x: width / 2, y: height / 2, "text-anchor": "middle" }, svg).textContent = emptyText || "no progress records yet";
       return;
     }
     const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]).filter(Number.isFinite);

@@ -174,6 +174,12 @@
       $("sample-count").textContent = String(samples.length);
       window.AugmentChart.draw($("loss-chart"), series(job.history, [["loss_d", "loss_D"], ["loss_g", "loss_G"]], ["#2f6fde", "#e8710a"]));
       window.AugmentChart.draw($("d-chart"), series(job.history, [["d_x", "D(x)"], ["d_g_z", "D(G(z))"]], ["#1e8e3e", "#c5221f"]), [0, 1]);
+      const noCurve = job.curve_note || "no validation measurement yet";
+      window.AugmentChart.draw($("fid-chart"), series(job.curve, [["fid", "FID"]], ["#2f6fde"]), null, noCurve);
+      window.AugmentChart.draw($("pr-chart"), series(job.curve, [["precision", "precision"], ["recall", "recall"],
+        ["label_accuracy", "label accuracy"]], ["#1e8e3e", "#e8710a", "#9334e6"]).filter((s) => s.points.some((p) => p[1] !== null)),
+        [0, 1], noCurve);
+      $("best-step").textContent = job.best ? "best at step " + job.best.step + " (" + job.select + ")" : "";
       if (!TERMINAL.has(job.state)) return true;
       // the model card is written last: rebuild the page once so its section shows, then stop polling
       if (job.model_card && body.dataset.card !== "1") location.reload();
