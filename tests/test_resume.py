@@ -105,9 +105,11 @@ def test_training_preempted_then_killed_resumes_exactly(augment_env, start_worke
     # Without a teacher: its 3 x 200 steps ran before step 1 and outlasted the wait on a slower CPU, and resuming
     # the GAN is what is tested here (tests/test_teacher.py covers the teacher's resume).
     env = augment_env
-    # 400 steps: the taker must not finish between its first checkpoint after the resume and the kill, on a fast CPU
+    # 400 steps: the taker must not finish between its first checkpoint after the resume and the kill, on a fast CPU.
+    # A validation measurement every 30 steps: between checkpoints, so a resumed attempt measures some points again.
     args = ["train", "--dataset", "fake", "--steps", "400", "--width", "8", "--batch-size", "32",
-            "--checkpoint-every", "50", "--seed", "5", "--ema", "0.999", "--log-every", "10", "--teacher", "0"]
+            "--checkpoint-every", "50", "--seed", "5", "--ema", "0.999", "--log-every", "10", "--teacher", "0",
+            "--validate-every", "30"]
     workers = [start_worker(queues="train"), start_worker(queues="train")]
     job_id = run_cli(env, *args).stdout.strip()
     wait_for_step(env, job_id, 40)
@@ -133,9 +135,23 @@ def test_training_preempted_then_killed_resumes_exactly(augment_env, start_worke
 
     reference_id = run_cli(env, *args).stdout.strip()
     assert run_cli(env, "watch", reference_id, "--interval", "0.3", timeout=300).returncode == 0
-    resumed = checkpoint.from_bytes(storage.get_bytes(read_card(storage, job_id).checkpoint), "resumed")
-    reference = checkpoint.from_bytes(storage.get_bytes(read_card(storage, reference_id).checkpoint), "reference")
+    resumed_card, reference_card = read_card(storage, job_id), read_card(storage, reference_id)
+    resumed = checkpoint.from_bytes(storage.get_bytes(resumed_card.checkpoint), "resumed")
+    reference = checkpoint.from_bytes(storage.get_bytes(reference_card.checkpoint), "reference")
     assert_same_training_state(resumed, reference)
+    # the same validation curve, and the same best checkpoint
+    assert [point["step"] for point in resumed_card.curve] == [*range(30, 400, 30), 400]
+    assert resumed_card.curve == reference_card.curve and resumed_card.best == reference_card.best
+    best = checkpoint.from_bytes(storage.get_bytes(resumed_card.best_checkpoint or ""), "resumed best")
+    best_reference = checkpoint.from_bytes(storage.get_bytes(reference_card.best_checkpoint or ""), "reference best")
+    assert best["step"] == resumed_card.best["step"]  # type: ignore[index]
+    assert all(torch.equal(best["generator"][name], tensor) for name, tensor in best_reference["generator"].items())
+    assert storage.list(f"models/{job_id}/best") == [resumed_card.best_checkpoint]
+
+    sampler = start_worker(queues="generate")
+    generated = run_cli(env, "generate", "--model", job_id, "--count", "20").stdout.strip()
+    assert run_cli(env, "watch", generated, "--interval", "0.3", timeout=120).returncode == 0, sampler.log_tail()
+    assert f"model {job_id}: sampling from its best checkpoint, {resumed_card.best_checkpoint}" in sampler.log_path.read_text()
 
 
 def wait_for_log(worker: WorkerProcess, line: str, timeout_s: float = 120) -> None:

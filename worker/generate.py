@@ -88,6 +88,7 @@ class GeneratorCache:
                 self._models.move_to_end(key)
                 return self._models[key]
             generator, card = load_model(storage, model_id, device, which)
+            log.info("model %s: sampling from its %s checkpoint, %s", model_id, which, card.sampling_checkpoint(which))
             loaded = LoadedModel(generator, card.class_names, load_teacher(storage, card.teacher["key"]) if card.teacher else None)
             self.loads += 1
             self._models[key] = loaded
