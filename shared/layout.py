@@ -104,8 +104,10 @@ def report_markdown_key(job_id: str) -> str:
     return join_key(report_prefix(job_id), "report.md")
 
 
-def reference_key(dataset: str, image_size: int, channels: int, steps: int) -> str:
-    """A classifier trained for fewer steps is another classifier: a smoke job's must not stand in for the real one."""
+def reference_key(dataset: str, image_size: int, channels: int, steps: int, background: str = "white") -> str:
+    """A classifier trained for fewer steps, or on images composited on another background, is another classifier:
+    a smoke job's must not stand in for the real one."""
     # a dataset name may hold a path (imagefolder:/data/x): keep it readable but key-safe
     safe = "".join(char if char.isalnum() or char in "-_" else "_" for char in dataset)
-    return join_key("references", f"{safe}-{image_size}px-{channels}ch-{steps}steps", "classifier.pt")
+    matte = "" if background == "white" else f"-on-{background.lstrip('#')}"
+    return join_key("references", f"{safe}-{image_size}px-{channels}ch-{steps}steps{matte}", "classifier.pt")

@@ -123,6 +123,13 @@ DiffAugment = Annotated[
 ]
 # class index -> number of images. Keys are canonical ASCII decimals only, so "1" and "01" cannot both name
 # class 1 (and JSON object keys are strings).
+# what transparent pixels of an image folder are composited on: a named colour or #rrggbb
+Background = Annotated[
+    str,
+    Meta(pattern=_whole("white|black|grey|#[0-9a-fA-F]{6}")),
+    _explained("a background", "white, black, grey or a colour as #rrggbb"),
+]
+DEFAULT_BACKGROUND = "white"
 ClassCounts = Annotated[
     dict[Annotated[str, Meta(pattern=_whole("0|[1-9][0-9]{0,3}"))], Annotated[int, Meta(ge=0)]],
     Meta(min_length=1),
@@ -223,6 +230,9 @@ class TrainSpec(_Spec, frozen=True):
     image_size: Annotated[ImageSize, option("28, 32 or 64.", "the dataset's own")] | None = None
     # 1 or 3 converts grey <-> RGB at load time
     channels: Annotated[Literal[1, 3], _explained(None, "1 or 3"), option("1 or 3.", "the dataset's own")] | None = None
+    # white as an image viewer or a web page shows a transparent icon, cut-out or product photo (docs/training.md)
+    background: Annotated[Background, option(
+        "What transparent pixels of an image folder are composited on: white, black, grey or #rrggbb.")] = DEFAULT_BACKGROUND
     batch_size: Annotated[int, Meta(ge=1, le=4096), option("Images per optimizer step.")] = 64
     conditional: Annotated[bool, option("Condition on class labels.", "when the dataset has them",
                                         "--conditional/--unconditional")] | None = None

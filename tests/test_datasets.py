@@ -334,6 +334,23 @@ def test_imagefolder_centre_crops_before_resizing(tmp_path: Path) -> None:
     assert data.images[..., 2:-2].min() >= 250 and data.images.float().mean() > 240
 
 
+def test_imagefolder_transparency_lands_on_the_chosen_background_and_grey_images_join_an_rgb_folder(tmp_path: Path) -> None:
+    icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))  # transparent pixels that store black, as most files do
+    icon.paste((250, 200, 0, 255), (16, 16, 48, 48))  # an opaque yellow square in the middle
+    (tmp_path / "icons").mkdir()
+    icon.save(tmp_path / "icons" / "a.png")
+    icon.convert("P").save(tmp_path / "icons" / "b.png", transparency=0)  # palette transparency, as GIFs and old PNGs
+    Image.new("L", (64, 64), 90).save(tmp_path / "icons" / "c.png")  # a grey image among colour ones
+    name = f"imagefolder:{tmp_path}"
+    white = load_dataset(name, Settings(), channels=3)
+    assert white.images[0, :, 2, 2].tolist() == [255, 255, 255] and white.images[0, :, 32, 32].tolist() == [250, 200, 0]
+    assert white.images[1, :, 2, 2].tolist() == [255, 255, 255]
+    assert white.images[2, :, 10, 10].tolist() == [90, 90, 90]  # grey repeated in every channel
+    black = load_dataset(name, Settings(), channels=3, background="black")
+    assert black.images[0, :, 2, 2].tolist() == [0, 0, 0] and black.images[0, :, 32, 32].tolist() == [250, 200, 0]
+    assert load_dataset(name, Settings(), channels=3, background="#12ab34").images[0, :, 2, 2].tolist() == [18, 171, 52]
+
+
 def test_imagefolder_test_split_is_every_tenth_file(tmp_path: Path) -> None:
     for index in range(12):
         _png(tmp_path / "a" / f"{index:02d}.png", (8, 8), (index * 20, 0, 0))

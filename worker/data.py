@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image, ImageColor, ImageOps
 
 from shared.datasets import (
     CIFAR10_TEST_BATCH,
@@ -40,7 +40,7 @@ from shared.datasets import (
     scan_image_folder,
 )
 from shared.settings import Settings
-from shared.specs import long_tail_counts
+from shared.specs import DEFAULT_BACKGROUND, long_tail_counts
 
 SPLITS = ("train", "test")
 FAKE_TRAIN_SIZE = 640
@@ -78,13 +78,16 @@ def load_dataset(
     per_class: int | None = None,
     seed: int = 0,
     imbalance: float | None = None,
+    background: str = DEFAULT_BACKGROUND,
 ) -> ImageData:
     """Decode SPLIT of dataset NAME into uint8 tensors at IMAGE_SIZE x IMAGE_SIZE with CHANNELS channels.
 
     IMAGE_SIZE and CHANNELS default to the dataset's own. PER_CLASS keeps, for every class, the first PER_CLASS
     images of a permutation seeded by SEED (classes with fewer keep them all); with IMBALANCE, the subset is
     long-tailed instead: class c keeps ``long_tail_counts(PER_CLASS, IMBALANCE, K, SEED)[c]``. LIMIT then keeps the
-    first LIMIT images. Kept images stay in dataset order. ``fake`` images are generated from SEED.
+    first LIMIT images. Kept images stay in dataset order. ``fake`` images are generated from SEED. An image folder's
+    transparent pixels are composited on BACKGROUND (a colour name or #rrggbb); its grey images in an RGB folder
+    repeat their grey in all three channels, and its colour images in a grey folder keep their luma.
     Raises DatasetNotFound when the dataset is missing, ValueError for bad arguments or corrupt files, and
     pickle.UnpicklingError (naming the file) for a CIFAR-10 batch that holds anything but arrays.
     """
@@ -94,7 +97,7 @@ def load_dataset(
         info = folder.info
         size = image_size or info.native_size
         images, labels = _load_image_folder(folder, split, size, channels or info.channels, limit, per_class, seed,
-                                            imbalance)
+                                            imbalance, background)
     else:
         info = locate_dataset(name, settings)
         if name == "fake":
@@ -249,7 +252,7 @@ def _make_fake(split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _load_image_folder(
     folder: ImageFolder, split: str, size: int, channels: int, limit: int | None, per_class: int | None, seed: int,
-    imbalance: float | None,
+    imbalance: float | None, background: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     pairs = folder.split(split)
     if not pairs:
@@ -265,7 +268,7 @@ def _load_image_folder(
     mode = "L" if channels == 1 else "RGB"
 
     def decode(ref: str) -> np.ndarray:
-        return _decode_image(folder.read(ref), ref, size, mode)
+        return _decode_image(folder.read(ref), ref, size, mode, background)
 
     with ThreadPoolExecutor(max_workers=_DECODE_THREADS) as pool:
         arrays = list(pool.map(decode, [ref for ref, _ in pairs]))
@@ -274,16 +277,19 @@ def _load_image_folder(
     return images, labels
 
 
-def _decode_image(data: bytes, ref: str, size: int, mode: str) -> np.ndarray:
-    """Decode one image, centre-crop it to a square and resize it to SIZE (bicubic, antialiased)."""
+def _decode_image(data: bytes, ref: str, size: int, mode: str, background: str = DEFAULT_BACKGROUND) -> np.ndarray:
+    """Decode one image, composite its transparent pixels on BACKGROUND, centre-crop it to a square and resize it to
+    SIZE (bicubic, antialiased). Converting RGBA straight to RGB would keep whatever colour a transparent pixel
+    stores, black in most files: an icon's background would turn black."""
     try:
         with Image.open(io.BytesIO(data)) as opened:
             # Lets JPEG decode at a reduced scale (never below SIZE): a large photo decodes many times faster.
             opened.draft(mode, (size, size))
             image = ImageOps.exif_transpose(opened)
-            if image.mode == "P":
-                # Palette transparency must go through RGBA, or PIL warns and may mangle the colours.
-                image = image.convert("RGBA")
+            if image.mode in ("RGBA", "LA", "PA", "P", "La", "RGBa") or "transparency" in image.info:
+                # palette transparency must go through RGBA too, or PIL warns and may mangle the colours
+                matte = Image.new("RGBA", image.size, ImageColor.getrgb(background))
+                image = Image.alpha_composite(matte, image.convert("RGBA"))
             image = ImageOps.fit(image.convert(mode), (size, size), Image.Resampling.BICUBIC)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__

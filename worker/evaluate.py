@@ -36,7 +36,7 @@ from shared.lifecycle import JobStopped, StopReason
 from shared.liveness import Attempt
 from shared.progress import StageMeter, StageProgress, shifted
 from shared.settings import Settings
-from shared.specs import AUTO_TEACHER_MEMBERS, EvaluateSpec, TrainSpec
+from shared.specs import AUTO_TEACHER_MEMBERS, DEFAULT_BACKGROUND, EvaluateSpec, TrainSpec
 from shared.storage import Storage, join_key
 from worker import charts
 from worker.augmentation_study import (
@@ -95,8 +95,10 @@ def sample_balanced(generator: Generator, per_class: int, seed: int, batch: int 
     return images, labels
 
 
-def _test_split(spec: EvaluateSpec, settings: Settings, dataset: str, image_size: int, channels: int) -> ImageData:
-    return load_dataset(dataset, settings, "test", image_size=image_size, channels=channels, limit=spec.test_limit)
+def _test_split(spec: EvaluateSpec, settings: Settings, dataset: str, image_size: int, channels: int,
+                background: str = DEFAULT_BACKGROUND) -> ImageData:
+    return load_dataset(dataset, settings, "test", image_size=image_size, channels=channels, limit=spec.test_limit,
+                        background=background)
 
 
 def _feature_space(spec: EvaluateSpec, reference_meta: dict[str, Any]) -> tuple[str, InceptionFeatures | None]:
@@ -179,10 +181,11 @@ def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     if not config.conditional:
         raise ValueError(f"model {spec.model} is unconditional: per-class metrics and CAS need a conditional model")
     dataset = spec.dataset or card.dataset
+    background = card.spec.get("background", DEFAULT_BACKGROUND)  # the real images as the model saw them
     reference, reference_meta = reference_classifier(storage, settings, dataset, config.image_size, config.channels,
-                                                     spec.reference_steps, spec.seed, progress)
+                                                     spec.reference_steps, spec.seed, progress, background)
     feature_space, inception = _feature_space(spec, reference_meta)
-    test = _test_split(spec, settings, dataset, config.image_size, config.channels)
+    test = _test_split(spec, settings, dataset, config.image_size, config.channels, background)
     progress(StageProgress("sampling"))
     fake, fake_labels = sample_balanced(generator, spec.samples_per_class, spec.seed)
     progress(StageProgress("metrics: FID, KID, precision, recall"))
@@ -193,7 +196,8 @@ def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     synthetic_trained = train_classifier(fake, fake_labels, config.num_classes, steps=steps, seed=spec.seed,
                                          after_step=meter, **SMALL_CNN)
     cas = accuracy(synthetic_trained, test.images, test.labels)
-    real_trained = train_classifier(*_real_train(dataset, settings, config.image_size, config.channels), config.num_classes,
+    real_trained = train_classifier(*_real_train(dataset, settings, config.image_size, config.channels, background),
+                                    config.num_classes,
                                     steps=steps, seed=spec.seed, after_step=shifted(meter, steps), **SMALL_CNN)
     real_accuracy = accuracy(real_trained, test.images, test.labels)
     images = {"grid.png": _class_grid(test, fake, fake_labels, config.num_classes)}
@@ -212,8 +216,9 @@ def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
         label_accuracy=quality.label_accuracy, cas=cas))
 
 
-def _real_train(dataset: str, settings: Settings, image_size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    train = load_dataset(dataset, settings, "train", image_size=image_size, channels=channels)
+def _real_train(dataset: str, settings: Settings, image_size: int, channels: int,
+                background: str) -> tuple[torch.Tensor, torch.Tensor]:
+    train = load_dataset(dataset, settings, "train", image_size=image_size, channels=channels, background=background)
     return train.images, train.labels
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from shared.layout import reference_key
 from shared.progress import StageMeter, StageProgress
 from shared.settings import Settings
+from shared.specs import DEFAULT_BACKGROUND
 from shared.storage import Storage
 from worker.classifier import (
     FEATURE_SPACE,
@@ -30,18 +31,19 @@ log = logging.getLogger("augment.reference")
 
 def reference_classifier(
     storage: Storage, settings: Settings, dataset: str, image_size: int, channels: int, steps: int, seed: int = 0,
-    progress: Callable[[StageProgress], None] = lambda info: None,
+    progress: Callable[[StageProgress], None] = lambda info: None, background: str = DEFAULT_BACKGROUND,
 ) -> tuple[Classifier, dict[str, Any]]:
-    """The dataset's reference classifier: loaded from storage, or trained on the real training split and stored."""
-    key = reference_key(dataset, image_size, channels, steps)
+    """The dataset's reference classifier: loaded from storage, or trained on the real training split (transparent
+    pixels on BACKGROUND) and stored."""
+    key = reference_key(dataset, image_size, channels, steps, background)
     if storage.exists(key):
         try:
             (model,), meta = classifiers_from_bytes(REFERENCE_KIND, storage.get_bytes(key))
             return model, meta
         except ClassifierFileError as exc:  # a reference stored by an older version: a cache, so train it again
             log.info("reference classifier for %s is stale (%s); training it again", dataset, exc)
-    train = load_dataset(dataset, settings, "train", image_size=image_size, channels=channels)
-    test = load_dataset(dataset, settings, "test", image_size=image_size, channels=channels)
+    train = load_dataset(dataset, settings, "train", image_size=image_size, channels=channels, background=background)
+    test = load_dataset(dataset, settings, "test", image_size=image_size, channels=channels, background=background)
     started = time.perf_counter()
     model = train_classifier(train.images, train.labels, len(train.info.class_names), steps=steps, seed=seed,
                              after_step=StageMeter("training the reference classifier", steps, progress))

@@ -304,7 +304,8 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
     try:
         device = pick_device()
         data = load_dataset(spec.dataset, settings, "train", image_size=spec.image_size, channels=spec.channels,
-                            limit=spec.limit, per_class=spec.per_class, seed=spec.seed, imbalance=spec.imbalance)
+                            limit=spec.limit, per_class=spec.per_class, seed=spec.seed, imbalance=spec.imbalance,
+                            background=spec.background)
         train_data, validation, no_curve = validation_split(spec, data)
         recipe = job_recipe(spec, train_data)
         if validation is None:
@@ -322,7 +323,7 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
         if validation is not None:
             classifier, reference_meta = reference_classifier(
                 storage, settings, spec.dataset, data.images.shape[-1], data.images.shape[1], recipe.reference_steps,
-                spec.seed, report_stage)
+                spec.seed, report_stage, spec.background)
             validator = Validator.build(gan_config(spec, data), validation, classifier, spec.seed, device)
             reference = {**reference_meta, "description": describe(reference_meta)}
         stored = ensure_teacher(spec, recipe, train_data, storage, hooks.attempt.epoch,  # first: it may guide G
