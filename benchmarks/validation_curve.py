@@ -8,12 +8,15 @@ is printed as it finishes (a markdown table), then the means and standard deviat
 ``ratio=<time spent measuring / time spent training the GAN>``.
 
     python benchmarks/validation_curve.py [--dataset fashion-mnist] [--per-class 100] [--seeds 0,1,2,3,4]
-        [--steps N] [--width 64] [--image-size 28] [--channels 1] [--out DIR]
+        [--steps N] [--width 64] [--image-size 28] [--channels 1] [--set FIELD=VALUE ...] [--out DIR]
+
+``--set`` gives any other train-spec field (JSON values), e.g. ``--set diffaugment='"translation,cutout,color"'``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -46,6 +49,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--channels", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="another train-spec field, its value as JSON")
+    parser.add_argument("--tag", default="curve", help="job ids are b-TAG-SEED")
     parser.add_argument("--out", default=None, help="storage directory, kept (default: a temporary one)")
     args = parser.parse_args()
     storage = FileStorage(args.out or tempfile.mkdtemp(prefix="validation-curve-"))
@@ -73,7 +79,8 @@ def main() -> None:
         fields = {name: value for name, value in (("steps", args.steps), ("width", args.width),
                                                    ("image_size", args.image_size), ("channels", args.channels))
                   if value is not None}
-        spec = TrainSpec(job_id=f"b-curve-{seed}", dataset=args.dataset, per_class=args.per_class, seed=seed, **fields)
+        fields |= {name: json.loads(value) for name, _, value in (pair.partition("=") for pair in args.set)}
+        spec = TrainSpec(job_id=f"b-{args.tag}-{seed}", dataset=args.dataset, per_class=args.per_class, seed=seed, **fields)
         measuring[0] = 0.0
         stages_end[0] = time.perf_counter()
         run_training(spec, settings, storage, hooks)

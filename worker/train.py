@@ -445,9 +445,9 @@ def train_gan(
                 storage.put_bytes(sample_grid_key(spec.job_id, state.step), grid_png(fake), "image/png")
             if state.step >= steps * DIVERSITY_WARMUP:  # early samples are alike by construction
                 guard.update(state, "diversity", diversity_warnings(fake, grid_labels, real_grid, real_grid_labels, class_names))
-        measured = validator is not None and (state.step % recipe.validate_every == 0 or state.step == steps)
-        if measured:
-            assert validator is not None
+        measured = False
+        if validator is not None and (state.step % recipe.validate_every == 0 or state.step == steps):
+            measured = True
             started = time.perf_counter()
             state.curve.append(validator.measure(state.sampler, state.step))
             log.info("job %s step %d: validation %s (%.1f s)", spec.job_id, state.step, state.curve[-1].text(),

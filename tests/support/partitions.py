@@ -6,7 +6,8 @@ generate``), the way an operator adds generation capacity beside a trainer. So o
 and mid-generation at once, and each scenario is one :class:`Run` of both kinds of job.
 
 Every run checks: both jobs succeed within a bound; the generation job lists every shard exactly once and each listed
-object's size and sha256 are the manifest's; the training job's card names a checkpoint that holds the card's step;
+object's size and sha256 are the manifest's; the training job's card names a checkpoint that holds the card's step
+(and a best checkpoint that holds its best point's);
 the bytes of what each finished job leaves (the model card and what it names; the manifest and the shards it lists)
 are the same 30 s after the heal (twice the lease TTL: long enough for a late writer) as at the job's final state;
 state and progress, polled all along through the producer's own reader, never go backwards (a final state never
@@ -51,8 +52,11 @@ from tests.support.waiting import wait_for
 # A checkpoint at every progress report: a trainer that comes back from a cut blocked in a report meets a checkpoint
 # at its very next step, which is where a late writer would overwrite what the job's card names.
 TRAIN_STEPS, CHECKPOINT_EVERY = 300, 10
+# A validation curve every 50 steps, whose best checkpoint is one more object a late writer must not change; its
+# reference classifier trains 30 steps, so that the GAN starts within seconds.
 TRAIN_ARGS = ("--dataset", "fake", "--steps", str(TRAIN_STEPS), "--width", "8", "--batch-size", "32", "--teacher", "0",
-              "--log-every", "10", "--checkpoint-every", str(CHECKPOINT_EVERY), "--sample-every", "100")
+              "--log-every", "10", "--checkpoint-every", str(CHECKPOINT_EVERY), "--sample-every", "100",
+              "--validate-every", "50", "--reference-steps", "30")
 CUT_AT_STEP = 60  # past the first checkpoints: the takeover resumes from a stored state
 # 12 shards of ~2 s each on two contended cores: a shard is surely in the making when the cut comes, and a takeover's
 # shard is still being made when a heal that must come "before the takeover finished" comes.
@@ -261,10 +265,14 @@ def snapshot_training(fleet: Fleet, job_id: str, status: dict[str, Any]) -> Snap
     card_text = fleet.storage.get_bytes(model_card_key(job_id))
     card = read_model_card(card_text.decode(), job_id)
     assert card.steps == TRAIN_STEPS, f"{job_id}: the card says {card.steps} steps"
-    named = [card.checkpoint, card.grid, card.loss_curve, *([card.teacher["key"]] if card.teacher else [])]
+    named = [card.checkpoint, card.grid, card.loss_curve, *([card.teacher["key"]] if card.teacher else []),
+             *([card.best_checkpoint] if card.best_checkpoint else [])]
     objects = {model_card_key(job_id): card_text, **{key: fleet.storage.get_bytes(key) for key in named}}
     state = from_bytes(objects[card.checkpoint], card.checkpoint)
     assert state["step"] == card.steps, f"{job_id}: the card names {card.checkpoint}, which holds step {state['step']}"
+    assert card.best_checkpoint and card.best is not None, f"{job_id}: no best checkpoint"
+    best = from_bytes(objects[card.best_checkpoint], card.best_checkpoint)
+    assert best["step"] == card.best["step"], f"{job_id}: the best checkpoint holds step {best['step']}, not {card.best}"
     assert status["result"]["steps"] == TRAIN_STEPS, status
     return Snapshot(job_id, status["result"], objects, time.monotonic())
 
