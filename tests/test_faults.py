@@ -118,7 +118,7 @@ def test_a_live_worker_keeps_its_task_however_long_it_runs(augment_env, start_wo
     env = dict(augment_env, AUGMENT_VISIBILITY_TIMEOUT="4")
     workers = [start_worker(env=env, queues="train"), start_worker(env=env, queues="train")]
     job_id = run_cli(env, "train", "--dataset", "fake", "--steps", "300", "--width", "8", "--batch-size", "32",
-                     "--log-every", "20", "--teacher", "0").stdout.strip()
+                     "--log-every", "20", "--teacher", "0", "--reference-steps", "30").stdout.strip()
     watched = run_cli(env, "watch", job_id, "--interval", "0.3", timeout=240)
     assert watched.returncode == 0, watched.stderr
     logs = [worker.log_path.read_text() for worker in workers]
@@ -149,7 +149,7 @@ def test_held_messages_stay_invisible_while_their_holder_lives(augment_env):
 def test_redis_restart_loses_no_job(augment_env, start_worker, redis_server: RedisServer):
     worker = start_worker()
     running = run_cli(augment_env, "train", "--dataset", "fake", "--steps", "300", "--width", "16",
-                      "--batch-size", "32", "--log-every", "10", "--teacher", "0").stdout.strip()
+                      "--batch-size", "32", "--log-every", "10", "--teacher", "0", "--reference-steps", "30").stdout.strip()
     queued = run_cli(augment_env, "train", "--dataset", "fake", "--steps", "20", "--width", "8", "--teacher", "0").stdout.strip()
     wait_for(lambda: f"job {running} step 50/300" in worker.log_path.read_text(), 120, "the first job to run")
     records_before = run_cli(augment_env, "status", queued, "--json").stdout

@@ -109,7 +109,7 @@ def test_training_preempted_then_killed_resumes_exactly(augment_env, start_worke
     # A validation measurement every 30 steps: between checkpoints, so a resumed attempt measures some points again.
     args = ["train", "--dataset", "fake", "--steps", "400", "--width", "8", "--batch-size", "32",
             "--checkpoint-every", "50", "--seed", "5", "--ema", "0.999", "--log-every", "10", "--teacher", "0",
-            "--validate-every", "30"]
+            "--validate-every", "30", "--reference-steps", "30"]
     workers = [start_worker(queues="train"), start_worker(queues="train")]
     job_id = run_cli(env, *args).stdout.strip()
     wait_for_step(env, job_id, 40)

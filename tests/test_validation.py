@@ -24,8 +24,8 @@ from worker.data import ImageData, load_dataset, split_validation
 from worker.train import TrainHooks, run_training
 
 CPU = torch.device("cpu")
-# fake data, tiny networks, a measurement every 20 steps; the reference classifier trains min(1500, steps) steps
-TINY = dict(dataset="fake", width=8, batch_size=32, teacher=0, validate_every=20, log_every=10)
+# fake data, tiny networks, a measurement every 20 steps, a reference classifier of 30 steps
+TINY = dict(dataset="fake", width=8, batch_size=32, teacher=0, validate_every=20, log_every=10, reference_steps=30)
 
 
 def test_the_split_is_stratified_seeded_and_leaves_every_class_an_image() -> None:
