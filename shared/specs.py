@@ -46,6 +46,7 @@ TargetRule = Literal["hard", "teacher", "agree"]
 # what a training job's quality curve measures on its validation split, and which it keeps the best checkpoint by
 QualityMetric = Literal["fid", "kid", "precision", "recall", "label_accuracy"]
 LOWER_IS_BETTER = frozenset({"fid", "kid"})
+DEFAULT_SELECT: QualityMetric = "fid"
 # which of a training job's checkpoints samples are drawn from: the best on its validation curve, or the last
 CheckpointChoice = Literal["best", "last"]
 IMAGE_SIZES: tuple[int, ...] = get_args(ImageSize)
@@ -297,7 +298,7 @@ class TrainSpec(_Spec, frozen=True):
         f"a {VALIDATION_POINTS}th of the run, at least {VALIDATE_EVERY_FLOOR}; and the last step")] | None = None
     select: Annotated[QualityMetric, option(
         "The validation metric that picks the best checkpoint: fid, kid (lower is better), precision, recall or "
-        "label_accuracy (higher is better).")] = "fid"
+        "label_accuracy (higher is better).")] = DEFAULT_SELECT
     patience: Annotated[int, Meta(ge=1, le=100_000), option(
         "Stop once the selected metric has not improved for PATIENCE measurements in a row.",
         "never stop early")] | None = None

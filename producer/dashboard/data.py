@@ -28,7 +28,7 @@ from shared.progress import QualityPoint, best_point, progress_from_dict
 from shared.records import JobRecord, RedisJobStore
 from shared.settings import Settings
 from shared.shards import read_shard
-from shared.specs import GenerateSpec, SpecError, TrainSpec, check_job_id
+from shared.specs import DEFAULT_SELECT, QUALITY_METRICS, GenerateSpec, SpecError, check_job_id
 from shared.storage import ObjectNotFound, Storage, StorageError, join_key, open_storage
 
 SAMPLE_GRID = re.compile(r"^step-(\d+)\.png$")
@@ -178,7 +178,8 @@ class DashboardData:
         samples.sort(key=lambda sample: sample["step"])
         count = 10 * max(len(card.class_names), 1) if card else 10_000
         history = latest_per_step(self.client.store.history(job_id))
-        spec = TrainSpec.from_dict(record.spec)
+        # a record's spec is shown whatever it holds (a hostile or older one too): only a known metric is used
+        select = str(record.spec.get("select")) if record.spec.get("select") in QUALITY_METRICS else DEFAULT_SELECT
         # the validation curve: the card's once written, else the points the progress records carried
         curve = [QualityPoint.from_dict(point) for point in
                  (card.curve if card else [entry["quality"] for entry in history if entry.get("quality")])]
@@ -186,8 +187,8 @@ class DashboardData:
             "history": thin(history, CURVE_POINTS),
             "curve": [point.__dict__ for point in curve],
             "curve_note": card.validation.get("why_none") if card else None,
-            "best": best.__dict__ if (best := best_point(curve, spec.select)) is not None else None,
-            "select": spec.select,
+            "best": best.__dict__ if (best := best_point(curve, select)) is not None else None,
+            "select": select,
             "samples": samples,
             "model_card": card.to_dict() if card else None,
             "generate_command": f"augment generate --model {job_id} --count {max(count, 1000)} --shard-size 1000",
