@@ -246,7 +246,7 @@ def test_the_trainers_checkpoint_holds_everything_a_resume_needs() -> None:
     saved = checkpoint.from_bytes(checkpoint.to_bytes(make_state(config, ema=0.9)), "memory")
     assert set(saved) == {
         "format", "kind", "config", "spec", "class_names", "step", "generator", "generator_ema", "discriminator",
-        "opt_g", "opt_d", "rng", "history", "warnings",
+        "opt_g", "opt_d", "rng", "history", "warnings", "curve", "best_checkpoint",  # the validation curve so far
     }
     assert set(saved["rng"]) == {"noise"} and saved["spec"]["job_id"] == "t-abc"
     spec = TrainSpec.from_dict(saved["spec"])
