@@ -70,7 +70,7 @@ SMALL_DATA_GUIDANCE = 1.0
 # never longer than the GAN (a 40-step smoke job stays one).
 AUTO_TEACHER_MEMBERS = 3
 # measurements on the validation split in a run whose spec does not say how often, but never closer than
-# VALIDATE_EVERY_FLOOR steps: a measurement costs about as much as 5 steps of the default networks (docs/training.md)
+# VALIDATE_EVERY_FLOOR steps: a measurement costs about as much as 3 steps of the default networks (docs/training.md)
 VALIDATION_POINTS = 20
 VALIDATE_EVERY_FLOOR = 50
 # the reference classifier's training steps, unless a spec says otherwise
