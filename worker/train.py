@@ -406,28 +406,26 @@ def train_gan(
     state.generator.train()
     state.discriminator.train()
 
-    saved: list[str] = []  # this attempt's checkpoints; each new one replaces the last
+    # this attempt's latest checkpoint and best sampler: each new one replaces its predecessor (an earlier attempt's
+    # go when the card is written)
+    saved: dict[str, str] = {}
 
-    def save_checkpoint() -> str:
+    def save(kind: str, write: Callable[[], str]) -> str:
         if not hooks.attempt.may_write():
             raise JobStopped(StopReason.LEASE_LOST, f"job {spec.job_id} lost its lease at step {state.step}; no checkpoint written")
-        key = checkpoint.save(storage, spec.job_id, hooks.attempt.epoch, state.to_checkpoint(spec, class_names))
-        for older in saved:
-            if older != key:
-                storage.delete(older)
-        saved[:] = [key]
+        key = write()
+        if saved.get(kind, key) != key:
+            storage.delete(saved[kind])
+        saved[kind] = key
         return key
 
-    best_saved: list[str] = []  # this attempt's best samplers (an earlier attempt's go when the card is written)
+    def save_checkpoint() -> str:
+        return save("last", lambda: checkpoint.save(storage, spec.job_id, hooks.attempt.epoch,
+                                                    state.to_checkpoint(spec, class_names)))
 
     def save_best() -> None:
-        if not hooks.attempt.may_write():
-            raise JobStopped(StopReason.LEASE_LOST, f"job {spec.job_id} lost its lease at step {state.step}; no checkpoint written")
-        state.best_checkpoint = checkpoint.save_best(storage, spec.job_id, hooks.attempt.epoch,
-                                                     state.to_sampler_checkpoint(spec, class_names))
-        for older in best_saved:
-            storage.delete(older)
-        best_saved[:] = [state.best_checkpoint]
+        state.best_checkpoint = save("best", lambda: checkpoint.save_best(storage, spec.job_id, hooks.attempt.epoch,
+                                                                          state.to_sampler_checkpoint(spec, class_names)))
 
     def out_of_patience() -> bool:  # a function of the curve alone, so a resumed job stops where an unstopped one does
         return spec.patience is not None and measurements_since_best(state.curve, spec.select) >= spec.patience
