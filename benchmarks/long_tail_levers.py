@@ -32,7 +32,7 @@ from worker.data import load_dataset
 from worker.evaluate import _gan_spec, _held_out
 from worker.images import to_uint8
 from worker.metrics import measure_quality
-from worker.model import Generator
+from worker.networks import Generator
 from worker.reference import reference_classifier
 from worker.teacher import load_teacher
 from worker.train import run_training

@@ -160,9 +160,10 @@ def ours_images_per_s(size: int, batch: int, width: int, steps: int, warmup: int
                      conditional=False, steps=steps + warmup, **extra)
     data = load_dataset(spec.dataset, Settings.from_env(), "train", image_size=size)
     images = data.images.to(device)
-    state = new_state(spec, gan_config(spec, data), device)
+    config = gan_config(spec, data)
+    state = new_state(spec, config, device)
     fns = step_functions(spec, job_recipe(spec, data), state, device)
-    layout = memory_format(spec, device)
+    layout = memory_format(config, device)
     schedule = BatchSchedule(len(images), batch, spec.seed, device)
     stats = torch.zeros(4, device=device)
     started = 0.0

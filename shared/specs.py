@@ -34,6 +34,9 @@ SPEC_VERSION = 1
 ImageSize = Literal[28, 32, 64]
 Loss = Literal["bce", "hinge"]
 Conditioning = Literal["concat", "projection"]  # how D sees the label: one-hot planes or a projection head
+# the generator/discriminator pair: the seed's DCGAN, or residual blocks with class-conditional BatchNorm in G and a
+# spectral-norm projection D (worker/resnet.py)
+Architecture = Literal["dcgan", "resnet"]
 Precision = Literal["auto", "fp32", "bf16"]
 EvaluationMode = Literal["quality", "utility"]
 # utility: where the classifiers are scored. "validation" holds out images of the training split that the small
@@ -52,6 +55,7 @@ CheckpointChoice = Literal["best", "last"]
 IMAGE_SIZES: tuple[int, ...] = get_args(ImageSize)
 LOSSES: tuple[str, ...] = get_args(Loss)
 CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 QUALITY_METRICS: tuple[str, ...] = get_args(QualityMetric)
 BUILTIN_DATASETS = ("fashion-mnist", "cifar10", "fake")
@@ -245,6 +249,9 @@ class TrainSpec(_Spec, frozen=True):
     beta2: Annotated[float, Meta(ge=0.0, le=0.9999)] = 0.999
     # Stabilisers; defaults chosen by measurement (docs/training.md: on 100 images per class, DiffAugment
     # on the seed's recipe gave the best FID; hinge, spectral norm, projection and EMA made it worse).
+    arch: Annotated[Architecture, option(
+        "The generator/discriminator pair: the seed's DCGAN, or resnet (residual blocks, class-conditional BatchNorm in "
+        "G, a projection D with spectral norm, whatever --conditioning and --spectral-norm say).")] = "dcgan"
     loss: Annotated[Loss, option("GAN loss: the seed's BCE or the hinge loss.")] = "bce"
     spectral_norm: Annotated[bool, option("Spectral norm on D's layers (instead of D's BatchNorm).")] = False
     conditioning: Annotated[Conditioning, option(

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from shared.shards import read_shard, sample_key
 from shared.specs import GenerateSpec, SpecError
 from worker.generate import LoadedModel, labels_for_range, labels_plan, render_shard, shard_seed
-from worker.model import GANConfig, Generator
+from worker.model import DCGANGenerator as Generator
+from worker.model import GANConfig
 
 
 def spec(count: int, **changes: object) -> GenerateSpec:

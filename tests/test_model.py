@@ -1,4 +1,5 @@
-"""worker.model and worker.checkpoint: shapes for every configuration, DCGAN init, safe checkpoint loading."""
+"""worker.model, worker.resnet and worker.checkpoint: shapes for every configuration of both architectures, DCGAN
+init, safe checkpoint loading."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from shared.specs import TrainSpec
 from shared.storage import FileStorage
 from worker import checkpoint
 from worker.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KIND, CheckpointError
-from worker.model import Discriminator, GANConfig, Generator, LatentProjection
+from worker.model import DCGANDiscriminator, DCGANGenerator, GANConfig, LatentProjection
+from worker.networks import build_discriminator, build_generator
 from worker.train import mode_seeking_penalty, new_state, step_functions, train_step
 
 BATCH = 3
@@ -48,12 +50,17 @@ CONFIGS = [
     for size, channels, classes, conditioning, spectral_norm in itertools.product(
         (28, 32, 64), (1, 3), (0, 10), ("concat", "projection"), (False, True)
     )
+] + [
+    # the resnet pair always has a spectral-norm projection D, as the training job records it (worker.train.gan_config)
+    GANConfig(image_size=size, channels=channels, nz=16, width=8, num_classes=classes, conditioning="projection",
+              spectral_norm=True, arch="resnet")
+    for size, channels, classes in itertools.product((28, 32, 64), (1, 3), (0, 10))
 ]
 
 
 def config_id(config: GANConfig) -> str:
     return (
-        f"{config.image_size}px-c{config.channels}-k{config.num_classes}-{config.conditioning}"
+        f"{config.arch}-{config.image_size}px-c{config.channels}-k{config.num_classes}-{config.conditioning}"
         f"{'-sn' if config.spectral_norm else ''}"
     )
 
@@ -65,7 +72,7 @@ def labels_for(config: GANConfig) -> torch.Tensor | None:
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_shapes_and_ranges(config: GANConfig) -> None:
     torch.manual_seed(0)
-    generator, discriminator = Generator(config), Discriminator(config)
+    generator, discriminator = build_generator(config), build_discriminator(config)
     labels = labels_for(config)
     z = torch.randn(BATCH, config.nz)
     for mode in ("train", "eval"):
@@ -86,9 +93,10 @@ def test_shapes_and_ranges(config: GANConfig) -> None:
     assert all(p.grad is not None for p in generator.parameters())
 
 
-@pytest.mark.parametrize("config", [c for c in CONFIGS if c.conditional and not c.spectral_norm], ids=config_id)
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.conditional and (c.arch == "resnet" or not c.spectral_norm)],
+                         ids=config_id)
 def test_conditional_networks_need_labels(config: GANConfig) -> None:
-    generator, discriminator = Generator(config), Discriminator(config)
+    generator, discriminator = build_generator(config), build_discriminator(config)
     with pytest.raises(ValueError, match="needs labels"):
         generator(torch.randn(BATCH, config.nz))
     images = torch.zeros(BATCH, config.channels, config.image_size, config.image_size)
@@ -96,20 +104,25 @@ def test_conditional_networks_need_labels(config: GANConfig) -> None:
         discriminator(images)
 
 
-def test_labels_change_the_conditional_output() -> None:
-    config = GANConfig(image_size=32, channels=3, nz=16, width=8, num_classes=10)
-    generator = Generator(config).eval()
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_labels_change_the_conditional_output(arch: str) -> None:
+    config = GANConfig(image_size=32, channels=3, nz=16, width=8, num_classes=10, arch=arch)
+    generator = build_generator(config).eval()
+    for module in generator.modules():
+        if isinstance(module, nn.Embedding):  # resnet's class-conditional BatchNorm starts as the identity for all
+            nn.init.normal_(module.weight)
     z = torch.randn(1, config.nz).expand(2, -1)
     images = generator(z, torch.tensor([0, 1]))
     assert not torch.equal(images[0], images[1])
 
 
-def test_unconditional_networks_ignore_labels() -> None:
-    config = GANConfig(image_size=28, channels=1, nz=16, width=8)
-    generator = Generator(config).eval()
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_unconditional_networks_ignore_labels(arch: str) -> None:
+    config = GANConfig(image_size=28, channels=1, nz=16, width=8, arch=arch)
+    generator = build_generator(config).eval()
     z = torch.randn(2, config.nz)
     assert torch.equal(generator(z), generator(z, torch.tensor([0, 1])))
-    assert generator.label_embedding is None
+    assert not any(isinstance(module, nn.Embedding) for module in generator.modules())
 
 
 @pytest.mark.parametrize(("size", "base", "ups"), [(28, 7, 2), (32, 4, 3), (64, 4, 4)])
@@ -140,7 +153,7 @@ def _conv_weights(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
 def test_dcgan_init_statistics(size: int) -> None:
     torch.manual_seed(1)
     config = GANConfig(image_size=size, channels=3, width=32, num_classes=10)
-    for network in (Generator(config), Discriminator(config)):
+    for network in (DCGANGenerator(config), DCGANDiscriminator(config)):
         weights = _conv_weights(network)
         assert weights
         everything = torch.cat([w.flatten() for _, w in weights])
@@ -158,14 +171,14 @@ def test_dcgan_init_statistics(size: int) -> None:
 
 def test_dcgan_init_statistics_with_spectral_norm() -> None:
     torch.manual_seed(1)
-    discriminator = Discriminator(GANConfig(image_size=32, channels=3, width=32, spectral_norm=True))
+    discriminator = DCGANDiscriminator(GANConfig(image_size=32, channels=3, width=32, spectral_norm=True))
     for name, weight in _conv_weights(discriminator):
         assert abs(weight.std().item() - 0.02) < 0.003, name
 
 
 def test_spectral_norm_bounds_the_discriminator_layers() -> None:
     torch.manual_seed(2)
-    discriminator = Discriminator(
+    discriminator = DCGANDiscriminator(
         GANConfig(image_size=32, channels=3, width=16, num_classes=10, conditioning="projection", spectral_norm=True)
     )
     assert not any(isinstance(sub, nn.BatchNorm2d) for sub in discriminator.modules())
@@ -173,6 +186,25 @@ def test_spectral_norm_bounds_the_discriminator_layers() -> None:
         if isinstance(sub, (nn.Conv2d, nn.Embedding)):
             sigma = torch.linalg.matrix_norm(sub.weight.detach().flatten(1), ord=2).item()
             assert sigma == pytest.approx(1.0, abs=0.05)
+
+
+def test_spectral_norm_bounds_every_resnet_discriminator_layer() -> None:
+    torch.manual_seed(2)
+    discriminator = build_discriminator(GANConfig(image_size=32, channels=3, width=8, num_classes=10,
+                                                  conditioning="projection", spectral_norm=True, arch="resnet"))
+    layers = [sub for sub in discriminator.modules() if isinstance(sub, (nn.Conv2d, nn.Linear, nn.Embedding))]
+    assert len(layers) == 3 * 4 + 2  # three convolutions in each of 4 blocks, the head and the projection
+    for sub in layers:
+        sigma = torch.linalg.matrix_norm(sub.weight.detach().flatten(1), ord=2).item()
+        assert sigma == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_checkpoint_from_before_architectures_rebuilds_its_dcgan() -> None:
+    config = GANConfig(image_size=28, channels=1, nz=16, width=8, num_classes=10)
+    state = make_state(config)
+    del state["config"]["arch"]  # what checkpoints held before --arch
+    rebuilt = checkpoint.generator_from_state(checkpoint.from_bytes(checkpoint.to_bytes(state), "memory"))
+    assert isinstance(rebuilt, DCGANGenerator)
 
 
 def test_mode_seeking_penalises_generators_that_ignore_their_noise() -> None:
@@ -231,7 +263,7 @@ class Reducer:
 
 def make_state(config: GANConfig, ema: float = 0.0) -> dict[str, Any]:
     """A checkpoint exactly as the trainer writes it (``TrainState.to_checkpoint``), after one real training step."""
-    spec = TrainSpec(job_id="t-abc", dataset="fake", nz=config.nz, width=config.width, ema=ema,
+    spec = TrainSpec(job_id="t-abc", dataset="fake", nz=config.nz, width=config.width, ema=ema, arch=config.arch,
                      conditioning=config.conditioning, spectral_norm=config.spectral_norm, precision="fp32")
     cpu = torch.device("cpu")
     state = new_state(spec, config, cpu)
@@ -267,6 +299,8 @@ def test_the_trainers_checkpoint_holds_everything_a_resume_needs() -> None:
             image_size=32, channels=3, nz=16, width=8, num_classes=10, conditioning="projection", spectral_norm=True
         ),
         GANConfig(image_size=64, channels=3, nz=16, width=8),
+        GANConfig(image_size=32, channels=3, nz=16, width=8, num_classes=10, conditioning="projection",
+                  spectral_norm=True, arch="resnet"),
     ],
     ids=config_id,
 )
@@ -288,7 +322,7 @@ def test_checkpoint_round_trip(config: GANConfig) -> None:
 
     rebuilt = checkpoint.generator_from_state(loaded)
     assert not rebuilt.training
-    original = Generator(config)
+    original = build_generator(config)
     original.load_state_dict(state["generator"])  # no EMA in this spec: the live generator samples
     original.eval()
     z = torch.randn(BATCH, config.nz)
@@ -300,7 +334,7 @@ def test_generator_from_state_prefers_ema_weights() -> None:
     config = GANConfig(image_size=28, channels=1, nz=16, width=8)
     state = make_state(config)
     torch.manual_seed(99)
-    ema = Generator(config).state_dict()
+    ema = DCGANGenerator(config).state_dict()
     state["generator_ema"] = ema
     rebuilt = checkpoint.generator_from_state(checkpoint.from_bytes(checkpoint.to_bytes(state), "memory"))
     for key, tensor in ema.items():
@@ -407,5 +441,5 @@ def test_latent_projection_is_the_transposed_convolution_it_replaces(layout: tor
 
 def test_generator_first_layer_keeps_the_convtranspose_weight_layout() -> None:
     config = GANConfig(image_size=28, channels=1, width=8, num_classes=10, embed_dim=5)
-    weight = Generator(config).state_dict()["main.0.weight"]
+    weight = DCGANGenerator(config).state_dict()["main.0.weight"]
     assert weight.shape == (config.nz + 5, 8 * 2, 7, 7)  # ConvTranspose2d's (in, out, k, k)

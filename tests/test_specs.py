@@ -39,7 +39,7 @@ def generate(**changes: Any) -> dict[str, Any]:
     [
         TRAIN,
         train(dataset="fashion-mnist", epochs=3, image_size=28, channels=1, conditional=True, loss="hinge"),
-        train(dataset="cifar10", steps=10, image_size=64, channels=3, conditional=False, batch_size=4096),
+        train(dataset="cifar10", steps=10, image_size=64, channels=3, conditional=False, batch_size=4096, arch="resnet"),
         train(dataset="imagefolder:/data/cats", lr=1e-6, beta1=0.0, beta2=0.9999, limit=1, width=4, nz=1),
         train(dataset="imagefolder:s3://bucket/images", lr=1, seed=2**31 - 1, log_every=1, checkpoint_every=1),
         train(lr=1, beta1=0),  # ints are fine for float fields
@@ -148,6 +148,7 @@ def assert_spec_error(kind: Any, data: Any, field: str, *mentions: str) -> SpecE
         (train(channels=4), "channels", ("1 or 3",)),
         (train(loss="x"), "loss", ("'x'", "bce, hinge")),
         (train(loss="BCE"), "loss", ("bce, hinge",)),
+        (train(arch="stylegan"), "arch", ("'stylegan'", "dcgan, resnet")),
         (train(epochs=1, steps=1), "steps", ("epochs", "steps", "not both")),
         (train(mode_seeking=-0.1), "mode_seeking", ("-0.1",)),
         (train(guidance=1.0, teacher=0), "guidance", ("needs a teacher", "teacher=3")),

@@ -1,4 +1,5 @@
-"""Training behaviour that a user watches: progress reports, sample grids, loss curve, collapse guard."""
+"""Training behaviour that a user watches: progress reports, sample grids, loss curve, collapse guard; the resnet
+architecture trained, resumed and sampled."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 
 from producer.follow import status_line
+from shared.contracts import read_card
 from shared.lifecycle import JobStopped, StopReason
 from shared.liveness import Attempt
 from shared.progress import TrainProgress
@@ -25,8 +27,11 @@ from shared.specs import (
     TrainSpec,
 )
 from shared.storage import FileStorage
+from worker import checkpoint
+from worker.checkpoint import load_model
 from worker.collapse_guard import collapse_warnings, diversity_warnings
 from worker.diffaugment import POLICIES
+from worker.resnet import ResNetGenerator
 from worker.train import STAT_NAMES, TrainHooks, native_bf16, resolve_precision, run_training
 
 
@@ -196,3 +201,32 @@ def test_every_augmentation_a_spec_accepts_is_one_the_trainer_has():
     # the spec (torch-free) names the policies, the trainer implements them: a name in one only would fail a job late
     assert set(AUGMENTATIONS) == set(POLICIES)
     assert set(AUTO_AUGMENTATIONS) <= set(POLICIES)
+
+
+def test_a_resnet_job_resumes_to_the_same_weights_and_its_model_samples_as_a_resnet(tmp_path):
+    tiny = dict(dataset="fake", arch="resnet", steps=30, width=8, batch_size=16, teacher=0, validate_every=10,
+                reference_steps=30, checkpoint_every=10, log_every=5)
+    whole = FileStorage(tmp_path / "whole")
+    run_training(TrainSpec(job_id="t-resnet", **tiny), Settings(), whole, TrainHooks())
+    stopped = FileStorage(tmp_path / "stopped")
+    steps: list[int] = []
+    first = TrainHooks(progress=lambda info: steps.append(info.step), stop_check_interval_s=0,
+                       should_stop=lambda: StopReason.PREEMPTED if steps and steps[-1] >= 15 else None)
+    with pytest.raises(JobStopped, match="stopped at step 15"):
+        run_training(TrainSpec(job_id="t-resnet", **tiny), Settings(), stopped, first)
+    run_training(TrainSpec(job_id="t-resnet", **tiny), Settings(), stopped, TrainHooks(attempt=Attempt(epoch=1)))
+
+    card = read_card(stopped, "t-resnet")
+    # what was trained, as the card says: the resnet pair always has a spectral-norm projection D
+    assert card.config["arch"] == "resnet" and card.config["spectral_norm"] and card.config["conditioning"] == "projection"
+    assert card.curve == read_card(whole, "t-resnet").curve
+    resumed, uninterrupted = checkpoint.load(stopped, "t-resnet"), checkpoint.load(whole, "t-resnet")
+    assert resumed is not None and uninterrupted is not None
+    for network in ("generator", "discriminator"):  # BatchNorm statistics and spectral norm's vectors included
+        for name, tensor in uninterrupted[network].items():
+            assert torch.equal(resumed[network][name], tensor), (network, name)
+    for which in ("best", "last"):
+        generator, _ = load_model(stopped, "t-resnet", torch.device("cpu"), which)
+        assert isinstance(generator, ResNetGenerator)
+        images = generator(torch.randn(4, generator.config.nz), torch.arange(4))
+        assert images.shape == (4, 1, 28, 28)

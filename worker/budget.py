@@ -102,7 +102,7 @@ def measure_rates(spec: TrainSpec, settings: Settings) -> Rates:
     fns = step_functions(spec, recipe, state, device, guide)
     schedule = BatchSchedule(len(data), spec.batch_size, spec.seed, device)
     images, labels = data.images.to(device), data.labels.to(device)
-    layout = memory_format(spec, device)
+    layout = memory_format(config, device)
     stats = torch.zeros(4, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 

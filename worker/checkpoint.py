@@ -19,7 +19,8 @@ from shared.layout import best_checkpoint_key, checkpoint_key, checkpoints_prefi
 from shared.progress import QualityPoint
 from shared.specs import CheckpointChoice, TrainSpec
 from shared.storage import Storage
-from worker.model import Discriminator, GANConfig, Generator
+from worker.model import GANConfig
+from worker.networks import Discriminator, Generator, build_generator
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KIND = "gan-augment/dcgan"
@@ -157,6 +158,6 @@ def config_dict(config: GANConfig) -> dict[str, Any]:
 
 def generator_from_state(state: dict[str, Any]) -> Generator:
     """Rebuild the sampling generator (EMA weights when the checkpoint has them) in eval mode."""
-    generator = Generator(GANConfig(**state["config"]))
+    generator = build_generator(GANConfig(**state["config"]))
     generator.load_state_dict(state.get("generator_ema") or state["generator"])
     return generator.eval()

@@ -59,7 +59,7 @@ from worker.classifier import accuracy, train_classifier
 from worker.data import ImageData, held_out_split, load_dataset
 from worker.images import class_rows, grid_png, to_uint8
 from worker.metrics import InceptionFeatures, measure_quality
-from worker.model import Generator
+from worker.networks import Generator
 from worker.reference import describe, reference_classifier
 from worker.teacher import load_teacher
 from worker.train import TrainHooks, run_training

@@ -47,7 +47,7 @@ from shared.specs import CheckpointChoice, GenerateSpec, SpecError
 from shared.storage import Storage
 from worker.checkpoint import load_model
 from worker.images import to_uint8
-from worker.model import Generator
+from worker.networks import Generator
 from worker.teacher import Teacher, load_teacher, sample_targets
 
 log = logging.getLogger("augment.generate")

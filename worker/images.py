@@ -10,7 +10,8 @@ from torchvision.utils import make_grid
 
 from shared.shards import encode_png
 from worker.data import ImageData
-from worker.model import GANConfig, Generator
+from worker.model import GANConfig
+from worker.networks import Generator
 
 
 def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""DCGAN generator and discriminator, unconditional or class-conditional, for 28, 32 and 64 pixel images.
+"""The model config of every architecture, and the DCGAN generator and discriminator, unconditional or
+class-conditional, for 28, 32 and 64 pixel images (``worker/resnet.py`` holds the other pair).
 
 Pure model code: torch only, everything from :class:`GANConfig`, no I/O. The layer recipe is the one of
 pytorch/examples' DCGAN (ConvTranspose2d/Conv2d, BatchNorm, ReLU/LeakyReLU, N(0, 0.02) init), generalised from a
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
-from shared.specs import CONDITIONINGS, IMAGE_SIZES
+from shared.specs import ARCHITECTURES, CONDITIONINGS, IMAGE_SIZES
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,15 @@ class GANConfig:
     embed_dim: int = 50  # label embedding fed to G next to z
     conditioning: str = "concat"  # how D sees the label: one-hot planes ("concat") or a projection head
     spectral_norm: bool = False  # spectral norm on D's layers (replaces D's BatchNorm)
+    arch: str = "dcgan"  # which generator/discriminator pair (worker.networks); checkpoints before it are dcgan
 
     def __post_init__(self) -> None:
         if self.image_size not in IMAGE_SIZES:
             raise ValueError(f"image_size {self.image_size} is not supported; use one of {', '.join(map(str, IMAGE_SIZES))}")
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning {self.conditioning!r} is not one of {', '.join(CONDITIONINGS)}")
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch {self.arch!r} is not one of {', '.join(ARCHITECTURES)}")
 
     @property
     def base_size(self) -> int:
@@ -79,7 +83,7 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class Generator(nn.Module):
+class DCGANGenerator(nn.Module):
     def __init__(self, config: GANConfig):
         super().__init__()
         self.config = config
@@ -116,7 +120,7 @@ class Generator(nn.Module):
         return self.main(z)
 
 
-class Discriminator(nn.Module):
+class DCGANDiscriminator(nn.Module):
     def __init__(self, config: GANConfig):
         super().__init__()
         self.config = config

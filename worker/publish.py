@@ -24,7 +24,7 @@ from shared.storage import Storage
 from worker import charts, checkpoint
 from worker.data import ImageData
 from worker.images import fixed_grid_inputs, grid_png, real_grid_images, sample_fixed
-from worker.model import Generator
+from worker.networks import Generator
 
 
 def loss_curve_png(history: list[dict[str, float]]) -> bytes:

@@ -37,7 +37,8 @@ from worker.collapse_guard import DIVERSITY_WARMUP, collapse_warnings, diversity
 from worker.data import ImageData, load_dataset
 from worker.diffaugment import diff_augment
 from worker.images import fixed_grid_inputs, grid_png, real_grid_images, sample_fixed, to_unit_range
-from worker.model import Discriminator, GANConfig, Generator
+from worker.model import GANConfig
+from worker.networks import build_discriminator, build_generator
 from worker.publish import TrainedModel, publish_model
 from worker.reference import describe, reference_classifier
 from worker.teacher import Teacher, ensure_teacher
@@ -72,15 +73,17 @@ def gan_config(spec: TrainSpec, data: ImageData) -> GANConfig:
         nz=spec.nz,
         width=spec.width,
         num_classes=data.info.num_classes if conditional else 0,
-        conditioning=spec.conditioning,
-        spectral_norm=spec.spectral_norm,
+        # the resnet pair always has a spectral-norm projection D: the config records what is trained
+        conditioning="projection" if spec.arch == "resnet" else spec.conditioning,
+        spectral_norm=spec.arch == "resnet" or spec.spectral_norm,
+        arch=spec.arch,
     )
 
 
-def memory_format(spec: TrainSpec, device: torch.device) -> torch.memory_format:
+def memory_format(config: GANConfig, device: torch.device) -> torch.memory_format:
     """NHWC (channels_last) wherever it measured faster: on CUDA (tensor cores), and on CPU (oneDNN: +33 % at
     28 px, +20 % at 32, +13 % at 64) unless D has spectral norm, whose power iteration it makes 4x slower."""
-    return torch.channels_last if device.type == "cuda" or not spec.spectral_norm else torch.contiguous_format
+    return torch.channels_last if device.type == "cuda" or not config.spectral_norm else torch.contiguous_format
 
 
 def real_batch(images: torch.Tensor, index: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
@@ -90,9 +93,9 @@ def real_batch(images: torch.Tensor, index: torch.Tensor, layout: torch.memory_f
 
 def new_state(spec: TrainSpec, config: GANConfig, device: torch.device) -> TrainState:
     torch.manual_seed(spec.seed)  # weight init
-    generator = Generator(config).to(device)
-    discriminator = Discriminator(config).to(device)
-    layout = memory_format(spec, device)
+    generator = build_generator(config).to(device)
+    discriminator = build_discriminator(config).to(device)
+    layout = memory_format(config, device)
     generator.to(memory_format=layout)  # type: ignore[call-overload]
     discriminator.to(memory_format=layout)  # type: ignore[call-overload]
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False) if spec.ema > 0 else None
@@ -393,7 +396,7 @@ def train_gan(
     class_names = list(data.info.class_names) if config.conditional else []
     state = resume_or_start(spec, config, storage, device)
     fns = step_functions(spec, recipe, state, device, teacher)
-    layout = memory_format(spec, device)
+    layout = memory_format(config, device)
     schedule = BatchSchedule(len(images), spec.batch_size, spec.seed, device,
                              data.labels if recipe.class_balanced and config.conditional else None)
     steps = recipe.steps

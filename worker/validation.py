@@ -25,7 +25,8 @@ from worker.classifier import Classifier, FeatureExtractor
 from worker.data import ImageData, split_validation
 from worker.images import sample_fixed
 from worker.metrics import Precomputed, frechet_distance, kernel_distance, precision_recall
-from worker.model import GANConfig, Generator
+from worker.model import GANConfig
+from worker.networks import Generator
 
 # generated images per measurement: enough that FID's and KID's spread between measurements of one model stays
 # well below the change the curve shows, few enough that a measurement costs a few seconds on a CPU
