@@ -37,6 +37,7 @@ from worker.train import (
     new_state,
     pick_device,
     real_batch,
+    resolve_precision,
     step_functions,
     train_step,
 )
@@ -152,9 +153,10 @@ def reference_images_per_s(size: int, batch: int, width: int, steps: int, warmup
                 return steps * batch / (time.perf_counter() - started)
 
 
-def ours_images_per_s(size: int, batch: int, width: int, steps: int, warmup: int, extra: dict) -> tuple[float, float]:
-    """Our trainer's images/s, and the floating-point operations of one of its steps (torch's FLOP counter: the
-    convolutions and matrix products, forward and backward, which are nearly all of a step's work)."""
+def ours_images_per_s(size: int, batch: int, width: int, steps: int, warmup: int, extra: dict) -> tuple[float, float, str]:
+    """Our trainer's images/s, the floating-point operations of one of its steps (torch's FLOP counter: the
+    convolutions and matrix products, forward and backward, which are nearly all of a step's work) and the
+    precision it ran in."""
     device = pick_device()
     spec = TrainSpec(job_id="bench", dataset="fashion-mnist", image_size=size, batch_size=batch, width=width,
                      conditional=False, steps=steps + warmup, **extra)
@@ -178,12 +180,14 @@ def ours_images_per_s(size: int, batch: int, width: int, steps: int, warmup: int
     images_per_s = steps * batch / (time.perf_counter() - started)
     with FlopCounterMode(display=False) as counter:
         train_step(state, fns, real_batch(images, schedule.indices(0), layout), None, stats)
-    return images_per_s, float(counter.get_total_flops())
+    return images_per_s, float(counter.get_total_flops()), resolve_precision(spec, device)
 
 
-def sgemm_flops_per_s(device: torch.device, size: int = 4096, repeats: int = 5) -> float:
-    """What this device's fp32 matrix product reaches: the practical peak a convolution could approach."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int = 4096, repeats: int = 5) -> float:
+    """What this device's matrix product reaches in DTYPE: the practical peak a convolution in that precision
+    could approach (a bf16 step measured against the fp32 product would flatter it: AMX's bf16 product is ~5x)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -219,11 +223,13 @@ def main() -> None:
     reference = reference_images_per_s(args.image_size, args.batch_size, args.width, args.steps, args.warmup,
                                        args.workers)
     print(f"reference (pytorch/examples dcgan, DataLoader x{args.workers} workers): {reference:.1f} images/s")
-    ours, step_flops = ours_images_per_s(args.image_size, args.batch_size, args.width, args.steps, args.warmup, extra)
-    print(f"ours ({args.ours}, compile={args.compile}, precision={args.precision}): {ours:.1f} images/s")
-    achieved, peak = step_flops * ours / args.batch_size, sgemm_flops_per_s(device)
-    print(f"ours: {step_flops / 1e9:.1f} GFLOP per step, {achieved / 1e9:.1f} GFLOP/s; this device's fp32 matrix "
-          f"product (4096^2): {peak / 1e9:.1f} GFLOP/s; ours reaches {100 * achieved / peak:.0f} % of it")
+    ours, step_flops, precision = ours_images_per_s(args.image_size, args.batch_size, args.width, args.steps,
+                                                    args.warmup, extra)
+    print(f"ours ({args.ours}, compile={args.compile}, precision={args.precision}: {precision}): {ours:.1f} images/s")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    achieved, peak = step_flops * ours / args.batch_size, matmul_flops_per_s(device, dtype)
+    print(f"ours: {step_flops / 1e9:.1f} GFLOP per step, {achieved / 1e9:.1f} GFLOP/s; this device's {precision} "
+          f"matrix product (4096^2): {peak / 1e9:.1f} GFLOP/s; ours reaches {100 * achieved / peak:.0f} % of it")
     print(f"ratio={ours / reference:.3f}")
 
 
