@@ -5,6 +5,8 @@ Generated and real images travel as uint8 (N, C, H, W) tensors; the networks wor
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torchvision.utils import make_grid
 
@@ -45,26 +47,33 @@ def grid_png(fake: torch.Tensor, real: torch.Tensor | None = None) -> bytes:
 # The progress grid: the same noise and labels at every step, so a person sees the samples change, not the draw.
 
 
-def fixed_grid_inputs(config: GANConfig, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Fixed noise and labels for the progress grid: 8 per class (one row per class), or 64 unconditional."""
-    rng = torch.Generator().manual_seed(seed + 7)
-    if config.conditional:
+@dataclass(frozen=True)
+class ProgressGrid:
+    """What a training run's grids are drawn from, fixed for the whole run: noise and labels, 8 per class (one row per
+    class, at most 16 classes) or 64 unconditional, and real images of the training split laid out alike."""
+
+    noise: torch.Tensor  # (n, nz)
+    labels: torch.Tensor | None  # (n,)
+    real: torch.Tensor  # (n, C, H, W) uint8
+    real_labels: torch.Tensor | None  # (n,); blank padding is labelled -1, so that it never counts in a class's diversity
+    class_names: list[str]  # the model's classes; empty when it is unconditional
+
+    @classmethod
+    def build(cls, data: ImageData, config: GANConfig, seed: int, device: torch.device) -> ProgressGrid:
+        rng = torch.Generator().manual_seed(seed + 7)
+        if not config.conditional:
+            return cls(torch.randn(64, config.nz, generator=rng).to(device), None, data.images[:64], None, [])
         classes = min(config.num_classes, 16)
         labels = torch.arange(classes).repeat_interleave(8)
         noise = torch.randn(labels.numel(), config.nz, generator=rng)
-        return noise.to(device), labels.to(device)
-    return torch.randn(64, config.nz, generator=rng).to(device), None
+        counts = [min(8, int((data.labels == label).sum())) for label in range(classes)]
+        real_labels = torch.cat([torch.tensor([label] * count + [-1] * (8 - count)) for label, count in enumerate(counts)])
+        return cls(noise.to(device), labels.to(device), class_rows(data.images, data.labels, classes),
+                   real_labels.to(data.labels.device), list(data.info.class_names))
 
-
-def real_grid_images(data: ImageData, config: GANConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Real images (and labels) laid out like the generated grid: 8 of each class, or the first 64."""
-    if not config.conditional:
-        return data.images[:64], None
-    classes = min(config.num_classes, 16)
-    # blank padding is labelled -1, so that it never counts in a class's diversity
-    counts = [min(8, int((data.labels == label).sum())) for label in range(classes)]
-    labels = torch.cat([torch.tensor([label] * count + [-1] * (8 - count)) for label, count in enumerate(counts)])
-    return class_rows(data.images, data.labels, classes), labels.to(data.labels.device)
+    def sample(self, generator: Generator) -> torch.Tensor:
+        """GENERATOR's images of the grid's noise and labels, uint8 on the CPU."""
+        return sample_fixed(generator, self.noise, self.labels)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from shared.specs import Recipe, TrainSpec
 from shared.storage import Storage
 from worker import charts, checkpoint
 from worker.data import ImageData
-from worker.images import fixed_grid_inputs, grid_png, real_grid_images, sample_fixed
+from worker.images import ProgressGrid, grid_png
 from worker.networks import Generator
 
 
@@ -47,6 +47,7 @@ class TrainedModel:
     """What the training loop hands over: the generator to sample from and how the run went."""
 
     sampler: Generator
+    grid: ProgressGrid  # the run's progress grid: the final one is drawn from the same noise and real images
     steps: int
     history: list[dict[str, float]]
     warnings: list[str]
@@ -69,10 +70,8 @@ def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: 
     answers the card that is fixed (this one, or another attempt's), None when this attempt lost its lease: then it
     raises JobStopped."""
     config = model.sampler.config
-    grid_noise, grid_labels = fixed_grid_inputs(config, spec.seed, model.device)
-    real_grid, _ = real_grid_images(data, config)
     grid = grid_key(spec.job_id, model.attempt)
-    storage.put_bytes(grid, grid_png(sample_fixed(model.sampler, grid_noise, grid_labels), real_grid), "image/png")
+    storage.put_bytes(grid, grid_png(model.grid.sample(model.sampler), model.grid.real), "image/png")
     curve = loss_curve_key(spec.job_id, model.attempt)
     storage.put_bytes(curve, loss_curve_png(model.history), "image/png")
     card = ModelCard(
@@ -80,7 +79,7 @@ def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: 
         dataset=spec.dataset,
         dataset_location=data.info.location,
         num_train_images=len(trained_on),
-        class_names=list(data.info.class_names) if config.conditional else [],
+        class_names=model.grid.class_names,
         class_counts={str(label): int(count) for label, count in
                       enumerate(torch.bincount(data.labels, minlength=config.num_classes).tolist())} if config.conditional else {},
         config=checkpoint.config_dict(config),

@@ -36,7 +36,7 @@ from worker.checkpoint import TrainState
 from worker.collapse_guard import DIVERSITY_WARMUP, collapse_warnings, diversity_warnings
 from worker.data import ImageData, load_dataset
 from worker.diffaugment import diff_augment
-from worker.images import fixed_grid_inputs, grid_png, real_grid_images, sample_fixed, to_unit_range
+from worker.images import ProgressGrid, grid_png, to_unit_range
 from worker.model import GANConfig
 from worker.networks import build_discriminator, build_generator
 from worker.publish import TrainedModel, publish_model
@@ -322,20 +322,23 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
             if reason is not None:
                 raise JobStopped(reason, f"job {spec.job_id} stopped while {info.stage}")
 
+        config = gan_config(spec, data)
+        grid = ProgressGrid.build(train_data, config, spec.seed, device)
         validator, reference = None, None
         if validation is not None:
             classifier, reference_meta = reference_classifier(
                 storage, settings, spec.dataset, data.images.shape[-1], data.images.shape[1], recipe.reference_steps,
                 spec.seed, report_stage, spec.background)
-            validator = Validator.build(gan_config(spec, data), validation, classifier, spec.seed, device)
+            validator = Validator.build(config, validation, classifier, spec.seed, device)
             reference = {**reference_meta, "description": describe(reference_meta)}
         stored = ensure_teacher(spec, recipe, train_data, storage, hooks.attempt.epoch,  # first: it may guide G
                                 StageMeter(f"training the teacher ({recipe.teacher} classifiers)",
                                            recipe.teacher * recipe.teacher_steps, report_stage))
         teacher = stored[0] if stored is not None else None
-        state, final_checkpoint = train_gan(spec, recipe, train_data, storage, device, hooks, stop_requested, teacher,
-                                            validator)
-        trained = TrainedModel(state.sampler, state.step, state.history, state.warnings, device, resolve_precision(spec, device),
+        state, final_checkpoint = train_gan(spec, recipe, train_data, storage, device, hooks, stop_requested, grid,
+                                            teacher, validator)
+        trained = TrainedModel(state.sampler, grid, state.step, state.history, state.warnings, device,
+                               resolve_precision(spec, device),
                                {**stored[0].meta, "key": stored[1]} if stored is not None else None, recipe, hooks.attempt.epoch,
                                final_checkpoint, state.curve, state.best_checkpoint, state.step < recipe.steps,
                                validation_record(spec, data, validation, no_curve, recipe.validate_every, reference))
@@ -386,14 +389,13 @@ class CollapseGuard:
 
 def train_gan(
     spec: TrainSpec, recipe: Recipe, data: ImageData, storage: Storage, device: torch.device, hooks: TrainHooks,
-    stop_requested: StopPoll, teacher: Teacher | None = None, validator: Validator | None = None,
+    stop_requested: StopPoll, grid: ProgressGrid, teacher: Teacher | None = None, validator: Validator | None = None,
 ) -> tuple[TrainState, str]:
     """The training loop: steps until SPEC's total (or until its patience runs out), with checkpoints, sample grids,
     validation measurements and progress along the way; returns the final state and the key of its checkpoint."""
     config = gan_config(spec, data)
     images = data.images.to(device)  # (N, C, H, W) uint8, decoded once
     labels_all = data.labels.to(device)
-    class_names = list(data.info.class_names) if config.conditional else []
     state = resume_or_start(spec, config, storage, device)
     fns = step_functions(spec, recipe, state, device, teacher)
     layout = memory_format(config, device)
@@ -401,8 +403,6 @@ def train_gan(
                              data.labels if recipe.class_balanced and config.conditional else None)
     steps = recipe.steps
     sample_every = spec.sample_every or schedule.steps_per_epoch
-    grid_noise, grid_labels = fixed_grid_inputs(config, spec.seed, device)
-    real_grid, real_grid_labels = real_grid_images(data, config)
     guard = CollapseGuard(spec.job_id)
     stats = torch.zeros(len(STAT_NAMES), device=device)
     window_start, window_steps = time.perf_counter(), 0
@@ -424,11 +424,11 @@ def train_gan(
 
     def save_checkpoint() -> str:
         return save("last", lambda: checkpoint.save(storage, spec.job_id, hooks.attempt.epoch,
-                                                    state.to_checkpoint(spec, class_names)))
+                                                    state.to_checkpoint(spec, grid.class_names)))
 
     def save_best() -> None:
         state.best_checkpoint = save("best", lambda: checkpoint.save_best(storage, spec.job_id, hooks.attempt.epoch,
-                                                                          state.to_sampler_checkpoint(spec, class_names)))
+                                                                          state.to_sampler_checkpoint(spec, grid.class_names)))
 
     def out_of_patience() -> bool:  # a function of the curve alone, so a resumed job stops where an unstopped one does
         return spec.patience is not None and measurements_since_best(state.curve, spec.select) >= spec.patience
@@ -441,11 +441,12 @@ def train_gan(
         window_steps += 1
 
         if state.step % sample_every == 0 or state.step == steps:
-            fake = sample_fixed(state.sampler, grid_noise, grid_labels)
+            fake = grid.sample(state.sampler)
             if hooks.attempt.may_write():  # a progress picture: an attempt that lost its lease leaves the takeover's in place
                 storage.put_bytes(sample_grid_key(spec.job_id, state.step), grid_png(fake), "image/png")
             if state.step >= steps * DIVERSITY_WARMUP:  # early samples are alike by construction
-                guard.update(state, "diversity", diversity_warnings(fake, grid_labels, real_grid, real_grid_labels, class_names))
+                guard.update(state, "diversity", diversity_warnings(fake, grid.labels, grid.real, grid.real_labels,
+                                                                      grid.class_names))
         measured = False
         if validator is not None and (state.step % recipe.validate_every == 0 or state.step == steps):
             measured = True
