@@ -56,14 +56,16 @@ def teacher_confidence(label: int, meta: dict[str, Any]) -> float:
 
 
 class SyntheticJob:
-    """The committed output of one generation job in STORAGE.
+    """The committed output of generation job JOB_ID in STORAGE (:meth:`open` finds the store from the environment).
 
     MIN_CONFIDENCE drops samples whose teacher gives their label less than that probability (the job needs a
     teacher: see ``Manifest.teacher``). ``len`` and :meth:`shard_sizes` then count the samples that pass, which takes
     one read of every shard (the first time they are asked); the manifest's counts are upper bounds.
     """
 
-    def __init__(self, storage: Storage, job_id: str, min_confidence: float = 0.0):
+    def __init__(self, job_id: str, storage: Storage, min_confidence: float = 0.0):
+        if not isinstance(job_id, str):
+            raise TypeError("SyntheticJob(job_id, storage): the job id comes first, as in SyntheticJob.open(job_id)")
         self.storage = storage
         self.manifest = Manifest.load(storage, job_id)  # ObjectNotFound while the job has not committed
         if min_confidence > 0 and self.manifest.teacher is None:
@@ -75,7 +77,7 @@ class SyntheticJob:
     @classmethod
     def open(cls, job_id: str, settings: Settings | None = None, min_confidence: float = 0.0) -> SyntheticJob:
         """The job in the store configured by the environment (AUGMENT_STORAGE_URL and the S3 settings)."""
-        return cls(open_storage(settings or Settings.from_env(), create_bucket=False), job_id, min_confidence)
+        return cls(job_id, open_storage(settings or Settings.from_env(), create_bucket=False), min_confidence)
 
     def __len__(self) -> int:
         return sum(self.shard_sizes())

@@ -67,7 +67,7 @@ def test_train_generate_and_read_back_with_webdataset(augment_env, start_worker,
     for shard in manifest.shards:
         data = storage.get_bytes(manifest.shard_key(shard))
         assert len(data) == shard.size and hashlib.sha256(data).hexdigest() == shard.sha256
-    urls = SyntheticJob(storage, generate_id).shard_urls()
+    urls = SyntheticJob(generate_id, storage).shard_urls()
     assert all(url.startswith("http://") for url in urls)
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8").to_tuple("png", "cls", "json", "__key__"))
     assert len(samples) == 250
@@ -80,10 +80,10 @@ def test_train_generate_and_read_back_with_webdataset(augment_env, start_worker,
         assert len(meta["probs"]) == 10 and abs(sum(meta["probs"]) - 1) < 2e-3 and min(meta["probs"]) >= 0
         assert meta["target"] == meta["probs"]  # the default rule: the teacher's view
     assert manifest.target_rule == "teacher"
-    checked = list(SyntheticJob(storage, generate_id))  # the checked reader hands them over as targets summing to 1
+    checked = list(SyntheticJob(generate_id, storage))  # the checked reader hands them over as targets summing to 1
     assert len(checked) == 250 and all(abs(float(sample.probs.sum()) - 1) < 1e-6 for sample in checked)  # type: ignore[union-attr]
     assert all(abs(float(sample.target.sum()) - 1) < 1e-6 for sample in checked)  # type: ignore[union-attr]
-    confident = list(SyntheticJob(storage, generate_id, min_confidence=0.2))
+    confident = list(SyntheticJob(generate_id, storage, min_confidence=0.2))
     assert all(float(sample.probs[sample.label]) >= 0.2 - 1e-3 for sample in confident)  # type: ignore[index]
 
     status = run_cli(augment_env, "status", generate_id, "--json")

@@ -35,7 +35,7 @@ def write_job(storage: FileStorage, job_id: str, shards: list[int], size: int = 
         entries.append(ShardEntry(shard_name(number), count, len(data), sha256_hex(data)))
     manifest = Manifest(job_id, "t-model", entries, dict(class_counts), [], size, 1, {}, "2026-11-27T00:00:00+00:00")
     storage.put_text(f"synthetic/{job_id}/manifest.json", manifest.to_json())
-    return SyntheticJob(storage, job_id)
+    return SyntheticJob(job_id, storage)
 
 
 def test_reader_streams_checked_samples_and_refuses_a_changed_shard(tmp_path: Path) -> None:
