@@ -20,21 +20,21 @@ from typing import Any, TypeVar
 import msgspec
 
 from shared.broker import EVALUATE_QUEUE, EVALUATE_TASK, GENERATE_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK
+from shared.formats import UNVERSIONED, FormatError, check_format
 from shared.layout import manifest_key, model_card_key, model_prefix, report_json_key, report_prefix, synthetic_prefix
 from shared.progress import GenerateProgress, Progress, QualityPoint, StageProgress, TrainProgress
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import Storage
 
 # A model card, a result or a report older than versioning (written before 2026-12) has no ``format`` field: it is
-# read as format 0, which has the fields of format 1 less the ones added later (those have defaults).
-UNVERSIONED = 0
+# read as format 0 (shared/formats.py), which has the fields of format 1 less the ones added later (with defaults).
 MODEL_CARD_FORMAT = 1
 RESULT_FORMAT = 1
 REPORT_FORMAT = 1
 T = TypeVar("T", bound=msgspec.Struct)
 
 
-class ContractError(ValueError):
+class ContractError(FormatError):
     """A stored record cannot be read as its declared type: an unknown format, or a field missing or of another type."""
 
 
@@ -321,10 +321,11 @@ def decode(record_type: type[T], data: object, what: str) -> T:
     written = data.get("format", UNVERSIONED) if isinstance(data, Mapping) else None
     readable = msgspec.structs.fields(record_type)
     current = next((field.default for field in readable if field.name == "format"), None)
-    if isinstance(written, int) and current is not None and written > current:
-        raise ContractError(f"{what} is format {written}, newer than this reader (format {current}): upgrade gan-augment")
-    if isinstance(data, Mapping) and written == UNVERSIONED and current is not None:
-        data = {**data, "format": UNVERSIONED}
+    if isinstance(data, Mapping) and isinstance(current, int):
+        try:
+            data = {**data, "format": check_format(what, data.get("format"), current)}
+        except FormatError as exc:
+            raise ContractError(str(exc)) from None
     try:
         return msgspec.convert(data, record_type)
     except msgspec.ValidationError as exc:

@@ -10,12 +10,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from shared.formats import check_format
 from shared.layout import manifest_key, shard_object_key
 from shared.storage import Storage
 
-# Format 2 added ``teacher``; format 1 manifests (no teacher) still read.
+# Format 2 added ``teacher``; format 1 manifests (no teacher) still read. Manifests were versioned from the start.
 MANIFEST_FORMAT = 2
-READABLE_FORMATS = (1, MANIFEST_FORMAT)
+OLDEST_MANIFEST_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -49,18 +50,16 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> Manifest:
+    def from_json(cls, text: str, what: str = "the manifest") -> Manifest:
         data = json.loads(text)
-        if data.get("format") not in READABLE_FORMATS:
-            raise ValueError(f"manifest format {data.get('format')!r} is not supported; this reader reads "
-                             f"{', '.join(map(str, READABLE_FORMATS))}: upgrade gan-augment")
+        check_format(what, data.get("format"), MANIFEST_FORMAT, OLDEST_MANIFEST_FORMAT)
         data["shards"] = [ShardEntry(**entry) for entry in data["shards"]]
         data.pop("total", None)
         return cls(**data)
 
     @classmethod
     def load(cls, storage: Storage, job_id: str) -> Manifest:
-        return cls.from_json(storage.get_text(manifest_key(job_id)))
+        return cls.from_json(storage.get_text(manifest_key(job_id)), f"the manifest of job {job_id}")
 
     @property
     def target_rule(self) -> str:

@@ -28,6 +28,8 @@ import msgspec
 import msgspec.inspect
 from msgspec import Meta
 
+from shared.formats import FormatError, check_format
+
 SPEC_VERSION = 1
 
 # The choices, each listed once: the specs, the CLI's options and the model code read them from here.
@@ -188,9 +190,10 @@ class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     def from_dict(cls: type[SpecT], data: Mapping[str, Any]) -> SpecT:
         if not isinstance(data, Mapping):
             raise SpecError(cls.kind, "spec", f"expected a JSON object, got {type(data).__name__}")
-        version = data.get("version", SPEC_VERSION)
-        if version != SPEC_VERSION:
-            raise SpecError(cls.kind, "version", f"{version!r} is not supported; this worker reads version {SPEC_VERSION}")
+        try:  # a spec without a version is version 0, the same fields as version 1
+            check_format(f"a {cls.kind} spec", data.get("version"), SPEC_VERSION)
+        except FormatError as exc:
+            raise SpecError(cls.kind, "version", str(exc)) from None
         converting = _CONVERTING.set(True)
         try:
             return msgspec.convert(dict(data), cls)

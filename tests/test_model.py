@@ -413,8 +413,8 @@ def test_truncated_checkpoint_is_refused() -> None:
         ({"generator": {"w": torch.zeros(1)}}, "not a gan-augment checkpoint"),
         (torch.zeros(3), "not a gan-augment checkpoint"),
         ([1, 2, 3], "not a gan-augment checkpoint"),
-        ({"format": CHECKPOINT_FORMAT + 1, "kind": CHECKPOINT_KIND}, "format 2"),
-        ({"kind": CHECKPOINT_KIND}, "format None"),
+        ({"format": CHECKPOINT_FORMAT + 1, "kind": CHECKPOINT_KIND}, "format 2, newer than this reader"),
+        ({"kind": CHECKPOINT_KIND}, "src has no format; this reader reads formats 1 to 1"),
     ],
 )
 def test_wrong_kind_or_format_is_refused(obj: Any, match: str) -> None:

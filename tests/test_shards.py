@@ -16,6 +16,7 @@ import webdataset as wds
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared.formats import FormatError
 from shared.layout import manifest_key
 from shared.manifest import MANIFEST_FORMAT, Manifest, ShardEntry
 from shared.shards import (
@@ -289,14 +290,14 @@ def test_manifest_total_is_computed_not_trusted() -> None:
 def test_manifest_unknown_format_refused(version: Any) -> None:
     data = json.loads(make_manifest().to_json())
     data["format"] = version
-    with pytest.raises(ValueError, match="format"):
+    with pytest.raises(FormatError, match="format"):
         Manifest.from_json(json.dumps(data))
 
 
 def test_manifest_without_format_refused() -> None:
     data = json.loads(make_manifest().to_json())
     del data["format"]
-    with pytest.raises(ValueError, match="not supported"):
+    with pytest.raises(FormatError, match="the manifest has no format; this reader reads formats 1 to 2"):
         Manifest.from_json(json.dumps(data))
 
 

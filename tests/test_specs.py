@@ -45,6 +45,7 @@ def generate(**changes: Any) -> dict[str, Any]:
         train(lr=1, beta1=0),  # ints are fine for float fields
         train(mode_seeking=0.5, teacher=2, guidance=0.5, teacher_steps=10, ema=0.999),
         train(version=SPEC_VERSION),
+        train(version=0),  # what a spec without a version is (shared/formats.py): the same fields
     ],
 )
 def test_valid_train_spec_round_trips(data: dict[str, Any]) -> None:
@@ -171,10 +172,10 @@ def assert_spec_error(kind: Any, data: Any, field: str, *mentions: str) -> SpecE
         (train(imbalance=10), "imbalance", ("needs per_class",)),
         (train(per_class=50, imbalance=0.5), "imbalance", ("0.5", "out of range", "use 1 to 1000")),
         # versions
-        (train(version=2), "version", ("2", "not supported", "version 1")),
-        (train(version=0), "version", ("not supported",)),
-        (train(version="1"), "version", ("'1'", "not supported")),
-        (train(version=True), "version", ("an integer",)),
+        (train(version=2), "version", ("format 2, newer than this reader (format 1)", "upgrade gan-augment")),
+        (train(version=-1), "version", ("-1", "reads formats 0 to 1")),
+        (train(version="1"), "version", ("'1'", "reads formats 0 to 1")),
+        (train(version=True), "version", ("True", "reads formats 0 to 1")),
         # not an object at all
         ([("job_id", "t-abc")], "spec", ("JSON object", "list")),
         ("t-abc", "spec", ("JSON object", "str")),
@@ -203,7 +204,7 @@ def test_invalid_train_spec(data: Any, field: str, mentions: tuple[str, ...]) ->
         (generate(model=""), "model", ()),
         (generate(model="/models/t-abc"), "model", ()),
         (generate(job_id="a" * 65), "job_id", ()),
-        (generate(version=2), "version", ("not supported",)),
+        (generate(version=2), "version", ("newer than this reader",)),
         (generate(targets="soft"), "targets", ("'soft'", "agree, hard, teacher")),
         # class_counts
         (generate(count=10, class_counts={"0": 5, "1": 4}), "class_counts", ("add up to 9", "count=10")),

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from shared.contracts import ModelCard, ModelNotFound, read_card
+from shared.formats import FormatError, check_format
 from shared.layout import best_checkpoint_key, checkpoint_key, checkpoints_prefix
 from shared.progress import QualityPoint
 from shared.specs import CheckpointChoice, TrainSpec
@@ -23,6 +24,7 @@ from worker.model import GANConfig
 from worker.networks import Discriminator, Generator, build_generator
 
 CHECKPOINT_FORMAT = 1
+OLDEST_CHECKPOINT_FORMAT = 1  # checkpoints were versioned from the start
 CHECKPOINT_KIND = "gan-augment/dcgan"
 
 
@@ -90,8 +92,8 @@ class TrainState:
         self.best_checkpoint = state.get("best_checkpoint")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is unreadable, unsafe or of an unknown format."""
+class CheckpointError(FormatError):
+    """A checkpoint is unreadable, unsafe or of a format this worker does not read."""
 
 
 def to_bytes(state: dict[str, Any]) -> bytes:
@@ -110,8 +112,10 @@ def from_bytes(data: bytes, source: str) -> dict[str, Any]:
         raise CheckpointError(f"{source} is not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(f"{source} is not a gan-augment checkpoint")
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{source} has format {state.get('format')!r}; this worker reads {CHECKPOINT_FORMAT}")
+    try:
+        check_format(source, state.get("format"), CHECKPOINT_FORMAT, OLDEST_CHECKPOINT_FORMAT)
+    except FormatError as exc:
+        raise CheckpointError(str(exc)) from None
     return state
 
 
