@@ -24,6 +24,7 @@ from producer.follow import BROKER_ERRORS, GIVE_UP_AFTER_S, broker_fault, follow
 from producer.options import spec_options
 from shared.broker import EVALUATE_QUEUE, GENERATE_QUEUE, QUEUES, TRAIN_QUEUE, BrokerUnreachable
 from shared.contracts import KINDS, kind_of
+from shared.cpus import thread_environment, usable_cpus
 from shared.datasets import DatasetNotFound
 from shared.lifecycle import CANCELLED, FAILURE, SUCCESS
 from shared.settings import DEFAULT_BROKER_URL, Settings, SettingsError
@@ -307,13 +308,6 @@ def worker_pool(queues: str, pool: str, concurrency: int | None) -> tuple[str, i
     return pool, concurrency
 
 
-def torch_threads_per_task(concurrency: int, cpus: int) -> int:
-    """Intra-op threads for each of CONCURRENCY task threads: the CPUS split between them. Tasks that each spread
-    over every core stall at every op's barrier when another task holds one (measured: 2 tasks x 1 thread landed
-    13 % more images/s than 2 x 2 on 2 cores)."""
-    return max(1, cpus // concurrency)
-
-
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--queues", "-Q", default=",".join(QUEUES), show_default=True)
 @click.option("--pool", type=click.Choice(["auto", "solo", "threads"]), default="auto", show_default=True,
@@ -329,9 +323,8 @@ def worker(queues: str, pool: str, concurrency: int | None, loglevel: str, celer
     except SettingsError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
     pool, concurrency = worker_pool(queues, pool, concurrency)
-    if concurrency > 1 and "OMP_NUM_THREADS" not in os.environ:  # read by torch when it loads, in the exec'd worker
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # not on macOS
-        os.environ["OMP_NUM_THREADS"] = str(torch_threads_per_task(concurrency, cpus))
+    for name, value in thread_environment(concurrency, usable_cpus()).items():
+        os.environ.setdefault(name, value)  # read by torch's OpenMP when it loads, in the exec'd worker
     argv = [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker",
         "--queues", queues, "--pool", pool, "--concurrency", str(concurrency), "--loglevel", loglevel,

@@ -1,0 +1,84 @@
+"""How many CPUs a worker may use, and the OpenMP settings its torch runs with.
+
+A container's CPU limit (Kubernetes ``resources.limits.cpu``, ``docker run --cpus``) is a cgroup quota: the process
+still sees every core of the host, and torch would start a thread per core. Threads beyond the quota, like threads
+on cores another process keeps busy, are descheduled in the middle of an operation, and OpenMP's other threads
+spin at the operation's barrier waiting for them: docs/operations.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+
+
+def _cgroup_paths(proc_cgroup: Path) -> dict[str, str]:
+    """Controller -> this process's cgroup path ("" for the unified v2 hierarchy), from /proc/self/cgroup."""
+    paths: dict[str, str] = {}
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return paths
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            paths[controller] = path
+    return paths
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float | None:
+    """The CPUs this process's cgroup quota allows (1.5 for a 150 ms per 100 ms quota), None without a quota.
+
+    cgroup v2 (``cpu.max``: "QUOTA PERIOD" or "max PERIOD") and v1 (``cpu.cfs_quota_us``, -1 for none, and
+    ``cpu.cfs_period_us``). A container sees its own cgroup as the root, so the root is tried after the
+    process's own path."""
+    paths = _cgroup_paths(proc_cgroup)
+    v2 = [root / paths[""].lstrip("/")] if "" in paths else []
+    for directory in [*v2, root]:
+        text = _read(directory / "cpu.max")
+        if text is not None:
+            quota, _, period = text.partition(" ")
+            return None if quota == "max" else int(quota) / int(period or 100_000)
+    v1_path = paths.get("cpu", "/").lstrip("/")
+    for directory in (root / "cpu" / v1_path, root / "cpu"):
+        quota_text, period_text = _read(directory / "cpu.cfs_quota_us"), _read(directory / "cpu.cfs_period_us")
+        if quota_text is not None and period_text is not None:
+            return None if int(quota_text) < 0 else int(quota_text) / int(period_text)
+    return None
+
+
+def cpus_within(cores: int, limit: float | None) -> int:
+    """Of CORES (the process's affinity), the ones a cgroup LIMIT in CPUs lets it keep busy: rounded up, since a
+    quota of 1.5 CPUs keeps 2 threads busy three quarters of the time."""
+    return max(1, min(cores, math.ceil(limit))) if limit is not None else cores
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: the cores it may run on, fewer when its cgroup quota allows fewer."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # not on macOS
+    return cpus_within(cores, cgroup_cpu_limit())
+
+
+def torch_threads_per_task(concurrency: int, cpus: int) -> int:
+    """Intra-op threads for each of CONCURRENCY task threads: the CPUS split between them. Tasks that each spread
+    over every core stall at every op's barrier when another task holds one (measured: 2 tasks x 1 thread landed
+    13 % more images/s than 2 x 2 on 2 cores)."""
+    return max(1, cpus // concurrency)
+
+
+def thread_environment(concurrency: int, cpus: int) -> dict[str, str]:
+    """The OpenMP settings a worker's torch loads with: a thread per usable CPU and task, and threads that sleep
+    at a barrier instead of spinning, so a thread that waits for one descheduled by another process (or by the
+    cgroup quota) gives up its core instead of burning it."""
+    return {"OMP_NUM_THREADS": str(torch_threads_per_task(concurrency, cpus)), "OMP_WAIT_POLICY": "PASSIVE"}
