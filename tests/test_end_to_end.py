@@ -171,7 +171,7 @@ def test_long_tail_utility_evaluation_through_a_worker_and_its_report(augment_en
                 "ceiling: real held-out images, true labels", "(a) real"):
         assert f"| {arm} |" in printed.stdout
     assert "The GAN's own share" in printed.stdout and "Sweep: (c) - (a)" in printed.stdout
-    assert "The rarest third's accuracy" in printed.stdout and "Ceiling (real held-out images" in printed.stdout
+    assert "The rarest third's accuracy" in printed.stdout and "The true-label ceiling adds" in printed.stdout
     report = json.loads(storage_for(augment_env).get_text(f"reports/{job_id}/report.json"))
     # 9 images of the commonest class down to 3 of the rarest, as the GAN's model card records too
     assert sorted(report["class_counts"]) == [3, 3, 4, 4, 5, 6, 6, 7, 8, 9] and report["imbalance"] == 3

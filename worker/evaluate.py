@@ -38,14 +38,12 @@ from shared.progress import StageMeter, StageProgress, shifted
 from shared.settings import Settings
 from shared.specs import AUTO_TEACHER_MEMBERS, DEFAULT_BACKGROUND, EvaluateSpec, TrainSpec
 from shared.storage import Storage, join_key
+from shared.verdicts import utility_verdict
 from worker import charts
 from worker.augmentation_study import (
     SMALL_CNN,
     ExperimentData,
-    GanShare,
     Outcome,
-    Scored,
-    Verdict,
     filter_by_confidence,
     gan_share,
     run_sweep,
@@ -260,38 +258,14 @@ def _utility_rows(outcomes: list[Outcome], rare: list[int]) -> list[str]:
     return rows
 
 
-def _share_lines(share: GanShare, imbalanced: bool) -> list[str]:
-    def side(scored: Scored) -> str:
-        return f"{scored.label} ({_plus_minus((scored.mean, scored.std))})"
-
-    lines = [
-        f"- The GAN's own share: **{100 * share.share:+.2f} points** of balanced accuracy: best with GAN samples, "
-        f"{side(share.with_gan)}, minus best without, {side(share.without_gan)}.",
-        f"- Best with GAN samples over the real arm (its better scoring): **{100 * share.over_real:+.2f} points**.",
-    ]
-    if imbalanced:
-        lines.append(f"- The rarest third's accuracy, the same two arms: **{100 * share.rare_share:+.2f} points** "
-                     f"({100 * share.with_gan.rare_mean:.2f} against {100 * share.without_gan.rare_mean:.2f}).")
-    if share.ceiling is not None and share.ceiling_gain is not None:
-        captured = "nothing of it" if share.captured is None else f"{100 * max(share.captured, 0.0):.0f} % of it"
-        lines.append(f"- Ceiling (real held-out images with their true labels in the GAN's place): "
-                     f"{100 * share.ceiling.mean:.2f}, {100 * share.ceiling_gain:+.2f} points over the best arm without "
-                     f"the GAN; the GAN captures {captured}.")
-    if share.warning:
-        lines.append(f"- **WARNING: {share.warning}**")
-    return lines
-
-
-def _utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[Outcome], share: GanShare,
-                      sweep_result: Verdict | None, gan: ModelCard, feature_note: str, seconds: float) -> str:
+def _utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[Outcome], report: UtilityReport,
+                      gan: ModelCard, feature_note: str) -> str:
     imbalanced = spec.imbalance > 1
     rare = data.rarest_third()
-    verdict_lines = _share_lines(share, imbalanced)
-    if sweep_result is not None:
-        verdict_lines += [
-            f"- Sweep: (c) - (a), best setting: {100 * sweep_result.delta_c:+.2f} points ({sweep_result.best_c.setting.name}); "
-            f"(d) - (b): {100 * sweep_result.delta_d:+.2f} ({sweep_result.best_d.setting.name}).",
-        ]
+    shown = utility_verdict(report)  # the dashboard shows the same lines
+    verdict_lines = [f"**{shown['headline']}.**", "", *(f"- {line[0].upper()}{line[1:]}." for line in shown["lines"])]
+    if shown["warning"]:
+        verdict_lines.append(f"- **WARNING: {shown['warning']}**")
     held_out = f"{len(data.test_images)} real {'test' if spec.holdout == 'test' else 'validation (training-split)'} images"
     teacher = gan.teacher or {}
     counts = torch.bincount(data.real_labels, minlength=data.num_classes).tolist()
@@ -314,7 +288,7 @@ def _utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[O
         f"Sample quality of the GAN: {feature_note}", "",
         "Images: `accuracy.png` (bars with one-standard-deviation error bars), `grid.png` (real left, generated "
         "right, one row per class), `losses.png` (the GAN's training).", "",
-        f"Run time: {seconds:.0f} s.",
+        f"Run time: {report.seconds:.0f} s.",
     ])
 
 
@@ -428,7 +402,6 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     images = {"accuracy.png": accuracy_chart(outcomes, rare),
               "grid.png": _class_grid(held_out, synthetic, synthetic_labels, num_classes)}
     _copy_loss_curve(storage, gan_spec.job_id, images)
-    markdown = _utility_markdown(spec, data, outcomes, share, sweep_result, card, feature_note, seconds)
     report = UtilityReport(
         spec=spec.to_dict(), gan=gan_spec.job_id, gan_steps=card.steps, teacher=card.teacher,
         real_images=len(subset), held_out_images=len(held_out), holdout=spec.holdout,
@@ -443,6 +416,7 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
                                                              best=sweep_result.best.setting.name),
         quality=quality, reference=reference_meta, seconds=seconds, created_at=_now(),
     )
+    markdown = _utility_markdown(spec, data, outcomes, report, card, feature_note)
     return _write_report(storage, spec.job_id, markdown, report, images, attempt, lambda url, files: UtilityResult(
         report=url, files=files, gan_share=share.share, gan_over_real=share.over_real, best=share.with_gan.label,
         warnings=[share.warning] if share.warning else []))
