@@ -7,6 +7,7 @@ import torch
 
 from shared.specs import long_tail_counts
 from worker.augmentation_study import (
+    ARMS,
     ExperimentData,
     Outcome,
     Scores,
@@ -53,14 +54,19 @@ def outcomes(a: list[float], b: list[float], c: list[float], d: list[float]) -> 
     ]
 
 
-def test_the_verdict_names_the_gain_and_warns_when_nothing_helps():
+def test_the_legacy_sweeps_verdict_compares_each_gan_arm_with_its_baseline():
     helped = verdict(outcomes([0.80, 0.81], [0.82, 0.83], [0.85, 0.86], [0.84, 0.85]))
-    assert helped.helps and helped.warning is None and helped.best.setting.arm == "c"
+    assert helped.best.setting.arm == "c"
     assert helped.delta_c == pytest.approx(0.05) and helped.delta_d == pytest.approx(0.02)
     hurt = verdict(outcomes([0.80, 0.81], [0.82, 0.83], [0.78, 0.79], [0.82, 0.83]))
-    assert not hurt.helps and "do not help" in (hurt.warning or "")
-    noisy = verdict(outcomes([0.70, 0.90], [0.82, 0.83], [0.75, 0.95], [0.82, 0.83]))
-    assert not noisy.helps, "a gain inside the seed-to-seed noise is not a gain"
+    assert hurt.best.setting.arm in ("b", "d") and hurt.delta_c == pytest.approx(-0.02) and hurt.delta_d == pytest.approx(0)
+
+
+def test_every_arm_is_registered_with_a_role_and_a_colour():
+    study = study_arms(imbalanced=True, ceiling=True) + sweep([1.0], [0.5], [0.9])
+    assert {setting.arm for setting in study} <= set(ARMS)
+    with pytest.raises(ValueError, match="arm 'gan-new', which ARMS does not list; add it there with its role and colour"):
+        Setting("real + a new kind of GAN batch", "gan-new")
 
 
 def test_the_study_arms_differ_only_in_their_second_batch_or_weights():

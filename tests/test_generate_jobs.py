@@ -187,12 +187,12 @@ def test_the_cache_loads_each_model_once(storage: CountingStorage) -> None:
     models = GeneratorCache(capacity=1)
     first = models.get(storage, "t-model", CPU)
     again = models.get(storage, "t-model", CPU)
-    assert first is again and models.loads == 1 and first.class_names == [f"class{label}" for label in range(10)]
+    assert first is again and first.class_names == [f"class{label}" for label in range(10)]
     assert first.teacher is not None  # small data: a teacher by default
     checkpoint = read_card(storage, "t-model").sampling_checkpoint("best")
     assert storage.reads[checkpoint] == 1
     run_all(job(), storage, MemoryJobStore(), models)
-    assert storage.reads[checkpoint] == 1 and models.loads == 1
+    assert storage.reads[checkpoint] == 1  # the shards sampled from the cached model
 
 
 def test_the_noise_scale_changes_the_samples_and_is_recorded_in_the_manifest(storage: CountingStorage) -> None:

@@ -41,7 +41,9 @@ from shared.storage import Storage, join_key
 from shared.verdicts import utility_verdict
 from worker import charts
 from worker.augmentation_study import (
+    ARMS,
     SMALL_CNN,
+    SWEEP_ARMS,
     ExperimentData,
     Outcome,
     filter_by_confidence,
@@ -227,14 +229,11 @@ def _now() -> str:
 def accuracy_chart(outcomes: list[Outcome], rare: list[int]) -> bytes:
     """Balanced accuracy per setting (its better scoring: logit-adjusted or not) with one-standard-deviation error
     bars, coloured by arm."""
-    colours = {"real": "#4c72b0", "balanced": "#64b5cd", "mixup": "#8172b3", "gan-hard": "#dd8452", "gan-soft": "#c44e52",
-               "gan-agree": "#55a868", "gan-soft-prior": "#937860", "ceiling-teacher": "#bbbbbb", "ceiling-true": "#999999",
-               "a": "#888888", "b": "#4c72b0", "c": "#dd8452", "d": "#55a868"}
     scored = [outcome.best_scored(rare) for outcome in outcomes]
     figure, axes = charts.subplots(figsize=(10, 0.32 * len(outcomes) + 1.2))
     positions = range(len(outcomes))[::-1]
     axes.barh(list(positions), [100 * s.mean for s in scored], xerr=[100 * s.std for s in scored],
-              color=[colours[s.setting.arm] for s in scored], capsize=3)
+              color=[ARMS[s.setting.arm].colour for s in scored], capsize=3)
     axes.set_yticks(list(positions), [s.label for s in scored], fontsize=8)
     low = min(100 * (s.mean - s.std) for s in scored)
     axes.set_xlim(max(0.0, low - 2), min(100.0, max(100 * (s.mean + s.std) for s in scored) + 1))
@@ -397,7 +396,7 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
                       sweep_steps(settings_list, spec.seeds, spec.classifier_steps), progress)
     outcomes = run_sweep(data, settings_list, spec.seeds, spec.classifier_steps, arms)
     share = gan_share(outcomes, rare)
-    sweep_result = verdict([o for o in outcomes if o.setting.arm in "abcd"]) if spec.sweep else None
+    sweep_result = verdict([o for o in outcomes if o.setting.arm in SWEEP_ARMS]) if spec.sweep else None
     seconds = time.perf_counter() - started
     images = {"accuracy.png": accuracy_chart(outcomes, rare),
               "grid.png": _class_grid(held_out, synthetic, synthetic_labels, num_classes)}

@@ -77,7 +77,6 @@ class GeneratorCache:
 
     def __init__(self, capacity: int = 2):
         self.capacity = capacity
-        self.loads = 0
         self._models: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -90,7 +89,6 @@ class GeneratorCache:
             generator, card = load_model(storage, model_id, device, which)
             log.info("model %s: sampling from its %s checkpoint, %s", model_id, which, card.sampling_checkpoint(which))
             loaded = LoadedModel(generator, card.class_names, load_teacher(storage, card.teacher["key"]) if card.teacher else None)
-            self.loads += 1
             self._models[key] = loaded
             while len(self._models) > self.capacity:
                 self._models.popitem(last=False)
