@@ -295,7 +295,7 @@ def fetch(job_id: str, out_dir: str) -> None:
 
 def worker_pool(queues: str, pool: str, concurrency: int | None) -> tuple[str, int]:
     """The Celery pool and concurrency a worker runs with. "auto" gives a worker that only generates two threads,
-    so one shard uploads while the next samples (measured: images landed/s x1.2 on 2 CPU cores); any worker
+    so one shard uploads while the next samples (docs/operations.md, "Generation", has the figures); any worker
     that trains or evaluates runs one task at a time."""
     if pool == "auto":
         pool = "threads" if {name.strip() for name in queues.split(",")} == {GENERATE_QUEUE} else "solo"

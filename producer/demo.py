@@ -28,12 +28,12 @@ from shared.settings import Settings
 # Enough samples for stable precision and recall, few enough that scoring takes well under a minute on a CPU.
 QUALITY_SAMPLES_PER_CLASS = 200
 PER_CLASS = 100  # the small labelled set: 1,000 Fashion-MNIST images, the size the evaluation docs measure
-# Loading the splits, the metrics' features and k-NN, and the in-process worker's overheads, measured at 20-30 s
+# Loading the splits, the metrics' features and k-NN, and the in-process worker's overheads (docs/benchmarks.md)
 FIXED_S = 30.0
 # Below this a GAN draws noise; the small-data recipe's own budget is the most the demo trains
 MIN_GAN_STEPS = 300
-# A 5-minute budget on a 2-core CPU cannot hold the full recipe's teacher (3 x 1,000 steps: 3m42s on an fp32 Ice
-# Lake) nor augment evaluate's scoring classifiers (1,500 + 2 x 1,000 steps: 2m23s) beside a GAN worth looking at
+# A 5-minute budget on a 2-core CPU cannot hold the full recipe's teacher nor augment evaluate's scoring classifiers
+# beside a GAN worth looking at (docs/benchmarks.md has their times)
 TEACHER_STEPS = 300
 QUALITY_STEPS = 500
 WIDTH = 64

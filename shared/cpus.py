@@ -72,8 +72,7 @@ def usable_cpus() -> int:
 
 def torch_threads_per_task(concurrency: int, cpus: int) -> int:
     """Intra-op threads for each of CONCURRENCY task threads: the CPUS split between them. Tasks that each spread
-    over every core stall at every op's barrier when another task holds one (measured: 2 tasks x 1 thread landed
-    13 % more images/s than 2 x 2 on 2 cores)."""
+    over every core stall at every op's barrier when another task holds one (docs/operations.md)."""
     return max(1, cpus // concurrency)
 
 

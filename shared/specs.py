@@ -6,10 +6,8 @@ span fields (epochs or steps, not both). A spec validates itself however it is m
 exist, and both sides validate: the producer before enqueueing and the worker on receipt (a message can come
 from anywhere). Errors are :class:`SpecError`, one line that names the field, the value and what is allowed.
 
-msgspec rather than pydantic v2, because the producer must start quickly and stay light. Measured with
-``python -X importtime`` (median of 11, a 2-core VM shared with other jobs): the library and three specs of
-these fields cost 8 ms on top of the rest of ``import producer.cli`` with msgspec 0.23, 65 ms with pydantic 2.14
-(150 ms under heavier load), out of ~470 ms for the whole import; this module went from 14 to 23 ms.
+msgspec rather than pydantic v2, because the producer must start quickly and stay light: it adds an eighth of
+what pydantic adds to ``import producer.cli`` (docs/benchmarks.md, "Import time of the specs").
 msgspec's messages name the rule and the path but not the value, so :func:`_explain` words them from the
 field's declaration: the value, then the range, choices or form that is allowed.
 """

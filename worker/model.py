@@ -57,8 +57,8 @@ class GANConfig:
 
 class LatentProjection(nn.Module):
     """The DCGAN generator's first layer, ``ConvTranspose2d(in, out, size, 1, 0)`` on a 1x1 input, computed as
-    the matrix product it is: ~3x faster than oneDNN's transposed convolution on CPU (forward and backward at
-    batch 64, 100 -> 256 x 4 x 4: 1.1 ms against 3.2 ms). The weight keeps ConvTranspose2d's shape
+    the matrix product it is, which oneDNN runs several times faster than the transposed convolution on CPU
+    (docs/benchmarks.md). The weight keeps ConvTranspose2d's shape
     (in, out, size, size), so checkpoints are the same either way."""
 
     def __init__(self, in_features: int, out_channels: int, size: int):

@@ -81,8 +81,8 @@ def gan_config(spec: TrainSpec, data: ImageData) -> GANConfig:
 
 
 def memory_format(config: GANConfig, device: torch.device) -> torch.memory_format:
-    """NHWC (channels_last) wherever it measured faster: on CUDA (tensor cores), and on CPU (oneDNN: +33 % at
-    28 px, +20 % at 32, +13 % at 64) unless D has spectral norm, whose power iteration it makes 4x slower."""
+    """NHWC (channels_last) wherever it measured faster (docs/benchmarks.md): on CUDA (tensor cores), and on CPU
+    (oneDNN) unless D has spectral norm, whose power iteration it makes several times slower."""
     return torch.channels_last if device.type == "cuda" or not config.spectral_norm else torch.contiguous_format
 
 
@@ -217,8 +217,8 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(spec: TrainSpec, device: torch.device) -> str:
-    """The precision a job trains in: "auto" is bf16 autocast where the hardware has it (measured +45 % images/s
-    on a CPU with AVX512-BF16, at the same FID), fp32 elsewhere."""
+    """The precision a job trains in: "auto" is bf16 autocast where the hardware has it (faster at the same FID:
+    docs/benchmarks.md, docs/training.md), fp32 elsewhere."""
     if spec.precision != "auto":
         return spec.precision
     return "bf16" if native_bf16(device) else "fp32"
