@@ -15,8 +15,9 @@ from shared.settings import Settings
 from shared.specs import EvaluateSpec, SpecError, TrainSpec
 from shared.storage import FileStorage
 from worker.classifier import ClassifierConfig
-from worker.evaluate import publish_report, run_quality, run_utility
+from worker.evaluate import run_quality, run_utility
 from worker.reference import reference_classifier
+from worker.report import publish_report
 from worker.train import run_training
 
 

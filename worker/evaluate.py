@@ -1,4 +1,5 @@
-"""Evaluation jobs as plain functions: ``run_quality`` and ``run_utility`` write a report under ``reports/<job>/``.
+"""Evaluation jobs as plain functions: ``run_quality`` and ``run_utility`` measure, and worker.report renders and
+writes their report under ``reports/<job>/``.
 
 Both measure in the feature space of a reference classifier trained once per dataset on its real training split
 (stored under ``references/`` and reused), unless the spec names local InceptionV3 weights. Every report says
@@ -12,36 +13,26 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any
 
-import msgspec
 import torch
 
 from shared.contracts import (
     ArmOutcome,
-    ModelCard,
     Quality,
     QualityReport,
     QualityResult,
-    ReportCommit,
-    Result,
     SweepVerdict,
     UtilityReport,
     UtilityResult,
-    read_card,
 )
-from shared.layout import report_attempt_prefix, report_markdown_key, report_prefix
 from shared.lifecycle import JobStopped, StopReason
 from shared.liveness import Attempt
 from shared.progress import StageMeter, StageProgress, shifted
 from shared.settings import Settings
 from shared.specs import AUTO_TEACHER_MEMBERS, DEFAULT_BACKGROUND, EvaluateSpec, TrainSpec
-from shared.storage import Storage, join_key
-from shared.verdicts import utility_verdict
-from worker import charts
+from shared.storage import Storage
 from worker.augmentation_study import (
-    ARMS,
     SMALL_CNN,
     SWEEP_ARMS,
     ExperimentData,
@@ -57,10 +48,19 @@ from worker.augmentation_study import (
 from worker.checkpoint import load_model
 from worker.classifier import accuracy, train_classifier
 from worker.data import ImageData, held_out_split, load_dataset
-from worker.images import class_rows, grid_png, to_uint8
+from worker.images import to_uint8
 from worker.metrics import InceptionFeatures, measure_quality
 from worker.networks import Generator
 from worker.reference import describe, reference_classifier
+from worker.report import (
+    accuracy_chart,
+    class_grid,
+    copy_loss_curve,
+    now,
+    quality_markdown,
+    utility_markdown,
+    write_report,
+)
 from worker.teacher import load_teacher
 from worker.train import TrainHooks, run_training
 
@@ -107,69 +107,6 @@ def _feature_space(spec: EvaluateSpec, reference_meta: dict[str, Any]) -> tuple[
     return describe(reference_meta), None
 
 
-def _class_grid(real: ImageData, fake: torch.Tensor, fake_labels: torch.Tensor, classes: int) -> bytes:
-    """Real (left) and generated (right) images, one row of 8 per class."""
-    return grid_png(class_rows(fake, fake_labels, classes), class_rows(real.images, real.labels, classes))
-
-
-R = TypeVar("R", bound=Result)
-
-
-def _write_report(storage: Storage, job_id: str, markdown: str, report: QualityReport | UtilityReport, images: dict[str, bytes],
-                  attempt: Attempt, result_of: Callable[[str, list[str]], R]) -> R:
-    """Put the report's images, report.json and report.md under ATTEMPT's prefix, fix them (and the job's result,
-    RESULT_OF the report's URL and files) with the attempt's commit, and publish them (:func:`publish_report`).
-    A commit refused (the lease was lost) raises JobStopped: the report is another attempt's to write."""
-    files = {**images, "report.json": report.to_json().encode(), "report.md": markdown.encode()}
-    for name, data in files.items():
-        storage.put_bytes(join_key(report_attempt_prefix(job_id, attempt.epoch), name), data, _CONTENT_TYPES[name.rsplit(".", 1)[1]])
-    result = result_of(storage.url_for(report_markdown_key(job_id)), sorted(images) + ["report.json", "report.md"])
-    fixed = ReportCommit(attempt=attempt.epoch, files=list(files), result=result.to_dict())
-    committed = attempt.commit(fixed.to_json())
-    if committed is None:
-        raise JobStopped(StopReason.LEASE_LOST, f"job {job_id} wrote its report, but its lease was taken over")
-    publish_report(storage, job_id, committed)
-    return result
-
-
-def publish_report(storage: Storage, job_id: str, committed: str) -> dict[str, Any]:
-    """Copy the fixed attempt's report files to the job's report prefix (report.md last: then the report is whole);
-    the job's result. Run again (its worker died after the commit), it copies the same bytes."""
-    fixed = msgspec.json.decode(committed, type=ReportCommit)  # written by _write_report, this very version
-    for name in fixed.files:
-        data = storage.get_bytes(join_key(report_attempt_prefix(job_id, fixed.attempt), name))
-        storage.put_bytes(join_key(report_prefix(job_id), name), data, _CONTENT_TYPES[name.rsplit(".", 1)[1]])
-    return fixed.result
-
-
-_CONTENT_TYPES = {"png": "image/png", "json": "application/json", "md": "text/markdown"}
-
-
-def _copy_loss_curve(storage: Storage, model_id: str, images: dict[str, bytes]) -> None:
-    curve = read_card(storage, model_id).loss_curve
-    if storage.exists(curve):
-        images["losses.png"] = storage.get_bytes(curve)
-
-
-def _quality_table(quality: Quality, cas: float, real_accuracy: float) -> str:
-    lines = [
-        "| metric | value |", "|---|---|",
-        f"| FID (lower is better) | {quality.fid:.2f} |",
-        f"| KID x 1000 (lower is better) | {1000 * quality.kid:.2f} +- {1000 * quality.kid_std:.2f} |",
-        f"| precision (k=3) | {quality.precision:.3f} |",
-        f"| recall (k=3) | {quality.recall:.3f} |",
-        f"| classifier score (IS formula; real test images: {quality.real_classifier_score:.2f}) | {quality.classifier_score:.2f} |",
-        f"| label accuracy of the samples | {quality.label_accuracy:.3f} |",
-        f"| CAS: trained on synthetic only, tested on real | {cas:.4f} |",
-        f"| the same classifier trained on real data | {real_accuracy:.4f} |",
-        f"| CAS / real | {cas / max(real_accuracy, 1e-9):.3f} |",
-        "", "| class | FID | recall | label accuracy |", "|---|---|---|---|",
-    ]
-    lines += [f"| {name} | {value:.2f} | {quality.per_class_recall.get(name, float('nan')):.3f} | "
-              f"{quality.per_class_label_accuracy.get(name, float('nan')):.3f} |" for name, value in quality.per_class_fid.items()]
-    return "\n".join(lines)
-
-
 def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None,
                 should_stop: StopCheck = lambda: None, attempt: Attempt = Attempt()) -> QualityResult:
     """Score a trained model against the real test split: FID, KID, precision/recall, per-class FID, score, CAS.
@@ -200,18 +137,12 @@ def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
                                     config.num_classes,
                                     steps=steps, seed=spec.seed, after_step=shifted(meter, steps), **SMALL_CNN)
     real_accuracy = accuracy(real_trained, test.images, test.labels)
-    images = {"grid.png": _class_grid(test, fake, fake_labels, config.num_classes)}
-    _copy_loss_curve(storage, spec.model, images)
-    markdown = "\n".join([
-        f"# Quality of model {spec.model}", "",
-        f"{spec.samples_per_class} generated images per class against {len(test)} real {dataset} test images.", "",
-        f"Feature space: {feature_space}.", "",
-        _quality_table(quality, cas, real_accuracy), "",
-        "Images: `grid.png` (real left, generated right, one row per class), `losses.png` (the GAN's training).",
-    ])
+    images = {"grid.png": class_grid(test, fake, fake_labels, config.num_classes)}
+    copy_loss_curve(storage, spec.model, images)
     report = QualityReport(spec=spec.to_dict(), model=spec.model, dataset=dataset, quality=quality, cas=cas,
-                           real_trained_accuracy=real_accuracy, reference=reference_meta, created_at=_now())
-    return _write_report(storage, spec.job_id, markdown, report, images, attempt, lambda url, files: QualityResult(
+                           real_trained_accuracy=real_accuracy, reference=reference_meta, created_at=now())
+    markdown = quality_markdown(spec, report, len(test), feature_space)
+    return write_report(storage, spec.job_id, markdown, report, images, attempt, lambda url, files: QualityResult(
         report=url, files=files, fid=quality.fid, precision=quality.precision, recall=quality.recall,
         label_accuracy=quality.label_accuracy, cas=cas))
 
@@ -220,75 +151,6 @@ def _real_train(dataset: str, settings: Settings, image_size: int, channels: int
                 background: str) -> tuple[torch.Tensor, torch.Tensor]:
     train = load_dataset(dataset, settings, "train", image_size=image_size, channels=channels, background=background)
     return train.images, train.labels
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def accuracy_chart(outcomes: list[Outcome], rare: list[int]) -> bytes:
-    """Balanced accuracy per setting (its better scoring: logit-adjusted or not) with one-standard-deviation error
-    bars, coloured by arm."""
-    scored = [outcome.best_scored(rare) for outcome in outcomes]
-    figure, axes = charts.subplots(figsize=(10, 0.32 * len(outcomes) + 1.2))
-    positions = range(len(outcomes))[::-1]
-    axes.barh(list(positions), [100 * s.mean for s in scored], xerr=[100 * s.std for s in scored],
-              color=[ARMS[s.setting.arm].colour for s in scored], capsize=3)
-    axes.set_yticks(list(positions), [s.label for s in scored], fontsize=8)
-    low = min(100 * (s.mean - s.std) for s in scored)
-    axes.set_xlim(max(0.0, low - 2), min(100.0, max(100 * (s.mean + s.std) for s in scored) + 1))
-    axes.set_xlabel("balanced accuracy on the held-out images (%), mean +- std over seeds")
-    return charts.png(figure)
-
-
-def _plus_minus(values: tuple[float, float]) -> str:
-    return f"{100 * values[0]:.2f} +- {100 * values[1]:.2f}"
-
-
-def _utility_rows(outcomes: list[Outcome], rare: list[int]) -> list[str]:
-    """One row per setting: accuracy, balanced accuracy and the rarest third's, plain and logit-adjusted."""
-    rows = ["| setting | accuracy | balanced accuracy | with logit adjustment | rarest third | rarest third, adjusted |",
-            "|---|---|---|---|---|---|"]
-    for outcome in outcomes:
-        plain, adjusted = outcome.scored(False, rare), outcome.scored(True, rare)
-        rows.append(f"| {outcome.setting.name} | {_plus_minus((outcome.mean, outcome.std))} | "
-                    f"{_plus_minus((plain.mean, plain.std))} | {_plus_minus((adjusted.mean, adjusted.std))} | "
-                    f"{_plus_minus((plain.rare_mean, plain.rare_std))} | {_plus_minus((adjusted.rare_mean, adjusted.rare_std))} |")
-    return rows
-
-
-def _utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[Outcome], report: UtilityReport,
-                      gan: ModelCard, feature_note: str) -> str:
-    imbalanced = spec.imbalance > 1
-    rare = data.rarest_third()
-    shown = utility_verdict(report)  # the dashboard shows the same lines
-    verdict_lines = [f"**{shown['headline']}.**", "", *(f"- {line[0].upper()}{line[1:]}." for line in shown["lines"])]
-    if shown["warning"]:
-        verdict_lines.append(f"- **WARNING: {shown['warning']}**")
-    held_out = f"{len(data.test_images)} real {'test' if spec.holdout == 'test' else 'validation (training-split)'} images"
-    teacher = gan.teacher or {}
-    counts = torch.bincount(data.real_labels, minlength=data.num_classes).tolist()
-    subset = (f"a long-tailed subset of {len(data.real_images)} real images ({spec.per_class} of the commonest class "
-              f"down to {min(counts)} of the rarest, imbalance {spec.imbalance:g}; per class: "
-              f"{', '.join(map(str, counts))}; rarest third: classes {', '.join(map(str, rare))})"
-              if imbalanced else f"{spec.per_class} real images per class")
-    return "\n".join([
-        f"# Does synthetic data help? {spec.dataset}, {subset}", "",
-        *verdict_lines, "",
-        f"The GAN (`{gan.job_id}`, {gan.steps} steps, width {gan.config['width']}) and its teacher "
-        f"({teacher.get('members', 0)} classifiers of width {teacher.get('width', '-')}) were trained on the same "
-        f"{len(data.real_images)} real images as the classifiers and on nothing else. Every setting trains the same "
-        f"small CNN for {spec.classifier_steps} steps with per-sample random crop and flip (unless it says otherwise), "
-        f"{spec.seeds} seeds, tested on {held_out} (balanced over classes); settings with a second batch see "
-        f"{data.extra_batch} extra inputs per step, drawn class-balanced from their pool unless they say otherwise. "
-        "Logit adjustment subtracts the log of the label prior each classifier was trained on. Accuracies in %, "
-        "mean +- std over seeds; ceiling arms are shown, not counted.", "",
-        *_utility_rows(outcomes, rare), "",
-        f"Sample quality of the GAN: {feature_note}", "",
-        "Images: `accuracy.png` (bars with one-standard-deviation error bars), `grid.png` (real left, generated "
-        "right, one row per class), `losses.png` (the GAN's training).", "",
-        f"Run time: {report.seconds:.0f} s.",
-    ])
 
 
 def _gan_spec(spec: EvaluateSpec, gan_id: str) -> TrainSpec:
@@ -399,8 +261,8 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     sweep_result = verdict([o for o in outcomes if o.setting.arm in SWEEP_ARMS]) if spec.sweep else None
     seconds = time.perf_counter() - started
     images = {"accuracy.png": accuracy_chart(outcomes, rare),
-              "grid.png": _class_grid(held_out, synthetic, synthetic_labels, num_classes)}
-    _copy_loss_curve(storage, gan_spec.job_id, images)
+              "grid.png": class_grid(held_out, synthetic, synthetic_labels, num_classes)}
+    copy_loss_curve(storage, gan_spec.job_id, images)
     report = UtilityReport(
         spec=spec.to_dict(), gan=gan_spec.job_id, gan_steps=card.steps, teacher=card.teacher,
         real_images=len(subset), held_out_images=len(held_out), holdout=spec.holdout,
@@ -413,9 +275,9 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
         ceiling_gain=share.ceiling_gain, captured=share.captured,
         sweep=None if sweep_result is None else SweepVerdict(delta_c=sweep_result.delta_c, delta_d=sweep_result.delta_d,
                                                              best=sweep_result.best.setting.name),
-        quality=quality, reference=reference_meta, seconds=seconds, created_at=_now(),
+        quality=quality, reference=reference_meta, seconds=seconds, created_at=now(),
     )
-    markdown = _utility_markdown(spec, data, outcomes, report, card, feature_note)
-    return _write_report(storage, spec.job_id, markdown, report, images, attempt, lambda url, files: UtilityResult(
+    markdown = utility_markdown(spec, data, outcomes, report, card, feature_note)
+    return write_report(storage, spec.job_id, markdown, report, images, attempt, lambda url, files: UtilityResult(
         report=url, files=files, gan_share=share.share, gan_over_real=share.over_real, best=share.with_gan.label,
         warnings=[share.warning] if share.warning else []))

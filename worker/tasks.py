@@ -43,10 +43,11 @@ from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import Storage, StorageUnavailable, open_storage
 from worker.app import app
-from worker.evaluate import publish_report, run_quality, run_utility
+from worker.evaluate import run_quality, run_utility
 from worker.generate import GeneratorCache, ShardBusy, finalize_job, plan_job, run_shard
 from worker.publish import write_card
 from worker.reconcile import Missing, queue_of, reconcile_forever
+from worker.report import publish_report
 from worker.train import STAT_NAMES, TrainHooks, pick_device, run_training
 
 log = get_task_logger(__name__)
