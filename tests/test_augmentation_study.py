@@ -19,10 +19,9 @@ from worker.augmentation_study import (
     score,
     source_prior,
     study_arms,
-    sweep,
     training_prior,
-    verdict,
 )
+from worker.ratio_sweep import sweep, verdict
 from worker.teacher import sample_targets
 
 

@@ -23,7 +23,7 @@ by balanced accuracy (the mean of per-class accuracies) and by the accuracy of t
 teacher is the GAN training job's own (classifiers trained on the same real images, worker/teacher.py). The verdict
 names the GAN's own share: the best arm with GAN samples minus the best arm without them, each side with its better
 scoring, and which part of the true-label ceiling's gain that is. The earlier sweep over how GAN samples are mixed
-in (ratio, loss weight, confidence filter, pre-training; arms (a)-(d)) stays available as an option.
+in (arms (a)-(d)) is worker/ratio_sweep.py; its settings run here too.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 
 from shared.progress import shifted
 from shared.specs import TargetRule
-from worker.classifier import Classifier, ExtraBatch, label_confidence, logits_of_images, train_classifier
+from worker.classifier import Classifier, ExtraBatch, logits_of_images, train_classifier
 from worker.teacher import Teacher, sample_targets
 
 # The classifier every setting trains: small, so that a sweep of ~20 settings x seeds fits minutes on a CPU.
@@ -131,18 +131,6 @@ def study_arms(imbalanced: bool, ceiling: bool) -> list[Setting]:
             Setting("ceiling: real held-out images, true labels", "ceiling-true", classic=True, extra=("held_out_true",)),
         ]
     return arms
-
-
-def sweep(ratios: list[float], weights: list[float], confidences: list[float]) -> list[Setting]:
-    settings = [Setting("(a) real", "a"), Setting("(b) real + flip/crop", "b", classic=True)]
-    for arm, classic, label in (("c", False, "(c) real + GAN"), ("d", True, "(d) real + flip/crop + GAN")):
-        settings += [Setting(f"{label}, ratio {ratio:g}", arm, ratio=ratio, classic=classic) for ratio in ratios]
-        settings += [Setting(f"{label}, ratio 1, weight {weight:g}", arm, ratio=1.0, weight=weight, classic=classic)
-                     for weight in weights if weight != 1.0]
-        settings += [Setting(f"{label}, ratio 1, confidence >= {level:g}", arm, ratio=1.0, min_confidence=level,
-                             classic=classic) for level in confidences]
-        settings.append(Setting(f"{label}, pre-train on GAN then fine-tune", arm, ratio=1.0, pretrain=True, classic=classic))
-    return settings
 
 
 @dataclass
@@ -338,12 +326,6 @@ def run_setting(data: ExperimentData, setting: Setting, seed: int, steps: int,
     return score(model, data.test_images, data.test_labels, prior)
 
 
-def filter_by_confidence(data: ExperimentData, steps: int, seed: int) -> None:
-    """Score every synthetic sample with a classifier trained on the same real subset (nothing else leaks in)."""
-    judge = train_classifier(data.real_images, data.real_labels, data.num_classes, steps=steps, seed=seed, **SMALL_CNN)
-    data.synthetic_confidence = label_confidence(judge, data.synthetic_images, data.synthetic_labels)
-
-
 @dataclass(frozen=True)
 class Outcome:
     setting: Setting
@@ -413,26 +395,6 @@ def run_sweep(
             done += setting_steps(setting, steps)
         outcomes.append(Outcome(setting, scores))
     return outcomes
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The legacy sweep's figures (``--sweep``); the study's verdict is :func:`gan_share`'s."""
-
-    best: Outcome  # the best setting overall
-    delta_c: float  # best (c) - (a), in accuracy points (fractions of 1)
-    delta_d: float  # best (d) - (b)
-
-
-SWEEP_ARMS = ("a", "b", "c", "d")
-
-
-def verdict(outcomes: list[Outcome]) -> Verdict:
-    by_arm = {arm: [o for o in outcomes if o.setting.arm == arm] for arm in SWEEP_ARMS}
-    best_c = max(by_arm["c"], key=lambda o: o.mean)
-    best_d = max(by_arm["d"], key=lambda o: o.mean)
-    return Verdict(best=max(outcomes, key=lambda o: o.mean), delta_c=best_c.mean - by_arm["a"][0].mean,
-                   delta_d=best_d.mean - by_arm["b"][0].mean)
 
 
 @dataclass(frozen=True)

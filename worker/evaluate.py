@@ -34,16 +34,12 @@ from shared.specs import AUTO_TEACHER_MEMBERS, DEFAULT_BACKGROUND, EvaluateSpec,
 from shared.storage import Storage
 from worker.augmentation_study import (
     SMALL_CNN,
-    SWEEP_ARMS,
     ExperimentData,
     Outcome,
-    filter_by_confidence,
     gan_share,
     run_sweep,
     study_arms,
-    sweep,
     sweep_steps,
-    verdict,
 )
 from worker.checkpoint import load_model
 from worker.classifier import accuracy, train_classifier
@@ -51,6 +47,7 @@ from worker.data import ImageData, held_out_split, load_dataset
 from worker.images import to_uint8
 from worker.metrics import InceptionFeatures, measure_quality
 from worker.networks import Generator
+from worker.ratio_sweep import SWEEP_ARMS, filter_by_confidence, sweep, verdict
 from worker.reference import describe, reference_classifier
 from worker.report import (
     accuracy_chart,
