@@ -113,7 +113,8 @@ def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class:
 
     took = time.perf_counter() - started
     click.echo(f"demo: done in {format_duration(took)} (budget {format_duration(60 * minutes)}). Everything is under {out}", err=True)
-    click.echo(f"  model checkpoint : {trained.checkpoint}", err=True)
+    # generation sampled from the best checkpoint on the validation curve (the last one when there is no curve)
+    click.echo(f"  model checkpoint : {trained.best_checkpoint or trained.checkpoint}", err=True)
     click.echo(f"  model card       : {trained.model_card}", err=True)
     click.echo(f"  real | generated : {trained.grid}", err=True)
     click.echo(f"  shards manifest  : {generated.manifest} ({generated.images} images)", err=True)
