@@ -51,6 +51,12 @@ class GANConfig:
         return int(math.log2(self.image_size // self.base_size))  # 28 -> 2, 32 -> 3, 64 -> 4
 
     @property
+    def base_channels(self) -> int:
+        """Channels at the base size, in G's first feature map and D's last: the width doubled at every
+        resolution step but one."""
+        return self.width * 2 ** (self.upsamplings - 1)
+
+    @property
     def conditional(self) -> bool:
         return self.num_classes > 0
 
@@ -88,7 +94,7 @@ class DCGANGenerator(nn.Module):
         super().__init__()
         self.config = config
         n = config.upsamplings
-        channels = config.width * 2 ** (n - 1)
+        channels = config.base_channels
         in_features = config.nz + (config.embed_dim if config.conditional else 0)
         self.label_embedding = nn.Embedding(config.num_classes, config.embed_dim) if config.conditional else None
         layers: list[nn.Module] = [

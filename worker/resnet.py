@@ -94,15 +94,13 @@ class ResNetGenerator(nn.Module):
     def __init__(self, config: GANConfig):
         super().__init__()
         self.config = config
-        n = config.upsamplings
-        channels = config.width * 2 ** (n - 1)
-        classes = config.num_classes
+        channels = config.base_channels
         self.project = nn.Linear(config.nz, channels * config.base_size ** 2)
         blocks = []
-        for _ in range(n):
+        for _ in range(config.upsamplings):
             # the last block keeps `width` channels: the image is drawn from width features at full size
             out_channels = max(channels // 2, config.width)
-            blocks.append(UpBlock(channels, out_channels, classes))
+            blocks.append(UpBlock(channels, out_channels, config.num_classes))
             channels = out_channels
         self.blocks = nn.ModuleList(blocks)
         # state size. width x size x size
