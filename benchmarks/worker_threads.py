@@ -1,15 +1,17 @@
-"""Training images/s of a worker's torch under each thread setting, alone and beside a busy process.
+"""Training images/s of a worker's torch under each thread count: alone, beside a busy process, and in a container
+whose CPU quota is below the cores it sees.
 
 Each setting runs our training step (``train_throughput.ours_images_per_s``: the spec defaults, Fashion-MNIST) in
-a fresh process, since OpenMP reads its settings when torch loads. The settings: one thread, a thread per usable
-CPU with OpenMP's own wait policy (what a worker had before), the same with passive waiting, and what
-``augment worker`` now gives (``shared.cpus.thread_environment``). "Beside a busy process" adds a Python loop
-pinned to the last usable core for the whole measurement, as another job or a noisy neighbour would be.
+a fresh process, since OpenMP reads its thread count when torch loads. The settings: one thread, a thread per core
+(what a worker had before), and what ``augment worker`` now gives (``shared.cpus``: a thread per usable CPU, from
+the affinity and the cgroup quota, worked out inside the measured process as the worker does). The conditions:
+alone; beside a Python loop pinned to the last core, as another job or a noisy neighbour would be; and inside a
+cgroup with a quota of one CPU (needs root and a writable cgroup file system, v1 or v2; skipped otherwise).
 
     python benchmarks/worker_threads.py [--image-size 32] [--steps 20] [--warmup 3] [--repeats 2]
 
 Prints images/s per setting and condition (the best of --repeats runs); the last line is ``ratio=<the lowest, over
-both conditions, of the default's images/s over the best setting's>`` (the target is >= 0.8).
+the conditions, of the default's images/s over the best setting's>``.
 """
 
 from __future__ import annotations
@@ -19,28 +21,22 @@ import os
 import platform
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shared.cpus import thread_environment, usable_cpus
+from shared.cpus import CGROUP_ROOT, usable_cpus
 
 HERE = Path(__file__).resolve().parent
+DEFAULT = "default (augment worker)"
+# the measured process: the default's thread count is worked out in it, inside its cgroup, before torch loads
 MEASURE = (
-    "import sys; sys.path.insert(0, {here!r}); import torch; torch.set_flush_denormal(True); "
-    "from train_throughput import ours_images_per_s; "
+    "import os, sys; sys.path.insert(0, {here!r}); from shared.cpus import thread_environment, usable_cpus; "
+    "os.environ.update(thread_environment(1, usable_cpus()) if {default} else {{}}); "
+    "import torch; torch.set_flush_denormal(True); from train_throughput import ours_images_per_s; "
     "print(ours_images_per_s({size}, 64, 64, {steps}, {warmup}, {{}})[0])"
 )
-
-
-@contextmanager
-def busy_core(core: int) -> Iterator[None]:
-    spinner = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
-    try:
-        yield
-    finally:
-        spinner.kill()
-        spinner.wait()
 
 
 def cpu_name() -> str:
@@ -50,11 +46,40 @@ def cpu_name() -> str:
     return platform.machine()
 
 
-def images_per_s(env: dict[str, str], args: argparse.Namespace) -> float:
-    code = MEASURE.format(here=str(HERE), size=args.image_size, steps=args.steps, warmup=args.warmup)
+@contextmanager
+def busy_core(core: int) -> Iterator[list[str]]:
+    spinner = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
+    try:
+        yield []
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+@contextmanager
+def one_cpu_quota() -> Iterator[list[str]]:
+    """A cgroup whose quota is one CPU; yields the command prefix that starts a process in it."""
+    name = f"augment-bench-{uuid.uuid4().hex[:8]}"
+    v2 = (CGROUP_ROOT / "cgroup.controllers").exists()
+    group = CGROUP_ROOT / name if v2 else CGROUP_ROOT / "cpu" / name
+    group.mkdir()
+    try:
+        if v2:
+            (group / "cpu.max").write_text("100000 100000")
+        else:
+            (group / "cpu.cfs_period_us").write_text("100000")
+            (group / "cpu.cfs_quota_us").write_text("100000")
+        yield ["sh", "-c", f'echo $$ > {group / "cgroup.procs"} && exec "$0" "$@"']
+    finally:
+        group.rmdir()
+
+
+def images_per_s(env: dict[str, str], default: bool, prefix: list[str], args: argparse.Namespace) -> float:
+    code = MEASURE.format(here=str(HERE), default=default, size=args.image_size, steps=args.steps, warmup=args.warmup)
     clean = {name: value for name, value in os.environ.items() if not name.startswith(("OMP_", "GOMP_", "KMP_"))}
-    runs = [float(subprocess.run([sys.executable, "-c", code], env={**clean, **env}, check=True, capture_output=True,
-                                 text=True).stdout.strip().splitlines()[-1]) for _ in range(args.repeats)]
+    runs = [float(subprocess.run([*prefix, sys.executable, "-c", code], env={**clean, **env}, check=True,
+                                 capture_output=True, text=True).stdout.strip().splitlines()[-1])
+            for _ in range(args.repeats)]
     return max(runs)
 
 
@@ -68,26 +93,22 @@ def main() -> None:
     cpus = usable_cpus()
     if cpus < 2:
         sys.exit(f"this process may use {cpus} CPU; the comparison needs 2 or more")
-    settings = {
-        "1 thread": {"OMP_NUM_THREADS": "1"},
-        f"{cpus} threads, OpenMP's wait policy (before)": {"OMP_NUM_THREADS": str(cpus)},
-        f"{cpus} threads, passive wait": {"OMP_NUM_THREADS": str(cpus), "OMP_WAIT_POLICY": "PASSIVE"},
-    }
-    default = thread_environment(1, cpus)
-    print(f"host: {cpu_name()}, {cpus} usable CPUs; image {args.image_size}, "
-          f"batch 64, width 64, {args.steps} timed steps; default: {default}")
-    worst = float("inf")
+    settings = {"1 thread": {"OMP_NUM_THREADS": "1"}, f"{cpus} threads (a thread per core)": {"OMP_NUM_THREADS": str(cpus)},
+                DEFAULT: {}}
+    print(f"host: {cpu_name()}, {cpus} usable CPUs; image {args.image_size}, batch 64, width 64, {args.steps} timed steps")
     last_core = sorted(os.sched_getaffinity(0))[-1]
-    for condition in ("alone", f"beside a busy process on core {last_core}"):
+    conditions = {"alone": contextmanager(lambda: iter([[]])), f"beside a busy process on core {last_core}":
+                  lambda: busy_core(last_core)}
+    if os.geteuid() == 0 and os.access(CGROUP_ROOT, os.W_OK):
+        conditions["in a cgroup with a 1-CPU quota"] = one_cpu_quota
+    worst = float("inf")
+    for condition, enter in conditions.items():
         results: dict[str, float] = {}
-        for name, env in [*settings.items(), ("default (augment worker)", default)]:
-            if condition == "alone":
-                results[name] = images_per_s(env, args)
-            else:
-                with busy_core(last_core):
-                    results[name] = images_per_s(env, args)
-            print(f"{condition:<32} {name:<44} {results[name]:8.1f} images/s", flush=True)
-        share = results["default (augment worker)"] / max(results.values())
+        for name, env in settings.items():
+            with enter() as prefix:
+                results[name] = images_per_s(env, name == DEFAULT, prefix, args)
+            print(f"{condition:<32} {name:<28} {results[name]:8.1f} images/s", flush=True)
+        share = results[DEFAULT] / max(results.values())
         print(f"{condition}: the default reaches {100 * share:.0f} % of the best setting")
         worst = min(worst, share)
     print(f"ratio={worst:.3f}")

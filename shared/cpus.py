@@ -1,9 +1,8 @@
-"""How many CPUs a worker may use, and the OpenMP settings its torch runs with.
+"""How many CPUs a worker may use, and so how many threads its torch runs.
 
 A container's CPU limit (Kubernetes ``resources.limits.cpu``, ``docker run --cpus``) is a cgroup quota: the process
-still sees every core of the host, and torch would start a thread per core. Threads beyond the quota, like threads
-on cores another process keeps busy, are descheduled in the middle of an operation, and OpenMP's other threads
-spin at the operation's barrier waiting for them: docs/operations.md has the measurements.
+still sees every core of the host, and torch would start a thread per core. Threads beyond the quota are throttled
+in the middle of an operation while the others wait for them at its end: docs/operations.md has the measurements.
 """
 
 from __future__ import annotations
@@ -77,7 +76,7 @@ def torch_threads_per_task(concurrency: int, cpus: int) -> int:
 
 
 def thread_environment(concurrency: int, cpus: int) -> dict[str, str]:
-    """The OpenMP settings a worker's torch loads with: a thread per usable CPU and task, and threads that sleep
-    at a barrier instead of spinning, so a thread that waits for one descheduled by another process (or by the
-    cgroup quota) gives up its core instead of burning it."""
-    return {"OMP_NUM_THREADS": str(torch_threads_per_task(concurrency, cpus)), "OMP_WAIT_POLICY": "PASSIVE"}
+    """The OpenMP settings a worker's torch loads with: a thread per usable CPU and task. A fixed count, not one
+    that follows the load: a job's weights depend on its thread count (oneDNN splits reductions by thread), and a
+    resumed job must end with the weights of an uninterrupted one."""
+    return {"OMP_NUM_THREADS": str(torch_threads_per_task(concurrency, cpus))}
