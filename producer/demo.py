@@ -64,7 +64,7 @@ def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class:
     from celery.contrib.testing.worker import start_worker
 
     from shared.layout import reference_key
-    from shared.specs import SMALL_DATA_STEPS, TrainSpec
+    from shared.specs import SMALL_DATA_STEPS, VALIDATION_POINTS, TrainSpec
     from shared.storage import open_storage
     from worker.app import app
     from worker.budget import measure_rates, plan_budget
@@ -82,8 +82,10 @@ def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class:
     click.echo(f"demo: measuring this machine's training speed ({os.cpu_count()} CPU cores, "
                f"{resolve_precision(probe, pick_device())})", err=True)
     rates = measure_rates(probe, settings)
+    # a curve of the default spacing has at most VALIDATION_POINTS measurements and the last step's
     plan = plan_budget(60 * minutes, rates, recipe.teacher * recipe.teacher_steps, 0 if reference_stored else quality_steps,
-                       quality_steps, count, FIXED_S, MIN_GAN_STEPS, SMALL_DATA_STEPS)
+                       quality_steps, count, FIXED_S, MIN_GAN_STEPS, SMALL_DATA_STEPS,
+                       VALIDATION_POINTS + 1 if recipe.validate_every else 0)
     gan_steps = steps or plan.gan_steps
     # what the job will run: below TEACHER_STEPS GAN steps (a smoke run), the teacher trains as long as the GAN
     train_fields |= {"steps": gan_steps, "teacher_steps": min(TEACHER_STEPS, gan_steps)}

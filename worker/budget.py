@@ -9,6 +9,7 @@ what the budget leaves after the stages whose length is fixed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from worker.train import (
     step_functions,
     train_step,
 )
+from worker.validation import Validator, validation_split
 
 PROBE_S = 2.0  # timed seconds of each kind of step
 WARMUP_STEPS = 2
@@ -49,6 +51,7 @@ class Rates:
     reference: float  # the reference classifier's steps (the feature space of the quality metrics)
     scorer: float  # the CAS classifiers' steps
     sampling: float  # images per second the generator makes
+    validation_s: float = 0.0  # seconds one measurement of the validation curve takes; 0: the job has no curve
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,10 @@ def measure_rates(spec: TrainSpec, settings: Settings) -> Rates:
     classifier_config = ClassifierConfig(data.images.shape[-1], data.images.shape[1], data.info.num_classes, spec.teacher_width)
     guide = Teacher([Classifier(classifier_config) for _ in range(recipe.teacher)], {}) if recipe.guidance > 0 else None
     fns = step_functions(spec, recipe, state, device, guide)
+    # the curve measures in the reference classifier's features: an untrained one costs the same
+    validation = validation_split(spec, data)[1]
+    validator = None if validation is None else Validator.build(
+        config, validation, Classifier(dataclasses.replace(classifier_config, width=ClassifierConfig.width)), spec.seed, device)
     schedule = BatchSchedule(len(data), spec.batch_size, spec.seed, device)
     images, labels = data.images.to(device), data.labels.to(device)
     layout = memory_format(config, device)
@@ -125,6 +132,12 @@ def measure_rates(spec: TrainSpec, settings: Settings) -> Rates:
             generator(torch.randn(SAMPLING_BATCH, config.nz, device=device), classes)
             after_step(batch)
 
+    def measure(after_step: Callable[[int], None]) -> None:
+        assert validator is not None
+        for point in itertools.count(1):
+            validator.measure(state.sampler, point)
+            after_step(point)
+
     torch.set_flush_denormal(True)  # as training runs (worker.train.run_training)
     try:
         return Rates(
@@ -133,6 +146,7 @@ def measure_rates(spec: TrainSpec, settings: Settings) -> Rates:
             reference=_steps_per_s(classifier(), sync),
             scorer=_steps_per_s(classifier(**SMALL_CNN), sync),
             sampling=SAMPLING_BATCH * _steps_per_s(sample, sync),
+            validation_s=0.0 if validator is None else 1 / _steps_per_s(measure, sync),
         )
     finally:
         torch.set_flush_denormal(False)
@@ -140,13 +154,14 @@ def measure_rates(spec: TrainSpec, settings: Settings) -> Rates:
 
 def plan_budget(
     budget_s: float, rates: Rates, teacher_steps: int, reference_steps: int, scorer_steps: int, images: int,
-    fixed_s: float, min_gan_steps: int, max_gan_steps: int,
+    fixed_s: float, min_gan_steps: int, max_gan_steps: int, measurements: int = 0,
 ) -> Plan:
-    """The GAN's steps that fill BUDGET_S after its teacher (TEACHER_STEPS over all members), the reference
-    classifier (0 steps when it is stored already), the two CAS classifiers, generating IMAGES and FIXED_S (loading
-    data, the metrics), within [MIN_GAN_STEPS, MAX_GAN_STEPS]: below the minimum a GAN draws noise, above the
-    maximum it measured no better."""
+    """The GAN's steps that fill BUDGET_S after its teacher (TEACHER_STEPS over all members), the MEASUREMENTS of its
+    validation curve, the reference classifier (0 steps when it is stored already), the two CAS classifiers,
+    generating IMAGES and FIXED_S (loading data, the metrics), within [MIN_GAN_STEPS, MAX_GAN_STEPS]: below the
+    minimum a GAN draws noise, above the maximum it measured no better."""
     seconds = {
+        "validation curve": measurements * rates.validation_s,
         "teacher": teacher_steps / rates.teacher,
         "reference classifier": reference_steps / rates.reference,
         "generation": images / rates.sampling,
