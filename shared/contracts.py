@@ -322,10 +322,7 @@ def decode(record_type: type[T], data: object, what: str) -> T:
     readable = msgspec.structs.fields(record_type)
     current = next((field.default for field in readable if field.name == "format"), None)
     if isinstance(data, Mapping) and isinstance(current, int):
-        try:
-            data = {**data, "format": check_format(what, data.get("format"), current)}
-        except FormatError as exc:
-            raise ContractError(str(exc)) from None
+        data = {**data, "format": check_format(what, data.get("format"), current, error=ContractError)}
     try:
         return msgspec.convert(data, record_type)
     except msgspec.ValidationError as exc:

@@ -9,6 +9,8 @@ added with defaults), and refuses a newer one, which only a newer gan-augment ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 UNVERSIONED = 0
 
 
@@ -17,14 +19,15 @@ class FormatError(ValueError):
     that does not fit it."""
 
 
-def check_format(what: str, written: object, current: int, oldest: int = UNVERSIONED) -> int:
+def check_format(what: str, written: object, current: int, oldest: int = UNVERSIONED,
+                 error: Callable[[str], Exception] = FormatError) -> int:
     """WRITTEN, the format an object of WHAT carries (None when it carries none), if this reader reads it: from
-    OLDEST to CURRENT. Otherwise FormatError, one line that says what to do."""
+    OLDEST to CURRENT. Otherwise ERROR (the reader's own kind of FormatError) of one line that says what to do."""
     format_ = UNVERSIONED if written is None else written
     if not isinstance(format_, int) or isinstance(format_, bool) or format_ < oldest:
         shown = "no format" if written is None else f"format {written!r}"
-        raise FormatError(f"{what} has {shown}; this reader reads formats {oldest} to {current}: run the job again "
-                          "to write it in the current format")
+        raise error(f"{what} has {shown}; this reader reads formats {oldest} to {current}: run the job again "
+                    "to write it in the current format")
     if format_ > current:
-        raise FormatError(f"{what} is format {format_}, newer than this reader (format {current}): upgrade gan-augment")
+        raise error(f"{what} is format {format_}, newer than this reader (format {current}): upgrade gan-augment")
     return format_

@@ -26,7 +26,7 @@ import msgspec
 import msgspec.inspect
 from msgspec import Meta
 
-from shared.formats import FormatError, check_format
+from shared.formats import check_format
 
 SPEC_VERSION = 1
 
@@ -188,10 +188,9 @@ class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     def from_dict(cls: type[SpecT], data: Mapping[str, Any]) -> SpecT:
         if not isinstance(data, Mapping):
             raise SpecError(cls.kind, "spec", f"expected a JSON object, got {type(data).__name__}")
-        try:  # a spec without a version is version 0, the same fields as version 1
-            check_format(f"a {cls.kind} spec", data.get("version"), SPEC_VERSION)
-        except FormatError as exc:
-            raise SpecError(cls.kind, "version", str(exc)) from None
+        # a spec without a version is version 0, the same fields as version 1
+        check_format(f"a {cls.kind} spec", data.get("version"), SPEC_VERSION,
+                     error=lambda message: SpecError(cls.kind, "version", message))
         converting = _CONVERTING.set(True)
         try:
             return msgspec.convert(dict(data), cls)

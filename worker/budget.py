@@ -9,7 +9,6 @@ what the budget leaves after the stages whose length is fixed.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -105,8 +104,8 @@ def measure_rates(spec: TrainSpec, settings: Settings) -> Rates:
     fns = step_functions(spec, recipe, state, device, guide)
     # the curve measures in the reference classifier's features: an untrained one costs the same
     validation = validation_split(spec, data)[1]
-    validator = None if validation is None else Validator.build(
-        config, validation, Classifier(dataclasses.replace(classifier_config, width=ClassifierConfig.width)), spec.seed, device)
+    reference = Classifier(ClassifierConfig(data.images.shape[-1], data.images.shape[1], data.info.num_classes))
+    validator = None if validation is None else Validator.build(config, validation, reference, spec.seed, device)
     schedule = BatchSchedule(len(data), spec.batch_size, spec.seed, device)
     images, labels = data.images.to(device), data.labels.to(device)
     layout = memory_format(config, device)

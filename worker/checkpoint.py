@@ -112,10 +112,7 @@ def from_bytes(data: bytes, source: str) -> dict[str, Any]:
         raise CheckpointError(f"{source} is not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(f"{source} is not a gan-augment checkpoint")
-    try:
-        check_format(source, state.get("format"), CHECKPOINT_FORMAT, OLDEST_CHECKPOINT_FORMAT)
-    except FormatError as exc:
-        raise CheckpointError(str(exc)) from None
+    check_format(source, state.get("format"), CHECKPOINT_FORMAT, OLDEST_CHECKPOINT_FORMAT, CheckpointError)
     return state
 
 
