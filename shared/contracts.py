@@ -360,6 +360,30 @@ def read_card(storage: Storage, model_id: str) -> ModelCard:
     return read_model_card(storage.get_text(model_card_key(model_id)), model_id)
 
 
+# what a continuation of a finished training job (TrainSpec.continues) may set otherwise than the job it continues
+CONTINUED_FIELDS = frozenset({"job_id", "steps", "continues"})
+
+
+def continuation_problem(spec: TrainSpec, parent: ModelCard, recipe: Mapping[str, Any] | None = None) -> str | None:
+    """Why SPEC cannot continue finished training job PARENT, in words; None when it can. A continuation must be the
+    run PARENT was, carried on to more steps: the same settings and, where RECIPE (what SPEC runs, as a dict) is
+    given, the same automatic choices."""
+    mine, theirs = spec.to_dict(), TrainSpec.from_dict(parent.spec).to_dict()
+    differ = sorted(name for name in mine if name not in CONTINUED_FIELDS and mine[name] != theirs.get(name))
+    if differ:
+        return f"its {', '.join(differ)} differ from {parent.job_id}'s; a continuation changes only the steps"
+    if spec.steps is None or spec.steps <= parent.steps:
+        return f"{parent.job_id} has trained {parent.steps} steps already; give more steps than that"
+    if recipe is not None:
+        chosen = json.loads(json.dumps(recipe))  # as the card holds it: tuples are lists
+        drift = sorted(name for name, value in chosen.items() if name != "steps" and value != parent.recipe.get(name))
+        if drift:
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in drift)
+            return (f"at {spec.steps} steps the automatic {', '.join(drift)} differ from {parent.job_id}'s; continue a "
+                    f"job that was given {flags} explicitly")
+    return None
+
+
 def read_report(kind: JobKind, text: str, job_id: str) -> QualityReport | UtilityReport:
     if kind.evaluation_report is None:
         raise ContractError(f"{kind.name} job {job_id} writes no report.json: only evaluations do")

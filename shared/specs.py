@@ -232,6 +232,11 @@ class TrainSpec(_Spec, frozen=True):
     steps: Annotated[Steps, option(
         "Optimizer steps (exclusive with --epochs).",
         f"one epoch, at least {SMALL_DATA_STEPS:,} steps below {SMALL_DATASET:,} images")] | None = None
+    # a promoted sweep trial, or a user who wants more steps of a finished job: the run goes on where JOB ended, as if
+    # it had been submitted with these steps from the start (worker.train.continue_from)
+    continues: Annotated[JobId, option(
+        "Continue finished training job JOB to --steps: its weights, optimizers, teacher and validation curve carry on; "
+        "every other setting must be JOB's.")] | None = None
     image_size: Annotated[ImageSize, option("28, 32 or 64.", "the dataset's own")] | None = None
     # 1 or 3 converts grey <-> RGB at load time
     channels: Annotated[Literal[1, 3], _explained(None, "1 or 3"), option("1 or 3.", "the dataset's own")] | None = None
@@ -321,6 +326,8 @@ class TrainSpec(_Spec, frozen=True):
                              "patience out")
         if self.epochs is not None and self.steps is not None:
             raise self._fail("steps", "give either epochs or steps, not both")
+        if self.continues is not None and self.steps is None:
+            raise self._fail("continues", "continuing a job needs the steps to train it to; give steps (--steps)")
         if self.guidance and self.teacher == 0:
             raise self._fail("guidance", "guidance needs a teacher to guide with; give teacher=3 (--teacher 3) or guidance=0")
         if self.limit is not None and self.per_class is not None:

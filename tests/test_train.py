@@ -230,3 +230,47 @@ def test_a_resnet_job_resumes_to_the_same_weights_and_its_model_samples_as_a_res
         assert isinstance(generator, ResNetGenerator)
         images = generator(torch.randn(4, generator.config.nz), torch.arange(4))
         assert images.shape == (4, 1, 28, 28)
+
+
+def test_a_continued_job_ends_where_one_run_uninterrupted_to_its_steps_ends(tmp_path):
+    # a sweep's promoted trial: 20 steps, then continued to 40, is the 40-step run (a teacher and the curve included)
+    tiny = dict(dataset="fake", width=8, batch_size=16, teacher=1, teacher_steps=5, validate_every=10,
+                reference_steps=20, log_every=5)
+    storage = FileStorage(tmp_path)
+    run_training(TrainSpec(job_id="t-whole", steps=40, **tiny), Settings(), storage)
+    run_training(TrainSpec(job_id="t-rung0", steps=20, **tiny), Settings(), storage)
+    result = run_training(TrainSpec(job_id="t-rung1", steps=40, continues="t-rung0", **tiny), Settings(), storage)
+
+    whole, continued, first = (read_card(storage, job) for job in ("t-whole", "t-rung1", "t-rung0"))
+    assert result.steps == 40 and continued.curve == whole.curve and [p["step"] for p in continued.curve] == [10, 20, 30, 40]
+    assert continued.teacher is not None and continued.teacher["key"] == first.teacher["key"]  # inherited, not retrained
+    assert storage.list("models/t-rung1/teachers") == []
+    # the best checkpoint may be the earlier job's: the card names it where it lies, and the earlier job keeps it
+    assert continued.best_checkpoint is not None and storage.exists(continued.best_checkpoint)
+    ends = [checkpoint.from_bytes(storage.get_bytes(card.checkpoint), card.checkpoint) for card in (whole, continued)]
+    for network in ("generator", "discriminator"):
+        for name, tensor in ends[0][network].items():
+            assert torch.equal(ends[1][network][name], tensor), (network, name)
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (dict(width=16), "its width differ from t-first's; a continuation changes only the steps"),
+    (dict(steps=10), "t-first has trained 10 steps already; give more steps than that"),
+])
+def test_a_continuation_must_be_the_same_run_carried_on(tmp_path, change, problem):
+    tiny = dict(dataset="fake", width=8, batch_size=16, teacher=0, validation=0, steps=10)
+    storage = FileStorage(tmp_path)
+    run_training(TrainSpec(job_id="t-first", **tiny), Settings(), storage)
+    with pytest.raises(ValueError, match=f"^job t-next cannot continue t-first: {problem}$"):
+        run_training(TrainSpec(job_id="t-next", continues="t-first", **{**tiny, "steps": 20, **change}), Settings(), storage)
+    assert storage.list("models/t-next") == []
+
+
+def test_a_continuation_whose_automatic_choices_would_differ_says_which_to_give(tmp_path):
+    # validate_every is chosen from the steps: 50 at 60 steps, 100 at 2,000
+    tiny = dict(dataset="fake", width=8, batch_size=16, teacher=0, teacher_steps=5, reference_steps=5, validation=0.1)
+    storage = FileStorage(tmp_path)
+    run_training(TrainSpec(job_id="t-short", steps=60, **tiny), Settings(), storage)
+    with pytest.raises(ValueError, match="the automatic validate_every differ from t-short's; continue a job that was "
+                                         "given --validate-every explicitly"):
+        run_training(TrainSpec(job_id="t-long", steps=2000, continues="t-short", **tiny), Settings(), storage)

@@ -80,12 +80,15 @@ def train_teacher(spec: TrainSpec, recipe: Recipe, data: ImageData, after_step: 
 
 def ensure_teacher(
     spec: TrainSpec, recipe: Recipe, data: ImageData, storage: Storage, attempt: int = 0,
-    after_step: Callable[[int], None] = lambda step: None,
+    after_step: Callable[[int], None] = lambda step: None, inherited: str | None = None,
 ) -> tuple[Teacher, str] | None:
-    """The job's teacher and its key: None when its RECIPE has none; loaded when an earlier attempt at the job stored
-    it (training is seeded, so it would come out the same); else trained and stored as ATTEMPT's."""
+    """The job's teacher and its key: None when its RECIPE has none; the job's it continues (INHERITED, its key);
+    loaded when an earlier attempt at the job stored it (training is seeded, so it would come out the same); else
+    trained and stored as ATTEMPT's."""
     if recipe.teacher == 0:
         return None
+    if inherited is not None:
+        return load_teacher(storage, inherited), inherited
     stored = find_teacher(storage, spec.job_id)
     if stored is not None and stored[0].meta["members"] == recipe.teacher:
         return stored

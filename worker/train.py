@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.contracts import TrainResult
+from shared.contracts import ModelCard, TrainResult, continuation_problem, read_card
 from shared.layout import sample_grid_key
 from shared.lifecycle import JobStopped, StopReason
 from shared.liveness import Attempt
@@ -322,6 +322,7 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
             if reason is not None:
                 raise JobStopped(reason, f"job {spec.job_id} stopped while {info.stage}")
 
+        parent = continued_card(spec, recipe, storage)
         config = gan_config(spec, data)
         grid = ProgressGrid.build(train_data, config, spec.seed, device)
         validator, reference = None, None
@@ -333,10 +334,11 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
             reference = {**reference_meta, "description": describe(reference_meta)}
         stored = ensure_teacher(spec, recipe, train_data, storage, hooks.attempt.epoch,  # first: it may guide G
                                 StageMeter(f"training the teacher ({recipe.teacher} classifiers)",
-                                           recipe.teacher * recipe.teacher_steps, report_stage))
+                                           recipe.teacher * recipe.teacher_steps, report_stage),
+                                inherited=parent.teacher["key"] if parent is not None and parent.teacher else None)
         teacher = stored[0] if stored is not None else None
         state, final_checkpoint = train_gan(spec, recipe, train_data, storage, device, hooks, stop_requested, grid,
-                                            teacher, validator)
+                                            teacher, validator, parent)
         trained = TrainedModel(state.sampler, grid, state.step, state.history, state.warnings, device,
                                resolve_precision(spec, device),
                                {**stored[0].meta, "key": stored[1]} if stored is not None else None, recipe, hooks.attempt.epoch,
@@ -361,8 +363,22 @@ class StopPoll:
         return self.hooks.should_stop()
 
 
-def resume_or_start(spec: TrainSpec, config: GANConfig, storage: Storage, device: torch.device) -> TrainState:
-    """A fresh state, or the job's checkpoint when it has one (from this very spec)."""
+def continued_card(spec: TrainSpec, recipe: Recipe, storage: Storage) -> ModelCard | None:
+    """The model card of the finished job SPEC continues (None when it continues none); ValueError, in one line, when
+    SPEC is not that job's run carried on to more steps."""
+    if spec.continues is None:
+        return None
+    parent = read_card(storage, spec.continues)
+    problem = continuation_problem(spec, parent, dataclasses.asdict(recipe))
+    if problem is not None:
+        raise ValueError(f"job {spec.job_id} cannot continue {spec.continues}: {problem}")
+    return parent
+
+
+def resume_or_start(spec: TrainSpec, config: GANConfig, storage: Storage, device: torch.device,
+                    parent: ModelCard | None = None) -> TrainState:
+    """A fresh state, or the job's checkpoint when it has one (from this very spec), or else the last checkpoint of
+    the finished job PARENT that it continues: from there it runs as PARENT would have run on."""
     state = new_state(spec, config, device)
     saved = checkpoint.load(storage, spec.job_id)
     if saved is not None:
@@ -370,6 +386,9 @@ def resume_or_start(spec: TrainSpec, config: GANConfig, storage: Storage, device
             raise ValueError(f"job {spec.job_id} already has a checkpoint from a different spec; submit a new job")
         state.load_checkpoint(saved)
         log.info("job %s: resuming from step %d", spec.job_id, state.step)
+    elif parent is not None:
+        state.load_checkpoint(checkpoint.from_bytes(storage.get_bytes(parent.checkpoint), storage.url_for(parent.checkpoint)))
+        log.info("job %s: continuing %s from step %d", spec.job_id, parent.job_id, state.step)
     return state
 
 
@@ -390,13 +409,14 @@ class CollapseGuard:
 def train_gan(
     spec: TrainSpec, recipe: Recipe, data: ImageData, storage: Storage, device: torch.device, hooks: TrainHooks,
     stop_requested: StopPoll, grid: ProgressGrid, teacher: Teacher | None = None, validator: Validator | None = None,
+    parent: ModelCard | None = None,
 ) -> tuple[TrainState, str]:
     """The training loop: steps until SPEC's total (or until its patience runs out), with checkpoints, sample grids,
     validation measurements and progress along the way; returns the final state and the key of its checkpoint."""
     config = gan_config(spec, data)
     images = data.images.to(device)  # (N, C, H, W) uint8, decoded once
     labels_all = data.labels.to(device)
-    state = resume_or_start(spec, config, storage, device)
+    state = resume_or_start(spec, config, storage, device, parent)
     fns = step_functions(spec, recipe, state, device, teacher)
     layout = memory_format(config, device)
     schedule = BatchSchedule(len(images), spec.batch_size, spec.seed, device,
