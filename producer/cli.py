@@ -21,8 +21,8 @@ import click
 from producer import demo as demo_defaults  # torch-free at import: the demo loads the worker when it runs
 from producer.client import Client, SubmitError
 from producer.follow import BROKER_ERRORS, GIVE_UP_AFTER_S, broker_fault, follow, status_line
-from producer.options import spec_options
-from shared.broker import EVALUATE_QUEUE, GENERATE_QUEUE, QUEUES, TRAIN_QUEUE, BrokerUnreachable
+from producer.options import offered_names, spec_options
+from shared.broker import EVALUATE_QUEUE, GENERATE_QUEUE, QUEUES, SWEEP_QUEUE, TRAIN_QUEUE, BrokerUnreachable
 from shared.contracts import KINDS, kind_of
 from shared.cpus import thread_environment, usable_cpus
 from shared.datasets import DatasetNotFound
@@ -30,6 +30,7 @@ from shared.lifecycle import CANCELLED, FAILURE, SUCCESS
 from shared.settings import DEFAULT_BROKER_URL, Settings, SettingsError
 from shared.specs import EvaluateSpec, GenerateSpec, SpecError, TrainSpec, check_job_id
 from shared.storage import StorageError, open_storage
+from shared.sweeps import SweepSpec, parse_space
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3
 F = TypeVar("F", bound=Callable[..., Any])
@@ -113,6 +114,36 @@ def train(**options: Any) -> None:
     job_id = client.submit_train(**fields)
     click.echo(f"submitted training job {job_id} on queue {TRAIN_QUEUE}", err=True)
     click.echo(job_id)
+
+
+# the sweep's own options; every other option of `augment sweep` is a training setting its trials share
+SWEEP_OPTIONS = ("trials", "steps", "min_steps", "eta", "select", "sweep_seed")
+# what a sweep sets for each trial, so `augment sweep` does not offer it as a shared setting
+SWEEP_SET = {"steps", "epochs", "continues", "select"}
+
+
+@main.command()
+@spec_options(TrainSpec, *(field for field in offered_names(TrainSpec) if field not in SWEEP_SET))
+@spec_options(SweepSpec, *SWEEP_OPTIONS)
+@click.option("--param", "params", multiple=True, metavar="FIELD=V1,V2,...",
+              help='A training setting to search and its values (repeatable), e.g. --param width=32,64; a JSON list for '
+                   'values with commas: --param \'diffaugment=["translation,cutout","translation"]\'.')
+@click.option("--space", "space_file", type=click.Path(dir_okay=False),
+              help='A JSON file of settings to search, e.g. {"width": [32, 64]}; --param adds to it.')
+@handle_errors
+def sweep(params: tuple[str, ...], space_file: str | None, **options: Any) -> None:
+    """Search the training recipe for a dataset: trials drawn from a space of settings train as ordinary training jobs
+    over every worker; successive halving promotes the best 1/eta of each rung to eta times the steps, ranked by their
+    validation curves. Without --param or --space it searches the default space (docs/training.md). Prints the job
+    id; `augment report SWEEP` prints the leaderboard when it ends."""
+    given = {name: value for name, value in options.items() if value is not None}
+    base = {name: value for name, value in given.items() if name not in SWEEP_OPTIONS}
+    sweep_fields = {name: value for name, value in given.items() if name in SWEEP_OPTIONS}
+    spec = connect().submit_sweep(base=base, space=parse_space(params, space_file), **sweep_fields)
+    click.echo(f"submitted sweep {spec.job_id} on queue {SWEEP_QUEUE}: {len(spec.settings)} trials, rungs of "
+               f"{', '.join(map(str, spec.rungs))} steps, {spec.planned_steps():,} GAN steps planned (a full grid: "
+               f"{len(spec.settings) * spec.steps:,}); `augment report {spec.job_id}` when done", err=True)
+    click.echo(spec.job_id)
 
 
 def parse_class_counts(value: str | None) -> dict[str, int] | None:

@@ -13,16 +13,17 @@ from typing import Any
 from celery import Celery
 
 from shared.broker import check_broker, make_celery, redelivery_after_s
-from shared.contracts import ContractError, ModelNotFound, Result, check_model, kind_of, read_card
+from shared.contracts import ContractError, ModelNotFound, Result, check_model, continuation_problem, kind_of, read_card
 from shared.datasets import locate_dataset
 from shared.layout import model_card_key, report_markdown_key
-from shared.lifecycle import CANCELLED, PENDING, TERMINAL_STATES, JobStates, describe_status
+from shared.lifecycle import PENDING, TERMINAL_STATES, JobStates, cancel_sweep, describe_status
 from shared.liveness import Stall, shard_of, stalls
 from shared.progress import generation_progress, progress_to_dict
 from shared.records import JobStore, make_record, new_job_id, open_job_store
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec, rebalance_counts
 from shared.storage import ObjectNotFound, open_storage
+from shared.sweeps import SweepSpec
 
 
 class SubmitError(RuntimeError):
@@ -43,17 +44,21 @@ class Client:
             check_broker(settings)  # fail in seconds with a clear message rather than hang in kombu's retries
         return cls(settings, app or make_celery(settings), open_job_store(settings))
 
-    def _enqueue(self, kind: str, spec: TrainSpec | GenerateSpec | EvaluateSpec) -> str:
+    def _enqueue(self, kind: str, spec: TrainSpec | GenerateSpec | EvaluateSpec | SweepSpec) -> str:
         spec_dict = spec.to_dict()
         self.store.add(make_record(spec.job_id, kind, spec_dict))
-        contract = kind_of(kind, spec_dict)
-        self.app.send_task(contract.task, kwargs={"spec": spec_dict}, task_id=spec.job_id, queue=contract.queue)
+        kind_of(kind, spec_dict).send(self.app, spec_dict)
         return spec.job_id
 
     def submit_train(self, **fields: Any) -> str:
         """Validate a train spec, check the dataset exists, enqueue; returns the job id."""
         spec = TrainSpec.from_dict({"job_id": new_job_id("train"), **fields})
         locate_dataset(spec.dataset, self.settings)  # raises DatasetNotFound saying where it looked
+        if spec.continues is not None:
+            self._check_model(spec.continues)
+            problem = continuation_problem(spec, read_card(open_storage(self.settings), spec.continues))
+            if problem is not None:
+                raise SubmitError(f"cannot continue {spec.continues}: {problem}")
         return self._enqueue("train", spec)
 
     def _check_model(self, model: str) -> None:
@@ -103,6 +108,14 @@ class Client:
         if spec.dataset is not None:
             locate_dataset(spec.dataset, self.settings)
         return self._enqueue("evaluate", spec)
+
+    def submit_sweep(self, **fields: Any) -> SweepSpec:
+        """Validate a sweep spec (every trial's training spec with it), check its dataset exists, enqueue; returns
+        the spec (its job id and plan)."""
+        spec = SweepSpec.from_dict({"job_id": new_job_id("sweep"), **fields})
+        locate_dataset(spec.dataset, self.settings)
+        self._enqueue("sweep", spec)
+        return spec
 
     def report(self, job_id: str) -> str:
         """The markdown report of a finished evaluation job."""
@@ -163,15 +176,12 @@ class Client:
         ]
 
     def cancel(self, job_id: str) -> str:
-        """Ask a job to stop; a queued job is marked CANCELLED at once. Returns the state after the request."""
-        self.store.request_cancel(job_id)
-        state = self.state(job_id)
-        if state == PENDING:
-            # No worker has it now (queued, or handed back): mark it now. A worker that later receives it skips it.
-            if self.states.cancelled(job_id, "cancelled before it started"):
-                return CANCELLED
-            return self.state(job_id)  # it ended on its own a moment ago: that final state stands
-        return state
+        """Ask a job to stop; a queued job is marked CANCELLED at once, and a sweep with every trial it submitted.
+        Returns the state after the request."""
+        record = self.store.get(job_id)
+        if record is not None and record.kind == "sweep":
+            return cancel_sweep(self.states, SweepSpec.from_dict(record.spec), "cancelled (`augment cancel`)")
+        return self.states.cancel(job_id)
 
     def wait(
         self,

@@ -25,6 +25,10 @@ def offered(spec: type[msgspec.Struct]) -> list[msgspec.structs.FieldInfo]:
     return [field for field in msgspec.structs.fields(spec) if declared(field.type).get("description")]
 
 
+def offered_names(spec: type[msgspec.Struct]) -> list[str]:
+    return [field.name for field in offered(spec)]
+
+
 def default_words(field: msgspec.structs.FieldInfo) -> str:
     """FIELD's default as the README's table of defaults shows it (markdown): a value, on or off, or in words what
     the spec chooses."""

@@ -25,16 +25,20 @@ GENERATE_TASK = "augment.generate"
 GENERATE_SHARD_TASK = "augment.generate_shard"
 GENERATE_FINALIZE_TASK = "augment.generate_finalize"
 EVALUATE_TASK = "augment.evaluate"
+# a sweep's scheduler: a short look at its trials, which comes back every poll_s until the sweep ends
+SWEEP_TASK = "augment.sweep"
 TRAIN_QUEUE = "train"
 GENERATE_QUEUE = "generate"
 EVALUATE_QUEUE = "evaluate"
-QUEUES = (TRAIN_QUEUE, GENERATE_QUEUE, EVALUATE_QUEUE)
+SWEEP_QUEUE = "sweep"
+QUEUES = (TRAIN_QUEUE, GENERATE_QUEUE, EVALUATE_QUEUE, SWEEP_QUEUE)
 QUEUE_OF_TASK = {
     TRAIN_TASK: TRAIN_QUEUE,
     GENERATE_TASK: GENERATE_QUEUE,
     GENERATE_SHARD_TASK: GENERATE_QUEUE,
     GENERATE_FINALIZE_TASK: GENERATE_QUEUE,
     EVALUATE_TASK: EVALUATE_QUEUE,
+    SWEEP_TASK: SWEEP_QUEUE,
 }
 CONNECT_TIMEOUT_S = 3.0
 

@@ -1,6 +1,6 @@
 """What crosses a process boundary for each kind of job, declared once.
 
-A kind of job (train, generate, a quality or a utility evaluation) declares here its spec, the progress record its
+A kind of job (train, generate, a quality or a utility evaluation, a sweep) declares here its spec, the progress record its
 workers report, the result its task ends with, the report it leaves in storage, its task name, queue and storage
 prefix. Workers build these types; the producer, ``augment status`` and the dashboard decode through them, picking
 the type from the job's record (its kind and, for an evaluation, its mode), never from the keys a dict happens to
@@ -19,12 +19,22 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from shared.broker import EVALUATE_QUEUE, EVALUATE_TASK, GENERATE_QUEUE, GENERATE_TASK, TRAIN_QUEUE, TRAIN_TASK
+from shared.broker import (
+    EVALUATE_QUEUE,
+    EVALUATE_TASK,
+    GENERATE_QUEUE,
+    GENERATE_TASK,
+    SWEEP_QUEUE,
+    SWEEP_TASK,
+    TRAIN_QUEUE,
+    TRAIN_TASK,
+)
 from shared.formats import UNVERSIONED, FormatError, check_format
 from shared.layout import manifest_key, model_card_key, model_prefix, report_json_key, report_prefix, synthetic_prefix
-from shared.progress import GenerateProgress, Progress, QualityPoint, StageProgress, TrainProgress
+from shared.progress import GenerateProgress, Progress, QualityPoint, StageProgress, SweepProgress, TrainProgress
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import Storage
+from shared.sweeps import SweepSpec, describe
 
 # A model card, a result or a report older than versioning (written before 2026-12) has no ``format`` field: it is
 # read as format 0 (shared/formats.py), which has the fields of format 1 less the ones added later (with defaults).
@@ -256,7 +266,64 @@ class UtilityReport(_Record, frozen=True, kw_only=True):
     created_at: str
 
 
-Result = TrainResult | GenerateResult | QualityResult | UtilityResult
+# ---- sweeps ----
+
+
+class SweepResult(_Record, frozen=True, kw_only=True):
+    """What a sweep ends with: its winner, as a model ready for ``augment generate``."""
+
+    format: int = RESULT_FORMAT
+    report: str  # URL of report.md
+    files: list[str]
+    winner: str  # the winning trial's last training job: its model
+    trial: int
+    settings: dict[str, Any]  # the winner's values of the searched fields
+    select: str  # the metric trials were ranked by
+    value: float  # the winner's best figure on its validation curve
+    step: int  # where on the curve
+    compute_steps: int  # GAN steps every trial's jobs trained, together
+    grid_steps: int  # what every trial trained to the winner's steps would have cost
+    warnings: list[str] = []
+
+    def summary(self) -> str:
+        return (f"winner {self.winner} (trial {self.trial}: {describe(self.settings)}): {self.select} {self.value:.4g} at "
+                f"step {self.step}; {self.compute_steps:,} GAN steps against a full grid's {self.grid_steps:,}")
+
+
+class TrialOutcome(_Record, frozen=True, kw_only=True):
+    """One trial of a sweep as it ended: its settings, its training jobs (one per rung it reached), and its curve."""
+
+    trial: int
+    settings: dict[str, Any]
+    jobs: list[str]
+    state: str  # its last job's final state
+    steps: int  # the budget it reached
+    best: float | None  # its best figure of the selected metric (None: its job failed or was cancelled)
+    best_step: int | None
+    curve: list[dict[str, Any]] = []  # its validation curve (shared.progress.QualityPoint records)
+    error: str | None = None  # why its last job did not succeed
+
+
+class SweepReport(_Record, frozen=True, kw_only=True):
+    """A sweep's ``report.json``: the leaderboard, every trial's curve, and the winner's training spec."""
+
+    format: int = REPORT_FORMAT
+    spec: dict[str, Any]
+    dataset: str
+    select: str
+    rungs: list[int]
+    eta: int
+    trials: list[TrialOutcome]  # best first
+    winner: int
+    winner_model: str
+    winner_spec: dict[str, Any]  # `augment train` fields that train the winner from scratch to the sweep's steps
+    compute_steps: int
+    grid_steps: int
+    seconds: float
+    created_at: str
+
+
+Result = TrainResult | GenerateResult | QualityResult | UtilityResult | SweepResult
 
 
 class ReportCommit(_Record, frozen=True, kw_only=True):
@@ -275,17 +342,21 @@ class ReportCommit(_Record, frozen=True, kw_only=True):
 class JobKind:
     """One kind of job, as every process sees it."""
 
-    name: str  # train, generate, evaluate-quality, evaluate-utility
-    record_kind: str  # what a job record says: train, generate or evaluate
-    spec: type[TrainSpec] | type[GenerateSpec] | type[EvaluateSpec]
+    name: str  # train, generate, evaluate-quality, evaluate-utility, sweep
+    record_kind: str  # what a job record says: train, generate, evaluate or sweep
+    spec: type[TrainSpec] | type[GenerateSpec] | type[EvaluateSpec] | type[SweepSpec]
     progress: type[Progress]
     result: type[Result]
     task: str
     queue: str
     prefix: Callable[[str], str]  # job id -> the storage prefix of its outputs
     report_key: Callable[[str], str]  # job id -> where its report (a model card, a manifest, report.json) lies
-    # what an evaluation's report.json decodes to (a model card and a manifest have readers of their own)
-    evaluation_report: type[QualityReport] | type[UtilityReport] | None = None
+    # what an evaluation's or a sweep's report.json decodes to (a model card and a manifest have readers of their own)
+    evaluation_report: type[QualityReport] | type[UtilityReport] | type[SweepReport] | None = None
+
+    def send(self, app: Any, spec: Mapping[str, Any]) -> None:
+        """Send the first task of the job of SPEC (a recorded job's) to this kind's queue; its id is the job's."""
+        app.send_task(self.task, kwargs={"spec": dict(spec)}, task_id=spec["job_id"], queue=self.queue)
 
     def decode_result(self, data: object, job_id: str) -> Result:
         """A finished job's result, as its task returned it."""
@@ -300,6 +371,8 @@ KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
             report_prefix, report_json_key, QualityReport),
     JobKind("evaluate-utility", "evaluate", EvaluateSpec, StageProgress, UtilityResult, EVALUATE_TASK, EVALUATE_QUEUE,
             report_prefix, report_json_key, UtilityReport),
+    JobKind("sweep", "sweep", SweepSpec, SweepProgress, SweepResult, SWEEP_TASK, SWEEP_QUEUE, report_prefix, report_json_key,
+            SweepReport),
 )}
 # what a job record's kind can be, in the order the dashboard lists them
 RECORD_KINDS = tuple(dict.fromkeys(kind.record_kind for kind in KINDS.values()))
@@ -384,7 +457,7 @@ def continuation_problem(spec: TrainSpec, parent: ModelCard, recipe: Mapping[str
     return None
 
 
-def read_report(kind: JobKind, text: str, job_id: str) -> QualityReport | UtilityReport:
+def read_report(kind: JobKind, text: str, job_id: str) -> QualityReport | UtilityReport | SweepReport:
     if kind.evaluation_report is None:
-        raise ContractError(f"{kind.name} job {job_id} writes no report.json: only evaluations do")
+        raise ContractError(f"{kind.name} job {job_id} writes no report.json: only evaluations and sweeps do")
     return decode_json(kind.evaluation_report, text, f"report.json of {kind.name} job {job_id}")

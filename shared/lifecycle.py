@@ -33,6 +33,7 @@ from shared.keys import JobField
 from shared.liveness import Fence
 from shared.progress import Progress, TrainProgress, progress_to_dict
 from shared.records import JobRecord, JobStore, StateWrite
+from shared.sweeps import SweepSpec
 
 
 class JobState(str, Enum):
@@ -124,6 +125,15 @@ class JobStates:
     def cancelled(self, job_id: str, reason: str) -> bool:
         return self._write(job_id, JobState.CANCELLED, {"reason": reason}, final=True)
 
+    def cancel(self, job_id: str, reason: str = "cancelled before it started") -> str:
+        """Ask a job to stop: a running one stops within seconds; one no worker holds now (queued, or handed back) is
+        cancelled at once, for REASON, and a worker that takes its message later skips it. The state after the ask."""
+        self.store.request_cancel(job_id)
+        state = self.read(job_id)[0]
+        if state != JobState.PENDING:
+            return state
+        return CANCELLED if self.cancelled(job_id, reason) else self.read(job_id)[0]  # or it ended on its own just now
+
     def _write(self, job_id: str, state: JobState, result: Any, final: bool = False, fence: Fence | None = None,
                step: int | None = None) -> bool:
         """Write STATE unless the job has its final state (a job cancelled while it waited, whose worker took it a
@@ -151,6 +161,17 @@ class JobStates:
             return JobState.PENDING, None
         meta = self.backend.decode_result(payload)
         return str(meta["status"]), meta.get("result")
+
+
+def cancel_sweep(states: JobStates, spec: SweepSpec, reason: str) -> str:
+    """Cancel sweep SPEC, and every trial job it has submitted; the sweep's state after it. A trial its scheduler
+    submits a moment later finds the sweep's flag and is cancelled there (worker.sweep), so none escapes."""
+    states.store.request_cancel(spec.job_id)
+    for job_id in spec.trial_job_ids():
+        if states.store.get(job_id) is not None:
+            states.cancel(job_id, f"its sweep {spec.job_id} was cancelled")
+    states.cancelled(spec.job_id, reason)
+    return states.read(spec.job_id)[0]
 
 
 _KEPT_S = 30 * 24 * 3600  # a state record outlives its job by this much where the backend sets no expiry

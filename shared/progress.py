@@ -181,9 +181,36 @@ def shifted(after_step: Callable[[int], None], before: int) -> Callable[[int], N
     return lambda step: after_step(before + step)
 
 
-Progress = TrainProgress | GenerateProgress | StageProgress
+@dataclass(frozen=True)
+class SweepProgress:
+    """A sweep's trials so far (worker.sweep): the rung it is at, its trials' jobs that have ended of those planned
+    (a rung's count is known once the rung before it has ended), and the leading trial."""
+
+    kind: ClassVar[str] = "sweep"
+    rung: int  # from 0
+    rungs: int
+    rung_steps: int
+    done: int  # trial jobs that have ended, every rung's
+    total: int  # trial jobs planned, every rung's, its trials promoted as planned
+    leader: str = ""  # the best trial of the last rung that ended, in words
+    eta_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        return self.done / max(self.total, 1)
+
+    def detail(self) -> str:
+        leader = f"; leading: {self.leader}" if self.leader else ""
+        return f"rung {self.rung + 1}/{self.rungs} ({self.rung_steps} steps): {self.done}/{self.total} trial jobs ended{leader}"
+
+    def rate_text(self) -> str:
+        return ""
+
+
+Progress = TrainProgress | GenerateProgress | StageProgress | SweepProgress
 PROGRESS_TYPES: dict[str, type[Progress]] = {
-    **{kind.kind: kind for kind in (TrainProgress, GenerateProgress, StageProgress)},
+    **{kind.kind: kind for kind in (TrainProgress, GenerateProgress, StageProgress, SweepProgress)},
     "evaluate": StageProgress,  # what workers before the stage records reported: a stage name and a count
 }
 

@@ -85,8 +85,9 @@ class JobStore(Protocol):
     liveness: Liveness
 
     # records
-    def add(self, record: JobRecord) -> None:
-        """Record a submitted job."""
+    def add(self, record: JobRecord, once: bool = False) -> bool:
+        """Record a submitted job; ONCE: only if no job of its id is recorded (a job whose id is derived, as a sweep's
+        trials', submitted again by a scheduler that resumed). Whether it was recorded."""
         ...
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -184,15 +185,10 @@ class RedisJobStore(JobStore):
         self.client = client
         self.liveness = RedisLiveness(client)
 
-    def add(self, record: JobRecord) -> None:
-        payload: dict[bytes | bytearray | memoryview | str | int | float, str] = {
-            JobField.KIND: record.kind, JobField.SPEC: json.dumps(record.spec), JobField.SUBMITTED_AT: repr(record.submitted_at),
-        }
-        with self.client.pipeline() as pipe:
-            pipe.hset(Keys.job(record.job_id), mapping=payload)
-            pipe.zadd(Keys.jobs(), {record.job_id: record.submitted_at})
-            pipe.zadd(Keys.active(), {record.job_id: record.submitted_at})
-            pipe.execute()
+    def add(self, record: JobRecord, once: bool = False) -> bool:
+        keys = (Keys.job(record.job_id), Keys.jobs(), Keys.active())
+        return bool(self.client.eval(_ADD, len(keys), *keys, record.kind, json.dumps(record.spec), repr(record.submitted_at),
+                                     record.job_id, "1" if once else ""))
 
     def get(self, job_id: str) -> JobRecord | None:
         data: dict[str, str] = self.client.hgetall(Keys.job(job_id))  # type: ignore[assignment]
@@ -276,6 +272,14 @@ class RedisJobStore(JobStore):
 
 # The scripts: KEYS[1] is the writer's lease (its fence), KEYS[2] the job's record, unless a script says otherwise.
 _FENCED = fenced_lua("KEYS[1]", "ARGV[1]")
+# KEYS: job, jobs, active. ARGV: kind, spec, submitted at, id, once
+_ADD = f"""
+if ARGV[5] ~= '' and redis.call('hexists', KEYS[1], '{JobField.KIND}') == 1 then return 0 end
+redis.call('hset', KEYS[1], '{JobField.KIND}', ARGV[1], '{JobField.SPEC}', ARGV[2], '{JobField.SUBMITTED_AT}', ARGV[3])
+redis.call('zadd', KEYS[2], ARGV[3], ARGV[4])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
 _SET_ONCE = "redis.call('hsetnx', KEYS[1], ARGV[1], ARGV[2]) return redis.call('hget', KEYS[1], ARGV[1]) == ARGV[2] and 1 or 0"
 # KEYS: state key, job, lease (or the state key again: unfenced), active set. ARGV: payload, ttl, final, token, step, id
 _PUT_STATE = f"""
@@ -347,9 +351,12 @@ class MemoryJobStore(JobStore):
         self._states: dict[str, str] = {}
         self._history: dict[str, list[dict[str, Any]]] = {}
 
-    def add(self, record: JobRecord) -> None:
+    def add(self, record: JobRecord, once: bool = False) -> bool:
         with self._lock:
+            if once and record.job_id in self._records:
+                return False
             self._records[record.job_id] = record
+            return True
 
     def get(self, job_id: str) -> JobRecord | None:
         return self._records.get(job_id)

@@ -34,17 +34,15 @@ from typing import Any
 import redis
 
 from shared.broker import (
-    EVALUATE_TASK,
     GENERATE_FINALIZE_TASK,
     GENERATE_QUEUE,
     GENERATE_SHARD_TASK,
-    GENERATE_TASK,
     QUEUE_OF_TASK,
     QUEUES,
-    TRAIN_TASK,
     finalize_task_id,
     shard_task_id,
 )
+from shared.contracts import KINDS
 from shared.keys import JobField, Keys
 from shared.liveness import shard_part
 from shared.records import JobRecord, RedisJobStore
@@ -52,7 +50,7 @@ from shared.specs import GenerateSpec
 
 log = logging.getLogger("augment.reconcile")
 RECONCILE_EVERY_S = 30.0
-FIRST_TASK = {"train": TRAIN_TASK, "generate": GENERATE_TASK, "evaluate": EVALUATE_TASK}
+FIRST_TASK = {kind.record_kind: kind.task for kind in KINDS.values()}  # a job's first task, by its record's kind
 # kombu's Redis transport: a queue's priority lists, and the hash of delivered, unacknowledged messages
 PRIORITY_SEPARATOR, PRIORITY_STEPS, UNACKED = "\x06\x16", (3, 6, 9), "unacked"
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import msgspec
 import torch
 
-from shared.contracts import ModelCard, Quality, QualityReport, ReportCommit, Result, UtilityReport, read_card
+from shared.contracts import ModelCard, Quality, QualityReport, ReportCommit, Result, SweepReport, UtilityReport, read_card
 from shared.layout import report_attempt_prefix, report_markdown_key, report_prefix
 from shared.lifecycle import JobStopped, StopReason
 from shared.liveness import Attempt
@@ -32,7 +32,8 @@ def class_grid(real: ImageData, fake: torch.Tensor, fake_labels: torch.Tensor, c
 R = TypeVar("R", bound=Result)
 
 
-def write_report(storage: Storage, job_id: str, markdown: str, report: QualityReport | UtilityReport, images: dict[str, bytes],
+def write_report(storage: Storage, job_id: str, markdown: str, report: QualityReport | UtilityReport | SweepReport,
+                 images: dict[str, bytes],
                   attempt: Attempt, result_of: Callable[[str, list[str]], R]) -> R:
     """Put the report's images, report.json and report.md under ATTEMPT's prefix, fix them (and the job's result,
     RESULT_OF the report's URL and files) with the attempt's commit, and publish them (:func:`publish_report`).

@@ -29,25 +29,28 @@ from shared.broker import (
     GENERATE_QUEUE,
     GENERATE_SHARD_TASK,
     GENERATE_TASK,
+    SWEEP_TASK,
     TRAIN_TASK,
     finalize_task_id,
     shard_task_id,
 )
-from shared.contracts import Result, check_model, kind_of
+from shared.contracts import KINDS, Result, SweepResult, check_model, kind_of
 from shared.keys import JobField
-from shared.lifecycle import JobStates, JobStopped, StopReason
+from shared.lifecycle import JobStates, JobStopped, StopReason, cancel_sweep
 from shared.liveness import Attempt, Fence, Lease
 from shared.progress import Progress, TrainProgress
 from shared.records import JobStore, RedisJobStore, open_job_store
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import Storage, StorageUnavailable, open_storage
+from shared.sweeps import SweepSpec
 from worker.app import app
 from worker.evaluate import run_quality, run_utility
 from worker.generate import GeneratorCache, ShardBusy, finalize_job, plan_job, run_shard
 from worker.publish import write_card
 from worker.reconcile import Missing, queue_of, reconcile_forever
 from worker.report import publish_report
+from worker.sweep import advance
 from worker.train import STAT_NAMES, TrainHooks, pick_device, run_training
 
 log = get_task_logger(__name__)
@@ -345,6 +348,46 @@ def generate_finalize(self: Task, spec: Any) -> None:
         raise _retry_or_fail(self, states, parsed.job_id, exc) from None
     if result is not None:
         states.succeeded(parsed.job_id, result)
+
+
+@app.task(name=SWEEP_TASK, bind=True, ignore_result=True, max_retries=None)
+@_job_task
+def sweep(self: Task, spec: Any) -> None:
+    """One look at a sweep's trials (worker.sweep.advance), under the sweep's lease; until the sweep ends, the task
+    comes back in poll_s. Between looks no worker is held: a message waits, and reconciliation sees it."""
+    parsed = SweepSpec.from_dict(spec)
+    _check_task_id(self, parsed.job_id)
+    _, store, storage, states = _open()
+    if states.ended(parsed.job_id):
+        raise Ignore()
+    if store.cancel_requested(parsed.job_id):
+        cancel_sweep(states, parsed, f"sweep {parsed.job_id} was cancelled")
+        raise Ignore()
+    lease = Lease(store.liveness, parsed.job_id, "sweep", _owner(self), LEASE_TTL_S)
+    if not lease.acquire():
+        raise _later(self, parsed.poll_s)  # another worker is looking now
+    fence = lease.held
+    kind = KINDS["sweep"]
+    try:
+        committed = store.get_field(parsed.job_id, JobField.COMMIT)
+        if committed is not None:  # an earlier look wrote the report and died before the sweep's final state
+            states.succeeded(parsed.job_id, kind.decode_result(publish_report(storage, parsed.job_id, committed), parsed.job_id))
+            return
+        record = store.get(parsed.job_id)
+        attempt = Attempt(fence.epoch, lease.valid, lambda payload: store.commit(parsed.job_id, payload, fence))
+        outcome = advance(parsed, states, storage, lambda train: KINDS["train"].send(app, train.to_dict()), attempt,
+                          record.submitted_at if record is not None else time.time())
+        if isinstance(outcome, SweepResult):
+            states.succeeded(parsed.job_id, outcome)
+            return
+        states.progress(parsed.job_id, outcome, fence)
+    except JobStopped:  # its lease lapsed while it wrote the report: the next look finishes it
+        pass
+    except StorageUnavailable as exc:
+        raise _later(self, _backoff(self), exc) from None
+    finally:
+        lease.release()
+    raise _later(self, parsed.poll_s)
 
 
 @app.task(name=EVALUATE_TASK, bind=True, ignore_result=True)

@@ -19,7 +19,17 @@ from typing import Any, TypeVar
 from markdown_it import MarkdownIt
 
 from producer.client import Client
-from shared.contracts import ContractError, ModelCard, kind_of, read_model_card, read_report
+from shared.contracts import (
+    ContractError,
+    ModelCard,
+    QualityReport,
+    SweepReport,
+    TrialOutcome,
+    UtilityReport,
+    kind_of,
+    read_model_card,
+    read_report,
+)
 from shared.keys import Keys
 from shared.layout import model_card_key, model_prefix, report_markdown_key, report_prefix, shard_object_key
 from shared.lifecycle import CANCELLED, PENDING, SUCCESS, TERMINAL_STATES
@@ -30,6 +40,7 @@ from shared.settings import Settings
 from shared.shards import read_shard
 from shared.specs import DEFAULT_SELECT, QUALITY_METRICS, GenerateSpec, SpecError, check_job_id
 from shared.storage import ObjectNotFound, Storage, StorageError, join_key, open_storage
+from shared.sweeps import SweepSpec, describe
 from shared.verdicts import verdict
 
 SAMPLE_GRID = re.compile(r"^step-(\d+)\.png$")
@@ -150,6 +161,8 @@ class DashboardData:
             detail |= self._generation(record, errors)
         elif record.kind == "evaluate":
             detail |= self._evaluation(record, errors)
+        elif record.kind == "sweep":
+            detail |= self._sweep(record, errors)
         detail["storage_error"] = errors[0] if errors else ""
         return detail
 
@@ -265,26 +278,76 @@ class DashboardData:
     # ---- evaluation ----
 
     def _evaluation(self, record: JobRecord, errors: list[str]) -> dict[str, Any]:
-        job_id = record.job_id
-        prefix = report_prefix(job_id)
-        kind = kind_of(record.kind, record.spec)
-        report = self._stored(errors, lambda: self._text(kind.report_key(job_id)))
+        report = self._report(record, errors)
         shown = None
-        if report:
-            try:
-                shown = verdict(read_report(kind, report, job_id))
-            except ContractError as exc:
-                shown = unreadable(str(exc))
+        if isinstance(report, str):
+            shown = unreadable(report)
+        elif report is not None and not isinstance(report, SweepReport):
+            shown = verdict(report)
+        return {"verdict": shown, **self._report_files(record.job_id, errors)}
+
+    def _report(self, record: JobRecord, errors: list[str]) -> QualityReport | UtilityReport | SweepReport | str | None:
+        """The job's report.json, decoded; None before it is written; why, when it cannot be read."""
+        kind = kind_of(record.kind, record.spec)
+        text = self._stored(errors, lambda: self._text(kind.report_key(record.job_id)))
+        if not text:
+            return None
+        try:
+            return read_report(kind, text, record.job_id)
+        except ContractError as exc:
+            return str(exc)
+
+    def _report_files(self, job_id: str, errors: list[str]) -> dict[str, Any]:
+        """A finished evaluation's or sweep's report.md, as HTML, and its published images."""
+        prefix = report_prefix(job_id)
         markdown = self._stored(errors, lambda: self._text(report_markdown_key(job_id))) or ""
         keys = self._stored(errors, lambda: self.storage.list(prefix)) or []
         # the published report's images, not those each attempt wrote under attempts/ before the report was fixed
         images = [name for key in keys if (name := key[len(prefix) + 1:]).endswith(".png") and "/" not in name]
         return {
-            "verdict": shown,
             # html=False: any HTML in the report (a class name, a dataset path) is shown as text, never as markup
             "report_html": self._markdown.render(markdown) if markdown else "",
             "report_images": [{"name": name, "url": f"/jobs/{job_id}/files/{name}"} for name in images],
         }
+
+    # ---- sweeps ----
+
+    def _sweep(self, record: JobRecord, errors: list[str]) -> dict[str, Any]:
+        """The leaderboard and every trial's validation curve: the report's once written, else live from the trials'
+        jobs (their model cards, or the curve points their progress records carried)."""
+        try:
+            spec = SweepSpec.from_dict(record.spec)
+        except SpecError as exc:
+            return {"trials": [], "curves": [], "select": DEFAULT_SELECT, "sweep_error": str(exc)}
+        report = self._report(record, errors)
+        outcomes = report.trials if isinstance(report, SweepReport) else [
+            self._live_trial(spec, trial, errors) for trial in range(len(spec.settings))]
+        rows = [{
+            "trial": outcome.trial, "settings": describe(outcome.settings), "steps": outcome.steps, "state": outcome.state,
+            "best": outcome.best, "best_step": outcome.best_step, "jobs": outcome.jobs,
+            "winner": isinstance(report, SweepReport) and outcome.trial == report.winner,
+        } for outcome in outcomes]
+        curves = [{"name": f"trial {outcome.trial}",
+                   "points": [[point["step"], point.get(spec.select)] for point in outcome.curve]} for outcome in outcomes]
+        return {"trials": rows, "curves": curves, "select": spec.select, "rungs": spec.rungs,
+                "sweep_error": report if isinstance(report, str) else "", **self._report_files(record.job_id, errors)}
+
+    def _live_trial(self, spec: SweepSpec, trial: int, errors: list[str]) -> TrialOutcome:
+        """TRIAL of a running sweep as its jobs stand now."""
+        jobs = [job_id for rung in range(len(spec.rungs))
+                if self.client.store.get(job_id := spec.trial_job_id(trial, rung)) is not None]
+        if not jobs:
+            return TrialOutcome(trial=trial, settings=spec.settings[trial], jobs=[], state=PENDING, steps=0, best=None,
+                                best_step=None)
+        state = state_name(self.client.state(jobs[-1]))
+        card = self._stored(errors, lambda: self._model_card(jobs[-1], errors)) if state == SUCCESS else None
+        history = [] if card else latest_per_step(self.client.store.history(jobs[-1]))
+        curve = card.curve if card else [entry["quality"] for entry in history if entry.get("quality")]
+        best = best_point([QualityPoint.from_dict(point) for point in curve], spec.select)
+        return TrialOutcome(trial=trial, settings=spec.settings[trial], jobs=jobs, state=state,
+                            steps=card.steps if card else int(history[-1]["step"]) if history else 0,
+                            best=best.value(spec.select) if best else None, best_step=best.step if best else None,
+                            curve=curve)
 
     # ---- storage ----
 

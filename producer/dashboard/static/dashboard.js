@@ -209,6 +209,44 @@
     poll(update);
   }
 
+  // ---- sweeps: every trial's curve and the leaderboard, live; the page is rebuilt once when the sweep ends ----
+  const PALETTE = ["#2f6fde", "#e8710a", "#1e8e3e", "#c5221f", "#9334e6", "#12a4af", "#b06000", "#5f6368"];
+  function sweepPage() {
+    const renderedState = body.dataset.state;
+    function cell(text) { return node("td", text === null || text === undefined ? "-" : String(text)); }
+    async function update() {
+      const job = await api(jobApi());
+      updateHeader(job);
+      const series = job.curves.map((c, i) => ({ name: c.name, color: PALETTE[i % PALETTE.length], points: c.points }));
+      window.AugmentChart.draw($("sweep-chart"), series, null, "no validation measurement yet");
+      $("leaderboard").replaceChildren(...job.trials.map((row) => {
+        const tr = document.createElement("tr");
+        if (row.winner) tr.className = "winner";
+        tr.appendChild(cell(row.trial + (row.winner ? " (winner)" : "")));
+        tr.appendChild(cell(row.settings));
+        tr.appendChild(cell(row.steps));
+        tr.appendChild(cell(row.state));
+        tr.appendChild(cell(row.best === null ? null : Number(row.best).toPrecision(4)));
+        tr.appendChild(cell(row.best_step));
+        const jobs = node("td");
+        for (const id of row.jobs) {
+          const a = node("a", id);
+          a.href = "/jobs/" + encodeURIComponent(id);
+          jobs.append(a, " ");
+        }
+        tr.appendChild(jobs);
+        return tr;
+      }));
+      if (TERMINAL.has(job.state)) {
+        if (!TERMINAL.has(renderedState)) location.reload();
+        return false;
+      }
+      return true;
+    }
+    bindCancel();
+    poll(update);
+  }
+
   // ---- workers ----
   function workersPage() {
     const tbody = $("workers-body");
@@ -231,7 +269,8 @@
     poll(update);
   }
 
-  const pages = { jobs: jobsPage, train: trainPage, generate: outputPage, evaluate: outputPage, job: outputPage, workers: workersPage };
+  const pages = { jobs: jobsPage, train: trainPage, generate: outputPage, evaluate: outputPage, sweep: sweepPage, job: outputPage,
+    workers: workersPage };
   const start = pages[body.dataset.page];
   if (start) start();
 })();

@@ -1,0 +1,228 @@
+"""Sweeps without a broker: the plan (rungs, trials, budget), the checks at submit time, and the scheduler's
+decisions (worker.sweep.advance), with real training jobs run in-process. tests/test_sweep_fleet.py runs sweeps
+through real workers, Redis and S3."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import uuid
+
+import pytest
+
+from producer.client import Client
+from shared.contracts import SweepReport, TrainResult, decode_json, read_card
+from shared.layout import report_json_key, report_markdown_key
+from shared.lifecycle import cancel_sweep
+from shared.liveness import Attempt
+from shared.progress import SweepProgress
+from shared.settings import Settings
+from shared.specs import SpecError, TrainSpec
+from shared.storage import FileStorage
+from shared.sweeps import DEFAULT_SPACE, Standing, SweepSpec, parse_space, promote, ranked
+from worker.sweep import SweepFailed, advance
+from worker.train import run_training
+
+TINY = {"dataset": "fake", "width": 8, "batch_size": 16, "teacher": 0, "log_every": 5, "reference_steps": 20,
+        "validate_every": 5}
+
+
+def sweep_spec(**fields) -> SweepSpec:
+    return SweepSpec.from_dict({"job_id": f"s-{uuid.uuid4().hex[:12]}", "base": TINY, "steps": 40, "min_steps": 10,
+                                "eta": 2, "space": {"lr": [1e-4, 2e-4], "mode_seeking": [0.0, 1.0]}, **fields})
+
+
+# ---- the plan ----
+
+
+def test_the_default_plan_is_three_rungs_of_eta_times_the_steps_and_a_third_of_a_grid_at_most():
+    spec = SweepSpec.from_dict({"job_id": "s-plan", "base": {"dataset": "fake"}})
+    assert spec.search_space == DEFAULT_SPACE and len(spec.settings) == 24
+    assert spec.rungs == [666, 2000, 6000] and spec.planned_trials() == [24, 8, 2]
+    # 24 x 666 + 8 x 1334 + 2 x 4000 steps, against 24 x 6000 for the full grid
+    assert spec.planned_steps() == 24 * 666 + 8 * 1334 + 2 * 4000
+    assert spec.planned_steps() * 3 <= len(spec.settings) * spec.steps
+
+
+@pytest.mark.parametrize(("steps", "min_steps", "eta", "rungs"), [
+    (40, 10, 2, [10, 20, 40]),
+    (40, None, 2, [10, 20, 40]),
+    (100, 30, 3, [33, 100]),
+    (5, 5, 3, [5]),
+    (6000, 100, 3, [222, 666, 2000, 6000]),
+])
+def test_rungs_end_at_the_steps_and_grow_by_eta(steps, min_steps, eta, rungs):
+    spec = SweepSpec.from_dict({"job_id": "s-rungs", "base": {"dataset": "fake"}, "steps": steps, "min_steps": min_steps,
+                                "eta": eta})
+    assert spec.rungs == rungs and spec.rungs[0] >= (min_steps or 1)
+
+
+def test_random_trials_are_a_seeded_draw_from_the_grid():
+    spec = {"job_id": "s-draw", "base": {"dataset": "fake"}, "trials": 5}
+    first, again = (SweepSpec.from_dict({**spec, "sweep_seed": 7}).settings for _ in range(2))
+    other = SweepSpec.from_dict({**spec, "sweep_seed": 8}).settings
+    grid = SweepSpec.from_dict({"job_id": "s-draw", "base": {"dataset": "fake"}}).settings
+    assert first == again and first != other and len(first) == 5
+    assert all(setting in grid for setting in first) and len({json.dumps(s, sort_keys=True) for s in first}) == 5
+
+
+def test_every_trial_continues_its_job_of_the_rung_before_with_the_settings_a_step_count_would_choose_fixed():
+    spec = sweep_spec()
+    first, second = spec.trial_spec(2, 0), spec.trial_spec(2, 1)
+    assert (first.steps, second.steps, first.continues, second.continues) == (10, 20, None, spec.trial_job_id(2, 0))
+    assert (first.lr, first.mode_seeking) == (spec.settings[2]["lr"], spec.settings[2]["mode_seeking"])
+    assert first.validate_every == second.validate_every == 5 and first.teacher_steps == second.teacher_steps == 40
+    assert len(spec.trial_job_ids()) == 4 * 3
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"space": {"seed": [0, 1]}}, "space: seed cannot be searched"),
+    ({"space": {"validation": [0.1, 0.2]}}, "space: validation cannot be searched"),
+    ({"space": {"widht": [8]}}, "space: widht: not a training setting"),
+    ({"space": {"width": []}}, "space: width has no values to try"),
+    ({"space": {"width": [8, 2]}}, "trial 1 (width=2): width: 2 is out of range; use 4 to 512"),
+    ({"space": {"guidance": [0, 1]}}, "trial 1 (guidance=1): guidance: guidance needs a teacher"),
+    ({"base": {**TINY, "steps": 5}}, "base: steps is the sweep's to set"),
+    ({"base": {**TINY, "validation": 0}}, "base: validation=0 leaves trials no validation curve"),
+    ({"min_steps": 50}, "min_steps: 50 is more than steps=40"),
+    ({"eta": 1}, "eta: 1 is out of range; use 2 to 16"),
+])
+def test_a_sweep_that_cannot_run_is_refused_in_one_line_before_anything_is_enqueued(fields, message):
+    with pytest.raises(SpecError, match="^" + re.escape(f"invalid sweep spec: {message}")) as refused:
+        sweep_spec(**fields)
+    assert "\n" not in str(refused.value)
+
+
+def test_param_options_and_a_space_file_make_the_space(tmp_path):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({"width": [32, 64], "ema": [0, 0.999]}))
+    space = parse_space(["mode-seeking=0.3,1", 'diffaugment=["translation,cutout","translation"]', "loss=bce,hinge",
+                         "spectral_norm=true,false", "ema=0"], str(path))
+    assert space == {"width": [32, 64], "ema": [0], "mode_seeking": [0.3, 1], "loss": ["bce", "hinge"],
+                     "diffaugment": ["translation,cutout", "translation"], "spectral_norm": [True, False]}
+    for bad, message in [(["width"], "is not FIELD=V1,V2"), (["x=[1,"], "is not a JSON list")]:
+        with pytest.raises(SpecError, match=message):
+            parse_space(bad)
+    path.write_text("{not json")
+    with pytest.raises(SpecError, match="space.json is not JSON"):
+        parse_space([], str(path))
+
+
+# ---- the decisions ----
+
+
+def test_promotion_is_the_best_one_in_eta_by_the_figures_alone_whatever_order_they_came_in():
+    standings = [Standing(0, 80.0), Standing(1, 60.0), Standing(2, None), Standing(3, 60.0), Standing(4, 90.0),
+                 Standing(5, 70.0)]
+    for _ in range(5):
+        shuffled = random.sample(standings, len(standings))
+        assert promote(shuffled, "fid", 2) == [1, 3, 5]  # fid: lower is better; the tie 1/3 kept in trial order
+        assert promote(shuffled, "recall", 3) == [0, 4]  # recall: higher is better
+        assert ranked(shuffled, "fid")[-1].trial == 2, "a trial without a figure ranks last"
+    assert promote([Standing(0, None), Standing(1, 5.0), Standing(2, None)], "fid", 2) == [1]
+
+
+@pytest.fixture
+def client(tmp_path) -> Client:
+    return Client.connect(Settings.from_env({"AUGMENT_BROKER_URL": "memory://", "AUGMENT_STORAGE_URL": tmp_path.as_uri()}))
+
+
+def finish(client: Client, job_id: str, fid: float | None) -> None:
+    """End a trial's job as a worker would: with a result whose best point has FID (None: it failed)."""
+    if fid is None:
+        client.states.failed(job_id, RuntimeError("out of memory"))
+        return
+    best = {"step": 7, "fid": fid, "kid": 0.1, "precision": 0.5, "recall": 0.5, "label_accuracy": 0.9}
+    client.states.succeeded(job_id, TrainResult(model=job_id, steps=10, model_card="", checkpoint="", grid="", loss_curve="",
+                                                final={}, best=best))
+
+
+def test_the_scheduler_submits_a_rung_waits_for_all_of_it_and_promotes_by_results_never_by_finishing_order(client, tmp_path):
+    figures = {0: 50.0, 1: 30.0, 2: None, 3: 40.0}
+    decisions = []
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0]):
+        spec = sweep_spec()
+        sent: list[TrainSpec] = []
+
+        def look() -> SweepProgress:
+            outcome = advance(spec, client.states, FileStorage(tmp_path), sent.append, Attempt(), 0.0)
+            assert isinstance(outcome, SweepProgress)
+            return outcome
+
+        first = look()
+        assert [train.job_id for train in sent] == [spec.trial_job_id(trial, 0) for trial in range(4)]
+        assert (first.rung, first.done, first.total) == (0, 0, 4 + 2 + 1)
+        for trial in order[:3]:
+            finish(client, spec.trial_job_id(trial, 0), figures[trial])
+            assert look().rung == 0 and len(sent) == 4, "nothing is promoted before the whole rung has ended"
+        finish(client, spec.trial_job_id(order[3], 0), figures[order[3]])
+        second = look()
+        assert second.rung == 1 and second.done == 4 and "trial 1" in second.leader
+        promoted = [train for train in sent[4:]]
+        assert look().rung == 1 and len(sent) == 6, "a look that finds its jobs submitted submits none again"
+        decisions.append([(train.job_id.rsplit("-", 2)[1:], train.continues is not None) for train in promoted])
+    assert decisions[0] == decisions[1] == [(["t001", "r1"], True), (["t003", "r1"], True)]
+
+
+def test_a_rung_without_a_success_fails_the_sweep_naming_a_job(client, tmp_path):
+    spec = sweep_spec()
+    advance(spec, client.states, FileStorage(tmp_path), lambda train: None, Attempt(), 0.0)
+    for trial in range(4):
+        finish(client, spec.trial_job_id(trial, 0), None)
+    with pytest.raises(SweepFailed, match=f"no trial of rung 1 succeeded; job {spec.trial_job_id(0, 0)} ended FAILURE"):
+        advance(spec, client.states, FileStorage(tmp_path), lambda train: None, Attempt(), 0.0)
+
+
+def test_cancelling_a_sweep_cancels_its_trials_and_one_submitted_after_it(client, tmp_path):
+    spec = sweep_spec()
+    client._enqueue("sweep", spec)
+    storage = FileStorage(tmp_path)
+    advance(spec, client.states, storage, lambda train: None, Attempt(), 0.0)
+    client.states.started(spec.trial_job_id(0, 0))  # one trial running: it is asked to stop, and stops by itself
+    assert client.cancel(spec.job_id) == "CANCELLED"
+    assert [client.state(spec.trial_job_id(trial, 0)) for trial in range(4)] == ["STARTED"] + ["CANCELLED"] * 3
+    assert client.store.cancel_requested(spec.trial_job_id(0, 0))
+    # a scheduler that looked before the cancel and submits a trial after it: the trial finds the flag
+    late = SweepSpec.from_dict({**spec.to_dict(), "space": {"lr": [1e-4, 2e-4, 3e-4], "mode_seeking": [0.0, 1.0]}})
+    advance(late, client.states, storage, lambda train: None, Attempt(), 0.0)
+    assert client.state(late.trial_job_id(5, 0)) == "CANCELLED"
+    assert cancel_sweep(client.states, spec, "again") == "CANCELLED"
+
+
+# ---- a whole sweep, in-process ----
+
+
+def run_sweep(client: Client, spec: SweepSpec, storage: FileStorage) -> SweepReport:
+    """Run SPEC to its end, each trial job trained in-process, at once, as a worker would."""
+    def send(train: TrainSpec) -> None:
+        client.states.succeeded(train.job_id, run_training(train, Settings(), storage))
+
+    while True:
+        outcome = advance(spec, client.states, storage, send, Attempt(), 0.0)
+        if not isinstance(outcome, SweepProgress):
+            break
+    return decode_json(SweepReport, storage.get_text(report_json_key(spec.job_id)), "report.json")
+
+
+def test_a_sweep_trains_its_trials_promotes_the_best_and_reports_the_winner_as_a_model(client, tmp_path):
+    storage = FileStorage(tmp_path)
+    spec = sweep_spec()
+    report = run_sweep(client, spec, storage)
+
+    assert [outcome.steps for outcome in report.trials] == [40, 20, 10, 10]
+    winner = report.trials[0]
+    assert report.winner == winner.trial and report.winner_model == spec.trial_job_id(winner.trial, 2)
+    assert winner.jobs == [spec.trial_job_id(winner.trial, rung) for rung in range(3)]
+    card = read_card(storage, report.winner_model)
+    assert card.steps == 40 and card.curve == winner.curve and [p["step"] for p in card.curve] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert winner.best == min(point["fid"] for point in card.curve)
+    # the promoted pair were the best two of the first rung, by their figures at 10 steps
+    first_rung = {outcome.trial: min(p["fid"] for p in outcome.curve if p["step"] <= 10) for outcome in report.trials}
+    assert sorted(outcome.trial for outcome in report.trials[:2]) == sorted(sorted(first_rung, key=first_rung.get)[:2])
+    assert report.compute_steps == 4 * 10 + 2 * 10 + 1 * 20 == spec.planned_steps() and report.grid_steps == 4 * 40
+    assert report.winner_spec["steps"] == 40 and "job_id" not in report.winner_spec
+    TrainSpec.from_dict({"job_id": "t-again", **report.winner_spec})  # the winner's recipe, ready to train again
+    markdown = storage.get_text(report_markdown_key(spec.job_id))
+    assert f"**Winner: trial {winner.trial}**" in markdown and f"augment generate --model {report.winner_model}" in markdown
+    assert storage.get_bytes(f"reports/{spec.job_id}/curves.png")[:4] == b"\x89PNG"

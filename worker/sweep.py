@@ -1,0 +1,186 @@
+"""A sweep's scheduler as a plain function: :func:`advance` takes one look at the sweep's trials, submits the
+training jobs its successive halving calls for, and ends the sweep with its report once the last rung has ended.
+
+It keeps no state of its own between looks. What a sweep has done is its trials' jobs, whose ids the spec derives
+(:mod:`shared.sweeps`) and whose states the lifecycle owns; each look reads them and decides again, and the
+decisions are functions of the trials' results alone. So a look that a worker's death cut short is simply taken again
+by the next worker, and the trials it had submitted are found, not submitted twice (``JobStore.add(once=True)``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from shared.contracts import SweepReport, SweepResult, TrialOutcome, read_card
+from shared.lifecycle import SUCCESS, TERMINAL_STATES, JobStates
+from shared.liveness import Attempt
+from shared.progress import QualityPoint, SweepProgress
+from shared.records import make_record
+from shared.specs import LOWER_IS_BETTER, TrainSpec
+from shared.storage import Storage
+from shared.sweeps import Standing, SweepSpec, describe, promote, ranked
+from worker import charts
+from worker.report import write_report
+
+
+class SweepFailed(RuntimeError):
+    """No trial of a rung succeeded: nothing to promote, no winner."""
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """A trial's training job at one rung, as the scheduler found it."""
+
+    trial: int
+    rung: int
+    job_id: str
+    state: str
+    info: Any  # its result (a dict) once it succeeded, its error once it failed
+
+    @property
+    def ended(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def standing(self, metric: str) -> Standing:
+        best = self.info.get("best") if self.state == SUCCESS and isinstance(self.info, dict) else None
+        if best is None:
+            return Standing(self.trial, None)
+        return Standing(self.trial, QualityPoint.from_dict(best).value(metric), int(best["step"]))
+
+
+def advance(spec: SweepSpec, states: JobStates, storage: Storage, send: Callable[[TrainSpec], None], attempt: Attempt,
+            submitted_at: float) -> SweepResult | SweepProgress:
+    """One look at sweep SPEC: submit (SEND) what its decisions call for; its progress while trials are still to end,
+    its result (the report written under ATTEMPT) once the last rung has ended."""
+    alive = list(range(len(spec.settings)))
+    found: list[TrialJob] = []
+    for rung in range(len(spec.rungs)):
+        jobs = [_find_or_submit(spec, trial, rung, states, send) for trial in alive]
+        found += jobs
+        if not all(job.ended for job in jobs):
+            return _progress(spec, rung, found)
+        standings = [job.standing(spec.select) for job in jobs]
+        if all(standing.value is None for standing in standings):
+            failed = jobs[0]
+            raise SweepFailed(f"no trial of rung {rung + 1} succeeded; job {failed.job_id} ended {failed.state}: "
+                              f"{failed.info}")
+        if rung + 1 < len(spec.rungs):
+            alive = promote(standings, spec.select, spec.eta)
+    return _finish(spec, found, storage, attempt, submitted_at)
+
+
+def _find_or_submit(spec: SweepSpec, trial: int, rung: int, states: JobStates, send: Callable[[TrainSpec], None]) -> TrialJob:
+    job_id = spec.trial_job_id(trial, rung)
+    if states.store.get(job_id) is None:
+        train = spec.trial_spec(trial, rung)
+        if states.store.add(make_record(job_id, "train", train.to_dict()), once=True):
+            send(train)
+        if states.store.cancel_requested(spec.job_id):  # cancel_sweep may have listed the trials before this one
+            states.cancel(job_id, f"its sweep {spec.job_id} was cancelled")
+    state, info = states.read(job_id)
+    return TrialJob(trial, rung, job_id, state, info)
+
+
+def _progress(spec: SweepSpec, rung: int, found: list[TrialJob]) -> SweepProgress:
+    leader = ""
+    finished = [job for job in found if job.rung == rung - 1]
+    if finished:
+        best = ranked([job.standing(spec.select) for job in finished], spec.select)[0]
+        if best.value is not None:
+            leader = f"trial {best.trial} ({describe(spec.settings[best.trial])}) {spec.select} {best.value:.4g}"
+    return SweepProgress(rung=rung, rungs=len(spec.rungs), rung_steps=spec.rungs[rung],
+                         done=sum(job.ended for job in found), total=sum(spec.planned_trials()), leader=leader)
+
+
+def _finish(spec: SweepSpec, found: list[TrialJob], storage: Storage, attempt: Attempt, submitted_at: float) -> SweepResult:
+    """The leaderboard, the curves and the winner, written as the sweep's report."""
+    outcomes = [_outcome(spec, [job for job in found if job.trial == trial], storage)
+                for trial in sorted({job.trial for job in found})]
+    # the furthest rung first, then by the figure: the order successive halving itself ranked them in
+    sign = 1.0 if spec.select in LOWER_IS_BETTER else -1.0
+    outcomes.sort(key=lambda o: (-o.steps, o.best is None, sign * o.best if o.best is not None else 0.0, o.trial))
+    winner = outcomes[0]
+    last = len(spec.rungs) - 1
+    winner_spec = {name: value for name, value in spec.trial_spec(winner.trial, last).to_dict().items()
+                   if name not in ("job_id", "continues", "version")}
+    compute = sum(spec.rungs[job.rung] - (spec.rungs[job.rung - 1] if job.rung else 0) for job in found)
+    report = SweepReport(
+        spec=spec.to_dict(), dataset=spec.dataset, select=spec.select, rungs=spec.rungs, eta=spec.eta, trials=outcomes,
+        winner=winner.trial, winner_model=winner.jobs[-1], winner_spec=winner_spec, compute_steps=compute,
+        grid_steps=len(spec.settings) * spec.steps, seconds=time.time() - submitted_at,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+    def result_of(url: str, files: list[str]) -> SweepResult:
+        assert winner.best is not None and winner.best_step is not None  # a rung without one failed the sweep
+        return SweepResult(report=url, files=files, winner=report.winner_model, trial=winner.trial,
+                           settings=winner.settings, select=spec.select, value=winner.best, step=winner.best_step,
+                           compute_steps=compute, grid_steps=report.grid_steps)
+
+    return write_report(storage, spec.job_id, render_markdown(report), report, {"curves.png": curves_png(report)},
+                        attempt, result_of)
+
+
+def _outcome(spec: SweepSpec, jobs: list[TrialJob], storage: Storage) -> TrialOutcome:
+    last = jobs[-1]
+    reached = [job for job in jobs if job.state == SUCCESS]
+    curve = read_card(storage, reached[-1].job_id).curve if reached else []
+    standing = reached[-1].standing(spec.select) if reached else Standing(last.trial, None)
+    return TrialOutcome(
+        trial=last.trial, settings=spec.settings[last.trial], jobs=[job.job_id for job in jobs], state=last.state,
+        steps=spec.rungs[reached[-1].rung] if reached else 0, best=standing.value, best_step=standing.step, curve=curve,
+        error=None if last.state == SUCCESS else str(last.info),
+    )
+
+
+def render_markdown(report: SweepReport) -> str:
+    """The report a person reads (``augment report SWEEP``): the leaderboard and the winner."""
+    names = sorted(report.trials[0].settings) if report.trials else []
+    winner = next(outcome for outcome in report.trials if outcome.trial == report.winner)
+    better = "lower" if report.select in LOWER_IS_BETTER else "higher"
+    lines = [
+        f"# Sweep {report.spec['job_id']} on {report.dataset}",
+        "",
+        f"{len(report.trials)} trials, successive halving over rungs of {', '.join(f'{steps:,}' for steps in report.rungs)} "
+        f"steps (the best 1/{report.eta} of each rung go on), ranked by the best validation {report.select} of each "
+        f"trial's curve ({better} is better). {report.compute_steps:,} GAN steps in all, against "
+        f"{report.grid_steps:,} for every trial trained to {report.rungs[-1]:,} steps ({report.seconds / 60:.1f} min).",
+        "",
+        f"**Winner: trial {winner.trial}** ({describe(winner.settings)}): {report.select} {winner.best:.4g} at step "
+        f"{winner.best_step:,}; model `{report.winner_model}` (`augment generate --model {report.winner_model}`).",
+        "",
+        "All trials share the base spec's seed, so these are differences of settings on one seed: a difference "
+        "smaller than a seed's spread (docs/training.md measures it) is not a finding.",
+        "",
+        f"| rank | trial | {' | '.join(names)} | steps reached | best {report.select} | at step | jobs |",
+        "|---|---|" + "---|" * len(names) + "---|---|---|---|",
+    ]
+    for rank, outcome in enumerate(report.trials, 1):
+        figure = f"{outcome.best:.4g}" if outcome.best is not None else f"{outcome.state.lower()}"
+        lines.append(f"| {rank} | {outcome.trial} | {' | '.join(str(outcome.settings[name]) for name in names)} | "
+                     f"{outcome.steps:,} | {figure} | {outcome.best_step or '-'} | {', '.join(outcome.jobs)} |")
+    lines += ["", "![validation curves](curves.png)", "", "The winner's training spec (`augment train` fields):", "",
+              "```", *(f"{name}: {value}" for name, value in sorted(report.winner_spec.items()) if value is not None), "```", ""]
+    return "\n".join(lines)
+
+
+def curves_png(report: SweepReport) -> bytes:
+    """Every trial's validation curve of the selected metric, the winner's bold, the rungs' ends marked."""
+    figure, axes = charts.subplots(1, 1, figsize=(8, 4.5))
+    for outcome in reversed(report.trials):  # the winner drawn last, on top
+        points = [QualityPoint.from_dict(point) for point in outcome.curve]
+        won = outcome.trial == report.winner
+        axes.plot([point.step for point in points], [point.value(report.select) for point in points],
+                  linewidth=2.5 if won else 1.0, alpha=1.0 if won else 0.6, marker="o" if won else None, markersize=3,
+                  label=f"trial {outcome.trial}" + (" (winner)" if won else ""))
+    for steps in report.rungs[:-1]:
+        axes.axvline(steps, color="grey", linestyle=":", linewidth=1)
+    axes.set_xlabel("step")
+    axes.set_ylabel(f"validation {report.select}")
+    if len(report.trials) <= 12:
+        axes.legend(fontsize=7)
+    return charts.png(figure)
