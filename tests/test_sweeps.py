@@ -145,7 +145,7 @@ def test_the_scheduler_submits_a_rung_waits_for_all_of_it_and_promotes_by_result
         spec = sweep_spec()
         sent: list[TrainSpec] = []
 
-        def look() -> SweepProgress:
+        def look(spec: SweepSpec = spec, sent: list[TrainSpec] = sent) -> SweepProgress:
             outcome = advance(spec, client.states, FileStorage(tmp_path), sent.append, Attempt(), 0.0)
             assert isinstance(outcome, SweepProgress)
             return outcome
