@@ -117,7 +117,7 @@ def train(**options: Any) -> None:
 
 
 # the sweep's own options; every other option of `augment sweep` is a training setting its trials share
-SWEEP_OPTIONS = ("trials", "steps", "min_steps", "eta", "select", "sweep_seed")
+SWEEP_OPTIONS = ("trials", "steps", "min_steps", "eta", "select", "sweep_seed", "poll_s")
 # what a sweep sets for each trial, so `augment sweep` does not offer it as a shared setting
 SWEEP_SET = {"steps", "epochs", "continues", "select"}
 

@@ -93,8 +93,9 @@ class SweepSpec(_Spec, frozen=True):
         "The validation metric trials are ranked by (the best point of each one's curve): fid, kid, precision, recall "
         "or label_accuracy.")] = DEFAULT_SELECT
     sweep_seed: Annotated[Seed, option("Seed of the random draw of --trials.")] = 0
-    # how often the scheduler looks at its trials (it is a message that comes back, not a process that waits)
-    poll_s: Annotated[float, Meta(ge=0.05, le=3600.0)] = 10.0
+    # the scheduler is a message that comes back, not a process that waits: between looks it holds no worker
+    poll_s: Annotated[float, Meta(ge=0.05, le=3600.0), option(
+        "Seconds between the scheduler's looks at its trials (a rung's decision waits for the next look).")] = 10.0
     version: int = 1
 
     def _check_fields_together(self) -> None:

@@ -73,7 +73,7 @@ def start_worker(augment_env: dict[str, str], tmp_path: Path) -> Iterator[Callab
     """Start `augment worker` processes on demand; all are killed at the end of the test."""
     started: list[WorkerProcess] = []
 
-    def start(queues: str = "train,generate,evaluate", env: dict[str, str] | None = None) -> WorkerProcess:
+    def start(queues: str = "train,generate,evaluate,sweep", env: dict[str, str] | None = None) -> WorkerProcess:
         worker = WorkerProcess(env or augment_env, tmp_path / f"worker-{len(started)}.log", queues)
         started.append(worker)
         return worker.start()

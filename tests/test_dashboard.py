@@ -440,3 +440,27 @@ def test_a_job_page_still_shows_live_state_while_storage_cannot_be_read(stack: S
     assert job["state"] in {"PROGRESS", "SUCCESS"} and job["samples"] == [] and job["model_card"] is None
     assert "does not exist" in job["storage_error"]
     assert len(job["history"]) > 0  # the curves come from Redis
+
+
+@pytest.mark.integration
+def test_a_sweeps_page_shows_its_leaderboard_live_then_every_trials_curve_and_the_report(stack: Stack, browser: Any) -> None:
+    # through the worker, as `augment sweep` makes one: 4 trials, rungs of 20, 40 and 80 steps
+    spec = stack.client.submit_sweep(
+        base={"dataset": "fake", "width": 8, "batch_size": 16, "teacher": 0, "reference_steps": 20, "validate_every": 5},
+        space={"lr": [1e-4, 3e-4], "mode_seeking": [0.0, 1.0]}, steps=80, min_steps=20, eta=2, poll_s=0.5)
+    browser.get(f"{stack.dashboard.url}/jobs/{spec.job_id}")
+    rows = "return [...document.querySelectorAll('#leaderboard tr')].map(r => r.cells[3].textContent)"
+    page_wait(lambda: len(browser.execute_script(rows)) == 4, what="a leaderboard row per trial")
+    page_wait(lambda: text_of(browser, "state") == "SUCCESS", what="the sweep to finish on the page")
+    page_wait(lambda: browser.execute_script("return document.querySelector('section.report') !== null"),
+              what="the report, once the page rebuilt itself")
+    page_wait(lambda: browser.execute_script("return document.querySelectorAll('#sweep-chart polyline').length") == 4,
+              what="a curve per trial")
+    points = browser.execute_script("return [...document.querySelectorAll('#sweep-chart polyline')].map(p => p.points.numberOfItems)")
+    assert sorted(points) == [4, 4, 8, 16], points  # a point every 5 steps, to the steps each trial reached
+    leaderboard = browser.find_element("id", "leaderboard").text
+    winner = browser.find_element("css selector", "#leaderboard tr.winner").text
+    assert leaderboard.splitlines()[0] == winner and "(winner)" in winner and f"{spec.job_id}-t" in winner
+    assert browser.execute_script(rows) == ["SUCCESS"] * 4
+    assert "Winner: trial" in browser.find_element("css selector", "section.report").text
+    screenshot(browser, stack.tmp / "sweep.png")

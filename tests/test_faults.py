@@ -21,12 +21,11 @@ from producer.client import Client, SubmitError
 from shared.broker import TRAIN_TASK, make_celery
 from shared.datasets import DatasetNotFound
 from shared.manifest import Manifest
-from shared.records import RedisJobStore
 from shared.settings import Settings
 from shared.specs import SpecError
 from shared.storage import open_storage
 from shared.transport import heartbeat_interval_s
-from tests.support.processes import WorkerProcess, run_cli, shard_writes, train_tiny_model
+from tests.support.processes import job_store, parts_held_by, run_cli, shard_writes, train_tiny_model
 from tests.support.servers import RedisServer
 from tests.support.strategies import train_dicts
 from tests.support.waiting import wait_for
@@ -44,15 +43,6 @@ def assert_manifest_matches_storage(env: dict[str, str], job_id: str, shards: in
     for shard in manifest.shards:
         assert storage.checksum(manifest.shard_key(shard)) == shard.sha256
     return manifest
-
-
-def job_store(env: dict[str, str]) -> RedisJobStore:
-    return RedisJobStore(redis.Redis.from_url(env["AUGMENT_BROKER_URL"], decode_responses=True))
-
-
-def parts_held_by(worker: WorkerProcess, store: RedisJobStore, job_id: str) -> list[str]:
-    """The parts of JOB_ID whose last heartbeat came from WORKER (the worker is named after its pid)."""
-    return [part for part, beat in store.liveness.beats(job_id).items() if beat.owner.startswith(f"augment-{worker.pid}@")]
 
 
 def test_worker_killed_mid_generation_the_job_completes_on_another(augment_env, start_worker):

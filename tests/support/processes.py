@@ -20,6 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import redis
+
+from shared.records import RedisJobStore
 from tests.support.servers import S3Server
 
 if TYPE_CHECKING:
@@ -63,7 +66,7 @@ class WorkerProcess:
     """`augment worker` in its own process group, logging to a file."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, queues: str = "train,generate,evaluate", *options: str,
+        self, env: dict[str, str], log_path: Path, queues: str = "train,generate,evaluate,sweep", *options: str,
         netns_host: Host | None = None,
     ):
         self.env = env
@@ -146,3 +149,13 @@ def shard_writes(workers: list[WorkerProcess], job_id: str) -> Counter[tuple[str
     return Counter(
         (worker.log_path.name, int(index)) for worker in workers for index in pattern.findall(worker.log_path.read_text())
     )
+
+
+def job_store(env: dict[str, str]) -> RedisJobStore:
+    """The job records of the Redis that ENV's processes use."""
+    return RedisJobStore(redis.Redis.from_url(env["AUGMENT_BROKER_URL"], decode_responses=True))
+
+
+def parts_held_by(worker: WorkerProcess, store: RedisJobStore, job_id: str) -> list[str]:
+    """The parts of JOB_ID whose last heartbeat came from WORKER (the worker is named after its pid)."""
+    return [part for part, beat in store.liveness.beats(job_id).items() if beat.owner.startswith(f"augment-{worker.pid}@")]
