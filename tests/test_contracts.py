@@ -16,24 +16,25 @@ from producer.dashboard.data import DashboardData
 from shared.contracts import (
     KINDS,
     ContractError,
-    GenerateResult,
     QualityReport,
-    QualityResult,
-    TrainResult,
+    SweepReport,
     UtilityReport,
-    UtilityResult,
     kind_of,
     read_card,
     read_model_card,
     read_report,
 )
 from shared.lifecycle import SUCCESS
+from shared.liveness import Attempt
+from shared.progress import SweepProgress
 from shared.records import MemoryJobStore, make_record
 from shared.settings import Settings
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
 from shared.storage import FileStorage
+from shared.sweeps import SweepSpec
 from worker.evaluate import run_quality, run_utility
 from worker.generate import GeneratorCache, finalize_job, plan_job, run_shard
+from worker.sweep import advance
 from worker.train import pick_device, run_training
 
 SMOKE = dict(classifier_steps=10, reference_steps=10, test_limit=50)
@@ -44,11 +45,11 @@ class Written:
     """A storage root holding one finished job of every kind, and each job's result as its task returned it (JSON)."""
 
     root: Path
-    specs: dict[str, TrainSpec | GenerateSpec | EvaluateSpec]
+    specs: dict[str, TrainSpec | GenerateSpec | EvaluateSpec | SweepSpec]
     results: dict[str, dict[str, Any]]
 
 
-def as_sent(result: TrainResult | GenerateResult | QualityResult | UtilityResult | None) -> dict[str, Any]:
+def as_sent(result: Any) -> dict[str, Any]:
     """RESULT as the result backend hands it back: the task's dict through JSON."""
     assert result is not None
     return json.loads(json.dumps(result.to_dict()))
@@ -71,7 +72,18 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
     results["generate"] = as_sent(finalize_job(generate, storage, store, lambda index: pytest.fail(f"shard {index} redispatched")))
     results["evaluate-quality"] = as_sent(run_quality(quality, settings, storage))
     results["evaluate-utility"] = as_sent(run_utility(utility, settings, storage))
-    specs = {"train": train, "generate": generate, "evaluate-quality": quality, "evaluate-utility": utility}
+    sweep = SweepSpec(job_id="s-contract", base={"dataset": "fake", "width": 8, "batch_size": 16, "teacher": 0,
+                                                  "reference_steps": 10, "validate_every": 1},
+                      space={"lr": [1e-4, 2e-4]}, steps=2, min_steps=1, eta=2)
+    states = Client.connect(Settings.from_env({"AUGMENT_BROKER_URL": "memory://", "AUGMENT_STORAGE_URL": root.as_uri()})).states
+
+    def train_trial(trial: TrainSpec) -> None:  # at once, in-process, as a worker would
+        states.succeeded(trial.job_id, run_training(trial, settings, storage))
+
+    while isinstance(outcome := advance(sweep, states, storage, train_trial, Attempt(), 0.0), SweepProgress):
+        pass
+    results["sweep"] = as_sent(outcome)
+    specs = {"train": train, "generate": generate, "evaluate-quality": quality, "evaluate-utility": utility, "sweep": sweep}
     return Written(root, specs, results)  # type: ignore[arg-type]
 
 
@@ -109,6 +121,10 @@ def test_the_dashboard_shows_each_kinds_result_and_report_from_the_same_records(
     assert utility["detail"].startswith("the GAN's own share ") and utility["verdict"]["headline"].startswith("The synthetic data")
     assert any(line.startswith("the true-label ceiling adds") for line in utility["verdict"]["lines"])
     assert utility["warnings"] == written.results["evaluate-utility"]["warnings"]
+    sweep = rows["s-contract"]
+    assert sweep["detail"].startswith("winner s-contract-t00") and sweep["detail"].endswith("3 GAN steps against a full grid's 4")
+    assert [row["steps"] for row in sweep["trials"]] == [2, 1] and sweep["trials"][0]["winner"]
+    assert [len(curve["points"]) for curve in sweep["curves"]] == [2, 1] and "Winner: trial" in sweep["report_html"]
 
 
 def test_the_worker_and_the_producer_read_the_same_model_card(written: Written) -> None:
@@ -130,6 +146,9 @@ def test_each_report_reads_as_its_kinds_type(written: Written) -> None:
     assert utility.outcomes and all(len(outcome.accuracies) == 1 for outcome in utility.outcomes)
     # the study's warning reaches the result's warnings, which the dashboard shows for every kind alike
     assert written.results["evaluate-utility"]["warnings"] == ([utility.warning] if utility.warning else [])
+    sweep = read_report(KINDS["sweep"], storage.get_text("reports/s-contract/report.json"), "s-contract")
+    assert isinstance(sweep, SweepReport) and sweep.winner_model == written.results["sweep"]["winner"]
+    assert [trial.steps for trial in sweep.trials] == [2, 1] and sweep.compute_steps == written.results["sweep"]["compute_steps"]
 
 
 def rewritten(text: str, **changes: Any) -> str:
@@ -168,7 +187,7 @@ def test_an_unreadable_format_is_one_line_naming_it(written: Written) -> None:
     with pytest.raises(ContractError, match="result of train job t-x"):
         KINDS["train"].decode_result({"images": 3}, "t-x")
     # a model card is not an evaluation's report, even where its kind is asked to read one
-    with pytest.raises(ContractError, match="^train job t-contract writes no report.json: only evaluations do$"):
+    with pytest.raises(ContractError, match="^train job t-contract writes no report.json: only evaluations and sweeps do$"):
         read_report(KINDS["train"], storage.get_text("models/t-contract/model.json"), "t-contract")
 
 
@@ -181,10 +200,10 @@ def test_the_dashboard_shows_an_unreadable_report_in_one_line(written: Written, 
 
 
 def test_every_kind_declares_its_task_queue_and_prefix() -> None:
-    assert {kind.task for kind in KINDS.values()} == {"augment.train", "augment.generate", "augment.evaluate"}
+    assert {kind.task for kind in KINDS.values()} == {"augment.train", "augment.generate", "augment.evaluate", "augment.sweep"}
     assert {name: kind.prefix("j-1") for name, kind in KINDS.items()} == {
         "train": "models/j-1", "generate": "synthetic/j-1", "evaluate-quality": "reports/j-1",
-        "evaluate-utility": "reports/j-1"}
+        "evaluate-utility": "reports/j-1", "sweep": "reports/j-1"}
     assert KINDS["generate"].report_key("j-1") == "synthetic/j-1/manifest.json"
     with pytest.raises(ContractError, match="unknown kind of job 'publish'"):
         kind_of("publish", {})
