@@ -434,7 +434,7 @@ def read_card(storage: Storage, model_id: str) -> ModelCard:
 
 
 # what a continuation of a finished training job (TrainSpec.continues) may set otherwise than the job it continues
-CONTINUED_FIELDS = frozenset({"job_id", "steps", "continues"})
+CONTINUED_FIELDS = frozenset({"job_id", "steps", "continues", "teacher_from"})
 
 
 def continuation_problem(spec: TrainSpec, parent: ModelCard, recipe: Mapping[str, Any] | None = None) -> str | None:

@@ -237,6 +237,9 @@ class TrainSpec(_Spec, frozen=True):
     continues: Annotated[JobId, option(
         "Continue finished training job JOB to --steps: its weights, optimizers, teacher and validation curve carry on; "
         "every other setting must be JOB's.")] | None = None
+    # a sweep's trials share the teacher of its first trial (trained on the same images with the same teacher
+    # settings): the teacher of JOB is used where it is the one this spec's recipe would train, else one is trained
+    teacher_from: JobId | None = None
     image_size: Annotated[ImageSize, option("28, 32 or 64.", "the dataset's own")] | None = None
     # 1 or 3 converts grey <-> RGB at load time
     channels: Annotated[Literal[1, 3], _explained(None, "1 or 3"), option("1 or 3.", "the dataset's own")] | None = None

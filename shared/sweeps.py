@@ -49,7 +49,7 @@ from shared.specs import (
 # images a trial trains or is measured on (the validation split, the subset, the size): trials compared on
 # different validation images are not compared at all.
 FIXED_FIELDS = frozenset({
-    "job_id", "dataset", "steps", "epochs", "continues", "select", "version", "validation", "validate_every",
+    "job_id", "dataset", "steps", "epochs", "continues", "teacher_from", "select", "version", "validation", "validate_every",
     "per_class", "limit", "imbalance", "seed", "image_size", "channels", "background", "reference_steps",
 })
 # The search space for small labelled data when a sweep names none, from docs/training.md's measurements:
@@ -65,6 +65,7 @@ DEFAULT_SPACE: dict[str, list[Any]] = {
     "guidance": [0.3, 1.0],
     "width": [32, 64],
 }
+TEACHER_FIELDS = frozenset({"teacher", "teacher_width", "teacher_steps"})  # what a teacher is trained with, bar the data
 MAX_TRIALS = 1000
 MEASUREMENTS_PER_RUNG = 4  # validation points in a first-rung job, unless the base spec says how often
 _TRIAL_SUFFIX = len("-t000-r0")
@@ -113,7 +114,7 @@ class SweepSpec(_Spec, frozen=True):
         empty = sorted(name for name, values in self.space.items() if not values)
         if empty:
             raise self._fail("space", f"{', '.join(empty)} has no values to try")
-        overridden = sorted({"job_id", "steps", "epochs", "continues", "select"} & set(self.base))
+        overridden = sorted({"job_id", "steps", "epochs", "continues", "teacher_from", "select"} & set(self.base))
         if overridden:
             raise self._fail("base", f"{', '.join(overridden)} is the sweep's to set; leave it out")
         for trial in range(len(self.settings)):  # every trial is a valid training spec, or nothing is enqueued
@@ -171,11 +172,20 @@ class SweepSpec(_Spec, frozen=True):
         }
         if rung > 0:
             fields["continues"] = self.trial_job_id(trial, rung - 1)
+        elif trial > 0 and self.shares_teacher:
+            fields["teacher_from"] = self.trial_job_id(0, 0)
         try:
             return TrainSpec.from_dict(fields)
         except SpecError as exc:
             where = f"trial {trial} ({describe(self.settings[trial])})"
             raise SpecError("sweep", f"{where}: {exc.field}", str(exc).split(": ", 2)[-1]) from None
+
+    @property
+    def shares_teacher(self) -> bool:
+        """Whether every trial's teacher is the same one (no teacher setting is searched, and the data is fixed), so
+        that the first trial trains it and the others take it (``TrainSpec.teacher_from``): at the default space
+        that is one teacher instead of 24, each as long as a first rung's GAN."""
+        return not set(self.search_space) & TEACHER_FIELDS and self.base.get("teacher") != 0
 
     @property
     def dataset(self) -> str:

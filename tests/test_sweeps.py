@@ -16,7 +16,7 @@ from shared.contracts import SweepReport, TrainResult, decode_json, read_card
 from shared.layout import report_json_key, report_markdown_key
 from shared.lifecycle import cancel_sweep
 from shared.liveness import Attempt
-from shared.progress import SweepProgress
+from shared.progress import StageProgress, SweepProgress, TrainProgress
 from shared.settings import Settings
 from shared.specs import SpecError, TrainSpec
 from shared.storage import FileStorage
@@ -226,3 +226,29 @@ def test_a_sweep_trains_its_trials_promotes_the_best_and_reports_the_winner_as_a
     markdown = storage.get_text(report_markdown_key(spec.job_id))
     assert f"**Winner: trial {winner.trial}**" in markdown and f"augment generate --model {report.winner_model}" in markdown
     assert storage.get_bytes(f"reports/{spec.job_id}/curves.png")[:4] == b"\x89PNG"
+
+
+def test_trials_take_the_first_trials_teacher_once_it_is_trained(client, tmp_path):
+    storage = FileStorage(tmp_path)
+    spec = sweep_spec(base={**TINY, "teacher": 1, "teacher_steps": 5})
+    sent: list[TrainSpec] = []
+    advance(spec, client.states, storage, sent.append, Attempt(), 0.0)
+    first = spec.trial_job_id(0, 0)
+    assert [train.job_id for train in sent] == [first], "the others wait for the first trial's teacher"
+    client.states.progress(first, StageProgress("training the teacher (1 classifiers)", 3, 5))
+    advance(spec, client.states, storage, sent.append, Attempt(), 0.0)
+    assert len(sent) == 1
+    client.states.progress(first, TrainProgress(step=1, total_steps=10, epoch=0, loss_d=1.0, loss_g=1.0, d_x=0.5,
+                                                d_g_z=0.5, images_per_s=1.0, eta_s=1.0))
+    advance(spec, client.states, storage, sent.append, Attempt(), 0.0)
+    assert [(train.job_id, train.teacher_from) for train in sent[1:]] == [(spec.trial_job_id(t, 0), first) for t in (1, 2, 3)]
+
+
+def test_a_sweep_trains_one_teacher_for_all_its_trials(client, tmp_path):
+    storage = FileStorage(tmp_path)
+    spec = sweep_spec(base={**TINY, "teacher": 1, "teacher_steps": 5})
+    report = run_sweep(client, spec, storage)
+    teachers = {job: storage.list(f"models/{job}/teachers") for outcome in report.trials for job in outcome.jobs}
+    first = spec.trial_job_id(0, 0)
+    assert [job for job, keys in teachers.items() if keys] == [first], "the first trial's teacher, trained once"
+    assert {read_card(storage, job).teacher["key"] for job in teachers} == set(teachers[first])  # type: ignore[index]

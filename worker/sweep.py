@@ -45,6 +45,11 @@ class TrialJob:
     def ended(self) -> bool:
         return self.state in TERMINAL_STATES
 
+    @property
+    def past_teacher(self) -> bool:
+        """Whether the job has its teacher (it reports the GAN's own steps now, or has ended)."""
+        return self.ended or isinstance(self.info, dict) and self.info.get("kind") == "train"
+
     def standing(self, metric: str) -> Standing:
         best = self.info.get("best") if self.state == SUCCESS and isinstance(self.info, dict) else None
         if best is None:
@@ -59,7 +64,11 @@ def advance(spec: SweepSpec, states: JobStates, storage: Storage, send: Callable
     alive = list(range(len(spec.settings)))
     found: list[TrialJob] = []
     for rung in range(len(spec.rungs)):
-        jobs = [_find_or_submit(spec, trial, rung, states, send) for trial in alive]
+        jobs: list[TrialJob] = []
+        for trial in alive:
+            # a trial that takes the first trial's teacher waits until it is trained (the first is in its GAN loop)
+            ready = rung > 0 or trial == alive[0] or not spec.shares_teacher or jobs[0].past_teacher
+            jobs.append(_find_or_submit(spec, trial, rung, states, send, ready))
         found += jobs
         if not all(job.ended for job in jobs):
             return _progress(spec, rung, found)
@@ -73,9 +82,11 @@ def advance(spec: SweepSpec, states: JobStates, storage: Storage, send: Callable
     return _finish(spec, found, storage, attempt, submitted_at)
 
 
-def _find_or_submit(spec: SweepSpec, trial: int, rung: int, states: JobStates, send: Callable[[TrainSpec], None]) -> TrialJob:
+def _find_or_submit(spec: SweepSpec, trial: int, rung: int, states: JobStates, send: Callable[[TrainSpec], None],
+                    submit: bool = True) -> TrialJob:
+    """TRIAL's job at RUNG as it stands; submitted first if it is not yet and SUBMIT says it may be."""
     job_id = spec.trial_job_id(trial, rung)
-    if states.store.get(job_id) is None:
+    if submit and states.store.get(job_id) is None:
         train = spec.trial_spec(trial, rung)
         if states.store.add(make_record(job_id, "train", train.to_dict()), once=True):
             send(train)

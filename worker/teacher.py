@@ -83,15 +83,18 @@ def ensure_teacher(
     after_step: Callable[[int], None] = lambda step: None, inherited: str | None = None,
 ) -> tuple[Teacher, str] | None:
     """The job's teacher and its key: None when its RECIPE has none; the job's it continues (INHERITED, its key);
-    loaded when an earlier attempt at the job stored it (training is seeded, so it would come out the same); else
-    trained and stored as ATTEMPT's."""
+    loaded when an earlier attempt at the job stored it, or when the job SPEC takes its teacher from stored the one
+    this recipe trains on these images (training is seeded, so it would come out the same); else trained and stored
+    as ATTEMPT's."""
     if recipe.teacher == 0:
         return None
     if inherited is not None:
         return load_teacher(storage, inherited), inherited
-    stored = find_teacher(storage, spec.job_id)
-    if stored is not None and stored[0].meta["members"] == recipe.teacher:
-        return stored
+    wanted = {"members": recipe.teacher, "width": spec.teacher_width, "steps": recipe.teacher_steps, "train_images": len(data)}
+    for job_id in (spec.job_id, spec.teacher_from):
+        stored = find_teacher(storage, job_id) if job_id is not None else None
+        if stored is not None and all(stored[0].meta.get(name) == value for name, value in wanted.items()):
+            return stored
     teacher = train_teacher(spec, recipe, data, after_step)
     key = teacher_key(spec.job_id, attempt)
     storage.put_bytes(key, classifiers_to_bytes(TEACHER_KIND, teacher.members, teacher.meta))
