@@ -189,6 +189,14 @@
     poll(update);
   }
 
+  // whether a page rendered while its job ran polls on: once the job has ended, the page is rebuilt once with what
+  // the job left (its report, its manifest)
+  function keepPolling(job, renderedState) {
+    if (!TERMINAL.has(job.state)) return true;
+    if (!TERMINAL.has(renderedState)) location.reload();
+    return false;
+  }
+
   // ---- generation and evaluation: live header; the page is rebuilt once when the job ends ----
   function outputPage() {
     const renderedState = body.dataset.state;
@@ -199,11 +207,7 @@
         $("shards-done").textContent = job.shards_done;
         $("images-done").textContent = job.images_done;
       }
-      if (TERMINAL.has(job.state)) {
-        if (!TERMINAL.has(renderedState)) location.reload();
-        return false;
-      }
-      return true;
+      return keepPolling(job, renderedState);
     }
     bindCancel();
     poll(update);
@@ -237,11 +241,7 @@
         tr.appendChild(jobs);
         return tr;
       }));
-      if (TERMINAL.has(job.state)) {
-        if (!TERMINAL.has(renderedState)) location.reload();
-        return false;
-      }
-      return true;
+      return keepPolling(job, renderedState);
     }
     bindCancel();
     poll(update);
