@@ -19,8 +19,9 @@ twice, and never reruns a finished one.
 
 from __future__ import annotations
 
-import itertools
+import functools
 import json
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -114,6 +115,9 @@ class SweepSpec(_Spec, frozen=True):
         empty = sorted(name for name, values in self.space.items() if not values)
         if empty:
             raise self._fail("space", f"{', '.join(empty)} has no values to try")
+        if self.trials is None and self.grid_size > MAX_TRIALS:
+            raise self._fail("space", f"its grid has {self.grid_size:,} points, more than {MAX_TRIALS:,} trials; give "
+                             "trials (--trials N) to draw some of them")
         overridden = sorted({"job_id", "steps", "epochs", "continues", "teacher_from", "select"} & set(self.base))
         if overridden:
             raise self._fail("base", f"{', '.join(overridden)} is the sweep's to set; leave it out")
@@ -128,19 +132,12 @@ class SweepSpec(_Spec, frozen=True):
 
     @property
     def grid_size(self) -> int:
-        size = 1
-        for values in self.search_space.values():
-            size *= len(values)
-        return size
+        return math.prod(len(values) for values in self.search_space.values())
 
     @property
     def settings(self) -> list[dict[str, Any]]:
         """Each trial's settings: the grid of the space in order, or TRIALS points of it drawn by SWEEP_SEED."""
-        names = sorted(self.search_space)
-        grid = [dict(zip(names, values, strict=True)) for values in itertools.product(*(self.search_space[n] for n in names))]
-        if self.trials is None or self.trials >= len(grid):
-            return grid
-        return [grid[index] for index in sorted(random.Random(self.sweep_seed).sample(range(len(grid)), self.trials))]
+        return _draw(json.dumps(self.search_space, sort_keys=True), self.trials, self.sweep_seed)
 
     @property
     def rungs(self) -> list[int]:
@@ -203,6 +200,24 @@ class SweepSpec(_Spec, frozen=True):
         what a full grid's ``len(settings) * steps`` is compared with."""
         starts = [0, *self.rungs[:-1]]
         return sum(trials * (end - start) for trials, start, end in zip(self.planned_trials(), starts, self.rungs, strict=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _draw(space_json: str, trials: int | None, seed: int) -> list[dict[str, Any]]:
+    """The points of the grid of SPACE_JSON (field -> values, JSON with sorted keys), in grid order: all of them, or
+    TRIALS drawn by SEED. A point is decoded from its index, so a draw from a huge grid never builds the grid. Cached:
+    the scheduler asks for a trial's settings many times per look, and callers only read what it returns."""
+    space: dict[str, list[Any]] = json.loads(space_json)
+    size = math.prod(len(values) for values in space.values())
+    chosen = range(size) if trials is None or trials >= size else sorted(random.Random(seed).sample(range(size), trials))
+    points = []
+    for index in chosen:
+        point: dict[str, Any] = {}
+        for name in reversed(list(space)):  # the last field varies fastest, as itertools.product's does
+            index, digit = divmod(index, len(space[name]))
+            point[name] = space[name][digit]
+        points.append(dict(sorted(point.items())))
+    return points
 
 
 def promoted_count(trials: int, eta: int) -> int:

@@ -252,3 +252,19 @@ def test_a_sweep_trains_one_teacher_for_all_its_trials(client, tmp_path):
     first = spec.trial_job_id(0, 0)
     assert [job for job, keys in teachers.items() if keys] == [first], "the first trial's teacher, trained once"
     assert {read_card(storage, job).teacher["key"] for job in teachers} == set(teachers[first])  # type: ignore[index]
+
+
+def test_a_draw_from_a_huge_grid_never_builds_it_and_a_huge_grid_needs_trials():
+    space = {name: list(range(10)) for name in ("log_every", "checkpoint_every", "nz", "batch_size", "teacher_width")}
+    space["log_every"] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]  # 10^5 points
+    space = {name: [value + 1 for value in values] for name, values in space.items()}
+    drawn = sweep_spec(space=space, trials=3).settings
+    assert len(drawn) == 3 and all(set(point) == set(space) for point in drawn)
+    with pytest.raises(SpecError, match="its grid has 100,000 points, more than 1,000 trials; give trials"):
+        sweep_spec(space=space)
+
+
+def test_the_grid_is_in_product_order_with_the_last_field_fastest():
+    spec = sweep_spec(space={"lr": [1e-4, 2e-4], "mode_seeking": [0.0, 0.5, 1.0]})
+    assert [(p["lr"], p["mode_seeking"]) for p in spec.settings] == [
+        (1e-4, 0.0), (1e-4, 0.5), (1e-4, 1.0), (2e-4, 0.0), (2e-4, 0.5), (2e-4, 1.0)]

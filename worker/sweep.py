@@ -139,11 +139,11 @@ def _finish(spec: SweepSpec, found: list[TrialJob], storage: Storage, attempt: A
 def _outcome(spec: SweepSpec, jobs: list[TrialJob], storage: Storage) -> TrialOutcome:
     last = jobs[-1]
     reached = [job for job in jobs if job.state == SUCCESS]
-    curve = read_card(storage, reached[-1].job_id).curve if reached else []
+    card = read_card(storage, reached[-1].job_id) if reached else None  # its steps: fewer where --patience stopped it
     standing = reached[-1].standing(spec.select) if reached else Standing(last.trial, None)
     return TrialOutcome(
         trial=last.trial, settings=spec.settings[last.trial], jobs=[job.job_id for job in jobs], state=last.state,
-        steps=spec.rungs[reached[-1].rung] if reached else 0, best=standing.value, best_step=standing.step, curve=curve,
+        steps=card.steps if card else 0, best=standing.value, best_step=standing.step, curve=card.curve if card else [],
         error=None if last.state == SUCCESS else str(last.info),
     )
 
