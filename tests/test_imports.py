@@ -15,7 +15,7 @@ sys.modules['torch'] = None          # any `import torch` now raises ImportError
 import producer.cli, shared.storage, shared.datasets, shared.specs
 import shared.settings, shared.shards, shared.manifest, shared.layout, shared.broker, shared.progress
 import shared.keys, shared.liveness, shared.records, shared.lifecycle, shared.reader
-import shared.contracts, shared.lifecycle, shared.formats, shared.cpus, shared.verdicts
+import shared.contracts, shared.lifecycle, shared.formats, shared.cpus, shared.verdicts, shared.sweeps
 import producer.client, producer.follow
 import producer.dashboard.app, producer.dashboard.data  # the dashboard belongs with the producer: torch-free
 assert sys.modules['torch'] is None, 'torch was replaced'
