@@ -11,7 +11,8 @@ from shared.keys import JobField, Keys
 from shared.liveness import Fence
 from shared.records import RedisJobStore, ShardRecord, make_record
 from shared.specs import GenerateSpec, TrainSpec
-from worker.reconcile import Missing, reconcile
+from shared.sweeps import SweepSpec
+from worker.reconcile import Missing, queue_of, reconcile
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +83,15 @@ def test_a_training_job_is_sent_again_unless_it_holds_its_lease_or_has_a_message
     reconcile(redis_job_store, sent.append, now=1050.0, after_s=30)
     (again,) = reconcile(redis_job_store, sent.append, now=1080.0, after_s=30)
     assert (again.task, again.task_id, again.kwargs) == ("augment.train", spec.job_id, {"spec": spec.to_dict()})
+
+
+def test_a_sweep_whose_look_is_lost_is_sent_again_to_its_queue(redis_job_store: RedisJobStore) -> None:
+    spec = SweepSpec(job_id="s-job", base={"dataset": "fake"}, steps=40, min_steps=10)
+    redis_job_store.add(make_record(spec.job_id, "sweep", spec.to_dict()))
+    queue_message(redis_job_store, "sweep", spec.job_id)  # a look waiting for its countdown
+    reconcile(redis_job_store, lambda missing: None, now=1000.0, after_s=30)
+    assert reconcile(redis_job_store, lambda missing: None, now=1040.0, after_s=30) == [], "its next look is queued"
+    redis_job_store.client.delete("sweep")
+    reconcile(redis_job_store, lambda missing: None, now=1050.0, after_s=30)
+    (again,) = reconcile(redis_job_store, lambda missing: None, now=1080.0, after_s=30)
+    assert (again.task, again.task_id, queue_of(again)) == ("augment.sweep", spec.job_id, "sweep")
