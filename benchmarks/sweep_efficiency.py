@@ -64,6 +64,11 @@ def main() -> None:
                                  "steps": args.steps, "eta": args.eta, "select": args.select})
     print(f"{len(sweep.settings)} points; rungs {sweep.rungs}; select {sweep.select}; storage {root}", flush=True)
 
+    # the dataset's reference classifier (the curves' feature space) is trained once and stored: before the clock
+    # starts, so that neither arm pays for it
+    warm = sweep.trial_spec(0, 0).to_dict()
+    run_training(TrainSpec.from_dict({**warm, "job_id": f"w-{tag}", "steps": 1, "teacher": 0, "guidance": 0}), settings, storage)
+
     # the reference: every point to the full steps, each from scratch (no continuation); one teacher for all
     grid: dict[int, float] = {}
     grid_s = 0.0
