@@ -107,3 +107,19 @@ def test_cancelling_a_sweep_stops_every_trial(augment_env, start_worker):
     wait_for(lambda: not running(), 60, "no trial left running")
     assert [job_id for job_id in spec.trial_job_ids() if store.get(job_id) is not None] == submitted_trials, \
         "no trial submitted after the cancel"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--param", "widht=8,16"), "invalid sweep spec: space: widht: not a training setting; `augment train --help` lists them"),
+    (("--param", "width=8,2"), "invalid sweep spec: trial 1 (width=2): width: 2 is out of range; use 4 to 512"),
+    (("--param", "width"), "invalid sweep spec: space: 'width' is not FIELD=V1,V2,...; use e.g. width=32,64"),
+    (("--param", "seed=0,1"), "invalid sweep spec: space: seed cannot be searched"),
+    (("--space", "missing.json"), "invalid sweep spec: space: cannot read missing.json: No such file or directory"),
+    (("--param", "width=8", "--min-steps", "100"), "invalid sweep spec: min_steps: 100 is more than steps=80"),
+])
+def test_a_sweep_that_cannot_run_is_one_line_and_exit_2_with_nothing_enqueued(augment_env, args, message):
+    base = SWEEP[:SWEEP.index("--param")]
+    refused = run_cli(augment_env, *base, *args)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith(f"augment: error: {message}") and refused.stderr.count("\n") == 1, refused.stderr
+    assert job_store(augment_env).recent() == []
