@@ -1,10 +1,11 @@
 """Thin Celery tasks: parse and validate the spec, wire progress, cancellation, leases and retries, call the plain
-functions of :mod:`worker.train`, :mod:`worker.generate` and :mod:`worker.evaluate`.
+functions of :mod:`worker.train`, :mod:`worker.generate`, :mod:`worker.evaluate` and :mod:`worker.sweep`.
 
-The job id is the task id of the job's first task (``augment.train``, ``augment.generate``, ``augment.evaluate``).
-Every change of a job's state goes through :class:`shared.lifecycle.JobStates`; the tasks keep no Celery results
-(``ignore_result``), so Celery only carries the messages. A generation job fans out into shard tasks and a
-finaliser, which give the job its final state; the first final state stands, for every kind.
+The job id is the task id of the job's first task (``augment.train``, ``augment.generate``, ``augment.evaluate``,
+``augment.sweep``). Every change of a job's state goes through :class:`shared.lifecycle.JobStates`; the tasks keep no
+Celery results (``ignore_result``), so Celery only carries the messages. A generation job fans out into shard tasks
+and a finaliser, which give the job its final state; a sweep's task comes back every poll until its trials (ordinary
+training jobs) have ended; the first final state stands, for every kind.
 """
 
 from __future__ import annotations
