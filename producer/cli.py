@@ -30,7 +30,7 @@ from shared.lifecycle import CANCELLED, FAILURE, SUCCESS
 from shared.settings import DEFAULT_BROKER_URL, Settings, SettingsError
 from shared.specs import EvaluateSpec, GenerateSpec, SpecError, TrainSpec, check_job_id
 from shared.storage import StorageError, open_storage
-from shared.sweeps import SweepSpec, parse_space
+from shared.sweeps import SweepSpec, parse_space, steps_within
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3
 F = TypeVar("F", bound=Callable[..., Any])
@@ -130,16 +130,23 @@ SWEEP_SET = {"steps", "epochs", "continues", "select"}
                    'values with commas: --param \'diffaugment=["translation,cutout","translation"]\'.')
 @click.option("--space", "space_file", type=click.Path(dir_okay=False),
               help='A JSON file of settings to search, e.g. {"width": [32, 64]}; --param adds to it.')
+@click.option("--budget", type=click.IntRange(min=1), metavar="STEPS",
+              help="GAN steps the whole sweep may train: --steps becomes the most whose plan fits (instead of --steps).")
 @handle_errors
-def sweep(params: tuple[str, ...], space_file: str | None, **options: Any) -> None:
+def sweep(params: tuple[str, ...], space_file: str | None, budget: int | None, **options: Any) -> None:
     """Search the training recipe for a dataset: trials drawn from a space of settings train as ordinary training jobs
     over every worker; successive halving promotes the best 1/eta of each rung to eta times the steps, ranked by their
     validation curves. Without --param or --space it searches the default space (docs/training.md). Prints the job
     id; `augment report SWEEP` prints the leaderboard when it ends."""
     given = {name: value for name, value in options.items() if value is not None}
     base = {name: value for name, value in given.items() if name not in SWEEP_OPTIONS}
-    sweep_fields = {name: value for name, value in given.items() if name in SWEEP_OPTIONS}
-    spec = connect().submit_sweep(base=base, space=parse_space(params, space_file), **sweep_fields)
+    sweep_fields = {"base": base, "space": parse_space(params, space_file),
+                    **{name: value for name, value in given.items() if name in SWEEP_OPTIONS}}
+    if budget is not None:
+        if "steps" in sweep_fields:
+            fail("give --budget (the whole sweep's GAN steps) or --steps (its winner's), not both", EXIT_BAD_INPUT)
+        sweep_fields["steps"] = steps_within(budget, {"job_id": "s-budget", **sweep_fields})
+    spec = connect().submit_sweep(**sweep_fields)
     click.echo(f"submitted sweep {spec.job_id} on queue {SWEEP_QUEUE}: {len(spec.settings)} trials, rungs of "
                f"{', '.join(map(str, spec.rungs))} steps, {spec.planned_steps():,} GAN steps planned (a full grid: "
                f"{len(spec.settings) * spec.steps:,}); `augment report {spec.job_id}` when done", err=True)

@@ -220,6 +220,23 @@ def _draw(space_json: str, trials: int | None, seed: int) -> list[dict[str, Any]
     return points
 
 
+def steps_within(budget: int, fields: Mapping[str, Any]) -> int:
+    """The most steps a sweep of FIELDS (a SweepSpec's, without steps) may give its winner for its plan to train at
+    most BUDGET GAN steps in all (:meth:`SweepSpec.planned_steps`, which grows with the steps); SpecError when even
+    the least does not fit."""
+    def planned(steps: int) -> int:
+        return SweepSpec.from_dict({**fields, "steps": steps}).planned_steps()
+
+    low, high = int(fields.get("min_steps") or 1), budget
+    if planned(low) > budget:
+        raise SpecError("sweep", "budget", f"{budget:,} GAN steps is less than the smallest plan ({planned(low):,} at "
+                        f"{low} steps); give a larger budget or fewer trials")
+    while low < high:  # the last steps whose plan fits
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if planned(middle) <= budget else (low, middle - 1)
+    return low
+
+
 def promoted_count(trials: int, eta: int) -> int:
     """How many of a rung's TRIALS go on: the best 1/ETA, at least one."""
     return max(1, trials // eta)

@@ -20,7 +20,7 @@ from shared.progress import StageProgress, SweepProgress, TrainProgress
 from shared.settings import Settings
 from shared.specs import SpecError, TrainSpec
 from shared.storage import FileStorage
-from shared.sweeps import DEFAULT_SPACE, Standing, SweepSpec, parse_space, promote, ranked
+from shared.sweeps import DEFAULT_SPACE, Standing, SweepSpec, parse_space, promote, ranked, steps_within
 from worker.sweep import SweepFailed, advance
 from worker.train import run_training
 
@@ -268,3 +268,12 @@ def test_the_grid_is_in_product_order_with_the_last_field_fastest():
     spec = sweep_spec(space={"lr": [1e-4, 2e-4], "mode_seeking": [0.0, 0.5, 1.0]})
     assert [(p["lr"], p["mode_seeking"]) for p in spec.settings] == [
         (1e-4, 0.0), (1e-4, 0.5), (1e-4, 1.0), (2e-4, 0.0), (2e-4, 0.5), (2e-4, 1.0)]
+
+
+def test_a_budget_of_gan_steps_gives_the_most_steps_whose_plan_fits_it():
+    fields = {"job_id": "s-budget", "base": TINY, "space": {"lr": [1e-4, 2e-4], "mode_seeking": [0.0, 1.0]}, "eta": 2}
+    steps = steps_within(1000, fields)
+    assert SweepSpec.from_dict({**fields, "steps": steps}).planned_steps() <= 1000
+    assert SweepSpec.from_dict({**fields, "steps": steps + 1}).planned_steps() > 1000
+    with pytest.raises(SpecError, match="budget: 10 GAN steps is less than the smallest plan"):
+        steps_within(10, {**fields, "min_steps": 5})
