@@ -58,7 +58,11 @@ def main() -> None:
         env = service_env(redis_server.url, s3, f"s3://sweep-{uuid.uuid4().hex[:8]}")
         os.environ.update(env)
         client = Client.connect(Settings.from_env())
-        workers = [WorkerProcess(env, Path(scratch) / f"worker-{index}.log").start() for index in range(args.workers)]
+        # several workers on one host share its cores: a thread each per core, not a thread per core each (OpenMP
+        # threads that wait for a busy core collapse a worker's speed, docs/operations.md "CPU threads")
+        threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.workers))}
+        workers = [WorkerProcess({**env, **threads}, Path(scratch) / f"worker-{index}.log").start()
+                   for index in range(args.workers)]
         try:
             run(client, fields, args)
         finally:
