@@ -111,9 +111,14 @@ def _finish(spec: SweepSpec, found: list[TrialJob], storage: Storage, attempt: A
     """The leaderboard, the curves and the winner, written as the sweep's report."""
     outcomes = [_outcome(spec, [job for job in found if job.trial == trial], storage)
                 for trial in sorted({job.trial for job in found})]
-    # the furthest rung first, then by the figure: the order successive halving itself ranked them in
+    # the furthest rung first (by rung, not steps: --patience may end a job early), then by the figure: the order
+    # successive halving itself ranked them in
     sign = 1.0 if spec.select in LOWER_IS_BETTER else -1.0
-    outcomes.sort(key=lambda o: (-o.steps, o.best is None, sign * o.best if o.best is not None else 0.0, o.trial))
+
+    def rungs_passed(outcome: TrialOutcome) -> int:
+        return len(outcome.jobs) - (outcome.state != SUCCESS)
+
+    outcomes.sort(key=lambda o: (-rungs_passed(o), o.best is None, sign * o.best if o.best is not None else 0.0, o.trial))
     winner = outcomes[0]
     last = len(spec.rungs) - 1
     winner_spec = {name: value for name, value in spec.trial_spec(winner.trial, last).to_dict().items()
