@@ -72,13 +72,10 @@ def main() -> None:
     # the reference: every point to the full steps, each from scratch (no continuation); one teacher for all
     grid: dict[int, float] = {}
     grid_s = 0.0
-    last = len(sweep.rungs) - 1
     for trial in range(len(sweep.settings)):
-        fields = sweep.trial_spec(trial, last).to_dict()
-        job_id = f"g-{tag}-{trial:03d}"
-        fields.update(job_id=job_id, continues=None, teacher_from=f"g-{tag}-000" if trial else None)
         started = time.perf_counter()
-        result = run_training(TrainSpec.from_dict(fields), settings, storage)
+        result = run_training(from_scratch(sweep, trial, f"g-{tag}-{trial:03d}", teacher_from=f"g-{tag}-000" if trial else None),
+                              settings, storage)
         grid_s += time.perf_counter() - started
         assert result.best is not None
         grid[trial] = float(result.best[sweep.select])
@@ -106,9 +103,7 @@ def main() -> None:
     grid_winner = min(grid, key=lambda trial: (sign * grid[trial], trial))
     figures = [grid[grid_winner]]
     for seed in [int(part) for part in args.noise_seeds.split(",") if part]:
-        fields = sweep.trial_spec(grid_winner, last).to_dict()
-        fields.update(job_id=f"n-{tag}-{seed}", continues=None, teacher_from=None, seed=seed)
-        result = run_training(TrainSpec.from_dict(fields), settings, storage)
+        result = run_training(from_scratch(sweep, grid_winner, f"n-{tag}-{seed}", seed=seed), settings, storage)
         figures.append(float(result.best[sweep.select]) if result.best else float("nan"))
         print(f"noise seed {seed}: {sweep.select} {figures[-1]:.2f}", flush=True)
     spread = statistics.stdev(figures) if len(figures) > 1 else 0.0
@@ -126,6 +121,13 @@ def main() -> None:
     print(f"GAN steps: grid {len(grid) * sweep.steps:,}, sweep {report.compute_steps:,} "
           f"(x{len(grid) * sweep.steps / report.compute_steps:.2f}); seconds: grid {grid_s:.0f}, sweep {sweep_s[0]:.0f}")
     print(f"ratio={grid_s / max(sweep_s[0], 1e-9):.3f}")
+
+
+def from_scratch(sweep: SweepSpec, trial: int, job_id: str, **changes: Any) -> TrainSpec:
+    """TRIAL of SWEEP trained to the sweep's full steps in one job (no continuation, its own teacher unless CHANGES
+    say otherwise)."""
+    fields = sweep.trial_spec(trial, len(sweep.rungs) - 1).to_dict()
+    return TrainSpec.from_dict({**fields, "job_id": job_id, "continues": None, "teacher_from": None, **changes})
 
 
 def table(sweep: SweepSpec, grid: dict[int, float], report: SweepReport) -> str:

@@ -30,7 +30,7 @@ from shared.lifecycle import CANCELLED, FAILURE, SUCCESS
 from shared.settings import DEFAULT_BROKER_URL, Settings, SettingsError
 from shared.specs import EvaluateSpec, GenerateSpec, SpecError, TrainSpec, check_job_id
 from shared.storage import StorageError, open_storage
-from shared.sweeps import SweepSpec, parse_space, steps_within
+from shared.sweeps import SET_BY_SWEEP, SweepSpec, parse_space, steps_within
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3
 F = TypeVar("F", bound=Callable[..., Any])
@@ -118,12 +118,10 @@ def train(**options: Any) -> None:
 
 # the sweep's own options; every other option of `augment sweep` is a training setting its trials share
 SWEEP_OPTIONS = ("trials", "steps", "min_steps", "eta", "select", "sweep_seed", "poll_s")
-# what a sweep sets for each trial, so `augment sweep` does not offer it as a shared setting
-SWEEP_SET = {"steps", "epochs", "continues", "select"}
 
 
 @main.command()
-@spec_options(TrainSpec, *(field for field in offered_names(TrainSpec) if field not in SWEEP_SET))
+@spec_options(TrainSpec, *(field for field in offered_names(TrainSpec) if field not in SET_BY_SWEEP))
 @spec_options(SweepSpec, *SWEEP_OPTIONS)
 @click.option("--param", "params", multiple=True, metavar="FIELD=V1,V2,...",
               help='A training setting to search and its values (repeatable), e.g. --param width=32,64; a JSON list for '

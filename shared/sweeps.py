@@ -66,6 +66,8 @@ DEFAULT_SPACE: dict[str, list[Any]] = {
     "guidance": [0.3, 1.0],
     "width": [32, 64],
 }
+# What the sweep sets in each trial's spec, so its base may not
+SET_BY_SWEEP = frozenset({"job_id", "steps", "epochs", "continues", "teacher_from", "select"})
 TEACHER_FIELDS = frozenset({"teacher", "teacher_width", "teacher_steps"})  # what a teacher is trained with, bar the data
 MAX_TRIALS = 1000
 MEASUREMENTS_PER_RUNG = 4  # validation points in a first-rung job, unless the base spec says how often
@@ -118,7 +120,7 @@ class SweepSpec(_Spec, frozen=True):
         if self.trials is None and self.grid_size > MAX_TRIALS:
             raise self._fail("space", f"its grid has {self.grid_size:,} points, more than {MAX_TRIALS:,} trials; give "
                              "trials (--trials N) to draw some of them")
-        overridden = sorted({"job_id", "steps", "epochs", "continues", "teacher_from", "select"} & set(self.base))
+        overridden = sorted(SET_BY_SWEEP & set(self.base))
         if overridden:
             raise self._fail("base", f"{', '.join(overridden)} is the sweep's to set; leave it out")
         for trial in range(len(self.settings)):  # every trial is a valid training spec, or nothing is enqueued
