@@ -117,7 +117,7 @@ def train(**options: Any) -> None:
 
 
 # the sweep's own options; every other option of `augment sweep` is a training setting its trials share
-SWEEP_OPTIONS = ("trials", "steps", "min_steps", "eta", "select", "sweep_seed", "poll_s")
+SWEEP_OPTIONS = ("trials", "steps", "min_steps", "eta", "select", "utility_seeds", "utility_steps", "sweep_seed", "poll_s")
 
 
 @main.command()
@@ -202,13 +202,14 @@ COMMON_EVALUATE_OPTIONS = ("seed", "classifier_steps", "reference_steps", "test_
 
 
 @evaluate.command("utility")
-@spec_options(EvaluateSpec, "dataset", "per_class", "imbalance", "seeds", "gan_steps", "gan_width", "samples_per_class",
-              "holdout", "validation_size", "sweep", "ratios", "synthetic_weights", "min_confidences",
-              *COMMON_EVALUATE_OPTIONS, required=("dataset",))
+@spec_options(EvaluateSpec, "dataset", "model", "checkpoint", "per_class", "imbalance", "seeds", "gan_steps", "gan_width",
+              "samples_per_class", "holdout", "validation_size", "arms", "sweep", "ratios", "synthetic_weights",
+              "min_confidences", *COMMON_EVALUATE_OPTIONS)
 @handle_errors
 def evaluate_utility(**options: Any) -> None:
     """Does the GAN add anything? The same CNN on real images, + mixup (no GAN), + GAN samples (hard, teacher or
-    per-sample chosen labels), and ceiling arms with real held-out images in the GAN's place."""
+    per-sample chosen labels), and ceiling arms with real held-out images in the GAN's place. With --dataset, a GAN
+    is trained on a small subset of it; with --model, that trained model's samples are studied on its own images."""
     submit_evaluation("utility", options)
 
 

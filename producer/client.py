@@ -13,7 +13,16 @@ from typing import Any
 from celery import Celery
 
 from shared.broker import check_broker, make_celery, redelivery_after_s
-from shared.contracts import ContractError, ModelNotFound, Result, check_model, continuation_problem, kind_of, read_card
+from shared.contracts import (
+    ContractError,
+    ModelNotFound,
+    Result,
+    check_model,
+    continuation_problem,
+    kind_of,
+    read_card,
+    study_problem,
+)
 from shared.datasets import locate_dataset
 from shared.layout import model_card_key, report_markdown_key
 from shared.lifecycle import PENDING, TERMINAL_STATES, JobStates, cancel_sweep, describe_status
@@ -105,6 +114,10 @@ class Client:
         spec = EvaluateSpec.from_dict({"job_id": new_job_id("evaluate"), **fields})
         if spec.model is not None:
             self._check_model(spec.model)
+        if spec.mode == "utility" and spec.model is not None:
+            problem = study_problem(read_card(open_storage(self.settings), spec.model), spec.holdout)
+            if problem is not None:
+                raise SubmitError(f"cannot study model {spec.model}: {problem}")
         if spec.dataset is not None:
             locate_dataset(spec.dataset, self.settings)
         return self._enqueue("evaluate", spec)

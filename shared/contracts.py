@@ -41,6 +41,8 @@ from shared.sweeps import SweepSpec, describe
 MODEL_CARD_FORMAT = 1
 RESULT_FORMAT = 1
 REPORT_FORMAT = 1
+# 2: a study of a trained model's samples for a sweep's ranking measures no sample quality (quality, reference null)
+UTILITY_REPORT_FORMAT = 2
 T = TypeVar("T", bound=msgspec.Struct)
 
 
@@ -237,7 +239,7 @@ class SweepVerdict(_Record, frozen=True, kw_only=True):
 class UtilityReport(_Record, frozen=True, kw_only=True):
     """A utility evaluation's ``report.json``: the augmentation study's arms and its verdict."""
 
-    format: int = REPORT_FORMAT
+    format: int = UTILITY_REPORT_FORMAT
     spec: dict[str, Any]
     gan: str  # the GAN's training job
     gan_steps: int
@@ -260,8 +262,10 @@ class UtilityReport(_Record, frozen=True, kw_only=True):
     ceiling_gain: float | None = None
     captured: float | None = None  # the GAN's share of the ceiling's gain
     sweep: SweepVerdict | None = None
-    quality: Quality
-    reference: dict[str, Any]
+    # the GAN's samples against the held-out images; None where the study skipped it (arms gan-vs-mixup: a sweep's
+    # trial, whose validation curve has measured it already)
+    quality: Quality | None = None
+    reference: dict[str, Any] | None = None
     seconds: float
     created_at: str
 
@@ -454,6 +458,17 @@ def continuation_problem(spec: TrainSpec, parent: ModelCard, recipe: Mapping[str
             flags = ", ".join(f"--{name.replace('_', '-')}" for name in drift)
             return (f"at {spec.steps} steps the automatic {', '.join(drift)} differ from {parent.job_id}'s; continue a "
                     f"job that was given {flags} explicitly")
+    return None
+
+
+def study_problem(card: ModelCard, holdout: str) -> str | None:
+    """Why a utility study of CARD's model, scored on HOLDOUT, cannot run, in words; None when it can."""
+    if holdout == "validation" and not card.validation.get("images"):
+        return (f"model {card.job_id} has no validation split to score on ({card.validation.get('why_none')}); give "
+                "--holdout test")
+    if card.teacher is None:
+        return (f"model {card.job_id} has no teacher, which labels the study's mixup and GAN samples; train it with "
+                "--teacher 3")
     return None
 
 

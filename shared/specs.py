@@ -50,8 +50,15 @@ TargetRule = Literal["hard", "teacher", "agree"]
 QualityMetric = Literal["fid", "kid", "precision", "recall", "label_accuracy"]
 LOWER_IS_BETTER = frozenset({"fid", "kid"})
 DEFAULT_SELECT: QualityMetric = "fid"
+# what a sweep ranks its trials by: a point of their validation curves, or "utility", the GAN share of a small
+# augmentation study of each trial's best checkpoint on its validation split (higher is better)
+SweepMetric = Literal["fid", "kid", "precision", "recall", "label_accuracy", "utility"]
+UTILITY: SweepMetric = "utility"
 # which of a training job's checkpoints samples are drawn from: the best on its validation curve, or the last
 CheckpointChoice = Literal["best", "last"]
+# utility: which of the study's arms train: all of them, or the three that score a GAN against mixup (real, real +
+# mixup, real + GAN with teacher labels): what a sweep ranks trials by (``augment sweep --select utility``)
+StudyArms = Literal["all", "gan-vs-mixup"]
 IMAGE_SIZES: tuple[int, ...] = get_args(ImageSize)
 LOSSES: tuple[str, ...] = get_args(Loss)
 CONDITIONINGS: tuple[str, ...] = get_args(Conditioning)
@@ -444,7 +451,10 @@ class EvaluateSpec(_Spec, frozen=True):
     dataset: Annotated[Dataset, option(
         "utility: the dataset whose small subset is augmented, e.g. fashion-mnist; quality: the real data to compare "
         "with.", "the model's training dataset")] | None = None
-    model: Annotated[JobId, option("quality: the training job whose generator is scored.")] | None = None
+    model: Annotated[JobId, option(
+        "The training job whose generator is scored. utility: its samples, with its own training images as the real "
+        "subset (and its validation split as the held-out images with --holdout validation), instead of a GAN trained "
+        "on a subset of --dataset.")] | None = None
     per_class: Annotated[int, Meta(ge=2, le=100_000), option(
         "Real images of each class in the subset (with --imbalance: of its commonest class).")] = 100
     # utility: 1 is the balanced scenario; above 1 the long-tail one, scored on the balanced held-out images
@@ -483,14 +493,30 @@ class EvaluateSpec(_Spec, frozen=True):
         "A local InceptionV3 weights file (FID-compatible): use its features instead of the classifier's.",
         "the reference classifier's features")] | None = None
     checkpoint: Annotated[CheckpointChoice, option(
-        "quality: score the model's best checkpoint on its validation curve, or its last.")] = "best"
+        "Score the model's best checkpoint on its validation curve, or its last.")] = "best"
+    arms: Annotated[StudyArms, option(
+        "utility: every arm of the study, or only real, real + mixup and real + GAN (teacher labels), without the "
+        "sample-quality measurement: the GAN against mixup, what a sweep ranks trials by.")] = "all"
     version: int = SPEC_VERSION
 
     def _check_fields_together(self) -> None:
         if self.mode == "quality" and self.model is None:
             raise self._fail("model", "a quality evaluation needs the training job id of the model to score")
-        if self.mode == "utility" and self.dataset is None:
-            raise self._fail("dataset", "a utility evaluation needs a dataset")
+        if self.mode == "utility" and self.dataset is None and self.model is None:
+            raise self._fail("dataset", "a utility evaluation needs a dataset (to train a GAN on a subset of) or a model")
+        if self.mode == "utility" and self.model is not None:
+            self._check_model_study()
+
+    def _check_model_study(self) -> None:
+        """A study of a trained model takes its real subset from the model: the fields that choose a subset, or the
+        GAN to train on it, would be silently ignored, so they are refused."""
+        subset_fields = {"dataset", "per_class", "imbalance", "gan_steps", "gan_width", "gan_class_balanced",
+                         "validation_size", "sweep"}
+        given = [field.name for field in msgspec.structs.fields(self)
+                 if field.name in subset_fields and getattr(self, field.name) != field.default]
+        if given:
+            raise self._fail(given[0], "a utility study of --model uses that model's own training images and "
+                             "validation split; leave it out, or give --dataset without --model to train a GAN on a subset")
 
     @property
     def ratio_list(self) -> list[float]:

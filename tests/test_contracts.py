@@ -47,6 +47,7 @@ class Written:
     root: Path
     specs: dict[str, TrainSpec | GenerateSpec | EvaluateSpec | SweepSpec]
     results: dict[str, dict[str, Any]]
+    study: EvaluateSpec  # a utility study of the trained model, as a sweep ranks a trial by
 
 
 def as_sent(result: Any) -> dict[str, Any]:
@@ -72,6 +73,9 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
     results["generate"] = as_sent(finalize_job(generate, storage, store, lambda index: pytest.fail(f"shard {index} redispatched")))
     results["evaluate-quality"] = as_sent(run_quality(quality, settings, storage))
     results["evaluate-utility"] = as_sent(run_utility(utility, settings, storage))
+    study = EvaluateSpec(job_id="e-study", mode="utility", model=train.job_id, holdout="validation", arms="gan-vs-mixup",
+                         seeds=1, samples_per_class=4, classifier_steps=20)
+    results["study"] = as_sent(run_utility(study, settings, storage))
     sweep = SweepSpec(job_id="s-contract", base={"dataset": "fake", "width": 8, "batch_size": 16, "teacher": 0,
                                                   "reference_steps": 10, "validate_every": 1},
                       space={"lr": [1e-4, 2e-4]}, steps=2, min_steps=1, eta=2)
@@ -84,7 +88,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
         pass
     results["sweep"] = as_sent(outcome)
     specs = {"train": train, "generate": generate, "evaluate-quality": quality, "evaluate-utility": utility, "sweep": sweep}
-    return Written(root, specs, results)  # type: ignore[arg-type]
+    return Written(root, specs, results, study)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -95,6 +99,8 @@ def dashboard(written: Written) -> DashboardData:
     for name, spec in written.specs.items():
         client.store.add(make_record(spec.job_id, KINDS[name].record_kind, spec.to_dict()))
         client.states.succeeded(spec.job_id, KINDS[name].decode_result(written.results[name], spec.job_id))
+    client.store.add(make_record(written.study.job_id, "evaluate", written.study.to_dict()))
+    client.states.succeeded(written.study.job_id, KINDS["evaluate-utility"].decode_result(written.results["study"], "e-study"))
     return DashboardData(client, settings)
 
 
@@ -121,6 +127,8 @@ def test_the_dashboard_shows_each_kinds_result_and_report_from_the_same_records(
     assert utility["detail"].startswith("the GAN's own share ") and utility["verdict"]["headline"].startswith("The synthetic data")
     assert any(line.startswith("the true-label ceiling adds") for line in utility["verdict"]["lines"])
     assert utility["warnings"] == written.results["evaluate-utility"]["warnings"]
+    study = dashboard.job("e-study")  # a study of a trained model measures no sample quality: its report still reads
+    assert study["verdict"]["headline"].startswith("The synthetic data") and "t-contract trained on" in study["report_html"]
     sweep = rows["s-contract"]
     assert sweep["detail"].startswith("winner s-contract-t00") and sweep["detail"].endswith("3 GAN steps against a full grid's 4")
     assert [row["steps"] for row in sweep["trials"]] == [2, 1] and sweep["trials"][0]["winner"]
@@ -146,6 +154,12 @@ def test_each_report_reads_as_its_kinds_type(written: Written) -> None:
     assert utility.outcomes and all(len(outcome.accuracies) == 1 for outcome in utility.outcomes)
     # the study's warning reaches the result's warnings, which the dashboard shows for every kind alike
     assert written.results["evaluate-utility"]["warnings"] == ([utility.warning] if utility.warning else [])
+    older = read_report(KINDS["evaluate-utility"], rewritten(storage.get_text("reports/e-utility/report.json"), format=1),
+                        "e-utility")  # format 1, before a study could skip the sample quality, reads as it did
+    assert isinstance(older, UtilityReport) and older.quality is not None
+    study = read_report(KINDS["evaluate-utility"], storage.get_text("reports/e-study/report.json"), "e-study")
+    assert isinstance(study, UtilityReport) and study.quality is None and study.gan == "t-contract"
+    assert study.gan_share == written.results["study"]["gan_share"] and len(study.outcomes) == 3
     sweep = read_report(KINDS["sweep"], storage.get_text("reports/s-contract/report.json"), "s-contract")
     assert isinstance(sweep, SweepReport) and sweep.winner_model == written.results["sweep"]["winner"]
     assert [trial.steps for trial in sweep.trials] == [2, 1] and sweep.compute_steps == written.results["sweep"]["compute_steps"]
@@ -182,7 +196,7 @@ def test_an_unreadable_format_is_one_line_naming_it(written: Written) -> None:
     with pytest.raises(ContractError) as raised:
         read_report(KINDS["evaluate-utility"], first_study, "e-old")
     message = str(raised.value)
-    assert "(unversioned) cannot be read as format 1" in message and "run the job again" in message
+    assert "(unversioned) cannot be read as format 2" in message and "run the job again" in message
     assert "\n" not in message
     with pytest.raises(ContractError, match="result of train job t-x"):
         KINDS["train"].decode_result({"images": 3}, "t-x")

@@ -188,6 +188,10 @@ def test_evaluations_refuse_bad_input_at_submit(augment_env):
     assert result.returncode == 2 and "unknown model t-000000000000" in result.stderr
     result = run_cli(augment_env, "evaluate", "utility", "--dataset", "fake", "--ratios", "two")
     assert result.returncode == 2 and "ratios" in result.stderr and result.stderr.count("\n") == 1
+    result = run_cli(augment_env, "evaluate", "utility", "--model", "t-000000000000", "--per-class", "5")
+    assert result.returncode == 2 and "per_class: a utility study of --model uses that model's own" in result.stderr
+    result = run_cli(augment_env, "evaluate", "utility")
+    assert result.returncode == 2 and "needs a dataset (to train a GAN on a subset of) or a model" in result.stderr
     result = run_cli(augment_env, "report", "e-000000000000")
     assert result.returncode == 2 and "has no report" in result.stderr
     assert queued_messages(augment_env) == 0

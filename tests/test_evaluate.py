@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from producer.client import Client, SubmitError
 from shared.lifecycle import JobStopped
 from shared.liveness import Attempt
 from shared.progress import StageProgress
@@ -24,8 +25,12 @@ from worker.train import run_training
 def test_evaluate_specs_say_what_is_missing_or_malformed():
     with pytest.raises(SpecError, match="model: a quality evaluation needs"):
         EvaluateSpec(job_id="e-x", mode="quality")
-    with pytest.raises(SpecError, match="dataset: a utility evaluation needs"):
+    with pytest.raises(SpecError, match="dataset: a utility evaluation needs a dataset .* or a model"):
         EvaluateSpec(job_id="e-x", mode="utility")
+    for chosen in ({"dataset": "fake"}, {"per_class": 50}, {"gan_steps": 10}, {"sweep": True}):
+        # each would choose a subset or a GAN that a study of a trained model does not train: refused, not ignored
+        with pytest.raises(SpecError, match=f"{next(iter(chosen))}: a utility study of --model uses that model's own"):
+            EvaluateSpec(job_id="e-x", mode="utility", model="t-x", **chosen)  # type: ignore[arg-type]
     with pytest.raises(SpecError, match="ratios: 'a,b' is not a comma list"):
         EvaluateSpec(job_id="e-x", mode="utility", dataset="fake", ratios="a,b")
     with pytest.raises(SpecError, match="min_confidences"):
@@ -102,6 +107,38 @@ def test_utility_on_a_validation_split_never_reads_the_test_split(tmp_path: Path
     report = json.loads(FileStorage(tmp_path).get_text("reports/e-valid/report.json"))
     assert report["held_out_images"] == 60 and report["holdout"] == "validation"
     assert "validation (training-split) images" in FileStorage(tmp_path).get_text("reports/e-valid/report.md")
+
+
+def test_utility_of_a_trained_model_trains_on_its_images_and_scores_on_its_validation_split(tmp_path: Path):
+    storage = FileStorage(tmp_path)
+    trained = TrainSpec(job_id="t-studied", dataset="fake", per_class=12, steps=4, width=8, batch_size=32, teacher=3,
+                        teacher_steps=10, validation=0.25, reference_steps=20)
+    run_training(trained, Settings(), storage)
+    spec = EvaluateSpec(job_id="e-model", mode="utility", model="t-studied", holdout="validation", arms="gan-vs-mixup",
+                        seeds=2, samples_per_class=4, classifier_steps=20, reference_steps=20)
+    reports: list[StageProgress] = []
+    result = run_utility(spec, Settings(), storage, reports.append)
+    assert "training the GAN on the real subset" not in {report.stage for report in reports}  # the model is the GAN
+    report = json.loads(storage.get_text("reports/e-model/report.json"))
+    # 12 per class, a quarter held out: 9 of each class trained the GAN, its teacher and now the classifiers
+    assert report["real_images"] == 90 and report["class_counts"] == [9] * 10 and report["held_out_images"] == 30
+    assert report["gan"] == "t-studied" and report["teacher"]["members"] == 3
+    assert [outcome["setting"]["arm"] for outcome in report["outcomes"]] == ["real", "mixup", "gan-soft"]
+    assert report["ceiling"] is None and report["gan_share"] == result.gan_share
+    markdown = storage.get_text("reports/e-model/report.md")
+    assert "the 90 real images model t-studied trained on" in markdown and "the model's own split" in markdown
+
+    untaught = TrainSpec(job_id="t-untaught", dataset="fake", per_class=12, steps=2, width=8, batch_size=32, teacher=0,
+                         validation=0)
+    run_training(untaught, Settings(), storage)
+    with pytest.raises(ValueError, match="model t-untaught has no validation split to score on .*; give --holdout test"):
+        run_utility(EvaluateSpec(job_id="e-none", mode="utility", model="t-untaught", holdout="validation"), Settings(),
+                    storage)
+    client = Client.connect(Settings.from_env({"AUGMENT_BROKER_URL": "memory://", "AUGMENT_STORAGE_URL": tmp_path.as_uri()}))
+    with pytest.raises(SubmitError, match="cannot study model t-untaught: model t-untaught has no validation split"):
+        client.submit_evaluate(mode="utility", model="t-untaught", holdout="validation")  # refused before it is queued
+    with pytest.raises(ValueError, match="model t-untaught has no teacher, .*train it with --teacher 3"):
+        run_utility(EvaluateSpec(job_id="e-none", mode="utility", model="t-untaught", test_limit=20), Settings(), storage)
 
 
 def test_quality_report_end_to_end(tmp_path: Path):

@@ -36,7 +36,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 
 from shared.progress import shifted
-from shared.specs import TargetRule
+from shared.specs import StudyArms, TargetRule
 from worker.classifier import Classifier, ExtraBatch, logits_of_images, train_classifier
 from worker.teacher import Teacher, sample_targets
 
@@ -109,28 +109,33 @@ class Setting:
         return any(source.startswith("held_out") for source in self.extra)
 
 
-def study_arms(imbalanced: bool, ceiling: bool) -> list[Setting]:
+def study_arms(imbalanced: bool, ceiling: bool, arms: StudyArms = "all") -> list[Setting]:
     """The study's arms: class-balanced weighting where the subset is IMBALANCED, the ceiling arms where there is
-    a pool of held-out real images for them."""
-    arms = [Setting("real", "real", classic=True)]
+    a pool of held-out real images for them. ARMS "gan-vs-mixup": only the real baseline, mixup and the GAN with
+    teacher labels (the study's best GAN arm on balanced subsets, docs/evaluation.md), what a sweep ranks by."""
+    if arms == "gan-vs-mixup":
+        return [Setting("real", "real", classic=True),
+                Setting("real + mixup, teacher labels (no GAN)", "mixup", classic=True, extra=("mixup",)),
+                Setting("real + GAN, teacher labels", "gan-soft", classic=True, extra=("gan_soft",))]
+    chosen = [Setting("real", "real", classic=True)]
     if imbalanced:
-        arms.append(Setting("real, class-balanced loss weights", "balanced", classic=True, class_balanced=True))
-    arms += [
+        chosen.append(Setting("real, class-balanced loss weights", "balanced", classic=True, class_balanced=True))
+    chosen += [
         Setting("real + mixup, teacher labels (no GAN)", "mixup", classic=True, extra=("mixup",)),
         Setting("real + GAN, hard labels", "gan-hard", classic=True, extra=("gan_hard",)),
         Setting("real + GAN, teacher labels", "gan-soft", classic=True, extra=("gan_soft",)),
         Setting("real + GAN, label where the teacher agrees, else teacher", "gan-agree", classic=True, extra=("gan_agree",)),
     ]
     if imbalanced:  # on a balanced subset the real classes' shares are the balanced draw
-        arms.append(Setting("real + GAN drawn as the real classes, teacher labels", "gan-soft-prior", classic=True,
+        chosen.append(Setting("real + GAN drawn as the real classes, teacher labels", "gan-soft-prior", classic=True,
                             extra=("gan_soft_prior",)))
     if ceiling:
-        arms += [
+        chosen += [
             Setting("ceiling: real held-out images, teacher labels", "ceiling-teacher", classic=True,
                     extra=("held_out_teacher",)),
             Setting("ceiling: real held-out images, true labels", "ceiling-true", classic=True, extra=("held_out_true",)),
         ]
-    return arms
+    return chosen
 
 
 @dataclass

@@ -12,19 +12,21 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from shared.contracts import (
     ArmOutcome,
+    ModelCard,
     Quality,
     QualityReport,
     QualityResult,
     SweepVerdict,
     UtilityReport,
     UtilityResult,
+    study_problem,
 )
 from shared.lifecycle import JobStopped, StopReason
 from shared.liveness import Attempt
@@ -60,6 +62,7 @@ from worker.report import (
 )
 from worker.teacher import load_teacher
 from worker.train import TrainHooks, run_training
+from worker.validation import job_images, validation_split
 
 log = logging.getLogger("augment.evaluate")
 Progress = Callable[[StageProgress], None]
@@ -115,7 +118,7 @@ def run_quality(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     if not config.conditional:
         raise ValueError(f"model {spec.model} is unconditional: per-class metrics and CAS need a conditional model")
     dataset = spec.dataset or card.dataset
-    background = card.spec.get("background", DEFAULT_BACKGROUND)  # the real images as the model saw them
+    background = _background(card)
     reference, reference_meta = reference_classifier(storage, settings, dataset, config.image_size, config.channels,
                                                      spec.reference_steps, spec.seed, progress, background)
     feature_space, inception = _feature_space(spec, reference_meta)
@@ -203,53 +206,54 @@ def _outcome_record(outcome: Outcome, rare: list[int]) -> ArmOutcome:
                       balanced_adjusted_std=adjusted.std, rare=plain.rare_mean, rare_adjusted=adjusted.rare_mean)
 
 
+@dataclass(frozen=True)
+class StudyInputs:
+    """What a study's classifiers train and are scored on, and the GAN whose samples they draw."""
+
+    subset: ImageData  # the real images every arm trains on: the GAN's (and its teacher's) training images
+    held_out: ImageData  # the images every classifier is scored on
+    pool: ImageData  # real images outside both, for the ceiling arms (none: no ceiling arms)
+    gan_id: str
+    generator: Generator
+    card: ModelCard
+    imbalance: float  # the subset's long-tail profile (1: balanced)
+
+
 def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress = lambda info: None,
                 should_stop: StopCheck = lambda: None, attempt: Attempt = Attempt()) -> UtilityResult:
-    """The augmentation study (see :mod:`worker.augmentation_study`) on SPEC's dataset; writes its report. SHOULD_STOP
-    is asked along the way: JobStopped ends the run when it says so, with the GAN's checkpoint written, so that a
-    run of the same job resumes the GAN where it stopped."""
+    """The augmentation study (see :mod:`worker.augmentation_study`) on a GAN trained on a subset of SPEC's dataset,
+    or on SPEC's model; writes its report. SHOULD_STOP is asked along the way: JobStopped ends the run when it says
+    so, with the GAN's checkpoint written, so that a run of the same job resumes the GAN where it stopped."""
     progress = _stopping(progress, should_stop, spec.job_id)
-    assert spec.dataset is not None  # the spec requires it for this mode
     started = time.perf_counter()
-    subset = load_dataset(spec.dataset, settings, "train", per_class=spec.per_class, seed=spec.seed,
-                          imbalance=_subset_imbalance(spec))
+    inputs = (_model_study(spec, settings, storage) if spec.model is not None
+              else _subset_study(spec, settings, storage, progress, should_stop, attempt))
+    subset, held_out, pool, card = inputs.subset, inputs.held_out, inputs.pool, inputs.card
     image_size, channels = subset.images.shape[-1], subset.images.shape[1]
     num_classes = len(subset.info.class_names)
-    gan_spec = _gan_spec(spec, f"{spec.job_id}-gan"[:64])
-    stage = "training the GAN on the real subset"
-    progress(StageProgress(stage, 0, gan_spec.steps))
-    hooks = TrainHooks(
-        progress=lambda info: progress(StageProgress(stage, info.step, info.total_steps, info.images_per_s / gan_spec.batch_size,
-                                                     info.eta_s)),
-        stage=progress,  # its teacher, first
-        should_stop=should_stop,
-        # the study's own GAN writes as this attempt, and fixes its own card (its job id is not the evaluation's)
-        attempt=Attempt(attempt.epoch, attempt.may_write),
-    )
-    run_training(gan_spec, settings, storage, hooks)  # resumes from its checkpoint if this job was interrupted
-    generator, card = load_model(storage, gan_spec.job_id, torch.device("cpu"))
-    assert card.teacher is not None  # the spec asks for one
+    assert card.teacher is not None  # the study's own GAN is trained with one; a model is checked for one
     teacher = load_teacher(storage, card.teacher["key"])
     pool_per_class = max(spec.samples_per_class, round(max(spec.ratio_list) * spec.per_class) if spec.sweep else 0)
-    synthetic, synthetic_labels = sample_balanced(generator, pool_per_class, spec.seed + 1)
-    held_out, pool = _held_out(spec, settings, image_size, channels)
+    synthetic, synthetic_labels = sample_balanced(inputs.generator, pool_per_class, spec.seed + 1)
     data = ExperimentData(subset.images, subset.labels, synthetic, synthetic_labels, held_out.images, held_out.labels,
                           num_classes, teacher=teacher, synthetic_probs=teacher.probs(synthetic),
                           extra_batch=SMALL_CNN["batch_size"], ceiling_images=pool.images, ceiling_labels=pool.labels,
                           ceiling_probs=teacher.probs(pool.images))
-    settings_list = study_arms(spec.imbalance > 1, ceiling=len(pool) > 0)
+    settings_list = study_arms(inputs.imbalance > 1, ceiling=len(pool) > 0, arms=spec.arms)
     if spec.sweep:
         progress(StageProgress("confidence filter"))
         filter_by_confidence(data, spec.classifier_steps, spec.seed)
         settings_list += sweep(spec.ratio_list, spec.weight_list, spec.confidence_list)
 
-    reference, reference_meta = reference_classifier(storage, settings, spec.dataset, image_size, channels,
-                                                     spec.reference_steps, spec.seed, progress)
-    feature_space, inception = _feature_space(spec, reference_meta)
-    quality = measure_quality(reference, held_out.images, held_out.labels, synthetic, synthetic_labels,
-                              list(subset.info.class_names), feature_space, inception)
     rare = data.rarest_third()
-    feature_note = _quality_note(quality, feature_space, [subset.info.class_names[label] for label in rare])
+    quality, reference_meta, feature_note = None, None, ""
+    if spec.arms == "all":  # a sweep's score (gan-vs-mixup) skips it: the trial's validation curve measured it
+        reference, reference_meta = reference_classifier(storage, settings, card.dataset, image_size, channels,
+                                                         spec.reference_steps, spec.seed, progress, _background(card))
+        feature_space, inception = _feature_space(spec, reference_meta)
+        quality = measure_quality(reference, held_out.images, held_out.labels, synthetic, synthetic_labels,
+                                  list(subset.info.class_names), feature_space, inception)
+        feature_note = _quality_note(quality, feature_space, [subset.info.class_names[label] for label in rare])
 
     arms = StageMeter(f"the study's classifiers ({len(settings_list)} settings x {spec.seeds} seeds)",
                       sweep_steps(settings_list, spec.seeds, spec.classifier_steps), progress)
@@ -259,11 +263,11 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     seconds = time.perf_counter() - started
     images = {"accuracy.png": accuracy_chart(outcomes, rare),
               "grid.png": class_grid(held_out, synthetic, synthetic_labels, num_classes)}
-    copy_loss_curve(storage, gan_spec.job_id, images)
+    copy_loss_curve(storage, inputs.gan_id, images)
     report = UtilityReport(
-        spec=spec.to_dict(), gan=gan_spec.job_id, gan_steps=card.steps, teacher=card.teacher,
+        spec=spec.to_dict(), gan=inputs.gan_id, gan_steps=card.steps, teacher=card.teacher,
         real_images=len(subset), held_out_images=len(held_out), holdout=spec.holdout,
-        imbalance=spec.imbalance, class_counts=torch.bincount(subset.labels, minlength=num_classes).tolist(),
+        imbalance=inputs.imbalance, class_counts=torch.bincount(subset.labels, minlength=num_classes).tolist(),
         rarest_third=rare,
         outcomes=[_outcome_record(o, rare) for o in outcomes],
         gan_share=share.share, gan_over_real=share.over_real, best_with_gan=share.with_gan.label,
@@ -278,3 +282,50 @@ def run_utility(spec: EvaluateSpec, settings: Settings, storage: Storage, progre
     return write_report(storage, spec.job_id, markdown, report, images, attempt, lambda url, files: UtilityResult(
         report=url, files=files, gan_share=share.share, gan_over_real=share.over_real, best=share.with_gan.label,
         warnings=[share.warning] if share.warning else []))
+
+
+def _subset_study(spec: EvaluateSpec, settings: Settings, storage: Storage, progress: Progress, should_stop: StopCheck,
+                  attempt: Attempt) -> StudyInputs:
+    """A small subset of SPEC's dataset and a GAN trained on it alone (resumed from its checkpoint if this job was
+    interrupted), scored on the test split or a validation split outside the subset."""
+    assert spec.dataset is not None  # the spec requires a dataset or a model
+    subset = load_dataset(spec.dataset, settings, "train", per_class=spec.per_class, seed=spec.seed,
+                          imbalance=_subset_imbalance(spec))
+    gan_spec = _gan_spec(spec, f"{spec.job_id}-gan"[:64])
+    stage = "training the GAN on the real subset"
+    progress(StageProgress(stage, 0, gan_spec.steps))
+    hooks = TrainHooks(
+        progress=lambda info: progress(StageProgress(stage, info.step, info.total_steps, info.images_per_s / gan_spec.batch_size,
+                                                     info.eta_s)),
+        stage=progress,  # its teacher, first
+        should_stop=should_stop,
+        # the study's own GAN writes as this attempt, and fixes its own card (its job id is not the evaluation's)
+        attempt=Attempt(attempt.epoch, attempt.may_write),
+    )
+    run_training(gan_spec, settings, storage, hooks)
+    generator, card = load_model(storage, gan_spec.job_id, torch.device("cpu"))
+    held_out, pool = _held_out(spec, settings, subset.images.shape[-1], subset.images.shape[1])
+    return StudyInputs(subset, held_out, pool, gan_spec.job_id, generator, card, spec.imbalance)
+
+
+def _model_study(spec: EvaluateSpec, settings: Settings, storage: Storage) -> StudyInputs:
+    """SPEC's model and the images it trained on, scored on its own validation split (which neither it nor its
+    teacher saw) or on the test split; no ceiling arms (the training split outside the model's images is not kept)."""
+    assert spec.model is not None
+    generator, card = load_model(storage, spec.model, torch.device("cpu"), spec.checkpoint)
+    problem = study_problem(card, spec.holdout)
+    if problem is not None:
+        raise ValueError(problem)
+    trained = TrainSpec.from_dict(card.spec)
+    subset, validation, _ = validation_split(trained, job_images(trained, settings))
+    held_out = validation
+    if spec.holdout == "test" or held_out is None:
+        held_out = _test_split(spec, settings, card.dataset, generator.config.image_size, generator.config.channels,
+                               _background(card))
+    nothing = ImageData(subset.images[:0], subset.labels[:0], subset.info)
+    return StudyInputs(subset, held_out, nothing, spec.model, generator, card, trained.imbalance or 1.0)
+
+
+def _background(card: ModelCard) -> str:
+    """What the model's real images were composited on: the real images it is compared with must be too."""
+    return str(card.spec.get("background", DEFAULT_BACKGROUND))

@@ -135,32 +135,39 @@ def _utility_rows(outcomes: list[Outcome], rare: list[int]) -> list[str]:
 
 def utility_markdown(spec: EvaluateSpec, data: ExperimentData, outcomes: list[Outcome], report: UtilityReport,
                       gan: ModelCard, feature_note: str) -> str:
-    imbalanced = spec.imbalance > 1
+    imbalanced = report.imbalance > 1
     rare = data.rarest_third()
     shown = utility_verdict(report)  # the dashboard shows the same lines
     verdict_lines = [f"**{shown['headline']}.**", "", *(f"- {line[0].upper()}{line[1:]}." for line in shown["lines"])]
     if shown["warning"]:
         verdict_lines.append(f"- **WARNING: {shown['warning']}**")
-    held_out = f"{len(data.test_images)} real {'test' if spec.holdout == 'test' else 'validation (training-split)'} images"
+    held_out = {"test": "test", "validation": "validation (training-split)"}[spec.holdout]
+    if spec.model is not None and spec.holdout == "validation":
+        held_out = "validation (the model's own split, which neither it nor its teacher trained on)"
     teacher = gan.teacher or {}
-    counts = torch.bincount(data.real_labels, minlength=data.num_classes).tolist()
-    subset = (f"a long-tailed subset of {len(data.real_images)} real images ({spec.per_class} of the commonest class "
-              f"down to {min(counts)} of the rarest, imbalance {spec.imbalance:g}; per class: "
-              f"{', '.join(map(str, counts))}; rarest third: classes {', '.join(map(str, rare))})"
-              if imbalanced else f"{spec.per_class} real images per class")
+    counts = report.class_counts
+    if imbalanced:
+        subset = (f"a long-tailed subset of {len(data.real_images)} real images ({max(counts)} of the commonest class "
+                  f"down to {min(counts)} of the rarest, imbalance {report.imbalance:g}; per class: "
+                  f"{', '.join(map(str, counts))}; rarest third: classes {', '.join(map(str, rare))})")
+    elif spec.model is not None:
+        subset = f"the {len(data.real_images)} real images model {spec.model} trained on ({min(counts)}-{max(counts)} per class)"
+    else:
+        subset = f"{spec.per_class} real images per class"
     return "\n".join([
-        f"# Does synthetic data help? {spec.dataset}, {subset}", "",
+        f"# Does synthetic data help? {gan.dataset}, {subset}", "",
         *verdict_lines, "",
         f"The GAN (`{gan.job_id}`, {gan.steps} steps, width {gan.config['width']}) and its teacher "
         f"({teacher.get('members', 0)} classifiers of width {teacher.get('width', '-')}) were trained on the same "
         f"{len(data.real_images)} real images as the classifiers and on nothing else. Every setting trains the same "
         f"small CNN for {spec.classifier_steps} steps with per-sample random crop and flip (unless it says otherwise), "
-        f"{spec.seeds} seeds, tested on {held_out} (balanced over classes); settings with a second batch see "
+        f"{spec.seeds} seeds, tested on {len(data.test_images)} real {held_out} images; settings with a second batch see "
         f"{data.extra_batch} extra inputs per step, drawn class-balanced from their pool unless they say otherwise. "
         "Logit adjustment subtracts the log of the label prior each classifier was trained on. Accuracies in %, "
         "mean +- std over seeds; ceiling arms are shown, not counted.", "",
         *_utility_rows(outcomes, rare), "",
-        f"Sample quality of the GAN: {feature_note}", "",
+        f"Sample quality of the GAN: {feature_note or 'not measured by this study (its model card has the validation curve)'}",
+        "",
         "Images: `accuracy.png` (bars with one-standard-deviation error bars), `grid.png` (real left, generated "
         "right, one row per class), `losses.png` (the GAN's training).", "",
         f"Run time: {report.seconds:.0f} s.",

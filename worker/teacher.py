@@ -33,7 +33,7 @@ class Teacher:
     def probs(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """Class probabilities of uint8 IMAGES (N, C, H, W): the members' softmax outputs averaged, (N, K)."""
         chunks = []
-        for start in range(0, len(images), batch_size):
+        for start in range(0, max(len(images), 1), batch_size):  # no images: one empty batch, (0, K)
             batch = images[start : start + batch_size].cpu()
             chunks.append(torch.stack([F.softmax(member(batch), dim=1) for member in self.members]).mean(0))
         return torch.cat(chunks)

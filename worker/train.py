@@ -34,7 +34,7 @@ from shared.storage import Storage
 from worker import checkpoint
 from worker.checkpoint import TrainState
 from worker.collapse_guard import DIVERSITY_WARMUP, collapse_warnings, diversity_warnings
-from worker.data import ImageData, load_dataset
+from worker.data import ImageData
 from worker.diffaugment import diff_augment
 from worker.images import ProgressGrid, grid_png, to_unit_range
 from worker.model import GANConfig
@@ -42,7 +42,7 @@ from worker.networks import build_discriminator, build_generator
 from worker.publish import TrainedModel, publish_model
 from worker.reference import describe, reference_classifier
 from worker.teacher import Teacher, ensure_teacher
-from worker.validation import Validator, validation_record, validation_split
+from worker.validation import Validator, job_images, validation_record, validation_split
 
 log = logging.getLogger("augment.train")
 STAT_NAMES = ("loss_d", "loss_g", "d_x", "d_g_z")
@@ -306,9 +306,7 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
     torch.set_flush_denormal(True)
     try:
         device = pick_device()
-        data = load_dataset(spec.dataset, settings, "train", image_size=spec.image_size, channels=spec.channels,
-                            limit=spec.limit, per_class=spec.per_class, seed=spec.seed, imbalance=spec.imbalance,
-                            background=spec.background)
+        data = job_images(spec, settings)
         train_data, validation, no_curve = validation_split(spec, data)
         recipe = job_recipe(spec, train_data)
         if validation is None:

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from shared.progress import QualityPoint
+from shared.settings import Settings
 from shared.specs import TrainSpec
 from worker.classifier import Classifier, FeatureExtractor
-from worker.data import ImageData, split_validation
+from worker.data import ImageData, load_dataset, split_validation
 from worker.images import sample_fixed
 from worker.metrics import Precomputed, frechet_distance, kernel_distance, precision_recall
 from worker.model import GANConfig
@@ -33,6 +34,14 @@ from worker.networks import Generator
 VALIDATION_SAMPLES = 1000
 # precision and recall use 3 nearest neighbours, and a point is its own nearest
 LEAST_VALIDATION_IMAGES = 4
+
+
+def job_images(spec: TrainSpec, settings: Settings) -> ImageData:
+    """The images training job SPEC loads, before its validation split: what it trained on, and what a study of its
+    model reloads."""
+    return load_dataset(spec.dataset, settings, "train", image_size=spec.image_size, channels=spec.channels,
+                        limit=spec.limit, per_class=spec.per_class, seed=spec.seed, imbalance=spec.imbalance,
+                        background=spec.background)
 
 
 def validation_split(spec: TrainSpec, data: ImageData) -> tuple[ImageData, ImageData | None, str | None]:
