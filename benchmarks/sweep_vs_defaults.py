@@ -4,12 +4,14 @@ Starts a Redis, a SeaweedFS S3 gateway and ``--workers`` `augment worker` proces
 the space (the default space unless ``--param`` is given) with ``--budget`` GAN steps in all, and waits for it.
 "Today's defaults" is the point of the space that `augment train` would choose by itself for this data; where that
 trial stopped at an earlier rung it is continued (``--continues``) to the winner's steps, so both are trained to the
-same final budget on the same seed. Both models then get `augment evaluate quality` on the test split: the only place
-the test split is touched. The last line is ``ratio=<defaults' test FID / winner's test FID>`` (above 1: the winner
-is better).
+same final budget on the same seed. Both models then get `augment evaluate quality` and `augment evaluate utility
+--model` (the augmentation study of each one's samples on its own training images, ``--study-seeds`` seeds) on the
+test split: the only place the test split is touched. The last line is ``ratio=<defaults' test FID / winner's test
+FID>`` (above 1: the winner is better).
 
     python benchmarks/sweep_vs_defaults.py [--dataset fashion-mnist] [--per-class 100] [--budget 18000]
-        [--workers 2] [--image-size N] [--channels N] [--param FIELD=V1,V2 ...] [--samples-per-class 1000]
+        [--workers 2] [--image-size N] [--channels N] [--param FIELD=V1,V2 ...] [--select fid|...|utility]
+        [--samples-per-class 1000] [--study-seeds 5]
 """
 
 from __future__ import annotations
@@ -45,13 +47,16 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--channels", type=int, default=None)
     parser.add_argument("--param", action="append", default=[], metavar="FIELD=V1,V2")
+    parser.add_argument("--select", default=None, help="what the sweep ranks trials by (the sweep's default: fid)")
     parser.add_argument("--samples-per-class", type=int, default=1000)
+    parser.add_argument("--study-seeds", type=int, default=5, help="classifier seeds of each model's utility study")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds, so workers and servers are stopped
 
     base: dict[str, Any] = {"dataset": args.dataset, "per_class": args.per_class}
     base |= {name: value for name, value in (("image_size", args.image_size), ("channels", args.channels)) if value}
     fields: dict[str, Any] = {"base": base, "space": parse_space(args.param), "poll_s": 5.0}
+    fields |= {"select": args.select} if args.select else {}
     fields["steps"] = steps_within(args.budget, {"job_id": "s-plan", **fields})
 
     with tempfile.TemporaryDirectory(prefix="sweep-vs-defaults-") as scratch, RedisServer() as redis_server, S3Server() as s3:
@@ -97,21 +102,30 @@ def run(client: Client, fields: dict[str, Any], args: argparse.Namespace) -> Non
         if client.wait(default_model, poll_s=5.0)["state"] != "SUCCESS":
             raise SystemExit(f"{default_model} did not finish")
 
-    scores = {}
+    scores, studies = {}, {}
     for name, model in (("winner", result["winner"]), ("defaults", default_model)):
-        job = client.submit_evaluate(mode="quality", model=model, samples_per_class=args.samples_per_class)
-        scored = client.wait(job, poll_s=5.0)
-        if scored["state"] != "SUCCESS":
-            raise SystemExit(f"the quality evaluation of {model} ended {scored['state']}: {scored.get('error')}")
-        scores[name] = scored["result"]
-        print(f"{name} {model}: {scored['result']}", flush=True)
+        scores[name] = evaluated(client, model, mode="quality", model=model, samples_per_class=args.samples_per_class)
+        studies[name] = evaluated(client, model, mode="utility", model=model, holdout="test", seeds=args.study_seeds)
 
-    print("\n| | settings | steps | test FID | precision | recall | label accuracy | CAS |\n|---|---|---|---|---|---|---|---|")
+    print("\n| | settings | steps | test FID | precision | recall | label accuracy | CAS | GAN share (study, test) |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for name, settings in (("sweep winner", result["settings"]), ("today's defaults", defaults)):
-        score = scores["winner" if name == "sweep winner" else "defaults"]
+        key = "winner" if name == "sweep winner" else "defaults"
+        score, study = scores[key], studies[key]
         print(f"| {name} | {describe(settings)} | {spec.steps:,} | {score['fid']:.1f} | {score['precision']:.3f} | "
-              f"{score['recall']:.3f} | {score['label_accuracy']:.3f} | {score['cas']:.4f} |")
+              f"{score['recall']:.3f} | {score['label_accuracy']:.3f} | {score['cas']:.4f} | "
+              f"{100 * study['gan_share']:+.2f} points ({study['best']}) |")
     print(f"ratio={scores['defaults']['fid'] / scores['winner']['fid']:.3f}")
+
+
+def evaluated(client: Client, model: str, **fields: Any) -> dict[str, Any]:
+    """The result of an evaluation of MODEL with FIELDS, once it has ended."""
+    job = client.submit_evaluate(**fields)
+    scored = client.wait(job, poll_s=5.0)
+    if scored["state"] != "SUCCESS":
+        raise SystemExit(f"the {fields['mode']} evaluation {job} of {model} ended {scored['state']}: {scored.get('error')}")
+    print(f"{fields['mode']} of {model} ({job}): {scored['result']}", flush=True)
+    return dict(scored["result"])
 
 
 def default_point(spec: SweepSpec, client: Client) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, cast
 
 import msgspec
 from msgspec import Meta
@@ -36,11 +36,14 @@ from shared.specs import (
     REFERENCE_STEPS,
     SMALL_DATA_STEPS,
     TEACHER_STEPS,
+    UTILITY,
+    EvaluateSpec,
     JobId,
     QualityMetric,
     Seed,
     SpecError,
     Steps,
+    SweepMetric,
     TrainSpec,
     _Spec,
     option,
@@ -93,9 +96,13 @@ class SweepSpec(_Spec, frozen=True):
         "steps / eta^2: three rungs")] | None = None
     eta: Annotated[int, Meta(ge=2, le=16), option(
         "At the end of each rung the best 1/ETA of its trials (at least one) go on to ETA times the steps.")] = 3
-    select: Annotated[QualityMetric, option(
-        "The validation metric trials are ranked by (the best point of each one's curve): fid, kid, precision, recall "
-        "or label_accuracy.")] = DEFAULT_SELECT
+    select: Annotated[SweepMetric, option(
+        "What trials are ranked by: a validation metric (the best point of each one's curve: fid, kid, precision, "
+        "recall or label_accuracy), or utility: the GAN share of a small augmentation study of each trial's best "
+        "checkpoint on its validation split (real, + mixup, + GAN; `augment evaluate utility --arms gan-vs-mixup`).")] = DEFAULT_SELECT
+    utility_seeds: Annotated[int, Meta(ge=1, le=20), option(
+        "select utility: classifier trainings per arm of each trial's study.")] = 3
+    utility_steps: Annotated[Steps, option("select utility: steps of each of those classifiers.")] = 500
     sweep_seed: Annotated[Seed, option("Seed of the random draw of --trials.")] = 0
     # the scheduler is a message that comes back, not a process that waits: between looks it holds no worker
     poll_s: Annotated[float, Meta(ge=0.05, le=3600.0), option(
@@ -124,9 +131,13 @@ class SweepSpec(_Spec, frozen=True):
         if overridden:
             raise self._fail("base", f"{', '.join(overridden)} is the sweep's to set; leave it out")
         for trial in range(len(self.settings)):  # every trial is a valid training spec, or nothing is enqueued
-            if self.trial_spec(trial, 0).validation == 0:
+            train = self.trial_spec(trial, 0)
+            if train.validation == 0:
                 raise self._fail("base", "validation=0 leaves trials no validation curve to be ranked by; give a share "
                                  "above 0 (the default is 0.1)")
+            if self.select == UTILITY and train.teacher == 0:
+                raise self._fail("select", f"utility needs a teacher to label mixup and GAN samples, and trial {trial} "
+                                 "trains none (teacher=0); give a teacher, or rank by a validation metric")
 
     @property
     def search_space(self) -> dict[str, list[Any]]:
@@ -153,9 +164,29 @@ class SweepSpec(_Spec, frozen=True):
     def trial_job_id(self, trial: int, rung: int) -> str:
         return f"{self.job_id}-t{trial:03d}-r{rung}"
 
+    def score_job_id(self, trial: int, rung: int) -> str:
+        """The utility evaluation of TRIAL's job at RUNG (select utility): as long as the trial's id."""
+        return f"{self.job_id}-u{trial:03d}-r{rung}"
+
     def trial_job_ids(self) -> list[str]:
-        """Every training job the sweep may submit, trial by trial, rung by rung."""
-        return [self.trial_job_id(trial, rung) for trial in range(len(self.settings)) for rung in range(len(self.rungs))]
+        """Every job the sweep may submit, trial by trial, rung by rung: its training job (and its utility
+        evaluation, where trials are ranked by utility)."""
+        scored = self.select == UTILITY
+        return [job_id for trial in range(len(self.settings)) for rung in range(len(self.rungs))
+                for job_id in (self.trial_job_id(trial, rung), *([self.score_job_id(trial, rung)] if scored else []))]
+
+    @property
+    def curve_metric(self) -> QualityMetric:
+        """The validation metric of the trials' curves: what their best checkpoints are kept by (and shown)."""
+        return DEFAULT_SELECT if self.select == UTILITY else cast(QualityMetric, self.select)
+
+    def score_spec(self, trial: int, rung: int) -> EvaluateSpec:
+        """The utility evaluation that ranks TRIAL at RUNG: its job's best checkpoint, scored by the GAN share of a
+        small augmentation study on the job's validation split."""
+        train = self.trial_spec(trial, rung)
+        return EvaluateSpec(job_id=self.score_job_id(trial, rung), mode="utility", model=train.job_id, holdout="validation",
+                            arms="gan-vs-mixup", seeds=self.utility_seeds, classifier_steps=self.utility_steps,
+                            reference_steps=train.reference_steps or min(REFERENCE_STEPS, self.rungs[rung]), seed=train.seed)
 
     def trial_spec(self, trial: int, rung: int) -> TrainSpec:
         """The training job of TRIAL at RUNG: the base with the trial's settings, continuing its job of the rung
@@ -167,7 +198,7 @@ class SweepSpec(_Spec, frozen=True):
             "teacher_steps": min(TEACHER_STEPS, self.steps),
             "reference_steps": min(REFERENCE_STEPS, self.steps),
             **base, **self.settings[trial],
-            "job_id": self.trial_job_id(trial, rung), "steps": self.rungs[rung], "select": self.select,
+            "job_id": self.trial_job_id(trial, rung), "steps": self.rungs[rung], "select": self.curve_metric,
         }
         if rung > 0:
             fields["continues"] = self.trial_job_id(trial, rung - 1)
@@ -189,6 +220,11 @@ class SweepSpec(_Spec, frozen=True):
     @property
     def dataset(self) -> str:
         return str(self.base.get("dataset", ""))
+
+    def planned_jobs(self) -> int:
+        """Jobs the sweep submits when every trial succeeds: a training job per trial and rung (and its utility
+        evaluation, where trials are ranked by utility)."""
+        return sum(self.planned_trials()) * (2 if self.select == UTILITY else 1)
 
     def planned_trials(self) -> list[int]:
         """How many trials train at each rung when every one succeeds."""

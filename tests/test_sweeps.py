@@ -12,15 +12,18 @@ import uuid
 import pytest
 
 from producer.client import Client
-from shared.contracts import SweepReport, TrainResult, decode_json, read_card
+from producer.dashboard.data import DashboardData
+from shared.contracts import SweepReport, TrainResult, UtilityResult, decode_json, read_card
 from shared.layout import report_json_key, report_markdown_key
 from shared.lifecycle import cancel_sweep
 from shared.liveness import Attempt
 from shared.progress import StageProgress, SweepProgress, TrainProgress
+from shared.records import make_record
 from shared.settings import Settings
-from shared.specs import SpecError, TrainSpec
+from shared.specs import EvaluateSpec, SpecError, TrainSpec
 from shared.storage import FileStorage
 from shared.sweeps import DEFAULT_SPACE, Standing, SweepSpec, parse_space, promote, ranked, steps_within
+from worker.evaluate import run_utility
 from worker.sweep import SweepFailed, advance
 from worker.train import run_training
 
@@ -76,6 +79,17 @@ def test_every_trial_continues_its_job_of_the_rung_before_with_the_settings_a_st
     assert len(spec.trial_job_ids()) == 4 * 3
 
 
+def test_a_utility_sweep_keeps_its_trials_best_checkpoints_by_fid_and_scores_each_job_with_a_small_study_of_it():
+    spec = sweep_spec(base={**TINY, "teacher": 1}, select="utility", utility_seeds=2, utility_steps=30)
+    assert spec.curve_metric == "fid" and spec.trial_spec(1, 1).select == "fid"
+    score = spec.score_spec(1, 1)
+    assert (score.job_id, score.model, score.mode, score.holdout, score.arms) == (
+        spec.score_job_id(1, 1), spec.trial_job_id(1, 1), "utility", "validation", "gan-vs-mixup")
+    assert (score.seeds, score.classifier_steps, score.reference_steps) == (2, 30, 20)
+    assert len(score.job_id) == len(spec.trial_job_id(1, 1))  # fits wherever a trial's id fits
+    assert len(spec.trial_job_ids()) == 2 * 4 * 3 and spec.planned_jobs() == 2 * (4 + 2 + 1)
+
+
 @pytest.mark.parametrize(("fields", "message"), [
     ({"space": {"seed": [0, 1]}}, "space: seed cannot be searched"),
     ({"space": {"validation": [0.1, 0.2]}}, "space: validation cannot be searched"),
@@ -87,6 +101,8 @@ def test_every_trial_continues_its_job_of_the_rung_before_with_the_settings_a_st
     ({"base": {**TINY, "validation": 0}}, "base: validation=0 leaves trials no validation curve"),
     ({"min_steps": 50}, "min_steps: 50 is more than steps=40"),
     ({"eta": 1}, "eta: 1 is out of range; use 2 to 16"),
+    ({"select": "utility"}, "select: utility needs a teacher to label mixup and GAN samples, and trial 0 trains none"),
+    ({"select": "vibes"}, "select: 'vibes' is not allowed; use one of fid, kid, label_accuracy, precision, recall, utility"),
 ])
 def test_a_sweep_that_cannot_run_is_refused_in_one_line_before_anything_is_enqueued(fields, message):
     with pytest.raises(SpecError, match="^" + re.escape(f"invalid sweep spec: {message}")) as refused:
@@ -165,6 +181,39 @@ def test_the_scheduler_submits_a_rung_waits_for_all_of_it_and_promotes_by_result
     assert decisions[0] == decisions[1] == [(["t001", "r1"], True), (["t003", "r1"], True)]
 
 
+def finish_study(client: Client, job_id: str, gan_share: float) -> None:
+    client.states.succeeded(job_id, UtilityResult(report="", files=[], gan_share=gan_share, gan_over_real=0.0, best="x"))
+
+
+def test_a_utility_sweep_scores_each_rung_once_its_jobs_have_ended_and_promotes_by_the_scores(client, tmp_path):
+    spec = sweep_spec(base={**TINY, "teacher": 1}, select="utility")
+    sent: list[TrainSpec | EvaluateSpec] = []
+
+    def look() -> SweepProgress:
+        outcome = advance(spec, client.states, FileStorage(tmp_path), sent.append, Attempt(), 0.0)
+        assert isinstance(outcome, SweepProgress)
+        return outcome
+
+    look()
+    for trial, fid in enumerate([10.0, 20.0, None, 40.0]):  # by FID, trials 0 and 1 would go on
+        finish(client, spec.trial_job_id(trial, 0), fid)
+    assert look().done == 4 and len(sent) == 4 + 3, "each succeeded job's study, none for the failed one"
+    assert [job.job_id for job in sent[4:]] == [spec.score_job_id(trial, 0) for trial in (0, 1, 3)]
+    assert all(isinstance(job, EvaluateSpec) and job.model == spec.trial_job_id(trial, 0)
+               for job, trial in zip(sent[4:], (0, 1, 3), strict=True))
+    finish_study(client, spec.score_job_id(0, 0), -0.02)
+    finish_study(client, spec.score_job_id(3, 0), 0.01)
+    assert look().rung == 0 and len(sent) == 7, "the rung's decision waits for every study"
+    finish_study(client, spec.score_job_id(1, 0), 0.03)
+    progress = look()
+    assert progress.rung == 1 and "trial 1" in progress.leader and "utility 0.03" in progress.leader
+    assert [job.job_id for job in sent[7:]] == [spec.trial_job_id(1, 1), spec.trial_job_id(3, 1)]  # the best by utility
+    client.store.add(make_record(spec.job_id, "sweep", spec.to_dict()))
+    page = DashboardData(client, client.settings).job(spec.job_id)  # live: each trial's furthest study so far
+    assert [row["best"] for row in page["trials"]] == [-0.02, 0.03, None, 0.01]
+    assert (page["select"], page["curve_metric"]) == ("utility", "fid")
+
+
 def test_a_rung_without_a_success_fails_the_sweep_naming_a_job(client, tmp_path):
     spec = sweep_spec()
     advance(spec, client.states, FileStorage(tmp_path), lambda train: None, Attempt(), 0.0)
@@ -194,9 +243,10 @@ def test_cancelling_a_sweep_cancels_its_trials_and_one_submitted_after_it(client
 
 
 def run_sweep(client: Client, spec: SweepSpec, storage: FileStorage) -> SweepReport:
-    """Run SPEC to its end, each trial job trained in-process, at once, as a worker would."""
-    def send(train: TrainSpec) -> None:
-        client.states.succeeded(train.job_id, run_training(train, Settings(), storage))
+    """Run SPEC to its end, each trial job trained (or studied) in-process, at once, as a worker would."""
+    def send(job: TrainSpec | EvaluateSpec) -> None:
+        run = run_training if isinstance(job, TrainSpec) else run_utility
+        client.states.succeeded(job.job_id, run(job, Settings(), storage))  # type: ignore[arg-type]
 
     while True:
         outcome = advance(spec, client.states, storage, send, Attempt(), 0.0)
@@ -226,6 +276,21 @@ def test_a_sweep_trains_its_trials_promotes_the_best_and_reports_the_winner_as_a
     markdown = storage.get_text(report_markdown_key(spec.job_id))
     assert f"**Winner: trial {winner.trial}**" in markdown and f"augment generate --model {report.winner_model}" in markdown
     assert storage.get_bytes(f"reports/{spec.job_id}/curves.png")[:4] == b"\x89PNG"
+
+
+def test_a_utility_sweep_reports_each_trials_study_score_and_its_fid_curves(client, tmp_path):
+    storage = FileStorage(tmp_path)
+    spec = sweep_spec(base={**TINY, "teacher": 1, "teacher_steps": 5}, select="utility", utility_seeds=1, utility_steps=5,
+                      space={"mode_seeking": [0.0, 1.0]})
+    report = run_sweep(client, spec, storage)
+    for outcome in report.trials:
+        studied = [json.loads(storage.get_text(report_json_key(spec.score_job_id(outcome.trial, rung))))
+                   for rung in range(len(outcome.jobs))]
+        assert outcome.best == studied[-1]["gan_share"], "a trial stands by the study of its furthest job"
+        assert [study["gan"] for study in studied] == outcome.jobs
+    markdown = storage.get_text(report_markdown_key(spec.job_id))
+    assert "ranked by utility: the GAN share" in markdown and "best utility" in markdown
+    assert "![validation fid curves](curves.png)" in markdown
 
 
 def test_trials_take_the_first_trials_teacher_once_it_is_trained(client, tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,11 +20,13 @@ from shared.lifecycle import SUCCESS, TERMINAL_STATES, JobStates
 from shared.liveness import Attempt
 from shared.progress import QualityPoint, SweepProgress
 from shared.records import make_record
-from shared.specs import LOWER_IS_BETTER, TrainSpec
+from shared.specs import LOWER_IS_BETTER, UTILITY, EvaluateSpec, TrainSpec
 from shared.storage import Storage
 from shared.sweeps import Standing, SweepSpec, describe, promote, ranked
 from worker import charts
 from worker.report import write_report
+
+Send = Callable[[TrainSpec | EvaluateSpec], None]  # enqueues a job the sweep has recorded
 
 
 class SweepFailed(RuntimeError):
@@ -40,6 +42,7 @@ class TrialJob:
     job_id: str
     state: str
     info: Any  # its result (a dict) once it succeeded, its error once it failed
+    score: TrialJob | None = None  # select utility: the job's utility evaluation, once the job has succeeded
 
     @property
     def ended(self) -> bool:
@@ -50,14 +53,25 @@ class TrialJob:
         """Whether the job has its teacher (it reports the GAN's own steps now, or has ended)."""
         return self.ended or isinstance(self.info, dict) and self.info.get("kind") == "train"
 
+    def ranked_by(self, metric: str) -> bool:
+        """Whether the job has all that ranks it by METRIC: it has ended, and where METRIC is utility, so has the
+        evaluation of its best checkpoint (a job that failed has none to evaluate)."""
+        if metric != UTILITY or self.state != SUCCESS:
+            return self.ended
+        return self.score is not None and self.score.ended
+
     def standing(self, metric: str) -> Standing:
         best = self.info.get("best") if self.state == SUCCESS and isinstance(self.info, dict) else None
         if best is None:
             return Standing(self.trial, None)
-        return Standing(self.trial, QualityPoint.from_dict(best).value(metric), int(best["step"]))
+        if metric != UTILITY:
+            return Standing(self.trial, QualityPoint.from_dict(best).value(metric), int(best["step"]))
+        if self.score is None or self.score.state != SUCCESS:
+            return Standing(self.trial, None)
+        return Standing(self.trial, float(self.score.info["gan_share"]), int(best["step"]))
 
 
-def advance(spec: SweepSpec, states: JobStates, storage: Storage, send: Callable[[TrainSpec], None], attempt: Attempt,
+def advance(spec: SweepSpec, states: JobStates, storage: Storage, send: Send, attempt: Attempt,
             submitted_at: float) -> SweepResult | SweepProgress:
     """One look at sweep SPEC: submit (SEND) what its decisions call for; its progress while trials are still to end,
     its result (the report written under ATTEMPT) once the last rung has ended."""
@@ -68,9 +82,12 @@ def advance(spec: SweepSpec, states: JobStates, storage: Storage, send: Callable
         for trial in alive:
             # a trial that takes the first trial's teacher waits until it is trained (the first is in its GAN loop)
             ready = rung > 0 or trial == alive[0] or not spec.shares_teacher or jobs[0].past_teacher
-            jobs.append(_find_or_submit(spec, trial, rung, states, send, ready))
+            jobs.append(_find_or_submit(spec, spec.trial_spec(trial, rung), trial, rung, states, send, ready))
+        if spec.select == UTILITY and all(job.ended for job in jobs):  # each rung's jobs are scored once they have ended
+            jobs = [replace(job, score=_find_or_submit(spec, spec.score_spec(job.trial, rung), job.trial, rung, states, send))
+                    if job.state == SUCCESS else job for job in jobs]
         found += jobs
-        if not all(job.ended for job in jobs):
+        if not all(job.ranked_by(spec.select) for job in jobs):
             return _progress(spec, rung, found)
         standings = [job.standing(spec.select) for job in jobs]
         if all(standing.value is None for standing in standings):
@@ -82,14 +99,14 @@ def advance(spec: SweepSpec, states: JobStates, storage: Storage, send: Callable
     return _finish(spec, found, storage, attempt, submitted_at)
 
 
-def _find_or_submit(spec: SweepSpec, trial: int, rung: int, states: JobStates, send: Callable[[TrainSpec], None],
+def _find_or_submit(spec: SweepSpec, job: TrainSpec | EvaluateSpec, trial: int, rung: int, states: JobStates, send: Send,
                     submit: bool = True) -> TrialJob:
-    """TRIAL's job at RUNG as it stands; submitted first if it is not yet and SUBMIT says it may be."""
-    job_id = spec.trial_job_id(trial, rung)
+    """JOB, TRIAL's job at RUNG (its training, or that training's utility evaluation), as it stands; submitted first
+    if it is not yet and SUBMIT says it may be."""
+    job_id = job.job_id
     if submit and states.store.get(job_id) is None:
-        train = spec.trial_spec(trial, rung)
-        if states.store.add(make_record(job_id, "train", train.to_dict()), once=True):
-            send(train)
+        if states.store.add(make_record(job_id, job.kind, job.to_dict()), once=True):
+            send(job)
         if states.store.cancel_requested(spec.job_id):  # cancel_sweep may have listed the trials before this one
             states.cancel(job_id, f"its sweep {spec.job_id} was cancelled")
     state, info = states.read(job_id)
@@ -104,7 +121,8 @@ def _progress(spec: SweepSpec, rung: int, found: list[TrialJob]) -> SweepProgres
         if best.value is not None:
             leader = f"trial {best.trial} ({describe(spec.settings[best.trial])}) {spec.select} {best.value:.4g}"
     return SweepProgress(rung=rung, rungs=len(spec.rungs), rung_steps=spec.rungs[rung],
-                         done=sum(job.ended for job in found), total=sum(spec.planned_trials()), leader=leader)
+                         done=sum(job.ended + (job.score is not None and job.score.ended) for job in found),
+                         total=spec.planned_jobs(), leader=leader)
 
 
 def _finish(spec: SweepSpec, found: list[TrialJob], storage: Storage, attempt: Attempt, submitted_at: float) -> SweepResult:
@@ -158,12 +176,19 @@ def render_markdown(report: SweepReport) -> str:
     names = sorted(report.trials[0].settings) if report.trials else []
     winner = next(outcome for outcome in report.trials if outcome.trial == report.winner)
     better = "lower" if report.select in LOWER_IS_BETTER else "higher"
+    spec = SweepSpec.from_dict(report.spec)
+    ranking = f"the best validation {report.select} of each trial's curve"
+    if report.select == UTILITY:
+        ranking = (f"utility: the GAN share (in balanced accuracy, fractions of 1) of a small augmentation study of each "
+                   f"trial's best checkpoint by validation {spec.curve_metric}, on its validation split (real, + mixup, "
+                   f"+ GAN with teacher labels; {spec.utility_seeds} seeds x {spec.utility_steps} classifier steps; the "
+                   "trial's `-u` jobs hold each study's report)")
     lines = [
         f"# Sweep {report.spec['job_id']} on {report.dataset}",
         "",
         f"{len(report.trials)} trials, successive halving over rungs of {', '.join(f'{steps:,}' for steps in report.rungs)} "
-        f"steps (the best 1/{report.eta} of each rung go on), ranked by the best validation {report.select} of each "
-        f"trial's curve ({better} is better). {report.compute_steps:,} GAN steps in all, against "
+        f"steps (the best 1/{report.eta} of each rung go on), ranked by {ranking} ({better} is better). "
+        f"{report.compute_steps:,} GAN steps in all, against "
         f"{report.grid_steps:,} for every trial trained to {report.rungs[-1]:,} steps ({report.seconds / 60:.1f} min).",
         "",
         f"**Winner: trial {winner.trial}** ({describe(winner.settings)}): {report.select} {winner.best:.4g} at step "
@@ -179,24 +204,27 @@ def render_markdown(report: SweepReport) -> str:
         figure = f"{outcome.best:.4g}" if outcome.best is not None else f"{outcome.state.lower()}"
         lines.append(f"| {rank} | {outcome.trial} | {' | '.join(str(outcome.settings[name]) for name in names)} | "
                      f"{outcome.steps:,} | {figure} | {outcome.best_step or '-'} | {', '.join(outcome.jobs)} |")
-    lines += ["", "![validation curves](curves.png)", "", "The winner's training spec (`augment train` fields):", "",
+    lines += ["", f"![validation {spec.curve_metric} curves](curves.png)", "",
+              "The winner's training spec (`augment train` fields):", "",
               "```", *(f"{name}: {value}" for name, value in sorted(report.winner_spec.items()) if value is not None), "```", ""]
     return "\n".join(lines)
 
 
 def curves_png(report: SweepReport) -> bytes:
-    """Every trial's validation curve of the selected metric, the winner's bold, the rungs' ends marked."""
+    """Every trial's validation curve (of the selected metric, or of what its checkpoints are kept by), the winner's
+    bold, the rungs' ends marked."""
+    metric = SweepSpec.from_dict(report.spec).curve_metric
     figure, axes = charts.subplots(1, 1, figsize=(8, 4.5))
     for outcome in reversed(report.trials):  # the winner drawn last, on top
         points = [QualityPoint.from_dict(point) for point in outcome.curve]
         won = outcome.trial == report.winner
-        axes.plot([point.step for point in points], [point.value(report.select) for point in points],
+        axes.plot([point.step for point in points], [point.value(metric) for point in points],
                   linewidth=2.5 if won else 1.0, alpha=1.0 if won else 0.6, marker="o" if won else None, markersize=3,
                   label=f"trial {outcome.trial}" + (" (winner)" if won else ""))
     for steps in report.rungs[:-1]:
         axes.axvline(steps, color="grey", linestyle=":", linewidth=1)
     axes.set_xlabel("step")
-    axes.set_ylabel(f"validation {report.select}")
+    axes.set_ylabel(f"validation {metric}")
     if len(report.trials) <= 12:
         axes.legend(fontsize=7)
     return charts.png(figure)

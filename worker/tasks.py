@@ -376,7 +376,7 @@ def sweep(self: Task, spec: Any) -> None:
             return
         record = store.get(parsed.job_id)
         attempt = Attempt(fence.epoch, lease.valid, lambda payload: store.commit(parsed.job_id, payload, fence))
-        outcome = advance(parsed, states, storage, lambda train: KINDS["train"].send(app, train.to_dict()), attempt,
+        outcome = advance(parsed, states, storage, lambda job: KINDS[job.kind].send(app, job.to_dict()), attempt,
                           record.submitted_at if record is not None else time.time())
         if isinstance(outcome, SweepResult):
             states.succeeded(parsed.job_id, outcome)

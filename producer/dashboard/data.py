@@ -38,7 +38,7 @@ from shared.progress import QualityPoint, best_point, progress_from_dict
 from shared.records import JobRecord, RedisJobStore
 from shared.settings import Settings
 from shared.shards import read_shard
-from shared.specs import DEFAULT_SELECT, QUALITY_METRICS, GenerateSpec, SpecError, check_job_id
+from shared.specs import DEFAULT_SELECT, QUALITY_METRICS, UTILITY, GenerateSpec, SpecError, check_job_id
 from shared.storage import ObjectNotFound, Storage, StorageError, join_key, open_storage
 from shared.sweeps import SweepSpec, describe
 from shared.verdicts import verdict
@@ -318,7 +318,8 @@ class DashboardData:
         try:
             spec = SweepSpec.from_dict(record.spec)
         except SpecError as exc:
-            return {"trials": [], "curves": [], "select": DEFAULT_SELECT, "sweep_error": str(exc)}
+            return {"trials": [], "curves": [], "select": DEFAULT_SELECT, "curve_metric": DEFAULT_SELECT,
+                    "sweep_error": str(exc)}
         report = self._report(record, errors)
         outcomes = report.trials if isinstance(report, SweepReport) else [
             self._live_trial(spec, trial, errors) for trial in range(len(spec.settings))]
@@ -328,8 +329,8 @@ class DashboardData:
             "winner": isinstance(report, SweepReport) and outcome.trial == report.winner,
         } for outcome in outcomes]
         curves = [{"name": f"trial {outcome.trial}",
-                   "points": [[point["step"], point.get(spec.select)] for point in outcome.curve]} for outcome in outcomes]
-        return {"trials": rows, "curves": curves, "select": spec.select, "rungs": spec.rungs,
+                   "points": [[point["step"], point.get(spec.curve_metric)] for point in outcome.curve]} for outcome in outcomes]
+        return {"trials": rows, "curves": curves, "select": spec.select, "curve_metric": spec.curve_metric, "rungs": spec.rungs,
                 "sweep_error": report if isinstance(report, str) else "", **self._report_files(record.job_id, errors)}
 
     def _live_trial(self, spec: SweepSpec, trial: int, errors: list[str]) -> TrialOutcome:
@@ -343,11 +344,21 @@ class DashboardData:
         card = self._stored(errors, lambda: self._model_card(jobs[-1], errors)) if state == SUCCESS else None
         history = [] if card else latest_per_step(self.client.store.history(jobs[-1]))
         curve = card.curve if card else [entry["quality"] for entry in history if entry.get("quality")]
-        best = best_point([QualityPoint.from_dict(point) for point in curve], spec.select)
+        best = best_point([QualityPoint.from_dict(point) for point in curve], spec.curve_metric)
+        figure = best.value(spec.curve_metric) if best else None
+        if spec.select == UTILITY:
+            figure = self._latest_study(spec, trial, len(jobs))
         return TrialOutcome(trial=trial, settings=spec.settings[trial], jobs=jobs, state=state,
                             steps=card.steps if card else int(history[-1]["step"]) if history else 0,
-                            best=best.value(spec.select) if best else None, best_step=best.step if best else None,
-                            curve=curve)
+                            best=figure, best_step=best.step if best else None, curve=curve)
+
+    def _latest_study(self, spec: SweepSpec, trial: int, rungs: int) -> float | None:
+        """The GAN share of TRIAL's furthest study that has succeeded, of its first RUNGS rungs (select utility)."""
+        for rung in reversed(range(rungs)):
+            state, result = self.client.states.read(spec.score_job_id(trial, rung))
+            if state == SUCCESS and isinstance(result, dict):
+                return float(result["gan_share"])
+        return None
 
     # ---- storage ----
 
