@@ -128,10 +128,12 @@ SWEEP_OPTIONS = ("trials", "steps", "min_steps", "eta", "select", "utility_seeds
                    'values with commas: --param \'diffaugment=["translation,cutout","translation"]\'.')
 @click.option("--space", "space_file", type=click.Path(dir_okay=False),
               help='A JSON file of settings to search, e.g. {"width": [32, 64]}; --param adds to it.')
-@click.option("--budget", type=click.IntRange(min=1), metavar="STEPS",
-              help="GAN steps the whole sweep may train: --steps becomes the most whose plan fits (instead of --steps).")
+@click.option("--budget", metavar="STEPS|TIME",
+              help="GAN steps the whole sweep may train (e.g. 16000: --steps becomes the most whose plan fits, instead of "
+                   "--steps), or a wall-clock bound (e.g. 90m, 2h): once it has passed, running trials are cancelled and "
+                   "the sweep ranks what has ended.")
 @handle_errors
-def sweep(params: tuple[str, ...], space_file: str | None, budget: int | None, **options: Any) -> None:
+def sweep(params: tuple[str, ...], space_file: str | None, budget: str | None, **options: Any) -> None:
     """Search the training recipe for a dataset: trials drawn from a space of settings train as ordinary training jobs
     over every worker; successive halving promotes the best 1/eta of each rung to eta times the steps, ranked by their
     validation curves. Without --param or --space it searches the default space (docs/training.md). Prints the job
@@ -140,15 +142,31 @@ def sweep(params: tuple[str, ...], space_file: str | None, budget: int | None, *
     base = {name: value for name, value in given.items() if name not in SWEEP_OPTIONS}
     sweep_fields = {"base": base, "space": parse_space(params, space_file),
                     **{name: value for name, value in given.items() if name in SWEEP_OPTIONS}}
-    if budget is not None:
+    if budget is not None and (seconds := time_limit(budget)) is not None:
+        sweep_fields["time_limit_s"] = seconds
+    elif budget is not None:
+        if not budget.isdigit() or int(budget) < 1:
+            fail(f"--budget {budget!r} is neither GAN steps nor a time; give e.g. 16000, 90m or 2h", EXIT_BAD_INPUT)
         if "steps" in sweep_fields:
             fail("give --budget (the whole sweep's GAN steps) or --steps (its winner's), not both", EXIT_BAD_INPUT)
-        sweep_fields["steps"] = steps_within(budget, {"job_id": "s-budget", **sweep_fields})
+        sweep_fields["steps"] = steps_within(int(budget), {"job_id": "s-budget", **sweep_fields})
     spec = connect().submit_sweep(**sweep_fields)
     click.echo(f"submitted sweep {spec.job_id} on queue {SWEEP_QUEUE}: {len(spec.settings)} trials, rungs of "
                f"{', '.join(map(str, spec.rungs))} steps, {spec.planned_steps():,} GAN steps planned (a full grid: "
                f"{len(spec.settings) * spec.steps:,}); `augment report {spec.job_id}` when done", err=True)
     click.echo(spec.job_id)
+
+
+TIME_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def time_limit(text: str) -> float | None:
+    """The seconds of a wall-clock budget such as 90m, 2h or 45s; None when TEXT is not one."""
+    number, unit = text[:-1], text[-1:]
+    try:
+        return float(number) * TIME_UNITS[unit] if unit in TIME_UNITS and float(number) > 0 else None
+    except ValueError:
+        return None
 
 
 def parse_class_counts(value: str | None) -> dict[str, int] | None:

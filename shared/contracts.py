@@ -325,6 +325,7 @@ class SweepReport(_Record, frozen=True, kw_only=True):
     grid_steps: int
     seconds: float
     created_at: str
+    stopped: str | None = None  # why the sweep ended before its last rung did (its time limit); None: it ran through
 
 
 Result = TrainResult | GenerateResult | QualityResult | UtilityResult | SweepResult

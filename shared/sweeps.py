@@ -104,6 +104,9 @@ class SweepSpec(_Spec, frozen=True):
         "select utility: classifier trainings per arm of each trial's study.")] = 3
     utility_steps: Annotated[Steps, option("select utility: steps of each of those classifiers.")] = 500
     sweep_seed: Annotated[Seed, option("Seed of the random draw of --trials.")] = 0
+    # a wall-clock bound (`augment sweep --budget 60m`): once this long has passed since the sweep was submitted, its
+    # scheduler submits nothing more, cancels what is still running and ranks what has ended. None: no bound
+    time_limit_s: Annotated[float, Meta(gt=0, le=30 * 24 * 3600)] | None = None
     # the scheduler is a message that comes back, not a process that waits: between looks it holds no worker
     poll_s: Annotated[float, Meta(ge=0.05, le=3600.0), option(
         "Seconds between the scheduler's looks at its trials (a rung's decision waits for the next look).")] = 10.0

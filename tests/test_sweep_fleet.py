@@ -117,6 +117,7 @@ def test_cancelling_a_sweep_stops_every_trial(augment_env, start_worker):
     (("--space", "missing.json"), "invalid sweep spec: space: cannot read missing.json: No such file or directory"),
     (("--param", "width=8", "--min-steps", "100"), "invalid sweep spec: min_steps: 100 is more than steps=80"),
     (("--param", "width=8", "--budget", "500"), "give --budget (the whole sweep's GAN steps) or --steps (its winner's), not both"),
+    (("--param", "width=8", "--budget", "soon"), "--budget 'soon' is neither GAN steps nor a time; give e.g. 16000, 90m or 2h"),
 ])
 def test_a_sweep_that_cannot_run_is_one_line_and_exit_2_with_nothing_enqueued(augment_env, args, message):
     base = SWEEP[:SWEEP.index("--param")]

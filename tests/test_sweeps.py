@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 import uuid
 
 import pytest
 
 from producer.client import Client
 from producer.dashboard.data import DashboardData
-from shared.contracts import SweepReport, TrainResult, UtilityResult, decode_json, read_card
+from shared.contracts import SweepReport, SweepResult, TrainResult, UtilityResult, decode_json, read_card
 from shared.layout import report_json_key, report_markdown_key
 from shared.lifecycle import cancel_sweep
 from shared.liveness import Attempt
@@ -212,6 +213,41 @@ def test_a_utility_sweep_scores_each_rung_once_its_jobs_have_ended_and_promotes_
     page = DashboardData(client, client.settings).job(spec.job_id)  # live: each trial's furthest study so far
     assert [row["best"] for row in page["trials"]] == [-0.02, 0.03, None, 0.01]
     assert (page["select"], page["curve_metric"]) == ("utility", "fid")
+
+
+def test_a_sweep_past_its_time_limit_cancels_what_runs_and_ranks_what_has_ended(client, tmp_path):
+    storage = FileStorage(tmp_path)
+    spec = sweep_spec(time_limit_s=60.0)
+    sent: list[TrainSpec | EvaluateSpec] = []
+
+    def send(job: TrainSpec | EvaluateSpec) -> None:  # the first rung trains at once, in-process; the next waits
+        sent.append(job)
+        if isinstance(job, TrainSpec) and job.continues is None:
+            client.states.succeeded(job.job_id, run_training(job, Settings(), storage))
+
+    started = time.time()
+    assert isinstance(advance(spec, client.states, storage, send, Attempt(), started), SweepProgress)
+    promoted = [job.job_id for job in sent[4:]]
+    assert len(promoted) == 2
+    client.states.started(promoted[0])  # one promoted trial runs, the other waits in the queue
+    result = advance(spec, client.states, storage, send, Attempt(), started - 61)  # a minute later
+    assert isinstance(result, SweepResult) and len(sent) == 4 + 2, "nothing submitted past the limit"
+    first_rung = {trial: read_card(storage, spec.trial_job_id(trial, 0)).best["fid"] for trial in range(4)}  # type: ignore[index]
+    best = min(first_rung, key=first_rung.__getitem__)
+    assert result.trial == best and result.winner == spec.trial_job_id(best, 0), "the best of what has ended"
+    assert [client.state(job_id) for job_id in promoted] == ["STARTED", "CANCELLED"]
+    assert client.store.cancel_requested(promoted[0]), "the running one is asked to stop"
+    report = decode_json(SweepReport, storage.get_text(report_json_key(spec.job_id)), "report.json")
+    assert report.stopped == "its time limit (60 s) passed during rung 2 of 3"
+    assert [outcome.trial for outcome in report.trials] == sorted(first_rung, key=first_rung.__getitem__)
+    assert sorted(outcome.state for outcome in report.trials) == ["CANCELLED", "CANCELLED", "SUCCESS", "SUCCESS"]
+    assert "**Stopped early: its time limit (60 s) passed during rung 2 of 3.**" in storage.get_text(
+        report_markdown_key(spec.job_id))
+
+    late = sweep_spec(time_limit_s=1.0)
+    with pytest.raises(SweepFailed, match="passed during rung 1 of 3, before any trial had a figure to rank it by; give "):
+        advance(late, client.states, storage, sent.append, Attempt(), time.time() - 2)
+    assert all(client.store.get(late.trial_job_id(trial, 0)) is None for trial in range(4)), "none submitted"
 
 
 def test_a_rung_without_a_success_fails_the_sweep_naming_a_job(client, tmp_path):

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from shared.contracts import SweepReport, SweepResult, TrialOutcome, read_card
-from shared.lifecycle import SUCCESS, TERMINAL_STATES, JobStates
+from shared.lifecycle import CANCELLED, SUCCESS, TERMINAL_STATES, JobStates
 from shared.liveness import Attempt
 from shared.progress import QualityPoint, SweepProgress
 from shared.records import make_record
@@ -43,6 +43,7 @@ class TrialJob:
     state: str
     info: Any  # its result (a dict) once it succeeded, its error once it failed
     score: TrialJob | None = None  # select utility: the job's utility evaluation, once the job has succeeded
+    recorded: bool = True  # False: not submitted (it waits for the first trial's teacher, or time ran out)
 
     @property
     def ended(self) -> bool:
@@ -77,17 +78,22 @@ def advance(spec: SweepSpec, states: JobStates, storage: Storage, send: Send, at
     its result (the report written under ATTEMPT) once the last rung has ended."""
     alive = list(range(len(spec.settings)))
     found: list[TrialJob] = []
+    out_of_time = spec.time_limit_s is not None and time.time() - submitted_at >= spec.time_limit_s
     for rung in range(len(spec.rungs)):
         jobs: list[TrialJob] = []
         for trial in alive:
             # a trial that takes the first trial's teacher waits until it is trained (the first is in its GAN loop)
             ready = rung > 0 or trial == alive[0] or not spec.shares_teacher or jobs[0].past_teacher
-            jobs.append(_find_or_submit(spec, spec.trial_spec(trial, rung), trial, rung, states, send, ready))
+            jobs.append(_find_or_submit(spec, spec.trial_spec(trial, rung), trial, rung, states, send,
+                                        ready and not out_of_time))
         if spec.select == UTILITY and all(job.ended for job in jobs):  # each rung's jobs are scored once they have ended
-            jobs = [replace(job, score=_find_or_submit(spec, spec.score_spec(job.trial, rung), job.trial, rung, states, send))
+            jobs = [replace(job, score=_find_or_submit(spec, spec.score_spec(job.trial, rung), job.trial, rung, states,
+                                                       send, not out_of_time))
                     if job.state == SUCCESS else job for job in jobs]
         found += jobs
         if not all(job.ranked_by(spec.select) for job in jobs):
+            if out_of_time:
+                return _stop(spec, rung, found, states, storage, attempt, submitted_at)
             return _progress(spec, rung, found)
         standings = [job.standing(spec.select) for job in jobs]
         if all(standing.value is None for standing in standings):
@@ -104,13 +110,35 @@ def _find_or_submit(spec: SweepSpec, job: TrainSpec | EvaluateSpec, trial: int, 
     """JOB, TRIAL's job at RUNG (its training, or that training's utility evaluation), as it stands; submitted first
     if it is not yet and SUBMIT says it may be."""
     job_id = job.job_id
-    if submit and states.store.get(job_id) is None:
+    recorded = states.store.get(job_id) is not None
+    if submit and not recorded:
         if states.store.add(make_record(job_id, job.kind, job.to_dict()), once=True):
             send(job)
+        recorded = True
         if states.store.cancel_requested(spec.job_id):  # cancel_sweep may have listed the trials before this one
             states.cancel(job_id, f"its sweep {spec.job_id} was cancelled")
     state, info = states.read(job_id)
-    return TrialJob(trial, rung, job_id, state, info)
+    return TrialJob(trial, rung, job_id, state, info, recorded=recorded)
+
+
+def _stop(spec: SweepSpec, rung: int, found: list[TrialJob], states: JobStates, storage: Storage, attempt: Attempt,
+          submitted_at: float) -> SweepResult:
+    """End a sweep whose time limit has passed during RUNG: cancel its jobs still running and rank what has ended
+    (trials that finished more rungs first, as successive halving ranks them)."""
+    reason = f"its time limit ({spec.time_limit_s:g} s) passed during rung {rung + 1} of {len(spec.rungs)}"
+
+    def stopped(job: TrialJob) -> TrialJob:
+        if not job.recorded:  # never submitted: it is not one of the sweep's jobs
+            return job
+        if not job.ended:  # a running job is asked to stop; the sweep's record of it ends here
+            states.cancel(job.job_id, f"its sweep {spec.job_id} stopped: {reason}")
+            return replace(job, state=CANCELLED, info=reason)
+        return replace(job, score=stopped(job.score)) if job.score is not None else job
+
+    ended = [stopped(job) for job in found if job.recorded]
+    if all(job.standing(spec.select).value is None for job in ended):
+        raise SweepFailed(f"{reason}, before any trial had a figure to rank it by; give it more time")
+    return _finish(spec, ended, storage, attempt, submitted_at, stopped=reason)
 
 
 def _progress(spec: SweepSpec, rung: int, found: list[TrialJob]) -> SweepProgress:
@@ -125,18 +153,19 @@ def _progress(spec: SweepSpec, rung: int, found: list[TrialJob]) -> SweepProgres
                          total=spec.planned_jobs(), leader=leader)
 
 
-def _finish(spec: SweepSpec, found: list[TrialJob], storage: Storage, attempt: Attempt, submitted_at: float) -> SweepResult:
+def _finish(spec: SweepSpec, found: list[TrialJob], storage: Storage, attempt: Attempt, submitted_at: float,
+            stopped: str | None = None) -> SweepResult:
     """The leaderboard, the curves and the winner, written as the sweep's report."""
     outcomes = [_outcome(spec, [job for job in found if job.trial == trial], storage)
                 for trial in sorted({job.trial for job in found})]
-    # the furthest rung first (by rung, not steps: --patience may end a job early), then by the figure: the order
-    # successive halving itself ranked them in
+    # a figure first (a trial whose last study failed, or was cut by the time limit, has none), then the furthest
+    # rung (by rung, not steps: --patience may end a job early), then the figure: the order successive halving ranked in
     sign = 1.0 if spec.select in LOWER_IS_BETTER else -1.0
 
     def rungs_passed(outcome: TrialOutcome) -> int:
         return len(outcome.jobs) - (outcome.state != SUCCESS)
 
-    outcomes.sort(key=lambda o: (-rungs_passed(o), o.best is None, sign * o.best if o.best is not None else 0.0, o.trial))
+    outcomes.sort(key=lambda o: (o.best is None, -rungs_passed(o), sign * o.best if o.best is not None else 0.0, o.trial))
     winner = outcomes[0]
     last = len(spec.rungs) - 1
     winner_spec = {name: value for name, value in spec.trial_spec(winner.trial, last).to_dict().items()
@@ -144,9 +173,9 @@ def _finish(spec: SweepSpec, found: list[TrialJob], storage: Storage, attempt: A
     compute = sum(spec.rungs[job.rung] - (spec.rungs[job.rung - 1] if job.rung else 0) for job in found)
     report = SweepReport(
         spec=spec.to_dict(), dataset=spec.dataset, select=spec.select, rungs=spec.rungs, eta=spec.eta, trials=outcomes,
-        winner=winner.trial, winner_model=winner.jobs[-1], winner_spec=winner_spec, compute_steps=compute,
+        winner=winner.trial, winner_model=winner.jobs[rungs_passed(winner) - 1], winner_spec=winner_spec, compute_steps=compute,
         grid_steps=len(spec.settings) * spec.steps, seconds=time.time() - submitted_at,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), stopped=stopped,
     )
 
     def result_of(url: str, files: list[str]) -> SweepResult:
@@ -191,6 +220,9 @@ def render_markdown(report: SweepReport) -> str:
         f"{report.compute_steps:,} GAN steps in all, against "
         f"{report.grid_steps:,} for every trial trained to {report.rungs[-1]:,} steps ({report.seconds / 60:.1f} min).",
         "",
+        *([f"**Stopped early: {report.stopped}.** Running jobs were cancelled; trials rank by the rungs they finished, "
+           f"then by {report.select}. A sweep cut by its time limit depends on how fast its jobs ran, not on its "
+           "figures alone.", ""] if report.stopped else []),
         f"**Winner: trial {winner.trial}** ({describe(winner.settings)}): {report.select} {winner.best:.4g} at step "
         f"{winner.best_step:,}; model `{report.winner_model}` (`augment generate --model {report.winner_model}`).",
         "",
