@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -69,13 +70,13 @@ def main() -> None:
         workers = [WorkerProcess({**env, **threads}, Path(scratch) / f"worker-{index}.log").start()
                    for index in range(args.workers)]
         try:
-            run(client, fields, args)
+            run(client, fields, args, [Path(scratch) / f"worker-{index}.log" for index in range(args.workers)])
         finally:
             for worker in workers:
                 worker.kill()
 
 
-def run(client: Client, fields: dict[str, Any], args: argparse.Namespace) -> None:
+def run(client: Client, fields: dict[str, Any], args: argparse.Namespace, logs: list[Path]) -> None:
     started = time.monotonic()
     spec = client.submit_sweep(**fields)
     print(f"sweep {spec.job_id}: {len(spec.settings)} trials, rungs {spec.rungs}, {spec.planned_steps():,} GAN steps "
@@ -85,6 +86,9 @@ def run(client: Client, fields: dict[str, Any], args: argparse.Namespace) -> Non
         raise SystemExit(f"the sweep ended {final['state']}: {final.get('error')}")
     sweep_s = time.monotonic() - started
     result = final["result"]
+    busy = busy_seconds(logs, spec.job_id)
+    print(f"workers busy with the sweep's jobs {busy:.0f} s of {args.workers} x {sweep_s:.0f} s: "
+          f"{100 * (1 - busy / (args.workers * sweep_s)):.0f} % idle (the teacher's wait, the rungs' ends)", flush=True)
     print(f"\nsweep: {sweep_s / 60:.1f} min; winner trial {result['trial']} ({describe(result['settings'])}), "
           f"validation {result['select']} {result['value']:.2f} at step {result['step']}", flush=True)
 
@@ -116,6 +120,15 @@ def run(client: Client, fields: dict[str, Any], args: argparse.Namespace) -> Non
               f"{score['recall']:.3f} | {score['label_accuracy']:.3f} | {score['cas']:.4f} | "
               f"{100 * study['gan_share']:+.2f} points ({study['best']}) |")
     print(f"ratio={scores['defaults']['fid'] / scores['winner']['fid']:.3f}")
+
+
+TASK_DONE = re.compile(r"Task augment\.(?:train|evaluate)\[(?P<job>[a-z0-9-]+)\] succeeded in (?P<seconds>[0-9.]+)s")
+
+
+def busy_seconds(logs: list[Path], sweep_id: str) -> float:
+    """Seconds the workers whose LOGS these are spent running the sweep's trial jobs (Celery logs each task's)."""
+    return sum(float(match["seconds"]) for log in logs for match in TASK_DONE.finditer(log.read_text(errors="replace"))
+               if match["job"].startswith(f"{sweep_id}-"))
 
 
 def evaluated(client: Client, model: str, **fields: Any) -> dict[str, Any]:
