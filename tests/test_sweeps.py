@@ -196,7 +196,10 @@ def test_a_utility_sweep_scores_each_rung_once_its_jobs_have_ended_and_promotes_
         return outcome
 
     look()
-    for trial, fid in enumerate([10.0, 20.0, None, 40.0]):  # by FID, trials 0 and 1 would go on
+    finish(client, spec.trial_job_id(0, 0), 10.0)
+    look()
+    assert sent[-1].job_id == spec.score_job_id(0, 0), "a job is scored as soon as it has succeeded"
+    for trial, fid in ((1, 20.0), (2, None), (3, 40.0)):  # by FID, trials 0 and 1 would go on
         finish(client, spec.trial_job_id(trial, 0), fid)
     assert look().done == 4 and len(sent) == 4 + 3, "each succeeded job's study, none for the failed one"
     assert [job.job_id for job in sent[4:]] == [spec.score_job_id(trial, 0) for trial in (0, 1, 3)]

@@ -86,7 +86,7 @@ def advance(spec: SweepSpec, states: JobStates, storage: Storage, send: Send, at
             ready = rung > 0 or trial == alive[0] or not spec.shares_teacher or jobs[0].past_teacher
             jobs.append(_find_or_submit(spec, spec.trial_spec(trial, rung), trial, rung, states, send,
                                         ready and not out_of_time))
-        if spec.select == UTILITY and all(job.ended for job in jobs):  # each rung's jobs are scored once they have ended
+        if spec.select == UTILITY:  # a job is scored as soon as it has succeeded, while the rest of its rung trains
             jobs = [replace(job, score=_find_or_submit(spec, spec.score_spec(job.trial, rung), job.trial, rung, states,
                                                        send, not out_of_time))
                     if job.state == SUCCESS else job for job in jobs]
