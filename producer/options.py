@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import click
 import msgspec
 
-from shared.specs import declared
+from shared.spec_base import declared
 
 F = TypeVar("F", bound=Callable[..., Any])
 
