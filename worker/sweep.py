@@ -9,6 +9,7 @@ by the next worker, and the trials it had submitted are found, not submitted twi
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -84,11 +85,12 @@ def advance(spec: SweepSpec, states: JobStates, storage: Storage, send: Send, at
         for trial in alive:
             # a trial that takes the first trial's teacher waits until it is trained (the first is in its GAN loop)
             ready = rung > 0 or trial == alive[0] or not spec.shares_teacher or jobs[0].past_teacher
-            jobs.append(_find_or_submit(spec, spec.trial_spec(trial, rung), trial, rung, states, send,
-                                        ready and not out_of_time))
+            jobs.append(_find_or_submit(spec, spec.trial_job_id(trial, rung), functools.partial(spec.trial_spec, trial, rung),
+                                        trial, rung, states, send, ready and not out_of_time))
         if spec.select == UTILITY:  # a job is scored as soon as it has succeeded, while the rest of its rung trains
-            jobs = [replace(job, score=_find_or_submit(spec, spec.score_spec(job.trial, rung), job.trial, rung, states,
-                                                       send, not out_of_time))
+            jobs = [replace(job, score=_find_or_submit(spec, spec.score_job_id(job.trial, rung),
+                                                       functools.partial(spec.score_spec, job.trial, rung), job.trial, rung,
+                                                       states, send, not out_of_time))
                     if job.state == SUCCESS else job for job in jobs]
         found += jobs
         if not all(job.ranked_by(spec.select) for job in jobs):
@@ -105,13 +107,13 @@ def advance(spec: SweepSpec, states: JobStates, storage: Storage, send: Send, at
     return _finish(spec, found, storage, attempt, submitted_at)
 
 
-def _find_or_submit(spec: SweepSpec, job: TrainSpec | EvaluateSpec, trial: int, rung: int, states: JobStates, send: Send,
-                    submit: bool = True) -> TrialJob:
-    """JOB, TRIAL's job at RUNG (its training, or that training's utility evaluation), as it stands; submitted first
-    if it is not yet and SUBMIT says it may be."""
-    job_id = job.job_id
+def _find_or_submit(spec: SweepSpec, job_id: str, build: Callable[[], TrainSpec | EvaluateSpec], trial: int, rung: int,
+                    states: JobStates, send: Send, submit: bool = True) -> TrialJob:
+    """JOB_ID, TRIAL's job at RUNG (its training, or that training's utility evaluation), as it stands; submitted
+    first (as BUILD makes it: only then, not at every look) if it is not yet and SUBMIT says it may be."""
     recorded = states.store.get(job_id) is not None
     if submit and not recorded:
+        job = build()
         if states.store.add(make_record(job_id, job.kind, job.to_dict()), once=True):
             send(job)
         recorded = True
