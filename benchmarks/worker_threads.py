@@ -3,8 +3,9 @@ whose CPU quota is below the cores it sees.
 
 Each setting runs our training step (``train_throughput.ours_images_per_s``: the spec defaults, Fashion-MNIST) in
 a fresh process, since OpenMP reads its thread count when torch loads. The settings: one thread, a thread per core
-(what a worker had before), and what ``augment worker`` now gives (``shared.cpus``: a thread per usable CPU, from
-the affinity and the cgroup quota, worked out inside the measured process as the worker does). The conditions:
+(what a worker had before), and what a training job on ``augment worker`` now runs with (``shared.cpus``: a thread
+per usable CPU, from the affinity and the cgroup quota, less the cores something else keeps busy when the job
+starts; worked out inside the measured process as the worker and the job do). The conditions:
 alone; beside a Python loop pinned to the last core, as another job or a noisy neighbour would be; and inside a
 cgroup with a quota of one CPU (needs root and a writable cgroup file system, v1 or v2; skipped otherwise).
 
@@ -35,6 +36,8 @@ MEASURE = (
     "import os, sys; sys.path.insert(0, {here!r}); from shared.cpus import thread_environment, usable_cpus; "
     "os.environ.update(thread_environment(1, usable_cpus()) if {default} else {{}}); "
     "import torch; torch.set_flush_denormal(True); from train_throughput import ours_images_per_s; "
+    "from shared.settings import Settings; from worker.threads import job_threads; "
+    "torch.set_num_threads(job_threads(Settings(), None)) if {default} else None; "
     "print(ours_images_per_s({size}, 64, 64, {steps}, {warmup}, {{}})[0])"
 )
 

@@ -83,6 +83,7 @@ class ModelCard(_Record, frozen=True, kw_only=True):
     warnings: list[str] = []
     device: str
     precision: str = "fp32"
+    threads: int | None = None  # torch's threads: a run with another count differs in its last bits (worker.threads)
     checkpoint: str  # the last checkpoint
     # the sampler at the best point of the validation curve; None: no curve (then the last is the best)
     best_checkpoint: str | None = None

@@ -2,17 +2,22 @@
 
 A container's CPU limit (Kubernetes ``resources.limits.cpu``, ``docker run --cpus``) is a cgroup quota: the process
 still sees every core of the host, and torch would start a thread per core. Threads beyond the quota are throttled
-in the middle of an operation while the others wait for them at its end: docs/operations.md has the measurements.
+in the middle of an operation while the others wait for them at its end. A core that another process keeps busy
+stalls them the same way, so a training job also leaves out the cores it finds busy when it starts
+(:func:`free_cpus`). docs/operations.md has the measurements.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
+PROC_STAT = Path("/proc/stat")
+BUSY_SHARE = 0.5  # a core busier than this over the probe counts as taken
 
 
 def _cgroup_paths(proc_cgroup: Path) -> dict[str, str]:
@@ -67,6 +72,44 @@ def usable_cpus() -> int:
     """The CPUs this process may use: the cores it may run on, fewer when its cgroup quota allows fewer."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # not on macOS
     return cpus_within(cores, cgroup_cpu_limit())
+
+
+def _cpu_times(stat: Path) -> dict[int, tuple[int, int]]:
+    """Core -> (busy, total) clock ticks since boot, from /proc/stat's per-core lines."""
+    times = {}
+    for line in stat.read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            ticks = [int(value) for value in fields[:8]]  # user nice system idle iowait irq softirq steal
+            times[int(name[3:])] = (sum(ticks) - ticks[3] - ticks[4], sum(ticks))
+    return times
+
+
+def busy_cpus(cores: set[int], looks: int = 3, window_s: float = 0.1, stat: Path = PROC_STAT) -> int:
+    """How many of CORES something kept busy for more than BUSY_SHARE of each of LOOKS windows of WINDOW_S: a
+    neighbour that lasts, not a moment's work; 0 where the system does not say (no /proc/stat: not Linux)."""
+    busy_throughout = set(cores)
+    try:
+        before = _cpu_times(stat)
+        for _ in range(looks):
+            time.sleep(window_s)
+            after = _cpu_times(stat)
+            busy_throughout &= {core for core in before.keys() & after.keys()
+                                if after[core][0] - before[core][0] > BUSY_SHARE * max(1, after[core][1] - before[core][1])}
+            before = after
+    except OSError:
+        return 0
+    return len(busy_throughout)
+
+
+def free_cpus(limit: int) -> int:
+    """Threads for a job starting now: at most LIMIT, one per core of this process's affinity that nothing else
+    keeps busy, and at least one. Beside a busy core, torch's threads wait at every operation's end for the one
+    that shares it: one thread fewer runs several times faster (docs/operations.md)."""
+    if limit <= 1 or not hasattr(os, "sched_getaffinity"):
+        return max(1, limit)
+    cores = os.sched_getaffinity(0)
+    return max(1, min(limit, len(cores) - busy_cpus(cores)))
 
 
 def torch_threads_per_task(concurrency: int, cpus: int) -> int:

@@ -69,6 +69,9 @@ class Settings:
     # Seconds after its worker's last heartbeat that an unfinished task is handed to another worker (the bound
     # on recovery from a dead worker, see docs/operations.md); producer and worker must agree on it.
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
+    # torch threads of a training job; None: one per usable core that is free when it starts (shared.cpus). A
+    # job's weights depend on its thread count, so reproducing one bit for bit takes the count its card records.
+    torch_threads: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -82,6 +85,10 @@ class Settings:
             raise SettingsError(
                 f"AUGMENT_VISIBILITY_TIMEOUT={raw_timeout!r} is not a positive number of seconds"
             ) from None
+        raw_threads = env.get("AUGMENT_TORCH_THREADS", "auto") or "auto"
+        if raw_threads != "auto" and not (raw_threads.isdigit() and int(raw_threads) > 0):
+            raise SettingsError(f"AUGMENT_TORCH_THREADS={raw_threads!r} is not a positive number of threads; "
+                                "give one, or auto (a thread per free core)")
         settings = cls(
             broker_url=env.get("AUGMENT_BROKER_URL") or DEFAULT_BROKER_URL,
             storage_url=env.get("AUGMENT_STORAGE_URL") or DEFAULT_STORAGE_URL,
@@ -91,6 +98,7 @@ class Settings:
             s3_secure=_flag(env, "AUGMENT_S3_SECURE", False),
             data_dir=env.get("AUGMENT_DATA_DIR", ""),
             visibility_timeout_s=visibility_timeout_s,
+            torch_threads=None if raw_threads == "auto" else int(raw_threads),
         )
         settings.check()
         return settings
@@ -128,4 +136,5 @@ class Settings:
             "AUGMENT_S3_SECURE": str(self.s3_secure).lower(),
             "AUGMENT_DATA_DIR": self.data_dir,
             "AUGMENT_VISIBILITY_TIMEOUT": str(self.visibility_timeout_s),
+            "AUGMENT_TORCH_THREADS": str(self.torch_threads or "auto"),
         }

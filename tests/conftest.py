@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import redis
 
 from shared.records import JobStore, MemoryJobStore, RedisJobStore
-from tests.support.processes import WorkerProcess, service_env
+from tests.support.processes import WorkerProcess, service_env, spinning_on
 from tests.support.servers import RedisServer, S3Server
 
 # ---- real servers ----
@@ -81,6 +82,14 @@ def start_worker(augment_env: dict[str, str], tmp_path: Path) -> Iterator[Callab
     yield start
     for worker in started:
         worker.kill()
+
+
+@pytest.fixture
+def busy_core() -> Iterator[int]:
+    """The last core this process may use, kept busy by another process for the test."""
+    core = max(os.sched_getaffinity(0))
+    with spinning_on(core):
+        yield core
 
 
 # ---- small trained models ----

@@ -4,6 +4,7 @@ uninterrupted run."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from shared.settings import Settings
 from shared.specs import TrainSpec
 from shared.storage import FileStorage, Storage, open_storage
 from tests.support.processes import WorkerProcess, run_cli
+from tests.support.threads import ONE_THREAD, TWO_THREADS
 from worker import checkpoint
 from worker.train import TrainHooks, run_training
 
@@ -48,24 +50,50 @@ def spec_for(job_id: str, **overrides: Any) -> TrainSpec:
     return TrainSpec(**{**fields, **overrides})
 
 
-def test_resume_in_process_equals_uninterrupted(tmp_path):
-    storage = FileStorage(tmp_path)
-    settings = Settings()
-    run_training(spec_for("t-whole"), settings, storage)
-
-    def crash_at_half(info: TrainProgress) -> None:
-        if info.step >= 25:
+def crash_at(step: int) -> TrainHooks:
+    def crash(info: TrainProgress) -> None:
+        if info.step >= step:
             raise Crash()
 
+    return TrainHooks(progress=crash)
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path):
+    storage = FileStorage(tmp_path)
+    run_training(spec_for("t-whole"), ONE_THREAD, storage)
+
     with pytest.raises(Crash):
-        run_training(spec_for("t-split"), settings, storage, TrainHooks(progress=crash_at_half))
+        run_training(spec_for("t-split"), ONE_THREAD, storage, crash_at(25))
     interrupted = checkpoint.load(storage, "t-split")
     assert interrupted is not None and interrupted["step"] == 20  # the latest checkpoint is the step-20 one
-    run_training(spec_for("t-split"), settings, storage)
+    run_training(spec_for("t-split"), TWO_THREADS, storage)  # a worker that would choose another count
 
     whole, split = checkpoint.load(storage, "t-whole"), checkpoint.load(storage, "t-split")
     assert whole is not None and split is not None
     assert_same_training_state(whole, split)
+    assert read_card(storage, "t-split").threads == whole["threads"] == 1
+
+
+def test_a_job_resumed_before_its_first_checkpoint_keeps_its_teachers_thread_count(tmp_path):
+    storage = FileStorage(tmp_path)
+    spec = spec_for("t-taught", steps=20, teacher=1, teacher_steps=5)
+    run_training(spec_for("t-whole", steps=20, teacher=1, teacher_steps=5), ONE_THREAD, storage)
+    with pytest.raises(Crash):  # after its teacher is stored, before the step-10 checkpoint
+        run_training(spec, ONE_THREAD, storage, crash_at(5))
+    assert checkpoint.load(storage, "t-taught") is None and storage.list("models/t-taught/teachers")
+    run_training(spec, TWO_THREADS, storage)
+
+    whole, taught = checkpoint.load(storage, "t-whole"), checkpoint.load(storage, "t-taught")
+    assert whole is not None and taught is not None
+    assert_same_training_state(whole, taught)
+    assert read_card(storage, "t-taught").threads == 1
+
+
+def test_a_job_started_beside_a_busy_core_leaves_it_out(tmp_path, busy_core):
+    cores = os.sched_getaffinity(0)
+    run_training(spec_for("t-beside", steps=10), Settings(), FileStorage(tmp_path))
+    # one thread fewer than the cores it may use (the worker's bound), at least one: never the busy core's
+    assert 1 <= read_card(FileStorage(tmp_path), "t-beside").threads <= max(1, len(cores) - 1)
 
 
 def test_resume_refuses_a_checkpoint_from_another_spec(tmp_path):
@@ -133,9 +161,14 @@ def test_training_preempted_then_killed_resumes_exactly(augment_env, start_worke
     assert watched.returncode == 0, watched.stderr + last.log_tail()
     assert f"job {job_id}: resuming from step {killed_at}" in last.log_path.read_text()
 
+    # the uninterrupted run, on a worker pinned to the thread count the job chose when it first started: a job's
+    # weights depend on it, and the job kept it through both resumptions whatever its new workers would choose
+    resumed_card = read_card(storage, job_id)
+    last.kill()
+    start_worker(queues="train", env={**env, "AUGMENT_TORCH_THREADS": str(resumed_card.threads)})
     reference_id = run_cli(env, *args).stdout.strip()
     assert run_cli(env, "watch", reference_id, "--interval", "0.3", timeout=300).returncode == 0
-    resumed_card, reference_card = read_card(storage, job_id), read_card(storage, reference_id)
+    reference_card = read_card(storage, reference_id)
     resumed = checkpoint.from_bytes(storage.get_bytes(resumed_card.checkpoint), "resumed")
     reference = checkpoint.from_bytes(storage.get_bytes(reference_card.checkpoint), "reference")
     assert_same_training_state(resumed, reference)

@@ -54,6 +54,7 @@ def test_from_env_reads_every_variable() -> None:
         "AUGMENT_S3_SECURE": "yes",
         "AUGMENT_DATA_DIR": "/var/lib/augment",
         "AUGMENT_VISIBILITY_TIMEOUT": "7200",
+        "AUGMENT_TORCH_THREADS": "3",
     }
     settings = Settings.from_env(env)
     assert settings == Settings(
@@ -65,7 +66,9 @@ def test_from_env_reads_every_variable() -> None:
         s3_secure=True,
         data_dir="/var/lib/augment",
         visibility_timeout_s=7200,
+        torch_threads=3,
     )
+    assert Settings.from_env({"AUGMENT_TORCH_THREADS": "auto"}).torch_threads is None
 
 
 def test_from_env_reads_os_environ_when_no_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,6 +110,8 @@ def test_s3_secure_flag_values(raw: str, expected: bool) -> None:
         ({"AUGMENT_STORAGE_URL": "s3://bucket/prefix"}, "AUGMENT_S3_ENDPOINT"),
         ({"AUGMENT_VISIBILITY_TIMEOUT": "0"}, "AUGMENT_VISIBILITY_TIMEOUT"),
         ({"AUGMENT_VISIBILITY_TIMEOUT": "soon"}, "AUGMENT_VISIBILITY_TIMEOUT"),
+        ({"AUGMENT_TORCH_THREADS": "0"}, "AUGMENT_TORCH_THREADS"),
+        ({"AUGMENT_TORCH_THREADS": "all"}, "AUGMENT_TORCH_THREADS"),
         ({"AUGMENT_S3_SECRET_KEY_FILE": "/nonexistent/augment/secret"}, "AUGMENT_S3_SECRET_KEY_FILE"),
     ],
 )
@@ -161,6 +166,7 @@ def test_describe_unset_secrets_and_keys() -> None:
         "AUGMENT_S3_SECURE",
         "AUGMENT_DATA_DIR",
         "AUGMENT_VISIBILITY_TIMEOUT",
+        "AUGMENT_TORCH_THREADS",
     }
 
 

@@ -44,7 +44,10 @@ def report_of(env: dict[str, str], job_id: str) -> SweepReport:
 
 
 def test_a_sweep_with_a_worker_killed_midway_ends_with_the_winner_of_an_undisturbed_run(augment_env, start_worker):
-    doomed, survivor = start_worker(), start_worker()
+    # Figure for figure needs each trial to train with the same torch threads in both sweeps: pinned here, since a
+    # worker left to choose takes a thread per core free when the trial starts, which the other trials decide
+    pinned = {**augment_env, "AUGMENT_TORCH_THREADS": "1"}
+    doomed, survivor = start_worker(env=pinned), start_worker(env=pinned)
     store = job_store(augment_env)
     killed = submit(augment_env, *SWEEP)
 

@@ -27,6 +27,7 @@ from shared.specs import (
     TrainSpec,
 )
 from shared.storage import FileStorage
+from tests.support.threads import ONE_THREAD, TWO_THREADS
 from worker import checkpoint
 from worker.checkpoint import load_model
 from worker.collapse_guard import collapse_warnings, diversity_warnings
@@ -207,13 +208,13 @@ def test_a_resnet_job_resumes_to_the_same_weights_and_its_model_samples_as_a_res
     tiny = dict(dataset="fake", arch="resnet", steps=30, width=8, batch_size=16, teacher=0, validate_every=10,
                 reference_steps=30, checkpoint_every=10, log_every=5)
     whole = FileStorage(tmp_path / "whole")
-    run_training(TrainSpec(job_id="t-resnet", **tiny), Settings(), whole, TrainHooks())
+    run_training(TrainSpec(job_id="t-resnet", **tiny), ONE_THREAD, whole, TrainHooks())
     stopped = FileStorage(tmp_path / "stopped")
     steps: list[int] = []
     first = TrainHooks(progress=lambda info: steps.append(info.step), stop_check_interval_s=0,
                        should_stop=lambda: StopReason.PREEMPTED if steps and steps[-1] >= 15 else None)
     with pytest.raises(JobStopped, match="stopped at step 15"):
-        run_training(TrainSpec(job_id="t-resnet", **tiny), Settings(), stopped, first)
+        run_training(TrainSpec(job_id="t-resnet", **tiny), ONE_THREAD, stopped, first)
     run_training(TrainSpec(job_id="t-resnet", **tiny), Settings(), stopped, TrainHooks(attempt=Attempt(epoch=1)))
 
     card = read_card(stopped, "t-resnet")
@@ -237,11 +238,13 @@ def test_a_continued_job_ends_where_one_run_uninterrupted_to_its_steps_ends(tmp_
     tiny = dict(dataset="fake", width=8, batch_size=16, teacher=1, teacher_steps=5, validate_every=10,
                 reference_steps=20, log_every=5)
     storage = FileStorage(tmp_path)
-    run_training(TrainSpec(job_id="t-whole", steps=40, **tiny), Settings(), storage)
-    run_training(TrainSpec(job_id="t-rung0", steps=20, **tiny), Settings(), storage)
-    result = run_training(TrainSpec(job_id="t-rung1", steps=40, continues="t-rung0", **tiny), Settings(), storage)
+    run_training(TrainSpec(job_id="t-whole", steps=40, **tiny), ONE_THREAD, storage)
+    run_training(TrainSpec(job_id="t-rung0", steps=20, **tiny), ONE_THREAD, storage)
+    # on a worker that would choose another thread count: the continuation keeps the count its first part ran with
+    result = run_training(TrainSpec(job_id="t-rung1", steps=40, continues="t-rung0", **tiny), TWO_THREADS, storage)
 
     whole, continued, first = (read_card(storage, job) for job in ("t-whole", "t-rung1", "t-rung0"))
+    assert continued.threads == first.threads == 1
     assert result.steps == 40 and continued.curve == whole.curve and [p["step"] for p in continued.curve] == [10, 20, 30, 40]
     assert continued.teacher is not None and continued.teacher["key"] == first.teacher["key"]  # inherited, not retrained
     assert storage.list("models/t-rung1/teachers") == []

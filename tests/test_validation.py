@@ -18,6 +18,7 @@ from shared.settings import Settings
 from shared.specs import TrainSpec
 from shared.storage import FileStorage
 from tests.support.processes import run_cli
+from tests.support.threads import ONE_THREAD
 from worker import checkpoint
 from worker.checkpoint import load_model
 from worker.data import ImageData, load_dataset, split_validation
@@ -64,7 +65,7 @@ def test_the_best_point_and_the_patience_count(metric: str, values: list[float |
 def curved(tmp_path_factory: pytest.TempPathFactory) -> tuple[FileStorage, list[TrainProgress]]:
     storage = FileStorage(tmp_path_factory.mktemp("curved"))
     reports: list[TrainProgress] = []
-    run_training(TrainSpec(job_id="t-curve", steps=70, **TINY), Settings(), storage, TrainHooks(progress=reports.append))
+    run_training(TrainSpec(job_id="t-curve", steps=70, **TINY), ONE_THREAD, storage, TrainHooks(progress=reports.append))
     return storage, reports
 
 
@@ -116,7 +117,7 @@ def test_a_stopped_job_resumes_to_the_same_curve_and_the_same_best(
     first = TrainHooks(progress=lambda info: steps.append(info.step), stop_check_interval_s=0,
                        should_stop=lambda: StopReason.PREEMPTED if steps and steps[-1] >= 40 else None)
     with pytest.raises(JobStopped, match="stopped at step 40"):
-        run_training(spec, Settings(), storage, first)
+        run_training(spec, ONE_THREAD, storage, first)
     run_training(spec, Settings(), storage, TrainHooks(attempt=Attempt(epoch=1)))
     resumed = read_card(storage, "t-curve")
     assert resumed.curve == uninterrupted.curve and resumed.best == uninterrupted.best

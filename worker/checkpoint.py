@@ -67,6 +67,7 @@ class TrainState:
             "warnings": self.warnings,
             "curve": [asdict(point) for point in self.curve],
             "best_checkpoint": self.best_checkpoint,
+            "threads": torch.get_num_threads(),  # a resumption runs with these (worker.threads)
         }
 
     def to_sampler_checkpoint(self, spec: TrainSpec, class_names: list[str]) -> dict[str, Any]:

@@ -90,6 +90,7 @@ def publish_model(storage: Storage, spec: TrainSpec, model: TrainedModel, data: 
         warnings=model.warnings,
         device=str(model.device),
         precision=model.precision,
+        threads=torch.get_num_threads(),
         checkpoint=model.checkpoint,
         best_checkpoint=model.best_checkpoint,
         validation=model.validation,

@@ -74,7 +74,8 @@ def train_teacher(spec: TrainSpec, recipe: Recipe, data: ImageData, after_step: 
         for member in range(recipe.teacher)
     ]
     meta = {"members": len(members), "width": spec.teacher_width, "steps": recipe.teacher_steps, "train_images": len(data),
-            "augmentation": "random crop after 2-pixel padding and horizontal flip, per sample"}
+            "augmentation": "random crop after 2-pixel padding and horizontal flip, per sample",
+            "threads": torch.get_num_threads()}
     return Teacher(members, meta)
 
 

@@ -42,6 +42,7 @@ from worker.networks import build_discriminator, build_generator
 from worker.publish import TrainedModel, publish_model
 from worker.reference import describe, reference_classifier
 from worker.teacher import Teacher, ensure_teacher
+from worker.threads import job_threads, recorded_threads, torch_threads
 from worker.validation import Validator, job_images, validation_record, validation_split
 
 log = logging.getLogger("augment.train")
@@ -321,28 +322,30 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
                 raise JobStopped(reason, f"job {spec.job_id} stopped while {info.stage}")
 
         parent = continued_card(spec, recipe, storage)
-        config = gan_config(spec, data)
-        grid = ProgressGrid.build(train_data, config, spec.seed, device)
-        validator, reference = None, None
-        if validation is not None:
-            classifier, reference_meta = reference_classifier(
-                storage, settings, spec.dataset, data.images.shape[-1], data.images.shape[1], recipe.reference_steps,
-                spec.seed, report_stage, spec.background)
-            validator = Validator.build(config, validation, classifier, spec.seed, device)
-            reference = {**reference_meta, "description": describe(reference_meta)}
-        stored = ensure_teacher(spec, recipe, train_data, storage, hooks.attempt.epoch,  # first: it may guide G
-                                StageMeter(f"training the teacher ({recipe.teacher} classifiers)",
-                                           recipe.teacher * recipe.teacher_steps, report_stage),
-                                inherited=parent.teacher["key"] if parent is not None and parent.teacher else None)
-        teacher = stored[0] if stored is not None else None
-        state, final_checkpoint = train_gan(spec, recipe, train_data, storage, device, hooks, stop_requested, grid,
-                                            teacher, validator, parent)
-        trained = TrainedModel(state.sampler, grid, state.step, state.history, state.warnings, device,
-                               resolve_precision(spec, device),
-                               {**stored[0].meta, "key": stored[1]} if stored is not None else None, recipe, hooks.attempt.epoch,
-                               final_checkpoint, state.curve, state.best_checkpoint, state.step < recipe.steps,
-                               validation_record(spec, data, validation, no_curve, recipe.validate_every, reference))
-        return publish_model(storage, spec, trained, data, train_data, hooks.attempt.commit)
+        saved = checkpoint.load(storage, spec.job_id)  # an earlier attempt's: the job resumes from it
+        with torch_threads(job_threads(settings, recorded_threads(storage, spec.job_id, saved, parent))):
+            config = gan_config(spec, data)
+            grid = ProgressGrid.build(train_data, config, spec.seed, device)
+            validator, reference = None, None
+            if validation is not None:
+                classifier, reference_meta = reference_classifier(
+                    storage, settings, spec.dataset, data.images.shape[-1], data.images.shape[1], recipe.reference_steps,
+                    spec.seed, report_stage, spec.background)
+                validator = Validator.build(config, validation, classifier, spec.seed, device)
+                reference = {**reference_meta, "description": describe(reference_meta)}
+            stored = ensure_teacher(spec, recipe, train_data, storage, hooks.attempt.epoch,  # first: it may guide G
+                                    StageMeter(f"training the teacher ({recipe.teacher} classifiers)",
+                                               recipe.teacher * recipe.teacher_steps, report_stage),
+                                    inherited=parent.teacher["key"] if parent is not None and parent.teacher else None)
+            teacher = stored[0] if stored is not None else None
+            state, final_checkpoint = train_gan(spec, recipe, train_data, storage, device, hooks, stop_requested, grid,
+                                                teacher, validator, saved, parent)
+            trained = TrainedModel(state.sampler, grid, state.step, state.history, state.warnings, device,
+                                   resolve_precision(spec, device),
+                                   {**stored[0].meta, "key": stored[1]} if stored is not None else None, recipe, hooks.attempt.epoch,
+                                   final_checkpoint, state.curve, state.best_checkpoint, state.step < recipe.steps,
+                                   validation_record(spec, data, validation, no_curve, recipe.validate_every, reference))
+            return publish_model(storage, spec, trained, data, train_data, hooks.attempt.commit)
     finally:
         torch.set_flush_denormal(False)
 
@@ -374,11 +377,10 @@ def continued_card(spec: TrainSpec, recipe: Recipe, storage: Storage) -> ModelCa
 
 
 def resume_or_start(spec: TrainSpec, config: GANConfig, storage: Storage, device: torch.device,
-                    parent: ModelCard | None = None) -> TrainState:
-    """A fresh state, or the job's checkpoint when it has one (from this very spec), or else the last checkpoint of
-    the finished job PARENT that it continues: from there it runs as PARENT would have run on."""
+                    saved: dict[str, Any] | None = None, parent: ModelCard | None = None) -> TrainState:
+    """A fresh state, or the job's checkpoint SAVED when it has one (from this very spec), or else the last
+    checkpoint of the finished job PARENT that it continues: from there it runs as PARENT would have run on."""
     state = new_state(spec, config, device)
-    saved = checkpoint.load(storage, spec.job_id)
     if saved is not None:
         if saved["spec"] != spec.to_dict():
             raise ValueError(f"job {spec.job_id} already has a checkpoint from a different spec; submit a new job")
@@ -407,14 +409,14 @@ class CollapseGuard:
 def train_gan(
     spec: TrainSpec, recipe: Recipe, data: ImageData, storage: Storage, device: torch.device, hooks: TrainHooks,
     stop_requested: StopPoll, grid: ProgressGrid, teacher: Teacher | None = None, validator: Validator | None = None,
-    parent: ModelCard | None = None,
+    saved: dict[str, Any] | None = None, parent: ModelCard | None = None,
 ) -> tuple[TrainState, str]:
     """The training loop: steps until SPEC's total (or until its patience runs out), with checkpoints, sample grids,
     validation measurements and progress along the way; returns the final state and the key of its checkpoint."""
     config = gan_config(spec, data)
     images = data.images.to(device)  # (N, C, H, W) uint8, decoded once
     labels_all = data.labels.to(device)
-    state = resume_or_start(spec, config, storage, device, parent)
+    state = resume_or_start(spec, config, storage, device, saved, parent)
     fns = step_functions(spec, recipe, state, device, teacher)
     layout = memory_format(config, device)
     schedule = BatchSchedule(len(images), spec.batch_size, spec.seed, device,
@@ -429,15 +431,15 @@ def train_gan(
 
     # this attempt's latest checkpoint and best sampler: each new one replaces its predecessor (an earlier attempt's
     # go when the card is written)
-    saved: dict[str, str] = {}
+    written: dict[str, str] = {}
 
     def save(kind: str, write: Callable[[], str]) -> str:
         if not hooks.attempt.may_write():
             raise JobStopped(StopReason.LEASE_LOST, f"job {spec.job_id} lost its lease at step {state.step}; no checkpoint written")
         key = write()
-        if saved.get(kind, key) != key:
-            storage.delete(saved[kind])
-        saved[kind] = key
+        if written.get(kind, key) != key:
+            storage.delete(written[kind])
+        written[kind] = key
         return key
 
     def save_checkpoint() -> str:

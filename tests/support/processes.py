@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -159,3 +160,19 @@ def job_store(env: dict[str, str]) -> RedisJobStore:
 def parts_held_by(worker: WorkerProcess, store: RedisJobStore, job_id: str) -> list[str]:
     """The parts of JOB_ID whose last heartbeat came from WORKER (the worker is named after its pid)."""
     return [part for part, beat in store.liveness.beats(job_id).items() if beat.owner.startswith(f"augment-{worker.pid}@")]
+
+
+@contextmanager
+def spinning_on(core: int) -> Iterator[None]:
+    """A process that keeps CORE busy, as another job or a noisy neighbour would, from the moment this enters."""
+    spinner = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "print(flush=True)\nwhile True: pass"],
+                               stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    started = spinner.stdout
+    assert started is not None
+    try:
+        started.readline()  # it has started and spins
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+        started.close()
