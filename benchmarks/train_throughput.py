@@ -29,18 +29,8 @@ from shared.datasets import FASHION_MNIST_SYSTEM_DIR
 from shared.settings import Settings
 from shared.specs import PRECISIONS, TrainSpec
 from worker.data import load_dataset
-from worker.train import (
-    BatchSchedule,
-    gan_config,
-    job_recipe,
-    memory_format,
-    new_state,
-    pick_device,
-    real_batch,
-    resolve_precision,
-    step_functions,
-    train_step,
-)
+from worker.gan_step import resolve_precision, step_functions, train_step
+from worker.train import BatchSchedule, gan_config, job_recipe, memory_format, new_state, pick_device, real_batch
 
 
 # ---- the reference: pytorch/examples dcgan, with the image size as a parameter of its Sequential stacks ----

@@ -69,7 +69,8 @@ def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class:
     from worker.app import app
     from worker.budget import measure_rates, plan_budget
     from worker.data import load_dataset
-    from worker.train import job_recipe, pick_device, resolve_precision
+    from worker.gan_step import resolve_precision
+    from worker.train import job_recipe, pick_device
 
     # the training job trains the reference classifier its validation curve measures in; the evaluation reuses it
     train_fields: dict[str, Any] = {"dataset": dataset, "per_class": per_class, "width": width, "log_every": 25,

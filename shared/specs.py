@@ -164,7 +164,7 @@ class TrainSpec(_Spec, frozen=True):
         "Optimizer steps (exclusive with --epochs).",
         f"one epoch, at least {SMALL_DATA_STEPS:,} steps below {SMALL_DATASET:,} images")] | None = None
     # a promoted sweep trial, or a user who wants more steps of a finished job: the run goes on where JOB ended, as if
-    # it had been submitted with these steps from the start (worker.train.continue_from)
+    # it had been submitted with these steps from the start (worker.train.resume_or_start)
     continues: Annotated[JobId, option(
         "Continue finished training job JOB to --steps: its weights, optimizers, teacher and validation curve carry on; "
         "every other setting must be JOB's.")] | None = None

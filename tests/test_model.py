@@ -19,9 +19,10 @@ from shared.specs import TrainSpec
 from shared.storage import FileStorage
 from worker import checkpoint
 from worker.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KIND, CheckpointError
+from worker.gan_step import mode_seeking_penalty, step_functions, train_step
 from worker.model import DCGANDiscriminator, DCGANGenerator, GANConfig, LatentProjection
 from worker.networks import build_discriminator, build_generator
-from worker.train import mode_seeking_penalty, new_state, step_functions, train_step
+from worker.train import new_state
 
 BATCH = 3
 
@@ -279,7 +280,9 @@ def test_the_trainers_checkpoint_holds_everything_a_resume_needs() -> None:
     assert set(saved) == {
         "format", "kind", "config", "spec", "class_names", "step", "generator", "generator_ema", "discriminator",
         "opt_g", "opt_d", "rng", "history", "warnings", "curve", "best_checkpoint",  # the validation curve so far
+        "threads",  # torch's: a resumption runs with the count the job ran with
     }
+    assert saved["threads"] == torch.get_num_threads()
     assert set(saved["rng"]) == {"noise"} and saved["spec"]["job_id"] == "t-abc"
     spec = TrainSpec.from_dict(saved["spec"])
     resumed = new_state(spec, GANConfig(**saved["config"]), torch.device("cpu"))

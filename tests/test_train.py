@@ -32,8 +32,9 @@ from worker import checkpoint
 from worker.checkpoint import load_model
 from worker.collapse_guard import collapse_warnings, diversity_warnings
 from worker.diffaugment import POLICIES
+from worker.gan_step import native_bf16, resolve_precision
 from worker.resnet import ResNetGenerator
-from worker.train import STAT_NAMES, TrainHooks, native_bf16, resolve_precision, run_training
+from worker.train import STAT_NAMES, TrainHooks, run_training
 
 
 def test_run_training_reports_progress_and_writes_grids_curve_and_card(tmp_path):

@@ -22,18 +22,9 @@ from shared.specs import TrainSpec
 from worker.augmentation_study import SMALL_CNN
 from worker.classifier import Classifier, ClassifierConfig, train_classifier
 from worker.data import load_dataset
+from worker.gan_step import step_functions, train_step
 from worker.teacher import Teacher
-from worker.train import (
-    BatchSchedule,
-    gan_config,
-    job_recipe,
-    memory_format,
-    new_state,
-    pick_device,
-    real_batch,
-    step_functions,
-    train_step,
-)
+from worker.train import BatchSchedule, gan_config, job_recipe, memory_format, new_state, pick_device, real_batch
 from worker.validation import Validator, validation_split
 
 PROBE_S = 2.0  # timed seconds of each kind of step
