@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,11 +83,14 @@ def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class:
                                                                     quality_steps))
     click.echo(f"demo: measuring this machine's training speed ({os.cpu_count()} CPU cores, "
                f"{resolve_precision(probe, pick_device())})", err=True)
-    rates = measure_rates(probe, settings)
+    # in a thread, as the in-process worker below runs its tasks: torch's steps there measured 10-30 % slower than
+    # the same steps in the main thread
+    with ThreadPoolExecutor(1, thread_name_prefix="probe") as prober:
+        rates = prober.submit(measure_rates, probe, settings).result()
     # a curve of the default spacing has at most VALIDATION_POINTS measurements and the last step's
     plan = plan_budget(60 * minutes, rates, recipe.teacher * recipe.teacher_steps, 0 if reference_stored else quality_steps,
                        quality_steps, count, FIXED_S, MIN_GAN_STEPS, SMALL_DATA_STEPS,
-                       VALIDATION_POINTS + 1 if recipe.validate_every else 0)
+                       VALIDATION_POINTS + 1 if recipe.validate_every else 0, time.perf_counter() - started)
     gan_steps = steps or plan.gan_steps
     # what the job will run: below TEACHER_STEPS GAN steps (a smoke run), the teacher trains as long as the GAN
     train_fields |= {"steps": gan_steps, "teacher_steps": min(TEACHER_STEPS, gan_steps)}

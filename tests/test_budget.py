@@ -18,8 +18,15 @@ def test_the_gan_gets_what_the_fixed_stages_leave_of_the_budget() -> None:
                        fixed_s=30, min_gan_steps=100, max_gan_steps=6000)
     # teacher 60 s, reference 37.5 s, generation 10 s, CAS 20 s, fixed 30 s: 142.5 s of 300 left to the GAN
     assert plan.gan_steps == 1425
-    assert plan.seconds == {"GAN": 142.5, "validation curve": 0.0, "teacher": 60.0, "reference classifier": 37.5,
-                            "generation": 10.0, "CAS classifiers": 20.0, "data and metrics": 30.0}
+    assert plan.seconds == {"GAN": 142.5, "measuring": 0.0, "validation curve": 0.0, "teacher": 60.0,
+                            "reference classifier": 37.5, "generation": 10.0, "CAS classifiers": 20.0,
+                            "data and metrics": 30.0}
+    assert plan.total_s == pytest.approx(300)
+
+
+def test_the_time_the_probe_took_comes_out_of_the_gans_share() -> None:
+    plan = plan_budget(300, RATES, 3000, 1500, 1000, 10_000, 30, 100, 6000, spent_s=20)
+    assert plan.seconds["measuring"] == 20 and plan.gan_steps == 1225  # 142.5 - 20 s at 10 steps/s
     assert plan.total_s == pytest.approx(300)
 
 

@@ -18,11 +18,12 @@ from typing import Any
 import torch
 
 from shared.settings import Settings
-from shared.specs import TrainSpec
+from shared.specs import GenerateSpec, TrainSpec
 from worker.augmentation_study import SMALL_CNN
 from worker.classifier import Classifier, ClassifierConfig, train_classifier
 from worker.data import load_dataset
 from worker.gan_step import step_functions, train_step
+from worker.generate import LoadedModel, render_shard
 from worker.teacher import Teacher
 from worker.train import BatchSchedule, gan_config, job_recipe, memory_format, new_state, pick_device, real_batch
 from worker.validation import Validator, validation_split
@@ -40,7 +41,7 @@ class Rates:
     teacher: float  # one teacher member's steps
     reference: float  # the reference classifier's steps (the feature space of the quality metrics)
     scorer: float  # the CAS classifiers' steps
-    sampling: float  # images per second the generator makes
+    sampling: float  # images per second a generation job renders: sampled, labelled by the teacher, encoded in shards
     validation_s: float = 0.0  # seconds one measurement of the validation curve takes; 0: the job has no curve
 
 
@@ -83,7 +84,8 @@ def _steps_per_s(train: Callable[[Callable[[int], None]], None], sync: Callable[
 def measure_rates(spec: TrainSpec, settings: Settings) -> Rates:
     """Time SPEC's GAN steps, its teacher's, the quality evaluation's classifiers' and sampling, on SPEC's data (a
     classifier step costs the same whatever the size of the set it draws from). An untrained teacher stands in for
-    the guide: what a guidance step costs does not depend on what the teacher learned. Nothing is stored."""
+    the guide and the labeller: what guiding and labelling cost does not depend on what the teacher learned.
+    Nothing is stored."""
     device = pick_device()
     data = load_dataset(spec.dataset, settings, "train", image_size=spec.image_size, channels=spec.channels,
                         limit=spec.limit, per_class=spec.per_class, seed=spec.seed, imbalance=spec.imbalance)
@@ -91,8 +93,8 @@ def measure_rates(spec: TrainSpec, settings: Settings) -> Rates:
     config = gan_config(spec, data)
     state = new_state(spec, config, device)
     classifier_config = ClassifierConfig(data.images.shape[-1], data.images.shape[1], data.info.num_classes, spec.teacher_width)
-    guide = Teacher([Classifier(classifier_config) for _ in range(recipe.teacher)], {}) if recipe.guidance > 0 else None
-    fns = step_functions(spec, recipe, state, device, guide)
+    teacher = Teacher([Classifier(classifier_config) for _ in range(recipe.teacher)], {}) if recipe.teacher else None
+    fns = step_functions(spec, recipe, state, device, teacher)  # which guides G only with a guidance weight
     # the curve measures in the reference classifier's features: an untrained one costs the same
     validation = validation_split(spec, data)[1]
     reference = Classifier(ClassifierConfig(data.images.shape[-1], data.images.shape[1], data.info.num_classes))
@@ -114,13 +116,15 @@ def measure_rates(spec: TrainSpec, settings: Settings) -> Rates:
             train_classifier(data.images, data.labels, data.info.num_classes, steps=10**7, after_step=after_step, **options)
         return train
 
+    # a shard as a generation job renders it: its PNG encoding and the teacher's labels cost more than the sampling
+    shard = GenerateSpec(job_id="g-demo-probe", model=spec.job_id, count=SAMPLING_BATCH, shard_size=SAMPLING_BATCH)
+
     @torch.no_grad()
-    def sample(after_step: Callable[[int], None]) -> None:
-        generator = state.generator.eval()
-        classes = labels[:1].expand(SAMPLING_BATCH) if config.conditional else None
-        for batch in itertools.count(1):
-            generator(torch.randn(SAMPLING_BATCH, config.nz, device=device), classes)
-            after_step(batch)
+    def render(after_step: Callable[[int], None]) -> None:
+        model = LoadedModel(state.sampler.eval(), list(data.info.class_names), teacher)
+        for rendered in itertools.count(1):
+            render_shard(shard, model, 0)
+            after_step(rendered)
 
     def measure(after_step: Callable[[int], None]) -> None:
         assert validator is not None
@@ -135,7 +139,7 @@ def measure_rates(spec: TrainSpec, settings: Settings) -> Rates:
             teacher=_steps_per_s(classifier(augment=True, width=spec.teacher_width), sync),
             reference=_steps_per_s(classifier(), sync),
             scorer=_steps_per_s(classifier(**SMALL_CNN), sync),
-            sampling=SAMPLING_BATCH * _steps_per_s(sample, sync),
+            sampling=SAMPLING_BATCH * _steps_per_s(render, sync),
             validation_s=0.0 if validator is None else 1 / _steps_per_s(measure, sync),
         )
     finally:
@@ -144,13 +148,15 @@ def measure_rates(spec: TrainSpec, settings: Settings) -> Rates:
 
 def plan_budget(
     budget_s: float, rates: Rates, teacher_steps: int, reference_steps: int, scorer_steps: int, images: int,
-    fixed_s: float, min_gan_steps: int, max_gan_steps: int, measurements: int = 0,
+    fixed_s: float, min_gan_steps: int, max_gan_steps: int, measurements: int = 0, spent_s: float = 0.0,
 ) -> Plan:
-    """The GAN's steps that fill BUDGET_S after its teacher (TEACHER_STEPS over all members), the MEASUREMENTS of its
-    validation curve, the reference classifier (0 steps when it is stored already), the two CAS classifiers,
-    generating IMAGES and FIXED_S (loading data, the metrics), within [MIN_GAN_STEPS, MAX_GAN_STEPS]: below the
-    minimum a GAN draws noise, above the maximum it measured no better."""
+    """The GAN's steps that fill BUDGET_S after SPENT_S already gone (the probe that measured RATES), its teacher
+    (TEACHER_STEPS over all members), the MEASUREMENTS of its validation curve, the reference classifier (0 steps
+    when it is stored already), the two CAS classifiers, generating IMAGES and FIXED_S (loading data, the metrics),
+    within [MIN_GAN_STEPS, MAX_GAN_STEPS]: below the minimum a GAN draws noise, above the maximum it measured no
+    better."""
     seconds = {
+        "measuring": spent_s,
         "validation curve": measurements * rates.validation_s,
         "teacher": teacher_steps / rates.teacher,
         "reference classifier": reference_steps / rates.reference,
