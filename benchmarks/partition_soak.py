@@ -25,7 +25,6 @@ Needs root (network namespaces) and nftables.
 from __future__ import annotations
 
 import argparse
-import platform
 import signal
 import statistics
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from shared.cpus import cpu_name  # noqa: E402
 from tests.support.netns import netns_unavailable  # noqa: E402
 from tests.support.partitions import Run, fleet_in_network, redis_cut, worker_cut  # noqa: E402
 
@@ -56,12 +56,6 @@ def verdict(message: str) -> str:
         return "lost"
     return "corrupted"
 
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import uuid
@@ -27,9 +26,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shared.cpus import CGROUP_ROOT, usable_cpus
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from shared.cpus import CGROUP_ROOT, cpu_name, usable_cpus  # noqa: E402
+from tests.support.processes import spinning_on  # noqa: E402
+
 DEFAULT = "default (augment worker)"
 # the measured process: the default's thread count is worked out in it, inside its cgroup, before torch loads
 MEASURE = (
@@ -42,21 +44,11 @@ MEASURE = (
 )
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.machine()
-
-
 @contextmanager
 def busy_core(core: int) -> Iterator[list[str]]:
-    spinner = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
-    try:
+    """Another process keeps CORE busy; the measured process starts as usual (no command prefix)."""
+    with spinning_on(core):
         yield []
-    finally:
-        spinner.kill()
-        spinner.wait()
 
 
 @contextmanager

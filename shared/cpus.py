@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import time
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
 PROC_STAT = Path("/proc/stat")
+PROC_CPUINFO = Path("/proc/cpuinfo")
 BUSY_SHARE = 0.5  # a core busier than this over the probe counts as taken
 
 
@@ -123,3 +125,11 @@ def thread_environment(concurrency: int, cpus: int) -> dict[str, str]:
     that follows the load: a job's weights depend on its thread count (oneDNN splits reductions by thread), and a
     resumed job must end with the weights of an uninterrupted one."""
     return {"OMP_NUM_THREADS": str(torch_threads_per_task(concurrency, cpus))}
+
+
+def cpu_name(cpuinfo: Path = PROC_CPUINFO) -> str:
+    """The host CPU's model name, which every CPU figure is reported with (hosts differ 2-3x in speed)."""
+    for line in (_read(cpuinfo) or "").splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"

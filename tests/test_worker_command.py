@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from producer.cli import main, worker_pool
-from shared.cpus import busy_cpus, cgroup_cpu_limit, cpus_within, free_cpus, thread_environment, torch_threads_per_task, usable_cpus
+from shared.cpus import busy_cpus, cgroup_cpu_limit, cpu_name, cpus_within, free_cpus, thread_environment, torch_threads_per_task, usable_cpus
 
 
 @pytest.mark.parametrize(
@@ -84,6 +84,13 @@ def test_the_worker_uses_the_cores_it_may_run_on_and_no_more_than_its_quota_allo
     assert cpus_within(8, 1.5) == 2
     assert cpus_within(2, 1000.0) == 2  # a quota above the cores the process may use changes nothing
     assert 1 <= usable_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_figures_name_the_cpu_from_its_model_name(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n")
+    assert cpu_name(cpuinfo) == "AMD EPYC 9R14 96-Core Processor"
+    assert cpu_name(tmp_path / "absent")  # a host without /proc/cpuinfo still names something
 
 
 def test_a_core_another_process_keeps_busy_is_seen_busy_and_left_out(busy_core: int) -> None:
