@@ -80,22 +80,27 @@ def train_teacher(spec: TrainSpec, recipe: Recipe, data: ImageData, after_step: 
 
 
 def ensure_teacher(
-    spec: TrainSpec, recipe: Recipe, data: ImageData, storage: Storage, attempt: int = 0,
-    after_step: Callable[[int], None] = lambda step: None, inherited: str | None = None,
+    spec: TrainSpec, recipe: Recipe, data: ImageData, storage: Storage, earlier: tuple[Teacher, str] | None,
+    attempt: int = 0, after_step: Callable[[int], None] = lambda step: None, inherited: str | None = None,
 ) -> tuple[Teacher, str] | None:
     """The job's teacher and its key: None when its RECIPE has none; the job's it continues (INHERITED, its key);
-    loaded when an earlier attempt at the job stored it, or when the job SPEC takes its teacher from stored the one
-    this recipe trains on these images (training is seeded, so it would come out the same); else trained and stored
-    as ATTEMPT's."""
+    EARLIER, the one an earlier attempt at the job stored (:func:`find_teacher`), or the one stored by the job SPEC
+    takes its teacher from, when it is the one this recipe trains on these images (training is seeded, so it would
+    come out the same); else trained and stored as ATTEMPT's."""
     if recipe.teacher == 0:
         return None
     if inherited is not None:
         return load_teacher(storage, inherited), inherited
     wanted = {"members": recipe.teacher, "width": spec.teacher_width, "steps": recipe.teacher_steps, "train_images": len(data)}
-    for job_id in (spec.job_id, spec.teacher_from):
-        stored = find_teacher(storage, job_id) if job_id is not None else None
-        if stored is not None and all(stored[0].meta.get(name) == value for name, value in wanted.items()):
-            return stored
+
+    def fits(stored: tuple[Teacher, str] | None) -> bool:
+        return stored is not None and all(stored[0].meta.get(name) == value for name, value in wanted.items())
+
+    if fits(earlier):
+        return earlier
+    shared = find_teacher(storage, spec.teacher_from) if spec.teacher_from is not None else None
+    if fits(shared):
+        return shared
     teacher = train_teacher(spec, recipe, data, after_step)
     key = teacher_key(spec.job_id, attempt)
     storage.put_bytes(key, classifiers_to_bytes(TEACHER_KIND, teacher.members, teacher.meta))

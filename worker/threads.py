@@ -17,19 +17,17 @@ import torch
 from shared.contracts import ModelCard
 from shared.cpus import free_cpus
 from shared.settings import Settings
-from shared.storage import Storage
-from worker.teacher import find_teacher
+from worker.teacher import Teacher
 
 
-def recorded_threads(storage: Storage, job_id: str, saved: dict[str, Any] | None, parent: ModelCard | None) -> int | None:
-    """The thread count job JOB_ID already trained with: its checkpoint SAVED's, else the teacher an earlier attempt
-    stored, else that of PARENT, the job it continues; None for a job that starts from nothing (or from a
+def recorded_threads(saved: dict[str, Any] | None, earlier_teacher: Teacher | None, parent: ModelCard | None) -> int | None:
+    """The thread count a job already trained with: its checkpoint SAVED's, else that of the teacher an earlier
+    attempt stored, else that of PARENT, the job it continues; None for a job that starts from nothing (or from a
     checkpoint, teacher or card older than the record)."""
     if saved is not None:
         return saved.get("threads")
-    stored = find_teacher(storage, job_id)
-    if stored is not None:
-        return stored[0].meta.get("threads")
+    if earlier_teacher is not None:
+        return earlier_teacher.meta.get("threads")
     return parent.threads if parent is not None else None
 
 

@@ -38,7 +38,7 @@ from worker.model import GANConfig
 from worker.networks import build_discriminator, build_generator
 from worker.publish import TrainedModel, publish_model
 from worker.reference import describe, reference_classifier
-from worker.teacher import Teacher, ensure_teacher
+from worker.teacher import Teacher, ensure_teacher, find_teacher
 from worker.threads import job_threads, recorded_threads, torch_threads
 from worker.validation import Validator, job_images, validation_record, validation_split
 
@@ -183,7 +183,8 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
 
         parent = continued_card(spec, recipe, storage)
         saved = checkpoint.load(storage, spec.job_id)  # an earlier attempt's: the job resumes from it
-        with torch_threads(job_threads(settings, recorded_threads(storage, spec.job_id, saved, parent))):
+        earlier_teacher = find_teacher(storage, spec.job_id)
+        with torch_threads(job_threads(settings, recorded_threads(saved, earlier_teacher[0] if earlier_teacher else None, parent))):
             config = gan_config(spec, data)
             grid = ProgressGrid.build(train_data, config, spec.seed, device)
             validator, reference = None, None
@@ -193,7 +194,7 @@ def run_training(spec: TrainSpec, settings: Settings, storage: Storage, hooks: T
                     spec.seed, report_stage, spec.background)
                 validator = Validator.build(config, validation, classifier, spec.seed, device)
                 reference = {**reference_meta, "description": describe(reference_meta)}
-            stored = ensure_teacher(spec, recipe, train_data, storage, hooks.attempt.epoch,  # first: it may guide G
+            stored = ensure_teacher(spec, recipe, train_data, storage, earlier_teacher, hooks.attempt.epoch,  # first: it may guide G
                                     StageMeter(f"training the teacher ({recipe.teacher} classifiers)",
                                                recipe.teacher * recipe.teacher_steps, report_stage),
                                     inherited=parent.teacher["key"] if parent is not None and parent.teacher else None)
