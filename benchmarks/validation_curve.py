@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from shared.contracts import read_card
+from shared.models import read_card
 from shared.settings import Settings
 from shared.specs import REFERENCE_STEPS, TrainSpec
 from shared.storage import FileStorage

@@ -13,20 +13,12 @@ from typing import Any
 from celery import Celery
 
 from shared.broker import check_broker, make_celery, redelivery_after_s
-from shared.contracts import (
-    ContractError,
-    ModelNotFound,
-    Result,
-    check_model,
-    continuation_problem,
-    kind_of,
-    read_card,
-    study_problem,
-)
+from shared.contracts import ContractError, Result, kind_of
 from shared.datasets import locate_dataset
 from shared.layout import model_card_key, report_markdown_key
 from shared.lifecycle import PENDING, TERMINAL_STATES, JobStates, cancel_sweep, describe_status
 from shared.liveness import Stall, shard_of, stalls
+from shared.models import ModelNotFound, check_model, continuation_problem, read_card, study_problem
 from shared.progress import generation_progress, progress_to_dict
 from shared.records import JobStore, make_record, new_job_id, open_job_store
 from shared.settings import Settings

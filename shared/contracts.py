@@ -6,8 +6,8 @@ prefix. Workers build these types; the producer, ``augment status`` and the dash
 the type from the job's record (its kind and, for an evaluation, its mode), never from the keys a dict happens to
 have.
 
-Results and reports are versioned: each carries ``format``. A reader reads every format it lists and names the
-format, with the fix, for one it cannot read.
+A finished model's card is declared in :mod:`shared.models`. Results, reports and cards are versioned: each
+carries ``format``. A reader reads every format it lists and names the format, with the fix, for one it cannot read.
 """
 
 from __future__ import annotations
@@ -33,12 +33,10 @@ from shared.formats import UNVERSIONED, FormatError, check_format
 from shared.layout import manifest_key, model_card_key, model_prefix, report_json_key, report_prefix, synthetic_prefix
 from shared.progress import GenerateProgress, Progress, QualityPoint, StageProgress, SweepProgress, TrainProgress
 from shared.specs import EvaluateSpec, GenerateSpec, TrainSpec
-from shared.storage import Storage
 from shared.sweeps import SweepSpec, describe
 
-# A model card, a result or a report older than versioning (written before 2026-12) has no ``format`` field: it is
-# read as format 0 (shared/formats.py), which has the fields of format 1 less the ones added later (with defaults).
-MODEL_CARD_FORMAT = 1
+# A result or a report older than versioning (written before 2026-12) has no ``format`` field: it is read as
+# format 0 (shared/formats.py), which has the fields of format 1 less the ones added later (with defaults).
 RESULT_FORMAT = 1
 REPORT_FORMAT = 1
 # 2: a study of a trained model's samples for a sweep's ranking measures no sample quality (quality, reference null)
@@ -50,7 +48,7 @@ class ContractError(FormatError):
     """A stored record cannot be read as its declared type: an unknown format, or a field missing or of another type."""
 
 
-class _Record(msgspec.Struct, frozen=True, kw_only=True):
+class Record(msgspec.Struct, frozen=True, kw_only=True):
     """A record that crosses a process boundary. Unknown fields are kept out, not refused: a newer writer of the
     same format may add one, and an older reader still reads the rest."""
 
@@ -64,53 +62,7 @@ class _Record(msgspec.Struct, frozen=True, kw_only=True):
 # ---- training ----
 
 
-class ModelCard(_Record, frozen=True, kw_only=True):
-    """A trained model's card (``models/<job>/model.json``), written last: a card means the model is whole."""
-
-    format: int = MODEL_CARD_FORMAT
-    job_id: str
-    dataset: str
-    dataset_location: str
-    num_train_images: int
-    class_names: list[str]  # empty for an unconditional model
-    # real training images per class (class index as a string): what `augment generate --rebalance` plans from
-    class_counts: dict[str, int] = {}
-    config: dict[str, Any]  # the GAN's config (worker.model.GANConfig)
-    spec: dict[str, Any]
-    recipe: dict[str, Any] = {}  # what the job ran, with the spec's automatic choices made (shared.specs.Recipe)
-    steps: int
-    final: dict[str, float]  # the last logged vital signs
-    warnings: list[str] = []
-    device: str
-    precision: str = "fp32"
-    threads: int | None = None  # torch's threads: a run with another count differs in its last bits (worker.threads)
-    checkpoint: str  # the last checkpoint
-    # the sampler at the best point of the validation curve; None: no curve (then the last is the best)
-    best_checkpoint: str | None = None
-    # the validation split and how the curve was measured (worker.validation.validation_record)
-    validation: dict[str, Any] = {}
-    curve: list[dict[str, Any]] = []  # the validation curve: shared.progress.QualityPoint records
-    best: dict[str, Any] | None = None  # the curve's point at the best checkpoint
-    stopped_early: bool = False  # by --patience, at ``steps``
-    teacher: dict[str, Any] | None = None  # how its teacher was trained, with its storage key; None without one
-    grid: str
-    loss_curve: str
-    created_at: str
-
-    def sampling_checkpoint(self, which: str) -> str:
-        """The key of the checkpoint WHICH ("best" or "last") to sample from."""
-        return self.best_checkpoint if which == "best" and self.best_checkpoint else self.checkpoint
-
-    @property
-    def image_size(self) -> int:
-        return int(self.config["image_size"])
-
-    @property
-    def channels(self) -> int:
-        return int(self.config["channels"])
-
-
-class TrainResult(_Record, frozen=True, kw_only=True):
+class TrainResult(Record, frozen=True, kw_only=True):
     """What a training job ends with."""
 
     format: int = RESULT_FORMAT
@@ -134,7 +86,7 @@ class TrainResult(_Record, frozen=True, kw_only=True):
 # ---- generation ----
 
 
-class GenerateResult(_Record, frozen=True, kw_only=True):
+class GenerateResult(Record, frozen=True, kw_only=True):
     """What a generation job ends with."""
 
     format: int = RESULT_FORMAT
@@ -150,7 +102,7 @@ class GenerateResult(_Record, frozen=True, kw_only=True):
 # ---- evaluation ----
 
 
-class Quality(_Record, frozen=True, kw_only=True):
+class Quality(Record, frozen=True, kw_only=True):
     """A generator's samples scored against real images in a reference classifier's feature space."""
 
     feature_space: str
@@ -168,7 +120,7 @@ class Quality(_Record, frozen=True, kw_only=True):
     per_class_label_accuracy: dict[str, float] = {}
 
 
-class QualityResult(_Record, frozen=True, kw_only=True):
+class QualityResult(Record, frozen=True, kw_only=True):
     """What a quality evaluation ends with."""
 
     format: int = RESULT_FORMAT
@@ -185,7 +137,7 @@ class QualityResult(_Record, frozen=True, kw_only=True):
         return f"FID {self.fid:.2f}, CAS {100 * self.cas:.1f} %"
 
 
-class QualityReport(_Record, frozen=True, kw_only=True):
+class QualityReport(Record, frozen=True, kw_only=True):
     """A quality evaluation's ``report.json``."""
 
     format: int = REPORT_FORMAT
@@ -199,7 +151,7 @@ class QualityReport(_Record, frozen=True, kw_only=True):
     created_at: str
 
 
-class UtilityResult(_Record, frozen=True, kw_only=True):
+class UtilityResult(Record, frozen=True, kw_only=True):
     """What a utility evaluation ends with."""
 
     format: int = RESULT_FORMAT
@@ -214,7 +166,7 @@ class UtilityResult(_Record, frozen=True, kw_only=True):
         return f"the GAN's own share {100 * self.gan_share:+.2f} points (best: {self.best})"
 
 
-class ArmOutcome(_Record, frozen=True, kw_only=True):
+class ArmOutcome(Record, frozen=True, kw_only=True):
     """One arm of the augmentation study over its seeds: accuracy, and balanced accuracy with and without post-hoc
     logit adjustment (worker.augmentation_study)."""
 
@@ -231,13 +183,13 @@ class ArmOutcome(_Record, frozen=True, kw_only=True):
     rare_adjusted: float | None = None
 
 
-class SweepVerdict(_Record, frozen=True, kw_only=True):
+class SweepVerdict(Record, frozen=True, kw_only=True):
     delta_c: float
     delta_d: float
     best: str
 
 
-class UtilityReport(_Record, frozen=True, kw_only=True):
+class UtilityReport(Record, frozen=True, kw_only=True):
     """A utility evaluation's ``report.json``: the augmentation study's arms and its verdict."""
 
     format: int = UTILITY_REPORT_FORMAT
@@ -274,7 +226,7 @@ class UtilityReport(_Record, frozen=True, kw_only=True):
 # ---- sweeps ----
 
 
-class SweepResult(_Record, frozen=True, kw_only=True):
+class SweepResult(Record, frozen=True, kw_only=True):
     """What a sweep ends with: its winner, as a model ready for ``augment generate``."""
 
     format: int = RESULT_FORMAT
@@ -295,7 +247,7 @@ class SweepResult(_Record, frozen=True, kw_only=True):
                 f"step {self.step}; {self.compute_steps:,} GAN steps against a full grid's {self.grid_steps:,}")
 
 
-class TrialOutcome(_Record, frozen=True, kw_only=True):
+class TrialOutcome(Record, frozen=True, kw_only=True):
     """One trial of a sweep as it ended: its settings, its training jobs (one per rung it reached), and its curve."""
 
     trial: int
@@ -309,7 +261,7 @@ class TrialOutcome(_Record, frozen=True, kw_only=True):
     error: str | None = None  # why its last job did not succeed
 
 
-class SweepReport(_Record, frozen=True, kw_only=True):
+class SweepReport(Record, frozen=True, kw_only=True):
     """A sweep's ``report.json``: the leaderboard, every trial's curve, and the winner's training spec."""
 
     format: int = REPORT_FORMAT
@@ -332,7 +284,7 @@ class SweepReport(_Record, frozen=True, kw_only=True):
 Result = TrainResult | GenerateResult | QualityResult | UtilityResult | SweepResult
 
 
-class ReportCommit(_Record, frozen=True, kw_only=True):
+class ReportCommit(Record, frozen=True, kw_only=True):
     """What an evaluation's commit fixes in Redis (worker.evaluate): which attempt's files make the report, and the
     job's result, so that whichever worker publishes the report copies the same files and reports the same result."""
 
@@ -416,62 +368,6 @@ def decode_json(record_type: type[T], text: str, what: str) -> T:
     except json.JSONDecodeError as exc:
         raise ContractError(f"{what} is not JSON ({exc}); run the job again") from None
     return decode(record_type, data, what)
-
-
-def read_model_card(text: str, model_id: str) -> ModelCard:
-    return decode_json(ModelCard, text, f"the model card of {model_id}")
-
-
-class ModelNotFound(LookupError):
-    """No finished training job of that id in storage (its model card is written last)."""
-
-
-def check_model(storage: Storage, model_id: str) -> None:
-    """Raise ModelNotFound unless training job MODEL_ID has finished: the one test of "is this a model", for the
-    producer (before it enqueues) and the workers alike."""
-    if not storage.exists(model_card_key(model_id)):
-        raise ModelNotFound(f"model {model_id} not found: {storage.url_for(model_card_key(model_id))} is missing")
-
-
-def read_card(storage: Storage, model_id: str) -> ModelCard:
-    """The model card of finished training job MODEL_ID; ModelNotFound if it has not finished."""
-    check_model(storage, model_id)
-    return read_model_card(storage.get_text(model_card_key(model_id)), model_id)
-
-
-# what a continuation of a finished training job (TrainSpec.continues) may set otherwise than the job it continues
-CONTINUED_FIELDS = frozenset({"job_id", "steps", "continues", "teacher_from"})
-
-
-def continuation_problem(spec: TrainSpec, parent: ModelCard, recipe: Mapping[str, Any] | None = None) -> str | None:
-    """Why SPEC cannot continue finished training job PARENT, in words; None when it can. A continuation must be the
-    run PARENT was, carried on to more steps: the same settings and, where RECIPE (what SPEC runs, as a dict) is
-    given, the same automatic choices."""
-    mine, theirs = spec.to_dict(), TrainSpec.from_dict(parent.spec).to_dict()
-    differ = sorted(name for name in mine if name not in CONTINUED_FIELDS and mine[name] != theirs.get(name))
-    if differ:
-        return f"its {', '.join(differ)} differ from {parent.job_id}'s; a continuation changes only the steps"
-    if spec.steps is None or spec.steps <= parent.steps:
-        return f"{parent.job_id} has trained {parent.steps} steps already; give more steps than that"
-    if recipe is not None:
-        chosen = json.loads(json.dumps(recipe))  # as the card holds it: tuples are lists
-        drift = sorted(name for name, value in chosen.items() if name != "steps" and value != parent.recipe.get(name))
-        if drift:
-            flags = ", ".join(f"--{name.replace('_', '-')}" for name in drift)
-            return (f"at {spec.steps} steps the automatic {', '.join(drift)} differ from {parent.job_id}'s; continue a "
-                    f"job that was given {flags} explicitly")
-    return None
-
-
-def study_problem(card: ModelCard, holdout: str) -> str | None:
-    """Why a utility study of CARD's model, scored on HOLDOUT, cannot run, in words; None when it can."""
-    if holdout == "validation" and not card.validation.get("images"):
-        return (f"model {card.job_id} has no validation split to score on ({card.validation.get('why_none')}); give "
-                "--holdout test")
-    if card.teacher is None:
-        return (f"model {card.job_id} has no teacher, which labels the study's mixup and GAN samples; train it with "
-                "--teacher 3")
-    return None
 
 
 def read_report(kind: JobKind, text: str, job_id: str) -> QualityReport | UtilityReport | SweepReport:

@@ -13,19 +13,10 @@ import pytest
 
 from producer.client import Client
 from producer.dashboard.data import DashboardData
-from shared.contracts import (
-    KINDS,
-    ContractError,
-    QualityReport,
-    SweepReport,
-    UtilityReport,
-    kind_of,
-    read_card,
-    read_model_card,
-    read_report,
-)
+from shared.contracts import KINDS, ContractError, QualityReport, SweepReport, UtilityReport, kind_of, read_report
 from shared.lifecycle import SUCCESS
 from shared.liveness import Attempt
+from shared.models import read_card, read_model_card
 from shared.progress import SweepProgress
 from shared.records import MemoryJobStore, make_record
 from shared.settings import Settings

@@ -16,8 +16,8 @@ import webdataset as wds
 from PIL import Image
 
 from shared.broker import QUEUES
-from shared.contracts import read_model_card
 from shared.manifest import Manifest
+from shared.models import read_model_card
 from shared.reader import SyntheticJob
 from shared.settings import Settings
 from shared.storage import S3Storage, open_storage

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.contracts import read_card
 from shared.manifest import Manifest
+from shared.models import read_card
 from shared.progress import GenerateProgress, generation_progress
 from shared.records import MemoryJobStore
 from shared.settings import Settings

@@ -12,11 +12,10 @@ REPO = Path(__file__).resolve().parent.parent
 BLOCK_TORCH = """
 import sys
 sys.modules['torch'] = None          # any `import torch` now raises ImportError
-import producer.cli, shared.storage, shared.datasets, shared.specs
-import shared.settings, shared.shards, shared.manifest, shared.layout, shared.broker, shared.progress
-import shared.keys, shared.liveness, shared.records, shared.lifecycle, shared.reader
-import shared.contracts, shared.lifecycle, shared.formats, shared.cpus, shared.verdicts, shared.sweeps
-import producer.client, producer.follow
+import importlib, pkgutil, shared
+for module in pkgutil.iter_modules(shared.__path__):  # every module of shared/, a new one too
+    importlib.import_module(f'shared.{module.name}')
+import producer.cli, producer.client, producer.follow
 import producer.dashboard.app, producer.dashboard.data  # the dashboard belongs with the producer: torch-free
 assert sys.modules['torch'] is None, 'torch was replaced'
 assert 'torchvision' not in sys.modules

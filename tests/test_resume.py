@@ -13,7 +13,7 @@ import pytest
 import redis
 import torch
 
-from shared.contracts import read_card
+from shared.models import read_card
 from shared.progress import TrainProgress
 from shared.records import RedisJobStore
 from shared.settings import Settings

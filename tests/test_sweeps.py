@@ -14,10 +14,11 @@ import pytest
 
 from producer.client import Client
 from producer.dashboard.data import DashboardData
-from shared.contracts import SweepReport, SweepResult, TrainResult, UtilityResult, decode_json, read_card
+from shared.contracts import SweepReport, SweepResult, TrainResult, UtilityResult, decode_json
 from shared.layout import report_json_key, report_markdown_key
 from shared.lifecycle import cancel_sweep
 from shared.liveness import Attempt
+from shared.models import read_card
 from shared.progress import StageProgress, SweepProgress, TrainProgress
 from shared.records import make_record
 from shared.settings import Settings

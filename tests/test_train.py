@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from producer.follow import status_line
-from shared.contracts import read_card
 from shared.lifecycle import JobStopped, StopReason
 from shared.liveness import Attempt
+from shared.models import read_card
 from shared.progress import TrainProgress
 from shared.settings import Settings
 from shared.specs import (

@@ -10,9 +10,9 @@ import pytest
 import redis
 import torch
 
-from shared.contracts import read_card
 from shared.lifecycle import JobStopped, StopReason
 from shared.liveness import Attempt
+from shared.models import read_card
 from shared.progress import QualityPoint, TrainProgress, best_point, better, measurements_since_best
 from shared.settings import Settings
 from shared.specs import TrainSpec

@@ -11,7 +11,16 @@ import pytest
 from click.testing import CliRunner
 
 from producer.cli import main, worker_pool
-from shared.cpus import busy_cpus, cgroup_cpu_limit, cpu_name, cpus_within, free_cpus, thread_environment, torch_threads_per_task, usable_cpus
+from shared.cpus import (
+    busy_cpus,
+    cgroup_cpu_limit,
+    cpu_name,
+    cpus_within,
+    free_cpus,
+    thread_environment,
+    torch_threads_per_task,
+    usable_cpus,
+)
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from shared.contracts import ModelCard, ModelNotFound, read_card
 from shared.formats import FormatError, check_format
 from shared.layout import best_checkpoint_key, checkpoint_key, checkpoints_prefix
+from shared.models import ModelCard, ModelNotFound, read_card
 from shared.progress import QualityPoint
 from shared.specs import CheckpointChoice, TrainSpec
 from shared.storage import Storage

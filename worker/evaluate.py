@@ -17,19 +17,10 @@ from typing import Any
 
 import torch
 
-from shared.contracts import (
-    ArmOutcome,
-    ModelCard,
-    Quality,
-    QualityReport,
-    QualityResult,
-    SweepVerdict,
-    UtilityReport,
-    UtilityResult,
-    study_problem,
-)
+from shared.contracts import ArmOutcome, Quality, QualityReport, QualityResult, SweepVerdict, UtilityReport, UtilityResult
 from shared.lifecycle import JobStopped, StopReason
 from shared.liveness import Attempt
+from shared.models import ModelCard, study_problem
 from shared.progress import StageMeter, StageProgress, shifted
 from shared.settings import Settings
 from shared.specs import AUTO_TEACHER_MEMBERS, DEFAULT_BACKGROUND, EvaluateSpec, TrainSpec

@@ -36,11 +36,12 @@ import msgspec
 import numpy as np
 import torch
 
-from shared.contracts import GenerateResult, read_card
+from shared.contracts import GenerateResult
 from shared.keys import JobField
 from shared.layout import manifest_key, model_card_key, shard_key, shard_object_key, synthetic_prefix
 from shared.liveness import Fence, Lease, shard_part
 from shared.manifest import Manifest, ShardEntry
+from shared.models import read_card
 from shared.records import JobStore, ShardRecord
 from shared.shards import Sample, ShardWriter, encode_pngs, sample_key, sample_record, sha256_hex, shard_name
 from shared.specs import CheckpointChoice, GenerateSpec, SpecError

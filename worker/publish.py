@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from shared.contracts import ModelCard, TrainResult, read_model_card
+from shared.contracts import TrainResult
 from shared.layout import best_prefix, checkpoints_prefix, grid_key, loss_curve_key, model_card_key
 from shared.lifecycle import JobStopped, StopReason
+from shared.models import ModelCard, read_model_card
 from shared.progress import QualityPoint, best_point
 from shared.specs import Recipe, TrainSpec
 from shared.storage import Storage

@@ -11,10 +11,11 @@ from typing import Any, TypeVar
 import msgspec
 import torch
 
-from shared.contracts import ModelCard, Quality, QualityReport, ReportCommit, Result, SweepReport, UtilityReport, read_card
+from shared.contracts import Quality, QualityReport, ReportCommit, Result, SweepReport, UtilityReport
 from shared.layout import report_attempt_prefix, report_markdown_key, report_prefix
 from shared.lifecycle import JobStopped, StopReason
 from shared.liveness import Attempt
+from shared.models import ModelCard, read_card
 from shared.specs import EvaluateSpec
 from shared.storage import Storage, join_key
 from shared.verdicts import utility_verdict

@@ -16,9 +16,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from shared.contracts import SweepReport, SweepResult, TrialOutcome, read_card
+from shared.contracts import SweepReport, SweepResult, TrialOutcome
 from shared.lifecycle import CANCELLED, SUCCESS, TERMINAL_STATES, JobStates
 from shared.liveness import Attempt
+from shared.models import read_card
 from shared.progress import QualityPoint, SweepProgress
 from shared.records import make_record
 from shared.specs import LOWER_IS_BETTER, UTILITY, EvaluateSpec, TrainSpec

@@ -35,10 +35,11 @@ from shared.broker import (
     finalize_task_id,
     shard_task_id,
 )
-from shared.contracts import KINDS, Result, SweepResult, check_model, kind_of
+from shared.contracts import KINDS, Result, SweepResult, kind_of
 from shared.keys import JobField
 from shared.lifecycle import JobStates, JobStopped, StopReason, cancel_sweep
 from shared.liveness import Attempt, Fence, Lease
+from shared.models import check_model
 from shared.progress import Progress, TrainProgress
 from shared.records import JobStore, RedisJobStore, open_job_store
 from shared.settings import Settings

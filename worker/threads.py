@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from shared.contracts import ModelCard
 from shared.cpus import free_cpus
+from shared.models import ModelCard
 from shared.settings import Settings
 from worker.teacher import Teacher
 

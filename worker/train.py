@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 
-from shared.contracts import ModelCard, TrainResult, continuation_problem, read_card
+from shared.contracts import TrainResult
 from shared.layout import sample_grid_key
 from shared.lifecycle import JobStopped, StopReason
 from shared.liveness import Attempt
+from shared.models import ModelCard, continuation_problem, read_card
 from shared.progress import StageMeter, StageProgress, TrainProgress, best_point, measurements_since_best
 from shared.settings import Settings
 from shared.specs import Recipe, TrainSpec

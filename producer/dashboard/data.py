@@ -19,21 +19,12 @@ from typing import Any, TypeVar
 from markdown_it import MarkdownIt
 
 from producer.client import Client
-from shared.contracts import (
-    ContractError,
-    ModelCard,
-    QualityReport,
-    SweepReport,
-    TrialOutcome,
-    UtilityReport,
-    kind_of,
-    read_model_card,
-    read_report,
-)
+from shared.contracts import ContractError, QualityReport, SweepReport, TrialOutcome, UtilityReport, kind_of, read_report
 from shared.keys import Keys
 from shared.layout import model_card_key, model_prefix, report_markdown_key, report_prefix, shard_object_key
 from shared.lifecycle import CANCELLED, PENDING, SUCCESS, TERMINAL_STATES
 from shared.manifest import Manifest
+from shared.models import ModelCard, read_model_card
 from shared.progress import QualityPoint, best_point, progress_from_dict
 from shared.records import JobRecord, RedisJobStore
 from shared.settings import Settings

@@ -35,11 +35,11 @@ from typing import Any
 import redis
 
 from producer.client import Client
-from shared.contracts import read_model_card
 from shared.keys import Keys, epoch_field
 from shared.layout import checkpoints_prefix, manifest_key, model_card_key, synthetic_prefix
 from shared.lifecycle import PROGRESS, RETRY, SUCCESS, TERMINAL_STATES
 from shared.manifest import Manifest
+from shared.models import read_model_card
 from shared.records import RedisJobStore
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
