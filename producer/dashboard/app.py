@@ -151,7 +151,7 @@ def create_app(data: DashboardData, token: str = "", allow_cancel: bool = False,
         return page(request, "workers.html")
 
     async def workers_api(request: Request) -> Response:
-        return JSONResponse({"workers": await run_in_threadpool(data.workers)})
+        return JSONResponse({"workers": await run_in_threadpool(data.fleet.workers)})
 
     async def login(request: Request) -> Response:
         if not token:

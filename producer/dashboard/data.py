@@ -1,5 +1,5 @@
 """Everything the dashboard reads, in one place: job records, live states and progress, training history, the shard
-ledger, workers, and objects in storage (always through storage's key checks).
+ledger, workers (its ``fleet``), and objects in storage (always through storage's key checks).
 
 The web layer (:mod:`producer.dashboard.app`) only calls this module, so a change to how jobs, progress or outputs
 are kept is adapted here. Every value returned is plain data (str, numbers, lists, dicts) for templates and JSON.
@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import re
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,14 +18,14 @@ from typing import Any, TypeVar
 from markdown_it import MarkdownIt
 
 from producer.client import Client
+from producer.dashboard.fleet import Fleet
 from shared.contracts import ContractError, QualityReport, SweepReport, TrialOutcome, UtilityReport, kind_of, read_report
-from shared.keys import Keys
 from shared.layout import model_card_key, model_prefix, report_markdown_key, report_prefix, shard_object_key
 from shared.lifecycle import CANCELLED, PENDING, SUCCESS, TERMINAL_STATES
 from shared.manifest import Manifest
 from shared.models import ModelCard, read_model_card
 from shared.progress import QualityPoint, best_point, progress_from_dict
-from shared.records import JobRecord, RedisJobStore
+from shared.records import JobRecord
 from shared.settings import Settings
 from shared.shards import read_shard
 from shared.specs import DEFAULT_SELECT, QUALITY_METRICS, UTILITY, GenerateSpec, SpecError, check_job_id
@@ -40,8 +39,6 @@ SERVED_FILE = re.compile(r"^(samples/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*\.png$")
 FINAL_IMAGES = ("grid.png", "losses.png")  # a finished training job's, at the keys its model card names
 CURVE_POINTS = 500  # a curve of more records is thinned to this many points: more than a chart's width shows
 STRIP_IMAGES = 16
-WORKERS_TTL_S = 3.0  # one inspect broadcast every few seconds at most, however many pages poll
-INSPECT_TIMEOUT_S = 1.0
 STRIP_CACHE_SIZE = 32
 T = TypeVar("T")
 
@@ -63,7 +60,7 @@ class DashboardData:
     def __post_init__(self) -> None:
         self._storage: Storage | None = None
         self._lock = threading.Lock()
-        self._workers: tuple[float, list[dict[str, Any]]] = (0.0, [])
+        self.fleet = Fleet(self.client)  # the workers page's
         # finished shards never change, so their sample strips are read once (bounded: a dashboard runs for weeks)
         self._strips: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
@@ -381,61 +378,6 @@ class DashboardData:
             return self.storage.get_bytes(key)
         except (ObjectNotFound, ValueError):
             raise JobNotFound(f"{job_id}/{name}") from None
-
-    # ---- workers ----
-
-    def workers(self) -> list[dict[str, Any]]:
-        """Live workers: Celery's inspect replies, plus the job leases that workers renew while they run a task
-        (a solo worker cannot answer inspect while it trains, but its lease shows what it runs)."""
-        with self._lock:
-            fetched_at, cached = self._workers
-            if time.monotonic() - fetched_at < WORKERS_TTL_S:
-                return cached
-        workers = self._inspect_workers()
-        with self._lock:
-            self._workers = (time.monotonic(), workers)
-        return workers
-
-    def _inspect_workers(self) -> list[dict[str, Any]]:
-        inspect = self.client.app.control.inspect(timeout=INSPECT_TIMEOUT_S)
-        stats = inspect.stats() or {}
-        queues = inspect.active_queues() or {}
-        active = inspect.active() or {}
-        found: dict[str, dict[str, Any]] = {}
-
-        def worker(name: str) -> dict[str, Any]:
-            return found.setdefault(name, {"name": name, "answered": False, "pool": "", "concurrency": None,
-                                           "queues": [], "running": []})
-
-        for name, info in stats.items():
-            entry = worker(name)
-            pool = info.get("pool") or {}
-            # "celery.concurrency.solo:TaskPool" -> "solo"
-            implementation = str(pool.get("implementation", "")).split(":", 1)[0].rsplit(".", 1)[-1]
-            entry |= {"answered": True, "pool": implementation,
-                      "concurrency": pool.get("max-concurrency"), "pid": info.get("pid")}
-        for name, declared in queues.items():
-            worker(name)["queues"] = sorted(str(queue.get("name")) for queue in declared)
-        for name, tasks in active.items():
-            worker(name)["running"] += [f"{task.get('name')} {task.get('id')}" for task in tasks]
-        for lease, owner in self._leases().items():
-            worker(owner.split("/", 1)[0])["running"].append(f"lease {lease}")
-        for entry in found.values():
-            entry["running"] = sorted(set(entry["running"]))
-        return sorted(found.values(), key=lambda entry: entry["name"])
-
-    def _leases(self) -> dict[str, str]:
-        """Lease name -> owner ("worker-hostname/nonce") of every lease held now."""
-        store = self.client.store
-        if not isinstance(store, RedisJobStore):
-            return {}
-        prefix = Keys.lease("")
-        leases = {}
-        for key in store.client.scan_iter(match=f"{prefix}*", count=500):
-            owner = store.client.get(key)
-            if owner is not None:
-                leases[str(key)[len(prefix):]] = str(owner)
-        return leases
 
 
 def latest_per_step(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
