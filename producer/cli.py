@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 job failed or a service is unreachable, 2 bad input (no
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -14,71 +13,26 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from producer import demo as demo_defaults  # torch-free at import: the demo loads the worker when it runs
-from producer.client import Client, SubmitError
-from producer.follow import BROKER_ERRORS, GIVE_UP_AFTER_S, broker_fault, follow, status_line
+from producer.client import Client
+from producer.failures import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, fail, handle_errors
+from producer.follow import GIVE_UP_AFTER_S, follow, status_line
 from producer.options import offered_names, spec_options
-from shared.broker import EVALUATE_QUEUE, GENERATE_QUEUE, QUEUES, SWEEP_QUEUE, TRAIN_QUEUE, BrokerUnreachable
+from shared.broker import EVALUATE_QUEUE, GENERATE_QUEUE, QUEUES, SWEEP_QUEUE, TRAIN_QUEUE
 from shared.contracts import KINDS, kind_of
 from shared.cpus import thread_environment, usable_cpus
 from shared.datasets import DatasetNotFound
 from shared.lifecycle import CANCELLED, FAILURE, SUCCESS
-from shared.settings import DEFAULT_BROKER_URL, Settings, SettingsError
+from shared.settings import Settings, SettingsError
 from shared.specs import EvaluateSpec, GenerateSpec, SpecError, TrainSpec, check_job_id
-from shared.storage import StorageError, open_storage
+from shared.storage import open_storage
 from shared.sweeps import SET_BY_SWEEP, SweepSpec, parse_space, steps_within
 
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    click.echo(f"augment: error: {message}", err=True)
-    sys.exit(code)
-
-
-def fault_message(error: BaseException) -> str | None:
-    """ERROR as the one line that names the problem and its fix, if it is a service's or the disk's; None for a bug.
-
-    What a service raises in the middle of a command is raw (a Redis that went away after the first ping raises
-    redis-py's, kombu's or a socket's error; S3 that refuses an object raises minio's), so it is named here. An
-    OSError without a file name is taken for the broker's: S3's network errors arrive as StorageUnavailable.
-    """
-    if isinstance(error, (BrokerUnreachable, StorageError)):
-        return str(error)
-    if isinstance(error, OSError) and error.filename is not None:  # this machine's disk, not a connection
-        return f"{error.filename}: {error.strerror or error}; check that it exists and that this user may write it"
-    if isinstance(error, BROKER_ERRORS):
-        return broker_fault(error, os.environ.get("AUGMENT_BROKER_URL") or DEFAULT_BROKER_URL)
-    minio_error = getattr(sys.modules.get("minio.error"), "MinioException", None)  # imported only by an S3 store
-    if minio_error is not None and isinstance(error, minio_error):
-        endpoint = os.environ.get("AUGMENT_S3_ENDPOINT", "")
-        reason = str(error).split("\n")[0] or type(error).__name__
-        return f"S3 at {endpoint} refused a request ({reason}); check AUGMENT_S3_ACCESS_KEY / AUGMENT_S3_SECRET_KEY"
-    return None
-
-
-def handle_errors(command: F) -> F:
-    """Turn the known failure types into one-line messages with the documented exit codes: bad input 2, and an
-    unreachable or failing service (Redis, S3, the disk) 1, never a traceback. Anything else is a bug and shows one."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (SpecError, SettingsError, DatasetNotFound, SubmitError) as exc:
-            fail(str(exc), EXIT_BAD_INPUT)
-        except Exception as exc:
-            message = fault_message(exc)
-            if message is None:
-                raise
-            fail(message, EXIT_FAILED)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def connect() -> Client:

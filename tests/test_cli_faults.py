@@ -23,7 +23,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from producer import cli
+from producer import cli, failures
 from tests.support.processes import REPO, run_cli
 from tests.support.servers import RedisServer
 
@@ -164,7 +164,7 @@ def test_watch_reconnects_when_redis_comes_back(augment_env, redis_server: Redis
 
     cancelled = run_cli(augment_env, "cancel", job_id, timeout=60)
     assert cancelled.returncode == 0, cancelled.stderr
-    assert watcher.wait() == cli.EXIT_CANCELLED, watcher.stderr  # it follows the job to its end, as if nothing happened
+    assert watcher.wait() == failures.EXIT_CANCELLED, watcher.stderr  # it follows the job to its end, as if nothing happened
     assert "Traceback" not in watcher.stderr, watcher.stderr
     assert watcher.stderr.count("reconnecting") == 1 and watcher.stderr.count("reconnected") == 1, watcher.stderr
 
