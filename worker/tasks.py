@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import redis
 from celery import Task
@@ -61,6 +61,7 @@ STORAGE_RETRY_WINDOW_S = 60.0
 TASK_RETRIES = 8
 LEASE_TTL_S = 15.0  # a job's lease: renewed every 5 s while it runs; lapses 15 s after its worker dies
 HISTORY_FIELDS = ("step", *STAT_NAMES)
+JobSpec = TypeVar("JobSpec", TrainSpec, GenerateSpec, EvaluateSpec)
 # Generators stay loaded between shard tasks: a worker reads each model from storage once.
 GENERATORS = GeneratorCache()
 # Set when the worker is told to stop (SIGTERM: docker stop, Kubernetes, a spot-instance notice): a running
@@ -154,11 +155,7 @@ def _retry_or_fail(task: Task, states: JobStates, job_id: str, exc: Exception) -
 @app.task(name=TRAIN_TASK, bind=True, max_retries=None, ignore_result=True)
 @_job_task
 def train(self: Task, spec: Any) -> None:
-    parsed = TrainSpec.from_dict(spec)  # a SpecError fails the job with a one-line reason; retrying cannot fix it
-    _check_task_id(self, parsed.job_id)
-    settings, store, storage, states = _open()
-    _note_redelivery(self, parsed.job_id)
-    _skip_if_ended_or_cancelled(states, parsed.job_id)
+    parsed, settings, store, storage, states = _begin(self, TrainSpec, spec)
 
     def run(lease: Lease, attempt: Attempt) -> Result:
         fence = lease.held
@@ -224,13 +221,19 @@ def _run_leased(task: Task, job_id: str, part: str, run: Callable[[Lease, Attemp
         lease.release()
 
 
-def _skip_if_ended_or_cancelled(states: JobStates, job_id: str) -> None:
-    """A job's first task stops here if the job has its final state (a redelivered message of an ended job) or was
-    cancelled while it waited in the queue."""
-    if states.ended(job_id):
+def _begin(task: Task, spec_type: type[JobSpec], spec: Any) -> tuple[JobSpec, Settings, JobStore, Storage, JobStates]:
+    """A job's first task begins: SPEC parsed as SPEC_TYPE (a SpecError fails the job with a one-line reason;
+    retrying cannot fix it) and held to the task's id. It stops here if the job has its final state (a redelivered
+    message of an ended job) or was cancelled while it waited in the queue."""
+    parsed = spec_type.from_dict(spec)
+    _check_task_id(task, parsed.job_id)
+    settings, store, storage, states = _open()
+    _note_redelivery(task, parsed.job_id)
+    if states.ended(parsed.job_id):
         raise Ignore()
-    if states.store.cancel_requested(job_id):
-        _cancelled(states, job_id, f"job {job_id} was cancelled before it started")
+    if store.cancel_requested(parsed.job_id):
+        _cancelled(states, parsed.job_id, f"job {parsed.job_id} was cancelled before it started")
+    return parsed, settings, store, storage, states
 
 
 def _stop_reason(store: JobStore, job_id: str, lease: Lease | None = None) -> StopReason | None:
@@ -300,10 +303,7 @@ def _dispatcher(spec: GenerateSpec) -> Callable[[int], None]:
 @_job_task
 def generate(self: Task, spec: Any) -> None:
     """Plan a generation job: check its model, dispatch its shard tasks. The finaliser ends the job."""
-    parsed = GenerateSpec.from_dict(spec)
-    _check_task_id(self, parsed.job_id)
-    _, store, storage, states = _open()
-    _skip_if_ended_or_cancelled(states, parsed.job_id)  # a redelivered planner of a job that has ended is skipped
+    parsed, _, store, storage, states = _begin(self, GenerateSpec, spec)
     check_model(storage, parsed.model)  # ModelNotFound fails the job
     if store.get_field(parsed.job_id, JobField.STARTED_AT) is None:
         states.progress(parsed.job_id)  # before any shard runs: the shard ledger is its progress from then on
@@ -396,10 +396,7 @@ def sweep(self: Task, spec: Any) -> None:
 @_job_task
 def evaluate(self: Task, spec: Any) -> None:
     """A quality or utility evaluation; its report lands under reports/<job>/."""
-    parsed = EvaluateSpec.from_dict(spec)
-    _check_task_id(self, parsed.job_id)
-    settings, store, storage, states = _open()
-    _skip_if_ended_or_cancelled(states, parsed.job_id)
+    parsed, settings, store, storage, states = _begin(self, EvaluateSpec, spec)
     evaluation = run_quality if parsed.mode == "quality" else run_utility
     kind = kind_of("evaluate", spec)
 
