@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from producer import cli, failures
 from tests.support.processes import REPO, run_cli
 from tests.support.servers import RedisServer
+from tests.support.waiting import wait_for
 
 COMMANDS_OF_A_JOB = ("status", "watch", "cancel")
 WAIT_S = 30.0  # a bound on every wait below: a socket timeout (10 s) and a backoff step (5 s) fit in it
@@ -47,14 +48,6 @@ def submit_pending_job(env: dict[str, str]) -> str:
     return submitted.stdout.strip()
 
 
-def wait_until(condition: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.1)
-
-
 class Watcher:
     """`augment watch JOB` in a process of its own, its stderr in a file (not a terminal: one line per event)."""
 
@@ -72,7 +65,7 @@ class Watcher:
         return self.log.read_text(errors="replace")
 
     def wait_for(self, text: str, timeout_s: float = WAIT_S) -> None:
-        wait_until(lambda: text in self.stderr or self.process.poll() is not None, repr(text), timeout_s)
+        wait_for(lambda: text in self.stderr or self.process.poll() is not None, timeout_s, repr(text))
         assert text in self.stderr, f"watch exited with {self.process.returncode}:\n{self.stderr}"
 
     def wait(self, timeout_s: float = WAIT_S) -> int:

@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -85,17 +84,21 @@ class DashboardProcess:
                 [sys.executable, "-m", "producer.cli", "dashboard", "--host", self.host, "--port", str(self.port), *self.options],
                 env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"dashboard exited with {self.process.returncode}: {self.log_path.read_text()}")
-            try:
-                urllib.request.urlopen(f"{self.url}/static/dashboard.css", timeout=2).close()
-                return self
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"dashboard not up after {timeout} s: {self.log_path.read_text()}")
+        process = self.process
+
+        def serving() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"dashboard exited with {process.returncode}: {self.log_path.read_text()}")
+            urllib.request.urlopen(f"{self.url}/static/dashboard.css", timeout=2).close()
+            return True
+
+        try:
+            wait_for(serving, timeout, lambda: f"the dashboard to serve; it logged: {self.log_path.read_text()}", every_s=0.2,
+                     ignoring=(OSError,))
+        except AssertionError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

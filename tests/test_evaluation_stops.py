@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from typing import Any
 
 import pytest
@@ -26,15 +25,15 @@ def status_of(env: dict[str, str], job_id: str) -> dict[str, Any]:
 
 def wait_for_stage(env: dict[str, str], job_id: str, stage: str, worker: WorkerProcess, timeout_s: float = 240) -> None:
     """Until JOB_ID reports progress in a stage that starts with STAGE, past its first step."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def reached() -> bool:
         status = status_of(env, job_id)
         progress = status.get("progress") or {}
         if str(progress.get("stage", "")).startswith(stage) and (progress.get("done") or 0) > 0:
-            return
+            return True
         assert status["state"] not in {"SUCCESS", "FAILURE", "CANCELLED"}, status
-        time.sleep(0.3)
-    raise AssertionError(f"{job_id} never reached {stage!r}:\n{worker.log_tail()}")
+        return False
+
+    wait_for(reached, timeout_s, lambda: f"{job_id} to reach {stage!r}; its worker logged:\n{worker.log_tail()}", every_s=0.3)
 
 
 def submit_small_utility(env: dict[str, str], gan_steps: int) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ from shared.specs import TrainSpec
 from shared.storage import FileStorage, Storage, open_storage
 from tests.support.processes import WorkerProcess, run_cli
 from tests.support.threads import ONE_THREAD, TWO_THREADS
+from tests.support.waiting import wait_for
 from worker import checkpoint
 from worker.train import TrainHooks, run_training
 
@@ -104,26 +104,24 @@ def test_resume_refuses_a_checkpoint_from_another_spec(tmp_path):
 
 
 def wait_for_step(env: dict[str, str], job_id: str, step: int, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def reached() -> bool:
         status = json.loads(run_cli(env, "status", job_id, "--json").stdout)
         if (status.get("progress") or {}).get("step", 0) >= step:
-            return
+            return True
         assert status["state"] not in {"SUCCESS", "FAILURE"}, status
-        time.sleep(0.2)
-    raise AssertionError(f"{job_id} never reached step {step}")
+        return False
+
+    wait_for(reached, timeout_s, f"{job_id} to reach step {step}", every_s=0.2)
 
 
 def wait_for_checkpoint_past(storage: Storage, job_id: str, step: int, timeout_s: float = 120) -> int:
     """The step of the first checkpoint written after ``step``, polled straight from storage: the CLI's status takes
     long enough that a fast CPU trains to the end in between."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def later() -> int | None:
         saved = checkpoint.load(storage, job_id)
-        if saved is not None and saved["step"] > step:
-            return int(saved["step"])
-        time.sleep(0.02)
-    raise AssertionError(f"{job_id} wrote no checkpoint past step {step}")
+        return int(saved["step"]) if saved is not None and saved["step"] > step else None
+
+    return wait_for(later, timeout_s, f"a checkpoint of {job_id} past step {step}", every_s=0.02)
 
 
 @pytest.mark.integration
@@ -188,7 +186,5 @@ def test_training_preempted_then_killed_resumes_exactly(augment_env, start_worke
 
 
 def wait_for_log(worker: WorkerProcess, line: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while line not in worker.log_path.read_text():
-        assert time.monotonic() < deadline, f"{worker.log_path.name} never logged {line!r}:\n{worker.log_tail()}"
-        time.sleep(0.2)
+    wait_for(lambda: line in worker.log_path.read_text(), timeout_s,
+             lambda: f"{worker.log_path.name} to log {line!r}; it logged:\n{worker.log_tail()}", every_s=0.2)

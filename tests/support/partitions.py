@@ -125,16 +125,6 @@ class Fleet:
         return status
 
 
-def wait_ready(worker: WorkerProcess, deadline: float) -> None:
-    assert worker.process is not None
-    while b" ready." not in worker.log_path.read_bytes():
-        if worker.process.poll() is not None:
-            raise RuntimeError(f"worker exited with {worker.process.returncode}:\n{worker.log_tail()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"worker not ready in time:\n{worker.log_tail()}")
-        time.sleep(0.2)
-
-
 @contextlib.contextmanager
 def fleet_in_network(tmp: Path) -> Iterator[Fleet]:
     """Redis (AOF) and the S3 gateway each on a host of its own, and two worker hosts, each running a training worker
@@ -157,7 +147,7 @@ def fleet_in_network(tmp: Path) -> Iterator[Fleet]:
         deadline = time.monotonic() + 120
         for node in nodes:
             for worker in node.workers:
-                wait_ready(worker, deadline)
+                worker.wait_ready(deadline - time.monotonic())
         settings = Settings.from_env(env)
         client = Client.connect(settings)
         model = submit(env, "train", "--dataset", "fake", "--steps", "10", "--width", "8", "--batch-size", "32",

@@ -25,6 +25,7 @@ import redis
 
 from shared.records import RedisJobStore
 from tests.support.servers import S3Server
+from tests.support.waiting import wait_for
 
 if TYPE_CHECKING:
     from tests.support.netns import Host
@@ -91,16 +92,24 @@ class WorkerProcess:
 
     def start(self, timeout: float = 90) -> WorkerProcess:
         self.launch()
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
-            if b" ready." in self.log_path.read_bytes():
-                return self
-            time.sleep(0.2)
-        self.kill()
-        raise RuntimeError(f"worker not ready after {timeout} s:\n{self.log_tail()}")
+        try:
+            self.wait_ready(timeout)
+        except AssertionError:
+            self.kill()
+            raise
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Until the launched worker logs that it is ready; RuntimeError with its log if it exits first."""
+        process = self.process
+        assert process is not None
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"worker exited with {process.returncode}:\n{self.log_tail()}")
+            return b" ready." in self.log_path.read_bytes()
+
+        wait_for(ready, timeout_s, lambda: f"{self.log_path.name} to be ready; it logged:\n{self.log_tail()}", every_s=0.2)
 
     @property
     def pid(self) -> int:
