@@ -9,7 +9,6 @@ import pickle
 import struct
 import subprocess
 import sys
-import time
 import uuid
 import warnings
 from pathlib import Path
@@ -254,9 +253,7 @@ def test_cifar_batch_with_wrong_shape_is_refused(tmp_path: Path) -> None:
 
 
 def test_fake_is_deterministic_and_sized() -> None:
-    started = time.perf_counter()
     train = load_dataset("fake", Settings(), seed=3)
-    assert time.perf_counter() - started < 1.0
     test = load_dataset("fake", Settings(), split="test", seed=3)
     assert train.images.shape == (640, 1, 28, 28) and test.images.shape == (160, 1, 28, 28)
     assert train.labels.bincount().tolist() == [64] * 10 and test.labels.bincount().tolist() == [16] * 10

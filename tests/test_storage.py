@@ -540,24 +540,45 @@ class FlakyBackend:
         return f"value of {key}"
 
 
-def test_retried_rides_out_transient_errors_within_the_window() -> None:
+class FakeClock:
+    """time.monotonic and time.sleep for the retry policy: a sleep moves the clock on, and is recorded."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(time, "monotonic", fake.monotonic)
+    monkeypatch.setattr(time, "sleep", fake.sleep)
+    return fake
+
+
+def test_retried_rides_out_transient_errors_within_the_window(clock: FakeClock) -> None:
     flaky = FlakyBackend(failures=2, retry_window_s=30)
-    started = time.monotonic()
     assert flaky._read("k") == "value of k"
-    assert flaky.calls == 3
-    assert 1.4 < time.monotonic() - started < 10  # backoff 0.5 s, then 1 s
+    assert flaky.calls == 3 and clock.sleeps == [0.5, 1.0]  # exponential backoff
 
 
-def test_retried_gives_up_when_the_window_is_spent() -> None:
+def test_retried_gives_up_when_the_window_is_spent(clock: FakeClock) -> None:
     impatient = FlakyBackend(failures=1, retry_window_s=0)
     with pytest.raises(StorageUnavailable, match=r"unreachable \(read k: ConnectionResetError\)"):
         impatient._read("k")
-    assert impatient.calls == 1  # a window of 0 does not wait
+    assert impatient.calls == 1 and clock.sleeps == []  # a window of 0 does not wait
     short = FlakyBackend(failures=100, retry_window_s=2)
-    started = time.monotonic()
     with pytest.raises(StorageUnavailable):
         short._read("k")
-    assert short.calls == 3 and time.monotonic() - started < 2  # tries at 0, 0.5, 1.5 s: no sleep ends past the window
+    # tries at 0, 0.5 and 1.5 s; the next sleep (2 s) would end past the window, so it gives up instead
+    assert short.calls == 3 and clock.sleeps == [0.5, 1.0]
 
 
 def test_retried_passes_other_errors_through_at_once() -> None:
