@@ -83,8 +83,8 @@ def run_demo(out_dir: Path, minutes: float, count: int, dataset: str, per_class:
                                                                     quality_steps))
     click.echo(f"demo: measuring this machine's training speed ({os.cpu_count()} CPU cores, "
                f"{resolve_precision(probe, pick_device())})", err=True)
-    # in a thread, as the in-process worker below runs its tasks: torch's steps there measured 10-30 % slower than
-    # the same steps in the main thread
+    # in a thread, as the in-process worker below runs its tasks: torch's steps there measured slower than the same
+    # steps in the main thread (docs/benchmarks.md, the demo)
     with ThreadPoolExecutor(1, thread_name_prefix="probe") as prober:
         rates = prober.submit(measure_rates, probe, settings).result()
     # a curve of the default spacing has at most VALIDATION_POINTS measurements and the last step's

@@ -56,13 +56,13 @@ FIXED_FIELDS = frozenset({
     "job_id", "dataset", "steps", "epochs", "continues", "teacher_from", "select", "version", "validation", "validate_every",
     "per_class", "limit", "imbalance", "seed", "image_size", "channels", "background", "reference_steps",
 })
-# The search space for small labelled data when a sweep names none, from docs/training.md's measurements:
-# - diffaugment: translation alone measured better than translation,cutout at 3,000 steps on Fashion-MNIST (FID 63
-#   against 79) but was never measured at the default budget; color was within the noise on the RGB folder and
-#   worse on grey;
+# The search space for small labelled data when a sweep names none, from docs/training.md's measurements (its
+# table "The default space" gives the figures behind each field):
+# - diffaugment: translation alone measured better than translation,cutout on Fashion-MNIST, but not at the default
+#   budget; color was within the noise on the RGB folder and worse on grey;
 # - mode_seeking and guidance: the two levers that pull recall and label accuracy against each other; 1 and 1 is
-#   the default, 0.3 measured a different balance for each (FID 72-75 at 3,000 steps);
-# - width: 32 measured on the RGB folder, 64 the default on grey; 64 costs about 3x per step.
+#   the default, 0.3 measured a different balance for each;
+# - width: 32 measured on the RGB folder, 64 the default on grey (and dearer per step).
 DEFAULT_SPACE: dict[str, list[Any]] = {
     "diffaugment": ["translation,cutout", "translation", "translation,cutout,color"],
     "mode_seeking": [0.3, 1.0],

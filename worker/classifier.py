@@ -45,8 +45,8 @@ class Classifier(nn.Module):
             nn.Linear(width * 2 * (config.image_size // 4) ** 2, self.num_features), nn.ReLU(True),
         )
         self.head = nn.Linear(self.num_features, config.num_classes)
-        # NHWC: oneDNN's convolutions and their backward measured 1.6x faster per training step at width 32, batch
-        # 128, 28 px (121 vs 193 ms on one core); what a CPU's teacher, reference and study arms spend most time on
+        # NHWC: oneDNN's convolutions and their backward, what a CPU's teacher, reference and study arms spend most
+        # time on, run faster in it (docs/benchmarks.md, "The classifiers")
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
