@@ -10,8 +10,11 @@ touched: this is about choosing, not about final figures.
 Then the grid's winner is trained again on ``--noise-seeds`` other seeds (which also draw other subsets and
 validation splits): the spread of its figure says how far apart two settings must be to be told apart at all. The
 sweep "finds the winner" when its winner is the grid's, or when the grid's figure for the sweep's winner is within
-one standard deviation of that spread of the grid winner's. The last line is ``ratio=<grid seconds / sweep
-seconds>``.
+one standard deviation of that spread of the grid winner's.
+
+Each arm trains one teacher, whatever its scheduler does; the script times it apart (from the job's teacher-stage
+reports) and prints the arms' seconds with and without it. The last line is ``ratio=<grid seconds / sweep seconds>``
+over the trials' own seconds, the teacher left out: that is the compute the scheduler decides.
 
     python benchmarks/sweep_efficiency.py [--dataset fashion-mnist] [--per-class 100] [--steps 1500] [--width 32]
         [--eta 3] [--param FIELD=V1,V2 ...] [--noise-seeds 1,2] [--out DIR]
@@ -24,20 +27,21 @@ import statistics
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from producer.client import Client
 from shared.contracts import SweepReport, decode_json
 from shared.layout import report_json_key
 from shared.liveness import Attempt
-from shared.progress import SweepProgress
+from shared.progress import StageProgress, SweepProgress
 from shared.records import make_record
 from shared.settings import Settings
-from shared.specs import LOWER_IS_BETTER, TrainSpec
+from shared.specs import LOWER_IS_BETTER, EvaluateSpec, TrainSpec
 from shared.storage import FileStorage
 from shared.sweeps import SweepSpec, describe, parse_space
 from worker.sweep import advance
-from worker.train import run_training
+from worker.train import TrainHooks, run_training
 
 # mode seeking and guidance pull recall and label accuracy against each other (docs/training.md): a 3 x 3 grid
 DEFAULT_PARAMS = ("mode_seeking=0,0.3,1", "guidance=0,0.3,1")
@@ -71,11 +75,11 @@ def main() -> None:
 
     # the reference: every point to the full steps, each from scratch (no continuation); one teacher for all
     grid: dict[int, float] = {}
-    grid_s = 0.0
+    grid_s, grid_teacher = 0.0, TeacherClock()
     for trial in range(len(sweep.settings)):
         started = time.perf_counter()
         result = run_training(from_scratch(sweep, trial, f"g-{tag}-{trial:03d}", teacher_from=f"g-{tag}-000" if trial else None),
-                              settings, storage)
+                              settings, storage, TrainHooks(stage=grid_teacher))
         grid_s += time.perf_counter() - started
         assert result.best is not None
         grid[trial] = float(result.best[sweep.select])
@@ -83,11 +87,12 @@ def main() -> None:
               f"at step {result.best['step']}  [{time.perf_counter() - started:.0f} s]", flush=True)
 
     # ours: the scheduler, its trial jobs trained here as they are submitted
-    sweep_s = [0.0]
+    sweep_s, sweep_teacher = [0.0], TeacherClock()
 
-    def train_trial(train: TrainSpec) -> None:
+    def train_trial(train: TrainSpec | EvaluateSpec) -> None:
+        assert isinstance(train, TrainSpec), "a utility score's job: this script ranks by a validation metric"
         started = time.perf_counter()
-        result = run_training(train, settings, storage)
+        result = run_training(train, settings, storage, TrainHooks(stage=sweep_teacher))
         sweep_s[0] += time.perf_counter() - started
         states.succeeded(train.job_id, result)
         print(f"sweep {train.job_id} ({train.steps} steps): best {sweep.select} {result.best and result.best[sweep.select]:.2f}"
@@ -118,9 +123,32 @@ def main() -> None:
     print(f"\ngrid winner: trial {grid_winner} ({describe(sweep.settings[grid_winner])}) {sweep.select} "
           f"{grid[grid_winner]:.2f}; seed spread over {len(figures)} seeds: {statistics.mean(figures):.2f} +- {spread:.2f}")
     print(f"sweep winner: trial {report.winner} ({describe(sweep.settings[report.winner])}): {verdict}")
+    grid_trials_s, sweep_trials_s = grid_s - grid_teacher.seconds, sweep_s[0] - sweep_teacher.seconds
     print(f"GAN steps: grid {len(grid) * sweep.steps:,}, sweep {report.compute_steps:,} "
-          f"(x{len(grid) * sweep.steps / report.compute_steps:.2f}); seconds: grid {grid_s:.0f}, sweep {sweep_s[0]:.0f}")
-    print(f"ratio={grid_s / max(sweep_s[0], 1e-9):.3f}")
+          f"(x{len(grid) * sweep.steps / report.compute_steps:.2f})")
+    print(f"seconds with the teacher: grid {grid_s:.0f}, sweep {sweep_s[0]:.0f} (x{grid_s / max(sweep_s[0], 1e-9):.2f}); "
+          f"the teacher: grid {grid_teacher.seconds:.0f}, sweep {sweep_teacher.seconds:.0f}")
+    print(f"the trials' seconds: grid {grid_trials_s:.0f}, sweep {sweep_trials_s:.0f}")
+    print(f"ratio={grid_trials_s / max(sweep_trials_s, 1e-9):.3f}")
+
+
+@dataclass
+class TeacherClock:
+    """The seconds an arm's jobs spent training teachers, from their teacher stage's reports (a stage meter reports
+    its first step and its last, done == total)."""
+
+    seconds: float = 0.0
+    began: float | None = None
+
+    def __call__(self, info: StageProgress) -> None:
+        if not info.stage.startswith("training the teacher"):
+            return
+        now = time.perf_counter()
+        if self.began is None:
+            self.began = now
+        if info.done is not None and info.done >= (info.total or 0):
+            self.seconds += now - self.began
+            self.began = None
 
 
 def from_scratch(sweep: SweepSpec, trial: int, job_id: str, **changes: Any) -> TrainSpec:
