@@ -96,20 +96,24 @@ def run(client: Client, fields: dict[str, Any], args: argparse.Namespace, logs: 
     trial = spec.settings.index(defaults)
     jobs = [job_id for rung in range(len(spec.rungs)) if client.store.get(job_id := spec.trial_job_id(trial, rung))]
     default_model = jobs[-1]
-    if spec.trial_spec(trial, len(jobs) - 1).steps < spec.steps:  # stopped at an earlier rung: on to the same budget
+    if len(jobs) < len(spec.rungs):  # stopped at an earlier rung: on to the same budget
         continued = {**spec.trial_spec(trial, len(spec.rungs) - 1).to_dict(), "continues": jobs[-1]}
         for name in ("job_id", "version"):
             continued.pop(name)
         default_model = client.submit_train(**continued)
-        print(f"defaults (trial {trial}: {describe(defaults)}) stopped at {spec.trial_spec(trial, len(jobs) - 1).steps} "
-              f"steps; continued to {spec.steps} as {default_model}", flush=True)
+        print(f"defaults (trial {trial}: {describe(defaults)}) stopped at {spec.rungs[len(jobs) - 1]} "
+              f"steps; continued to {spec.rungs[-1]} as {default_model}", flush=True)
         if client.wait(default_model, poll_s=5.0)["state"] != "SUCCESS":
             raise SystemExit(f"{default_model} did not finish")
 
-    scores, studies = {}, {}
-    for name, model in (("winner", result["winner"]), ("defaults", default_model)):
-        scores[name] = evaluated(client, model, mode="quality", model=model, samples_per_class=args.samples_per_class)
-        studies[name] = evaluated(client, model, mode="utility", model=model, holdout="test", seeds=args.study_seeds)
+    # all four at once: the fleet's workers take one each, as they would any user's evaluations
+    models = {"winner": result["winner"], "defaults": default_model}
+    quality = {name: client.submit_evaluate(mode="quality", model=model, samples_per_class=args.samples_per_class)
+               for name, model in models.items()}
+    utility = {name: client.submit_evaluate(mode="utility", model=model, holdout="test", seeds=args.study_seeds)
+               for name, model in models.items()}
+    scores = {name: evaluated(client, job, models[name]) for name, job in quality.items()}
+    studies = {name: evaluated(client, job, models[name]) for name, job in utility.items()}
 
     print("\n| | settings | steps | test FID | precision | recall | label accuracy | CAS | GAN share (study, test) |\n"
           "|---|---|---|---|---|---|---|---|---|")
@@ -131,13 +135,12 @@ def busy_seconds(logs: list[Path], sweep_id: str) -> float:
                if match["job"].startswith(f"{sweep_id}-"))
 
 
-def evaluated(client: Client, model: str, **fields: Any) -> dict[str, Any]:
-    """The result of an evaluation of MODEL with FIELDS, once it has ended."""
-    job = client.submit_evaluate(**fields)
+def evaluated(client: Client, job: str, model: str) -> dict[str, Any]:
+    """The result of evaluation JOB of MODEL, once it has ended."""
     scored = client.wait(job, poll_s=5.0)
     if scored["state"] != "SUCCESS":
-        raise SystemExit(f"the {fields['mode']} evaluation {job} of {model} ended {scored['state']}: {scored.get('error')}")
-    print(f"{fields['mode']} of {model} ({job}): {scored['result']}", flush=True)
+        raise SystemExit(f"the evaluation {job} of {model} ended {scored['state']}: {scored.get('error')}")
+    print(f"evaluation {job} of {model}: {scored['result']}", flush=True)
     return dict(scored["result"])
 
 
