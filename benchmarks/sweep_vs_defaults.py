@@ -32,8 +32,10 @@ sys.path.insert(0, str(REPO))
 
 from producer.client import Client  # noqa: E402
 from shared.datasets import locate_dataset, scan_image_folder  # noqa: E402
+from shared.layout import report_markdown_key  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.specs import TrainSpec  # noqa: E402
+from shared.storage import open_storage  # noqa: E402
 from shared.sweeps import SweepSpec, describe, parse_space, steps_within  # noqa: E402
 from tests.support.processes import WorkerProcess, service_env  # noqa: E402
 from tests.support.servers import RedisServer, S3Server  # noqa: E402
@@ -123,6 +125,11 @@ def run(client: Client, fields: dict[str, Any], args: argparse.Namespace, logs: 
         print(f"| {name} | {describe(settings)} | {spec.steps:,} | {score['fid']:.1f} | {score['precision']:.3f} | "
               f"{score['recall']:.3f} | {score['label_accuracy']:.3f} | {score['cas']:.4f} | "
               f"{100 * study['gan_share']:+.2f} points ({study['best']}) |")
+    # the studies' arms (mean +- std over the classifier seeds) say whether the two shares differ beyond the noise;
+    # the run's store is gone when the script ends
+    storage = open_storage(client.settings)
+    for name, job in utility.items():
+        print(f"\n## Utility study: {name} ({job})\n\n{storage.get_text(report_markdown_key(job))}")
     print(f"ratio={scores['defaults']['fid'] / scores['winner']['fid']:.3f}")
 
 
