@@ -23,6 +23,7 @@ import uuid
 from typing import Any
 
 from shared.settings import Settings
+from shared.spec_base import SpecError
 from shared.specs import EvaluateSpec, TrainSpec
 from shared.storage import FileStorage
 from worker.evaluate import run_quality
@@ -45,16 +46,28 @@ def main() -> None:
     if len(recipes) < 2:
         parser.error("give at least two --recipe, with different names")
     seeds = [int(part) for part in args.seeds.split(",") if part]
+    if not seeds:
+        parser.error("give --seeds, e.g. 1,2")
     storage, settings = FileStorage(args.out or tempfile.mkdtemp(prefix="recipe-seeds-")), Settings.from_env()
     tag = uuid.uuid4().hex[:6]
+
+    def train_spec(name: str, seed: int, teacher_from: str | None) -> TrainSpec:
+        return TrainSpec.from_dict({"dataset": args.dataset, "per_class": args.per_class, "steps": args.steps,
+                                    **recipes[name], "job_id": f"r-{tag}-{name}-{seed}", "seed": seed,
+                                    "teacher_from": teacher_from})
+
+    for name in recipes:  # a bad field fails now, not after the recipes before it have trained
+        try:
+            train_spec(name, seeds[0], None)
+        except SpecError as error:
+            raise SystemExit(f"--recipe {name}: {error}") from None
 
     scores: dict[str, list[dict[str, float]]] = {name: [] for name in recipes}
     for seed in seeds:
         first_job: str | None = None
-        for name, fields in recipes.items():
-            job_id = f"r-{tag}-{name}-{seed}"
-            spec = TrainSpec.from_dict({"dataset": args.dataset, "per_class": args.per_class, "steps": args.steps,
-                                        **fields, "job_id": job_id, "seed": seed, "teacher_from": first_job})
+        for name in recipes:
+            spec = train_spec(name, seed, first_job)
+            job_id = spec.job_id
             run_training(spec, settings, storage)
             first_job = first_job or job_id
             quality = run_quality(EvaluateSpec.from_dict({"job_id": f"q-{job_id}", "mode": "quality", "model": job_id,
