@@ -83,6 +83,9 @@ SMALL_DATA_GUIDANCE = 1.0
 # The teacher measured in docs/evaluation.md: 3 classifiers of width 32, trained TEACHER_STEPS steps each, but
 # never longer than the GAN (a 40-step smoke job stays one).
 AUTO_TEACHER_MEMBERS = 3
+# The teacher sees images at most this large, its members trained and G's samples guided at that size: at 64 px a
+# full-size teacher took twice the GAN's training time (docs/training.md, "The teacher at 64 px").
+TEACHER_SIZE = 32
 # measurements on the validation split in a run whose spec does not say how often, but never closer than
 # VALIDATE_EVERY_FLOOR steps: a measurement costs about as much as 3 steps of the default networks (docs/training.md)
 VALIDATION_POINTS = 20
@@ -224,6 +227,10 @@ class TrainSpec(_Spec, frozen=True):
         "(soft labels in the shards); 0: no teacher.",
         f"`{AUTO_TEACHER_MEMBERS}` for labelled data below {SMALL_DATASET:,} images, else `0`")] | None = None
     teacher_width: Width = 32
+    teacher_size: Annotated[int, Meta(ge=8, le=512), option(
+        "Image size (px) the teacher's classifiers see: real images, and G's samples when it guides, are scaled down "
+        "to it (antialiased), never up; smaller is cheaper.",
+        f"the images' size, at most {TEACHER_SIZE}")] | None = None
     teacher_steps: Annotated[Steps, option("Training steps of each teacher classifier.",
                                            f"{TEACHER_STEPS:,}, or the GAN's steps when fewer")] | None = None
     guidance: Annotated[float, Meta(ge=0.0, le=100.0), option(
@@ -268,6 +275,10 @@ class TrainSpec(_Spec, frozen=True):
             raise self._fail("per_class", "give either limit or per_class, not both")
         if self.imbalance is not None and self.per_class is None:
             raise self._fail("imbalance", "a long-tailed subset needs per_class, the count of its commonest class")
+
+    def teacher_image_size(self, image_size: int) -> int:
+        """The size the teacher of a job on IMAGE_SIZE px images works at."""
+        return min(self.teacher_size or TEACHER_SIZE, image_size)
 
     def recipe(self, num_images: int, num_classes: int, steps_per_epoch: int) -> Recipe:
         """What this spec trains on NUM_IMAGES images of NUM_CLASSES classes (0 or 1: unlabelled)."""

@@ -71,7 +71,8 @@ DEFAULT_SPACE: dict[str, list[Any]] = {
 }
 # What the sweep sets in each trial's spec, so its base may not
 SET_BY_SWEEP = frozenset({"job_id", "steps", "epochs", "continues", "teacher_from", "select"})
-TEACHER_FIELDS = frozenset({"teacher", "teacher_width", "teacher_steps"})  # what a teacher is trained with, bar the data
+# what a teacher is trained with, bar the data
+TEACHER_FIELDS = frozenset({"teacher", "teacher_width", "teacher_size", "teacher_steps"})
 MAX_TRIALS = 1000
 MEASUREMENTS_PER_RUNG = 4  # validation points in a first-rung job, unless the base spec says how often
 _TRIAL_SUFFIX = len("-t000-r0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -199,6 +200,31 @@ def test_guided_training_trains_its_teacher_first_and_leaves_it_stored(tmp_path:
     assert result.steps == 4
     teacher = find_teacher(storage, "t-guided")[0]  # type: ignore[index]
     assert teacher is not None and teacher.meta["members"] == 1
+
+
+def test_the_teacher_works_at_most_at_32px_unless_told_and_never_above_the_images_size() -> None:
+    spec = TrainSpec(job_id="t-sizes", dataset="fake")
+    assert (spec.teacher_image_size(28), spec.teacher_image_size(32), spec.teacher_image_size(64)) == (28, 32, 32)
+    told = TrainSpec(job_id="t-sizes", dataset="fake", teacher_size=48)
+    assert (told.teacher_image_size(32), told.teacher_image_size(64)) == (32, 48)
+
+
+def test_a_64px_job_trains_labels_and_guides_with_a_32px_teacher_and_shares_it_only_at_that_size(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    tiny: dict[str, Any] = dict(dataset="fake", image_size=64, steps=2, width=8, batch_size=16, teacher=1,
+                                teacher_steps=20, teacher_width=8, guidance=1.0, validation=0)
+    run_training(TrainSpec(job_id="t-big", **tiny), Settings(), storage)  # its GAN steps are guided by the teacher
+    card = json.loads(storage.get_text("models/t-big/model.json"))
+    teacher = load_teacher(storage, card["teacher"]["key"])
+    assert card["teacher"]["image_size"] == teacher.members[0].config.image_size == 32
+    images = load_dataset("fake", Settings(), "test", image_size=64).images[:8]
+    assert teacher.probs(images).shape == (8, 10)  # it labels the job's 64 px samples
+    # a job that asks for a teacher at another size trains its own rather than taking the one it was pointed at
+    run_training(TrainSpec(job_id="t-small", teacher_size=16, teacher_from="t-big", **tiny), Settings(), storage)
+    small = json.loads(storage.get_text("models/t-small/model.json"))["teacher"]
+    assert small["image_size"] == 16 and small["key"].startswith("models/t-small/")
+    run_training(TrainSpec(job_id="t-same", teacher_from="t-big", **tiny), Settings(), storage)
+    assert json.loads(storage.get_text("models/t-same/model.json"))["teacher"]["key"] == card["teacher"]["key"]
 
 
 def test_a_job_cancelled_while_its_teacher_trains_stops_there(tmp_path: Path) -> None:

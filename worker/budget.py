@@ -92,7 +92,8 @@ def measure_rates(spec: TrainSpec, settings: Settings) -> Rates:
     recipe = job_recipe(spec, data)
     config = gan_config(spec, data)
     state = new_state(spec, config, device)
-    classifier_config = ClassifierConfig(data.images.shape[-1], data.images.shape[1], data.info.num_classes, spec.teacher_width)
+    teacher_size = spec.teacher_image_size(data.images.shape[-1])
+    classifier_config = ClassifierConfig(teacher_size, data.images.shape[1], data.info.num_classes, spec.teacher_width)
     teacher = Teacher([Classifier(classifier_config) for _ in range(recipe.teacher)], {}) if recipe.teacher else None
     fns = step_functions(spec, recipe, state, device, teacher)  # which guides G only with a guidance weight
     # the curve measures in the reference classifier's features: an untrained one costs the same
@@ -136,7 +137,7 @@ def measure_rates(spec: TrainSpec, settings: Settings) -> Rates:
     try:
         return Rates(
             gan=_steps_per_s(gan, sync),
-            teacher=_steps_per_s(classifier(augment=True, width=spec.teacher_width), sync),
+            teacher=_steps_per_s(classifier(augment=True, width=spec.teacher_width, image_size=teacher_size), sync),
             reference=_steps_per_s(classifier(), sync),
             scorer=_steps_per_s(classifier(**SMALL_CNN), sync),
             sampling=SAMPLING_BATCH * _steps_per_s(render, sync),

@@ -57,8 +57,8 @@ class Classifier(nn.Module):
         """Float images in [-1, 1] (a generator's output) -> this network's channels and size, differentiably."""
         if x.shape[1] != self.config.channels:
             x = x.mean(dim=1, keepdim=True) if self.config.channels == 1 else x.expand(-1, 3, -1, -1)
-        if x.shape[-1] != self.config.image_size:
-            x = F.interpolate(x, size=self.config.image_size, mode="bilinear", antialias=True, align_corners=False)
+        if x.shape[-1] != self.config.image_size:  # in float32: antialiased resizing has no bf16 kernel on CPUs
+            x = F.interpolate(x.float(), size=self.config.image_size, mode="bilinear", antialias=True, align_corners=False)
         return x.contiguous(memory_format=torch.channels_last)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -120,7 +120,7 @@ def train_classifier(
     images: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 1500, batch_size: int = 128,
     seed: int = 0, lr: float = 1e-3, weights: torch.Tensor | None = None, augment: bool = False,
     init: Classifier | None = None, width: int = 32, extra: ExtraBatch | None = None, extra_weight: float = 1.0,
-    after_step: Callable[[int], None] = lambda step: None,
+    after_step: Callable[[int], None] = lambda step: None, image_size: int | None = None,
 ) -> Classifier:
     """Train a classifier on uint8 IMAGES (N, C, H, W) with labels (N,).
 
@@ -128,10 +128,12 @@ def train_classifier(
     :func:`classic_augment` to every input; INIT starts from another classifier's weights (fine-tuning).
     EXTRA adds a batch per step with target probabilities (soft labels from a teacher, or one-hot ones), whose mean
     soft cross-entropy is added to the real batch's loss with weight EXTRA_WEIGHT. AFTER_STEP is called with each
-    finished step's number (a job's cancellation check).
+    finished step's number (a job's cancellation check). IMAGE_SIZE is the size the classifier works at (every input
+    is resized to it, as the classifier resizes whatever it is given later); by default the images' own.
     """
     torch.manual_seed(seed)
-    config = ClassifierConfig(image_size=images.shape[-1], channels=images.shape[1], num_classes=num_classes, width=width)
+    config = ClassifierConfig(image_size=image_size or images.shape[-1], channels=images.shape[1], num_classes=num_classes,
+                              width=width)
     model = Classifier(config).to(images.device)
     if init is not None:
         model.load_state_dict(init.state_dict())

@@ -67,13 +67,15 @@ def train_teacher(spec: TrainSpec, recipe: Recipe, data: ImageData, after_step: 
     """The teacher of SPEC's RECIPE, trained on DATA (the job's real images), each member with its own seed and
     classic augmentation; AFTER_STEP is called after every classifier step with the steps done over all members, of
     ``recipe.teacher * recipe.teacher_steps`` (it may raise to cancel)."""
+    size = spec.teacher_image_size(data.images.shape[-1])
     members = [
         train_classifier(data.images, data.labels, data.info.num_classes, steps=recipe.teacher_steps,
                          seed=spec.seed * 100 + member, augment=True, width=spec.teacher_width,
-                         after_step=shifted(after_step, member * recipe.teacher_steps))
+                         after_step=shifted(after_step, member * recipe.teacher_steps), image_size=size)
         for member in range(recipe.teacher)
     ]
-    meta = {"members": len(members), "width": spec.teacher_width, "steps": recipe.teacher_steps, "train_images": len(data),
+    meta = {"members": len(members), "width": spec.teacher_width, "image_size": size, "steps": recipe.teacher_steps,
+            "train_images": len(data),
             "augmentation": "random crop after 2-pixel padding and horizontal flip, per sample",
             "threads": torch.get_num_threads()}
     return Teacher(members, meta)
@@ -92,9 +94,12 @@ def ensure_teacher(
     if inherited is not None:
         return load_teacher(storage, inherited), inherited
     wanted = {"members": recipe.teacher, "width": spec.teacher_width, "steps": recipe.teacher_steps, "train_images": len(data)}
+    size = spec.teacher_image_size(data.images.shape[-1])
 
     def fits(stored: tuple[Teacher, str] | None) -> bool:
-        return stored is not None and all(stored[0].meta.get(name) == value for name, value in wanted.items())
+        # the size from the members' own config: teachers stored before it was recorded in their meta still fit
+        return (stored is not None and all(stored[0].meta.get(name) == value for name, value in wanted.items())
+                and stored[0].members[0].config.image_size == size)
 
     if fits(earlier):
         return earlier
